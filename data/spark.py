@@ -1,0 +1,38 @@
+"""The SparkSession every Spark job of a run shares."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+from pipelines.config import SparkConfig
+
+
+def spark_session(cfg: SparkConfig, app_name: str = "lathe") -> SparkSession:
+    """Get or create the session for ``cfg`` (local[*] by default; any Spark master works).
+
+    Workers must run this interpreter (the venv's), or ``mapInPandas`` fails to import
+    pyarrow in a system Python; loopback binding avoids DNS surprises on laptops and CI.
+    """
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    if cfg.master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    builder = (
+        SparkSession.builder.master(cfg.master)
+        .appName(app_name)
+        .config("spark.driver.memory", cfg.driver_memory)
+        .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
+        .config("spark.sql.parquet.compression.codec", "zstd")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.showConsoleProgress", "true")
+        .config("spark.ui.enabled", "false")
+    )
+    for key, value in cfg.conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark

@@ -1,0 +1,1 @@
+"""The spine of lathe: config schema, stage registry, runner and the `lathe` CLI."""

@@ -1,0 +1,86 @@
+"""The `lathe` command line: thin commands over one library function each."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from pipelines.errors import LatheError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="lathe: raw code to a served completion model.")
+data_app = typer.Typer(no_args_is_help=True, help="Data-stage tools for operators.")
+app.add_typer(data_app, name="data")
+
+console = Console()
+DEFAULT_CONFIG = Path("configs/tiny.yaml")
+
+ConfigOpt = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="YAML profile.")
+SetOpt = typer.Option(None, "--set", help="Override a config value: key.path=value (repeatable).")
+
+
+@app.command()
+def run(
+    stages: Optional[list[str]] = typer.Argument(None, help="Stages to run (with their upstream); default all."),
+    config: Path = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    force: bool = typer.Option(False, "--force", help="Rerun the named stages (all, if none named) even if done."),
+) -> None:
+    """Run pipeline stages, skipping the ones whose manifest fingerprint matches."""
+    from pipelines.config import load_config
+    from pipelines.runner import run_pipeline
+
+    cfg = load_config(config, set_)
+    outcomes = run_pipeline(cfg, stages or None, force=force, console=console)
+    console.print(
+        "stages: " + ", ".join(f"{o.name} ({o.status}{f', {o.duration_s:.0f}s' if o.status == 'ran' else ''})" for o in outcomes)
+    )
+
+
+@data_app.command("clean")
+def data_clean(
+    input: str = typer.Option(..., "--input", "-i", help="Parquet file, directory or glob (`content`, `path` columns)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Directory for kept/, dropped/ and xray/."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML profile for the data.* settings."),
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Clean any parquet by hand: filters, PII redaction, dedup -> OUTPUT/kept, OUTPUT/dropped."""
+    from data.clean import with_ids
+    from data.sources import parquet_dataframe
+    from data.spark import spark_session
+    from data.stage import clean_and_report
+    from pipelines.config import load_config
+
+    cfg = load_config(config, set_)
+    spark = spark_session(cfg.spark, "lathe-data-clean")
+    df = with_ids(parquet_dataframe(spark, [input], "parquet"))
+    output.mkdir(parents=True, exist_ok=True)
+    _, result = clean_and_report(df, cfg.data, output, console)
+    console.print(f"kept {result.counts['kept']:,} -> {output / 'kept'}; dropped {result.counts['dropped']:,} -> {output / 'dropped'}")
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit status 2."""
+    try:
+        app(standalone_mode=False)
+    except LatheError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""The stage registry: named units with declared inputs, a config section and a run function."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel
+from rich.console import Console
+
+from pipelines.config import LatheConfig
+from pipelines.registry import Registry
+
+
+@dataclass
+class StageContext:
+    """What a stage's run function gets: never globals or hidden paths."""
+
+    config: LatheConfig
+    out_dir: Path  # runs/<profile>/<stage>/, empty at start
+    inputs: dict[str, Path]  # upstream stage name -> its output directory
+    console: Console
+
+
+@dataclass
+class StageResult:
+    """What a stage reports; the runner writes it to the manifest and to MLflow."""
+
+    counts: dict[str, int] = field(default_factory=dict)  # rows/tokens in, kept, dropped...
+    metrics: dict[str, float] = field(default_factory=dict)  # logged as MLflow metrics
+    artifacts: list[Path] = field(default_factory=list)  # files logged as MLflow artifacts
+    details: dict[str, Any] = field(default_factory=dict)  # anything else worth keeping in the manifest
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A pipeline stage.
+
+    ``version`` is part of the fingerprint: bump it when the stage's logic changes so
+    outputs made by older code are not reused.
+    """
+
+    name: str
+    inputs: tuple[str, ...]
+    section: Callable[[LatheConfig], BaseModel]
+    run: Callable[[StageContext], StageResult]
+    version: str = "1"
+    summarize: Callable[[Path, Console], None] | None = None  # reprint the summary of a finished stage
+
+
+STAGES: Registry[Stage] = Registry("stage")
+
+
+def register(stage: Stage) -> Stage:
+    """Add a stage to the registry (registration order is execution order)."""
+    for dep in stage.inputs:
+        STAGES.get(dep)  # inputs must be registered first, so the order is topological
+    STAGES.register(stage.name)(stage)
+    return stage
+
+
+def load_stages() -> Registry[Stage]:
+    """Import the modules that register stages and return the registry."""
+    import data.stage  # noqa: F401  (registers `data`)
+
+    return STAGES

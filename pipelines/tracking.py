@@ -1,0 +1,39 @@
+"""MLflow tracking: one parent run per pipeline run, one child run per stage."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+
+def tracking_uri(runs_dir: Path, configured: str | None) -> str:
+    """MLFLOW_TRACKING_URI, else the config's URI, else a SQLite store under ``runs_dir``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or configured or f"sqlite:///{runs_dir.resolve()}/mlflow.db"
+
+
+def setup_tracking(runs_dir: Path, configured_uri: str | None, experiment: str) -> str:
+    """Point MLflow at the store and experiment (artifacts beside the store); return the URI."""
+    uri = tracking_uri(runs_dir, configured_uri)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(experiment) is None:
+        location = (runs_dir.resolve() / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+        mlflow.create_experiment(experiment, artifact_location=location)
+    mlflow.set_experiment(experiment)
+    return uri
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
+    """Nested config -> {'a.b.c': 'value'} for MLflow params (values capped at MLflow's limit)."""
+    out: dict[str, str] = {}
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+    else:
+        text = tree if isinstance(tree, str) else json.dumps(tree, default=str)
+        out[prefix.rstrip(".")] = text[:6000]
+    return out

@@ -1,0 +1,70 @@
+"""Config loading: profiles, --set overrides, and one-line errors naming the key path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import load_config
+from pipelines.errors import ConfigError
+from tests.conftest import REPO
+
+TINY = REPO / "configs" / "tiny.yaml"
+
+
+def test_tiny_profile_loads_with_typed_values() -> None:
+    cfg = load_config(TINY)
+    assert cfg.profile == "tiny"
+    assert cfg.data.sources[0].kind == "embedded"
+    assert cfg.data.dedup.threshold == 0.7
+    assert cfg.data.quality.overrides["json"].max_line_length == 5000
+
+
+def test_overrides_parse_yaml_scalars_lists_and_indexes() -> None:
+    cfg = load_config(
+        TINY,
+        [
+            "data.dedup.threshold=0.8",
+            "data.dedup.near=false",
+            "data.parse.languages=[python, go]",
+            "data.sources.0.max_bytes=1000",
+        ],
+    )
+    assert cfg.data.dedup.threshold == 0.8
+    assert cfg.data.dedup.near is False
+    assert cfg.data.parse.languages == ["python", "go"]
+    assert cfg.data.sources[0].max_bytes == 1000
+
+
+def test_unknown_key_is_rejected_with_its_path() -> None:
+    with pytest.raises(ConfigError, match=r"unknown key data\.dedup\.thresold"):
+        load_config(TINY, ["data.dedup.thresold=0.8"])
+
+
+def test_unknown_key_in_yaml_file_names_file_and_path(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("profile: x\ndata:\n  quality:\n    max_line_lenght: 10\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*unknown key data\.quality\.max_line_lenght"):
+        load_config(bad)
+
+
+def test_bad_values_and_unknown_source_kind_are_named() -> None:
+    with pytest.raises(ConfigError, match=r"data\.dedup\.threshold"):
+        load_config(TINY, ["data.dedup.threshold=1.5"])
+    with pytest.raises(ConfigError, match=r"'s3'.*tree.*embedded.*parquet.*stack"):
+        load_config(TINY, ["data.sources.0.kind=s3"])
+
+
+def test_bad_override_syntax_and_missing_file() -> None:
+    with pytest.raises(ConfigError, match="key.path=value"):
+        load_config(TINY, ["data.dedup.threshold"])
+    with pytest.raises(ConfigError, match="index"):
+        load_config(TINY, ["data.sources.5.max_bytes=1"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(REPO / "configs" / "nope.yaml")
+
+
+def test_defaults_without_a_file() -> None:
+    cfg = load_config(None, ["data.max_file_bytes=10"])
+    assert cfg.profile == "adhoc" and cfg.data.max_file_bytes == 10

@@ -1,0 +1,117 @@
+"""The runner's contract: fingerprints, manifests, skip-if-done, --force, resume, MLflow runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+from rich.console import Console
+
+from pipelines.config import load_config
+from pipelines.registry import Registry
+from pipelines.runner import MANIFEST, run_pipeline
+from pipelines.stages import Stage, StageContext, StageResult
+
+
+class Calls:
+    """Records which stages ran; can make one fail once."""
+
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+        self.fail: set[str] = set()
+
+
+def make_registry(calls: Calls) -> Registry[Stage]:
+    def runner(name: str):
+        def run(ctx: StageContext) -> StageResult:
+            calls.ran.append(name)
+            if name in calls.fail:
+                raise RuntimeError(f"{name} failed")
+            upstream = {d: (p / "out.txt").read_text() for d, p in ctx.inputs.items()}
+            (ctx.out_dir / "out.txt").write_text(f"{name}:{ctx.config.data.quality.max_line_length}:{sorted(upstream)}")
+            (ctx.out_dir / "report.json").write_text("{}")
+            return StageResult(counts={"input": 3, "kept": 2, "dropped": 1}, metrics={"score": 0.5},
+                               artifacts=[ctx.out_dir / "report.json"])
+        return run
+
+    reg: Registry[Stage] = Registry("stage")
+    reg.register("first")(Stage("first", (), lambda c: c.data.quality, runner("first")))
+    reg.register("second")(Stage("second", ("first",), lambda c: c.data.dedup, runner("second")))
+    return reg
+
+
+@pytest.fixture
+def setup(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    calls = Calls()
+    reg = make_registry(calls)
+
+    def go(overrides: list[str] | None = None, **kw):
+        cfg = load_config(None, [f"run.runs_dir={tmp_path / 'runs'}", *(overrides or [])])
+        return run_pipeline(cfg, registry=reg, console=Console(quiet=True), **kw)
+
+    return tmp_path / "runs" / "adhoc", calls, go
+
+
+def test_manifest_then_skip_then_downstream_rerun_on_config_change(setup) -> None:
+    out, calls, go = setup
+    assert [o.status for o in go()] == ["ran", "ran"]
+    manifest = json.loads((out / "first" / MANIFEST).read_text())
+    assert manifest["counts"] == {"input": 3, "kept": 2, "dropped": 1}
+    assert manifest["versions"]["python"] and manifest["fingerprint"]
+    second = json.loads((out / "second" / MANIFEST).read_text())
+    assert second["inputs"]["first"]["fingerprint"] == manifest["fingerprint"]
+
+    assert [o.status for o in go()] == ["skipped", "skipped"]
+    # `second` reads data.dedup only, but its input's fingerprint changed, so it reruns too.
+    outcomes = go(["data.quality.max_line_length=5"])
+    assert [o.status for o in outcomes] == ["ran", "ran"]
+    # a change only `second` reads leaves `first` alone
+    assert [o.status for o in go(["data.quality.max_line_length=5", "data.dedup.ngram=3"])] == ["skipped", "ran"]
+    assert calls.ran == ["first", "second", "first", "second", "second"]
+
+
+def test_requested_stage_brings_upstream_and_force_reruns_only_it(setup) -> None:
+    out, calls, go = setup
+    assert [o.name for o in go(requested=["first"])] == ["first"]
+    assert [(o.name, o.status) for o in go(requested=["second"])] == [("first", "skipped"), ("second", "ran")]
+    assert [(o.name, o.status) for o in go(requested=["second"], force=True)] == [("first", "skipped"), ("second", "ran")]
+    assert [o.status for o in go(force=True)] == ["ran", "ran"]
+
+
+def test_failed_stage_leaves_no_manifest_and_rerun_resumes_there(setup) -> None:
+    out, calls, go = setup
+    calls.fail = {"second"}
+    with pytest.raises(RuntimeError, match="second failed"):
+        go()
+    assert (out / "first" / MANIFEST).is_file() and not (out / "second" / MANIFEST).exists()
+    calls.fail = set()
+    assert [o.status for o in go()] == ["skipped", "ran"]
+
+
+def test_mlflow_parent_and_child_runs(setup, tmp_path: Path) -> None:
+    out, calls, go = setup
+    go()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["lathe"], output_format="list")
+    children = {r.data.tags["mlflow.runName"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert set(children) == {"first", "second"} and len(parents) == 1
+    first = children["first"]
+    assert first.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    assert first.data.metrics["count.kept"] == 2 and first.data.metrics["score"] == 0.5
+    assert first.data.params["max_line_length"] == "1000"
+    manifest = json.loads((out / "first" / MANIFEST).read_text())
+    assert manifest["mlflow"]["run_id"] == first.info.run_id
+    artifacts = [a.path for a in mlflow.MlflowClient().list_artifacts(first.info.run_id)]
+    assert "report.json" in artifacts and "manifest.json" in artifacts
+
+
+def test_unknown_stage_lists_the_valid_ones(setup) -> None:
+    _, _, go = setup
+    from pipelines.errors import LatheError
+
+    with pytest.raises(LatheError, match="unknown stage 'thrid'; valid: first, second"):
+        go(requested=["thrid"])
