@@ -140,6 +140,9 @@ class DedupConfig(Strict):
     threshold: float = Field(0.7, gt=0, lt=1, description="Jaccard similarity above which files are duplicates.")
     seed: int = Field(42, description="Seed of the MinHash permutations.")
     max_iterations: int = Field(30, gt=0, description="Bound on connected-components iterations.")
+    max_bucket_pairs: int = Field(
+        32, ge=2, description="LSH buckets up to this size are verified pairwise; larger ones as a star."
+    )
 
 
 class DataConfig(Strict):

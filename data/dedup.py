@@ -161,12 +161,18 @@ def near_duplicates(df: DataFrame, cfg: DedupConfig) -> tuple[DataFrame, int]:
         .agg(F.collect_set("id").alias("ids"))
         .where(F.size("ids") > 1)
     )
-    # Star edges from each bucket's smallest id: linear in bucket size, unlike all pairs.
-    edges = (
-        buckets.select(F.array_min("ids").alias("src"), F.explode("ids").alias("dst"))
-        .where(F.col("src") != F.col("dst"))
-        .distinct()
+    # Small buckets give all their pairs, so a file similar to any member is found; big
+    # buckets (boilerplate shared by thousands of files) give star edges from their
+    # smallest id, linear instead of quadratic in the bucket's size.
+    small = F.size("ids") <= cfg.max_bucket_pairs
+    all_pairs = (
+        buckets.where(small)
+        .select(F.explode("ids").alias("src"), "ids")
+        .select("src", F.explode("ids").alias("dst"))
+        .where(F.col("src") < F.col("dst"))
     )
+    stars = buckets.where(~small).select(F.array_min("ids").alias("src"), F.explode("ids").alias("dst"))
+    edges = all_pairs.union(stars.where(F.col("src") != F.col("dst"))).distinct()
     threshold = cfg.threshold
     jaccard = F.udf(lambda a, b: estimated_jaccard(a, b), T.DoubleType())
     a, b = sigs.alias("a"), sigs.alias("b")

@@ -221,7 +221,7 @@ def expand_parquet_paths(paths: list[str]) -> list[str]:
     return out
 
 
-def _check_parquet_files(files: list[str]) -> set[str]:
+def check_parquet_files(files: list[str]) -> set[str]:
     """Fail with the file's name if a local file is not readable parquet; return its columns."""
     import pyarrow.parquet as pq
 
@@ -241,7 +241,7 @@ def _check_parquet_files(files: list[str]) -> set[str]:
 def parquet_dataframe(spark: SparkSession, paths: list[str], source: str) -> DataFrame:
     """Read parquet in The Stack's schema or the canonical one and map it to canonical."""
     files = expand_parquet_paths(paths)
-    local_columns = _check_parquet_files(files)
+    local_columns = check_parquet_files(files)
     df = spark.read.parquet(*files)
     cols = set(df.columns)
     path_col = "path" if "path" in cols else "max_stars_repo_path" if "max_stars_repo_path" in cols else None

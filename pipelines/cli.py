@@ -49,12 +49,13 @@ def data_clean(
 ) -> None:
     """Clean any parquet by hand: filters, PII redaction, dedup -> OUTPUT/kept, OUTPUT/dropped."""
     from data.clean import with_ids
-    from data.sources import parquet_dataframe
+    from data.sources import check_parquet_files, expand_parquet_paths, parquet_dataframe
     from data.spark import spark_session
     from data.stage import clean_and_report
     from pipelines.config import load_config
 
     cfg = load_config(config, set_)
+    check_parquet_files(expand_parquet_paths([input]))  # fail on bad input before Spark starts
     spark = spark_session(cfg.spark, "lathe-data-clean")
     df = with_ids(parquet_dataframe(spark, [input], "parquet"))
     output.mkdir(parents=True, exist_ok=True)

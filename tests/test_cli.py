@@ -1,0 +1,69 @@
+"""The `lathe` command line as an operator uses it: real processes, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO
+
+LATHE = [sys.executable, "-m", "pipelines.cli"]
+
+
+def lathe(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([*LATHE, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
+    import re
+
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "WARN" not in line]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def test_unknown_config_key_is_one_line() -> None:
+    assert_one_line_error(lathe("run", "--set", "data.dedup.thresold=0.5"), r"unknown key data\.dedup\.thresold")
+
+
+def test_unknown_stage_is_one_line(tmp_path: Path) -> None:
+    proc = lathe("run", "nostage", "--config", str(REPO / "configs/tiny.yaml"), "--set", f"run.runs_dir={tmp_path}")
+    assert_one_line_error(proc, r"unknown stage 'nostage'; valid: data")
+
+
+def test_missing_config_file_is_one_line() -> None:
+    assert_one_line_error(lathe("run", "--config", "configs/none.yaml"), r"config file configs/none\.yaml not found")
+
+
+def test_data_clean_missing_input_is_one_line(tmp_path: Path) -> None:
+    proc = lathe("data", "clean", "--input", str(tmp_path / "nothing.parquet"), "--output", str(tmp_path / "out"))
+    assert_one_line_error(proc, r"parquet input .*nothing\.parquet does not exist")
+
+
+@pytest.mark.spark
+def test_data_clean_by_hand(tmp_path: Path) -> None:
+    rows = pd.DataFrame({
+        "content": [
+            "def area(r):\n    return 3.14159 * r * r\n",
+            "def area(r):\n    return 3.14159 * r * r\n",  # exact duplicate
+            "def broken(:\n",
+            'OWNER = "ops@example.org"\n',
+        ],
+        "path": ["geo/area.py", "copy/area.py", "bad.py", "owner.py"],
+        "repo": ["org/geo"] * 4,
+    })
+    rows.to_parquet(tmp_path / "in.parquet")
+    proc = lathe("data", "clean", "--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "x-ray" in proc.stdout
+    kept = pd.read_parquet(tmp_path / "out" / "kept")
+    dropped = pd.read_parquet(tmp_path / "out" / "dropped")
+    assert len(kept) + len(dropped) == 4
+    assert sorted(dropped["reason"]) == ["exact_duplicate", "parse_error"]
+    assert set(dropped.columns) >= {"id", "path", "reason"} and kept["id"].notna().all()
+    assert kept.set_index("path").loc["owner.py", "content"] == 'OWNER = "<EMAIL>"\n'
