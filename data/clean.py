@@ -22,7 +22,7 @@ from data.config import DataConfig
 from data.dedup import exact_duplicates, near_duplicates
 from data.filters import Doc, drop_reason
 from data.pii import PLACEHOLDERS, redact
-from data.sources import CANONICAL_COLUMNS
+from data.sources import CANONICAL_COLUMNS, CANONICAL_FIELDS
 from pipelines.errors import LedgerError
 
 PII_COLUMNS = [f"pii_{kind}" for kind in PLACEHOLDERS]
@@ -30,14 +30,7 @@ DROPPED_COLUMNS = ["id", "path", "reason", "lang", "source", "size_bytes", "dupl
 
 ANNOTATED_SCHEMA = T.StructType(
     [
-        T.StructField("id", T.StringType()),
-        T.StructField("content", T.StringType()),
-        T.StructField("lang", T.StringType()),
-        T.StructField("path", T.StringType()),
-        T.StructField("repo", T.StringType()),
-        T.StructField("license", T.StringType()),
-        T.StructField("size_bytes", T.LongType()),
-        T.StructField("source", T.StringType()),
+        *CANONICAL_FIELDS,
         T.StructField("reason", T.StringType()),
         *[T.StructField(c, T.IntegerType()) for c in PII_COLUMNS],
         T.StructField("lines", T.IntegerType()),

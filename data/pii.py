@@ -58,7 +58,9 @@ _IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\.?\w)")
 _IPV6 = re.compile(
     r"(?<![\w:.])(?=[0-9A-Fa-f]*:[0-9A-Fa-f]*:[0-9A-Fa-f]*:)[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:])"
 )
-_VERSION_CONTEXT = re.compile(r"version|release|__version__", re.IGNORECASE)
+# Dotted numbers that are not addresses: versions, ASN.1 object identifiers, section numbers.
+_NOT_AN_ADDRESS_CONTEXT = re.compile(r"version|release|objectidentifier|\boid\b|section|rfc\s*\d", re.IGNORECASE)
+_DOTTED = re.compile(r"(?<![\w.])\d+(?:\.\w+)+")
 _GLOBAL_UNICAST_V6 = ipaddress.ip_network("2000::/3")
 
 
@@ -78,11 +80,17 @@ def find_ip_addresses(text: str) -> Iterator[Span]:
             addr = ipaddress.IPv4Address(m.group(0))
         except ValueError:
             continue
-        if not addr.is_global or _VERSION_CONTEXT.search(_line_of(text, m.start())):
+        if not addr.is_global:
+            continue
+        line = _line_of(text, m.start())
+        if _NOT_AN_ADDRESS_CONTEXT.search(line):
+            continue
+        # A line that also has dotted numbers of another shape (`'3.2.pl0', '3.1.1.6'`) lists versions.
+        if any(len(d.split(".")) != 4 for d in _DOTTED.findall(line)):
             continue
         before = text[max(0, m.start() - 2) : m.start()]
-        if before in (">=", "<=", "==", "~=", "!=") or before[-1:] in ("<", ">", "^", "~"):
-            continue  # a version constraint: numpy>=1.21.0.0
+        if before in (">=", "<=", "==", "~=", "!=") or before[-1:] in ("<", ">", "^", "~", "-", "#"):
+            continue  # a version constraint (numpy>=1.21.0.0) or an anchor (#section-7.2.3.1)
         yield Span(m.start(), m.end(), "ip_address")
     for m in _IPV6.finditer(text):
         try:
@@ -138,6 +146,8 @@ _KEY_ASSIGNMENT = re.compile(
 _PASSWORD_ASSIGNMENT = re.compile(r"(?i)(?:password|passwd|pwd)[\w-]*['\"]?\s*[:=]\s*(['\"])([^'\"\s]{6,})\1")
 _URL_PASSWORD = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@'\"]+:([^\s@/'\"]+)@[\w.-]+")
 _PLACEHOLDER_CHARS = re.compile(r"[${}<>%()\[\]]|\.\.\.|^x+$|^\*+$", re.IGNORECASE)
+# Words documentation uses in place of a credential: `user:pass@host`, `username:token@id`.
+_PLACEHOLDER_WORDS = frozenset({"pass", "password", "passwd", "pwd", "pw", "p", "token", "secret", "key", "apikey"})
 
 
 def _looks_secret(value: str) -> bool:
@@ -172,7 +182,8 @@ def find_keys(text: str) -> Iterator[Span]:
 def find_passwords(text: str) -> Iterator[Span]:
     """Passwords in URLs (``scheme://user:pw@host``) and in ``password = "..."`` assignments."""
     for m in _URL_PASSWORD.finditer(text):
-        if not _PLACEHOLDER_CHARS.search(m.group(1)):
+        value = m.group(1)
+        if not _PLACEHOLDER_CHARS.search(value) and value.lower() not in _PLACEHOLDER_WORDS:
             yield Span(m.start(1), m.end(1), "password")
     for m in _PASSWORD_ASSIGNMENT.finditer(text):
         if _looks_secret(m.group(2)):

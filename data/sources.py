@@ -31,21 +31,20 @@ from data.languages import canonical_language, language_of
 from pipelines.errors import InputError
 from pipelines.registry import Registry
 
-CANONICAL_COLUMNS = ["id", "content", "lang", "path", "repo", "license", "size_bytes", "source"]
-
-INGEST_SCHEMA = T.StructType(
-    [
-        T.StructField("id", T.StringType()),
-        T.StructField("content", T.StringType()),
-        T.StructField("lang", T.StringType()),
-        T.StructField("path", T.StringType()),
-        T.StructField("repo", T.StringType()),
-        T.StructField("license", T.StringType()),
-        T.StructField("size_bytes", T.LongType()),
-        T.StructField("source", T.StringType()),
-        T.StructField("ingest_error", T.StringType()),
-    ]
-)
+# The canonical schema every source produces and `kept/` holds.
+CANONICAL_FIELDS = [
+    T.StructField("id", T.StringType()),
+    T.StructField("content", T.StringType()),
+    T.StructField("lang", T.StringType()),
+    T.StructField("path", T.StringType()),
+    T.StructField("repo", T.StringType()),
+    T.StructField("license", T.StringType()),
+    T.StructField("size_bytes", T.LongType()),
+    T.StructField("source", T.StringType()),
+]
+CANONICAL_COLUMNS = [f.name for f in CANONICAL_FIELDS]
+# What ingest writes: canonical + why a file could not become text (null if it could).
+INGEST_SCHEMA = T.StructType([*CANONICAL_FIELDS, T.StructField("ingest_error", T.StringType())])
 
 # Bytes sniffed for NUL to call a file binary (git uses the same heuristic on 8000 bytes).
 BINARY_SNIFF_BYTES = 8192

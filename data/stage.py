@@ -83,7 +83,7 @@ DATA = register(
         inputs=(),
         section=lambda cfg: cfg.data,
         run=run_data,
-        version="1",
+        version="2",  # 2: PII precision fixes (OIDs, section anchors, placeholder credentials)
         summarize=summarize_data,
     )
 )

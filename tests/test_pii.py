@@ -59,6 +59,11 @@ def test_pii_is_replaced_by_its_placeholder(text: str, expected: str, kind: str)
         'password = "${DB_PASSWORD}"',  # template, not a secret
         'token_type = "bearer"',
         "timestamp 12:34:56",
+        "id_at_name = univ.ObjectIdentifier('2.5.4.41')",  # ASN.1 OID
+        "# https://datatracker.ietf.org/doc/html/rfc7692#section-7.2.3.1",  # section anchor
+        "('3.2.pl0', '3.1.1.6', ValueError),",  # a table of versions
+        'engine = create_engine("mssql+pyodbc://user:pass@dsn")',  # placeholder credentials
+        "gist://username:token@id/file",
     ],
 )
 def test_things_that_only_look_like_pii_are_kept(text: str) -> None:
