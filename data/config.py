@@ -8,13 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-
-class Strict(BaseModel):
-    """Base model: unknown keys are errors, so a typo never silently does nothing."""
-
-    model_config = ConfigDict(extra="forbid")
+from pipelines.schema import Strict
 
 
 class TreeSourceConfig(Strict):

@@ -13,8 +13,10 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
-from data.config import DataConfig, Strict
+from data.config import DataConfig
 from pipelines.errors import ConfigError
+from pipelines.schema import Strict
+from tokenizer.config import ShardsConfig, TokenizerConfig
 
 
 class RunConfig(Strict):
@@ -44,6 +46,8 @@ class LatheConfig(Strict):
     run: RunConfig = Field(default_factory=RunConfig)
     spark: SparkConfig = Field(default_factory=SparkConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    shards: ShardsConfig = Field(default_factory=ShardsConfig)
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:

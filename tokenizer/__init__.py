@@ -1,0 +1,1 @@
+"""The code vocabulary (stage `tokenizer`) and token shards for MosaicML Streaming (stage `shards`)."""

@@ -1,0 +1,48 @@
+"""Typed configuration of the tokenizer and shards stages."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from pipelines.schema import Strict
+
+
+class TokenizerConfig(Strict):
+    """Byte-level BPE trained on a seeded sample of the clean data."""
+
+    vocab_size: int = Field(4096, ge=256, description="Target size including special tokens; rounded up to a multiple of 64.")
+    sample_bytes: int = Field(50_000_000, gt=0, description="Byte budget of the training sample, drawn by Spark.")
+    heldout_fraction: float = Field(
+        0.05, gt=0, lt=1, description="Files (by a stable hash of id) held out of training for the report."
+    )
+    seed: int = Field(0, description="Seed of the training sample.")
+    min_frequency: int = Field(2, ge=1, description="Pairs seen fewer times are never merged.")
+    reserved_sentinels: int = Field(
+        64, ge=0, description="`<|extra_id_N|>` tokens kept free for later objectives (UL2) without resizing."
+    )
+    ablation_vocab_sizes: list[int] = Field(
+        default_factory=lambda: [1024, 2048],
+        description="Extra vocabulary sizes trained on the same sample for the report (besides vocab_size).",
+    )
+
+    @field_validator("vocab_size")
+    @classmethod
+    def _round_to_64(cls, v: int) -> int:
+        # Embedding and LM-head matmuls are fastest when the vocabulary is a multiple of 64.
+        return -(-v // 64) * 64
+
+
+class ShardsConfig(Strict):
+    """Tokenize, FIM-transform and pack the clean data into MDS shards."""
+
+    seq_len: int = Field(512, ge=8, description="Tokens per packed sample.")
+    fim_rate: float = Field(0.5, ge=0, le=1, description="Share of documents turned into fill-in-the-middle examples.")
+    fim_spm_rate: float = Field(0.5, ge=0, le=1, description="Share of FIM examples in SPM order (the rest PSM).")
+    val_fraction: float = Field(0.02, gt=0, lt=1, description="Share of documents (stable hash of id) in validation.")
+    seed: int = Field(0, description="Seed of the FIM decisions and of the sample order.")
+    partitions: int = Field(4, ge=1, description="Writer partitions per split (one MDS sub-directory each).")
+    shard_size_limit: int = Field(1 << 26, gt=0, description="Bytes per MDS shard before compression.")
+    compression: str | None = Field("zstd", description="MDS shard compression (zstd, gz, ...; null for none).")
+    output: str | None = Field(
+        None, description="Where the shards go: a local path or an object-store URI; default the stage folder."
+    )
