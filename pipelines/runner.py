@@ -70,21 +70,25 @@ def _write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
 
 
 def select_stages(requested: list[str] | None, registry: Registry[Stage] | None = None) -> list[Stage]:
-    """The requested stages plus everything upstream of them, in execution order."""
+    """The requested stages plus everything upstream of them, inputs before the stages using them."""
     registry = registry or load_stages()
-    names = requested or registry.names()
-    wanted: set[str] = set()
+    ordered: list[Stage] = []
+    visiting: set[str] = set()
 
     def visit(name: str) -> None:
         stage = registry.get(name)
-        if name not in wanted:
-            wanted.add(name)
-            for dep in stage.inputs:
-                visit(dep)
+        if stage in ordered:
+            return
+        if name in visiting:
+            raise ValueError(f"stage {name!r} depends on itself")
+        visiting.add(name)
+        for dep in stage.inputs:
+            visit(dep)
+        ordered.append(stage)
 
-    for name in names:
+    for name in requested or registry.names():
         visit(name)
-    return [registry.get(n) for n in registry.names() if n in wanted]
+    return ordered
 
 
 @dataclass

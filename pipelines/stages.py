@@ -53,9 +53,7 @@ STAGES: Registry[Stage] = Registry("stage")
 
 
 def register(stage: Stage) -> Stage:
-    """Add a stage to the registry (registration order is execution order)."""
-    for dep in stage.inputs:
-        STAGES.get(dep)  # inputs must be registered first, so the order is topological
+    """Add a stage to the registry; the runner orders stages by their inputs."""
     STAGES.register(stage.name)(stage)
     return stage
 
@@ -63,5 +61,6 @@ def register(stage: Stage) -> Stage:
 def load_stages() -> Registry[Stage]:
     """Import the modules that register stages and return the registry."""
     import data.stage  # noqa: F401  (registers `data`)
+    import tokenizer.stage  # noqa: F401  (registers `tokenizer`, `shards`)
 
     return STAGES

@@ -1,0 +1,151 @@
+"""data -> tokenizer -> shards on real Spark, read back with MosaicML Streaming."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from rich.console import Console
+
+from pipelines.config import load_config
+from pipelines.errors import InputError
+from pipelines.runner import MANIFEST, run_pipeline
+from pipelines.stages import StageContext
+from tokenizer.special import EOS, FIM_PREFIX, PAD
+from tokenizer.splits import stable_fraction
+from tokenizer.shards import VAL_SALT
+from tokenizer.stage import run_shards
+from tokenizer.vocab import load_tokenizer
+
+pytestmark = pytest.mark.spark
+QUIET = Console(quiet=True)
+
+
+@pytest.fixture(scope="module")
+def pipeline(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    cfg = load_config(
+        None,
+        [
+            f"run.runs_dir={root / 'runs'}",
+            "profile=small",
+            "data.sources=[{kind: embedded, max_bytes: 1500000, include_site_packages: false}]",
+            "data.partitions=2",
+            "tokenizer.vocab_size=512",
+            "tokenizer.reserved_sentinels=4",
+            "tokenizer.heldout_fraction=0.1",
+            "tokenizer.ablation_vocab_sizes=[320, 384]",
+            "shards.seq_len=128",
+            "shards.partitions=2",
+            "shards.val_fraction=0.1",
+        ],
+    )
+    outcomes = run_pipeline(cfg, ["shards"], console=QUIET)
+    return root / "runs" / "small", cfg, outcomes
+
+
+def sample_hashes(split_dir: Path) -> list[str]:
+    from streaming import StreamingDataset
+
+    ds = StreamingDataset(local=str(split_dir), shuffle=False, batch_size=1)
+    return [hashlib.sha1(ds[i]["tokens"].tobytes()).hexdigest() for i in range(len(ds))]
+
+
+def test_tokenizer_report_and_files(pipeline) -> None:
+    out, cfg, outcomes = pipeline
+    assert [o.name for o in outcomes] == ["data", "tokenizer", "shards"]
+    report = json.loads((out / "tokenizer" / "report.json").read_text())
+    assert report["main"]["round_trip_rate"] == 1.0 and report["main"]["vocab_size"] == 512
+    assert [r["vocab_size"] for r in sorted(report["ablation"], key=lambda r: r["vocab_size"])] == [320, 384, 512]
+    # more vocabulary compresses better on the same held-out files
+    bpt = [r["bytes_per_token"] for r in sorted(report["ablation"], key=lambda r: r["vocab_size"])]
+    assert bpt == sorted(bpt) and report["main"]["languages"]["python"]["bytes_per_token"] > 1.5
+    assert (out / "tokenizer" / "tokenizer_config.json").is_file() and (out / "tokenizer" / "vocab_ablation.png").is_file()
+
+
+def test_shards_read_back_with_every_token(pipeline) -> None:
+    from streaming import StreamingDataset
+
+    out, cfg, _ = pipeline
+    manifest = json.loads((out / "shards" / MANIFEST).read_text())
+    counts = manifest["counts"]
+    tok = load_tokenizer(out / "tokenizer")
+    eos, pad, fim = tok.token_to_id(EOS), tok.token_to_id(PAD), tok.token_to_id(FIM_PREFIX)
+    for split in ("train", "val"):
+        ds = StreamingDataset(local=str(out / "shards" / "mds" / split), shuffle=False, batch_size=1)
+        arrays = [ds[i]["tokens"] for i in range(len(ds))]
+        assert len(arrays) == counts[f"{split}.samples"]
+        flat = np.concatenate(arrays)
+        assert all(a.shape == (128,) for a in arrays) and flat.max() < 512
+        assert int((flat != pad).sum()) == counts[f"{split}.tokens"]
+        assert int((flat == eos).sum()) == counts[f"{split}.docs"]  # one end-of-text per document
+        assert int((flat == fim).sum()) == counts[f"{split}.fim_docs"]
+    assert 0.3 < counts["train.fim_docs"] / counts["train.docs"] < 0.7
+
+
+def test_split_is_a_stable_hash_of_the_id(pipeline) -> None:
+    out, cfg, _ = pipeline
+    kept = pd.read_parquet(out / "data" / "kept")
+    in_val = sum(stable_fraction(i, VAL_SALT) < cfg.shards.val_fraction for i in kept["id"])
+    counts = json.loads((out / "shards" / MANIFEST).read_text())["counts"]
+    assert counts["val.docs"] == in_val and counts["train.docs"] == len(kept) - in_val
+
+
+def test_same_inputs_give_the_same_samples_in_the_same_order(pipeline) -> None:
+    out, cfg, _ = pipeline
+    before = sample_hashes(out / "shards" / "mds" / "train")
+    assert [o.status for o in run_pipeline(cfg, ["shards"], force=True, console=QUIET)] == ["skipped", "skipped", "ran"]
+    assert sample_hashes(out / "shards" / "mds" / "train") == before
+
+
+def test_dataloader_resumes_exactly_from_its_state_dict(pipeline) -> None:
+    from streaming import StreamingDataLoader, StreamingDataset
+    from streaming.base.util import clean_stale_shared_memory
+
+    out, _, _ = pipeline
+    local = str(out / "shards" / "mds" / "train")
+
+    def loader() -> StreamingDataLoader:
+        ds = StreamingDataset(local=local, shuffle=True, shuffle_seed=7, batch_size=4)
+        return StreamingDataLoader(ds, batch_size=4, num_workers=0)
+
+    first = loader()
+    it = iter(first)
+    opening = next(it)["tokens"].clone()
+    for _ in range(2):
+        next(it)
+    state = first.state_dict()
+    expected = [next(it)["tokens"].clone() for _ in range(2)]
+    del it, first
+    clean_stale_shared_memory()
+    resumed = loader()
+    resumed.load_state_dict(state)
+    got = [b["tokens"] for _, b in zip(range(2), resumed)]
+    assert len(got) == 2 and all((a == b).all() for a, b in zip(expected, got))
+    assert not (got[0] == opening).all()  # it resumed mid-epoch, not from the start
+
+
+def _ctx(pipeline, sets: list[str], inputs: dict[str, Path] | None = None, out_dir: Path | None = None) -> StageContext:
+    out, cfg, _ = pipeline
+    bad = load_config(None, [f"run.runs_dir={out.parent}", "profile=small", "tokenizer.vocab_size=512", *sets])
+    dest = out_dir or out.parent / "scratch"
+    dest.mkdir(parents=True, exist_ok=True)
+    return StageContext(bad, dest, inputs or {"data": out / "data", "tokenizer": out / "tokenizer"}, QUIET)
+
+
+def test_bad_input_is_one_clear_error_before_work(pipeline, spark, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="has 512 tokens but tokenizer.vocab_size is 1024"):
+        run_shards(_ctx(pipeline, ["tokenizer.vocab_size=1024"]))
+    with pytest.raises(InputError, match=r"shards output /proc/lathe-shards is not writable"):
+        run_shards(_ctx(pipeline, ["shards.output=/proc/lathe-shards"]))
+    empty = tmp_path / "data"
+    spark.createDataFrame([], "id string, content string").write.parquet(str(empty / "kept"))
+    out, *_ = pipeline
+    ctx = _ctx(pipeline, [], {"data": empty, "tokenizer": out / "tokenizer"}, tmp_path / "shards")
+    with pytest.raises(InputError, match=r"clean data .*kept is empty"):
+        run_shards(ctx)
+    assert not (tmp_path / "shards" / MANIFEST).exists()
