@@ -10,7 +10,7 @@ SET ?=
 SET_FLAGS := $(foreach s,$(SET),--set $(s))
 STAMP := $(VENV)/.lathe-installed
 
-.PHONY: setup lock all data test bench clean-runs
+.PHONY: setup lock all data tokenizer shards test bench clean-runs
 
 ## setup: create .venv with the exact pinned environment (idempotent; reruns only when pins change)
 setup: $(STAMP)
@@ -31,13 +31,21 @@ lock:
 	 .lock-venv/bin/pip freeze --all | grep -viE "^(pip|lathe)==") > requirements/lock.txt
 	rm -rf .lock-venv
 
-## all: raw -> clean data on the embedded default corpus (grows as stages land)
+## all: raw -> clean data -> tokenizer -> MDS shards on the embedded default corpus (grows as stages land)
 all: setup
 	$(BIN)/lathe run --config $(CONFIG) $(SET_FLAGS)
 
 ## data: the Spark data stage (ingest, clean, PII, dedup, x-ray)
 data: setup
 	$(BIN)/lathe run data --config $(CONFIG) $(SET_FLAGS)
+
+## tokenizer: train the code vocabulary on a sample of the clean data (runs `data` first if needed)
+tokenizer: setup
+	$(BIN)/lathe run tokenizer --config $(CONFIG) $(SET_FLAGS)
+
+## shards: tokenize + FIM + pack the clean data into MosaicML Streaming shards
+shards: setup
+	$(BIN)/lathe run shards --config $(CONFIG) $(SET_FLAGS)
 
 ## test: the whole test suite (unit tests beside integration tests with real Spark and MLflow)
 test: setup
@@ -46,6 +54,8 @@ test: setup
 ## bench: side-by-side measurements against peers (never part of tests)
 bench: setup
 	$(BIN)/python benchmarks/data_bench.py
+	$(BIN)/lathe run shards --config $(CONFIG)
+	$(BIN)/python benchmarks/shards_bench.py --runs runs/$$(basename $(CONFIG) .yaml)
 
 clean-runs:
 	rm -rf runs

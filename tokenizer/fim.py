@@ -20,6 +20,7 @@ from typing import Callable
 from tokenizer.special import EOS, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 
 Encode = Callable[[str], list[int]]
+EncodeBatch = Callable[[list[str]], list[list[int]]]
 
 
 @dataclass(frozen=True)
@@ -61,19 +62,38 @@ class SpecialIds:
         return cls(ids[EOS], ids[FIM_PREFIX], ids[FIM_MIDDLE], ids[FIM_SUFFIX])  # type: ignore[arg-type]
 
 
+def _assemble(cut: FimSplit, prefix: list[int], middle: list[int], suffix: list[int], ids: SpecialIds) -> list[int]:
+    if cut.mode == "psm":
+        return [ids.prefix, *prefix, ids.suffix, *suffix, ids.middle, *middle, ids.eos]
+    return [ids.prefix, ids.suffix, *suffix, ids.middle, *prefix, *middle, ids.eos]
+
+
+def encode_documents(
+    docs: list[tuple[str, str]], encode_batch: EncodeBatch, ids: SpecialIds, seed: int, rate: float, spm_rate: float
+) -> list[tuple[list[int], bool]]:
+    """Token ids of (id, text) documents, FIM-transformed or not, each ending in ``<|endoftext|>``.
+
+    All pieces (whole documents, or FIM prefixes/middles/suffixes) go through one
+    ``encode_batch`` call, which the Rust tokenizer parallelises. Returns, per document,
+    the ids and whether it was FIM-transformed.
+    """
+    cuts = [fim_split(text, doc_id, seed, rate, spm_rate) for doc_id, text in docs]
+    pieces: list[str] = []
+    for (_, text), cut in zip(docs, cuts):
+        pieces += [text] if cut is None else [cut.prefix, cut.middle, cut.suffix]
+    encoded = iter(encode_batch(pieces))
+    out = []
+    for cut in cuts:
+        if cut is None:
+            out.append(([*next(encoded), ids.eos], False))
+        else:
+            prefix, middle, suffix = next(encoded), next(encoded), next(encoded)
+            out.append((_assemble(cut, prefix, middle, suffix, ids), True))
+    return out
+
+
 def encode_document(
     text: str, doc_id: str, encode: Encode, ids: SpecialIds, seed: int, rate: float, spm_rate: float
 ) -> tuple[list[int], bool]:
-    """Token ids of one document, FIM-transformed or not, ending in ``<|endoftext|>``.
-
-    Returns the ids and whether the document was FIM-transformed.
-    """
-    cut = fim_split(text, doc_id, seed, rate, spm_rate)
-    if cut is None:
-        return [*encode(text), ids.eos], False
-    prefix, middle, suffix = encode(cut.prefix), encode(cut.middle), encode(cut.suffix)
-    if cut.mode == "psm":
-        tokens = [ids.prefix, *prefix, ids.suffix, *suffix, ids.middle, *middle, ids.eos]
-    else:
-        tokens = [ids.prefix, ids.suffix, *suffix, ids.middle, *prefix, *middle, ids.eos]
-    return tokens, True
+    """:func:`encode_documents` for one document and a one-text ``encode``."""
+    return encode_documents([(doc_id, text)], lambda texts: [encode(t) for t in texts], ids, seed, rate, spm_rate)[0]

@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from tokenizer.config import ShardsConfig
-from tokenizer.fim import SpecialIds, encode_document
+from tokenizer.fim import SpecialIds, encode_documents
 from tokenizer.pack import Packer, token_dtype
 from tokenizer.splits import stable_fraction_col
 
@@ -75,11 +75,11 @@ def tokenize(docs: DataFrame, tokenizer_json: str, cfg: ShardsConfig) -> DataFra
         tok.encode_special_tokens = True  # a file that spells "<|endoftext|>" is text
         ids = SpecialIds.from_vocab(tok.token_to_id)
 
-        def enc(text: str) -> list[int]:
-            return tok.encode(text, add_special_tokens=False).ids
+        def encode_batch(texts: list[str]) -> list[list[int]]:
+            return [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
 
         for pdf in batches:
-            out = [encode_document(c, i, enc, ids, seed, rate, spm_rate) for i, c in zip(pdf["id"], pdf["content"])]
+            out = encode_documents(list(zip(pdf["id"], pdf["content"])), encode_batch, ids, seed, rate, spm_rate)
             yield pd.DataFrame(
                 {
                     "split": pdf["split"],
