@@ -40,6 +40,43 @@ def run(
     )
 
 
+@app.command()
+def train(
+    config: Path = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    nproc: Optional[int] = typer.Option(None, "--nproc", help="Processes per node (Composer launcher)."),
+    force: bool = typer.Option(False, "--force", help="Retrain from scratch even if done."),
+) -> None:
+    """Train the model (running the stages it needs first); --nproc N for DDP on N processes."""
+    from pipelines.config import load_config
+    from pipelines.runner import run_pipeline
+
+    cfg = load_config(config, [*(set_ or []), *([f"train.nproc={nproc}"] if nproc else [])])
+    run_pipeline(cfg, ["train"], force=force, console=console)
+
+
+@app.command("replay-spike")
+def replay_spike(
+    run_dir: Path = typer.Option(Path("runs/tiny/train"), "--run", help="The train stage's folder."),
+    step: Optional[int] = typer.Option(None, "--step", help="Spike step (default: the first logged)."),
+    shards: Optional[Path] = typer.Option(None, "--shards", help="Train split; default from the run's job/config."),
+) -> None:
+    """Reload a logged loss-spike batch from the shards and score it with the exported model."""
+    import json as _json
+
+    from tokenizer.special import PAD
+    from tokenizer.vocab import load_tokenizer
+    from training.replay import load_batch, read_spike, replay_loss
+
+    record = read_spike(run_dir / "loss_spikes.jsonl", step)
+    split = str(shards) if shards else str(run_dir.parent / "shards" / "mds" / "train")
+    tok = load_tokenizer(run_dir / "hf_model")
+    batch = load_batch(split, record, tok.token_to_id(PAD))
+    loss = replay_loss(run_dir / "hf_model", batch)
+    console.print(_json.dumps({"step": record["step"], "logged_loss": record["loss"], "replayed_loss_final_model": loss,
+                               "samples": [(s["shard"], s["position"]) for s in record["samples"]]}))
+
+
 @data_app.command("clean")
 def data_clean(
     input: str = typer.Option(..., "--input", "-i", help="Parquet file, directory or glob (`content`, `path` columns)."),

@@ -17,6 +17,7 @@ from data.config import DataConfig
 from pipelines.errors import ConfigError
 from pipelines.schema import Strict
 from tokenizer.config import ShardsConfig, TokenizerConfig
+from training.config import TrainConfig
 
 
 class RunConfig(Strict):
@@ -48,6 +49,7 @@ class LatheConfig(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     shards: ShardsConfig = Field(default_factory=ShardsConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:

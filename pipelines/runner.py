@@ -139,7 +139,9 @@ def run_pipeline(
                     stage.summarize(out_dir, console)
                 outcomes.append(StageOutcome(stage.name, "skipped", fp, out_dir, 0.0))
                 continue
-            outcomes.append(_run_stage(stage, cfg, fp, fingerprints, out_dir, profile_dir, parent.info.run_id, console))
+            outcomes.append(
+                _run_stage(stage, cfg, fp, fingerprints, out_dir, profile_dir, parent.info.run_id, console, stage.name in forced)
+            )
     return outcomes
 
 
@@ -152,9 +154,16 @@ def _run_stage(
     profile_dir: Path,
     parent_run_id: str,
     console: Console,
+    forced: bool,
 ) -> StageOutcome:
-    shutil.rmtree(out_dir, ignore_errors=True)  # leftovers of an unfinished run
-    out_dir.mkdir(parents=True)
+    marker = out_dir / ".fingerprint"
+    keep = stage.resumable and not forced and marker.is_file() and marker.read_text() == fp
+    if keep:
+        console.print(f"resuming unfinished {stage.name} in {out_dir}")
+    else:
+        shutil.rmtree(out_dir, ignore_errors=True)  # leftovers of an unfinished or stale run
+        out_dir.mkdir(parents=True)
+        marker.write_text(fp)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     with mlflow.start_run(run_name=stage.name, nested=True) as child:
@@ -163,7 +172,7 @@ def _run_stage(
         params = flatten(section)
         for start in range(0, len(params), 100):  # MLflow takes at most 100 params per call
             mlflow.log_params(dict(list(params.items())[start : start + 100]))
-        ctx = StageContext(cfg, out_dir, {d: profile_dir / d for d in stage.inputs}, console)
+        ctx = StageContext(cfg, out_dir, {d: profile_dir / d for d in stage.inputs}, console, fp)
         result = stage.run(ctx)
         duration = time.perf_counter() - t0
         mlflow.log_metrics({**{f"count.{k}": float(v) for k, v in result.counts.items()}, **result.metrics})

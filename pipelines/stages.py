@@ -21,6 +21,7 @@ class StageContext:
     out_dir: Path  # runs/<profile>/<stage>/, empty at start
     inputs: dict[str, Path]  # upstream stage name -> its output directory
     console: Console
+    fingerprint: str = ""  # this run's fingerprint: stable names for resumable work (checkpoints)
 
 
 @dataclass
@@ -47,6 +48,9 @@ class Stage:
     run: Callable[[StageContext], StageResult]
     version: str = "1"
     summarize: Callable[[Path, Console], None] | None = None  # reprint the summary of a finished stage
+    # Resumable stages keep an unfinished output directory of the same fingerprint
+    # (checkpoints) so a rerun continues; others start from an empty directory.
+    resumable: bool = False
 
 
 STAGES: Registry[Stage] = Registry("stage")
@@ -62,5 +66,6 @@ def load_stages() -> Registry[Stage]:
     """Import the modules that register stages and return the registry."""
     import data.stage  # noqa: F401  (registers `data`)
     import tokenizer.stage  # noqa: F401  (registers `tokenizer`, `shards`)
+    import training.stage  # noqa: F401  (registers `train`)
 
     return STAGES

@@ -21,6 +21,37 @@ def spark():
     session.stop()
 
 
+SMALL_PIPELINE = [
+    "profile=small",
+    "data.sources=[{kind: embedded, max_bytes: 1500000, include_site_packages: false}]",
+    "data.partitions=2",
+    "tokenizer.vocab_size=512",
+    "tokenizer.reserved_sentinels=4",
+    "tokenizer.heldout_fraction=0.1",
+    "tokenizer.ablation_vocab_sizes=[320, 384]",
+    "shards.seq_len=128",
+    "shards.partitions=2",
+    "shards.val_fraction=0.1",
+]
+
+
+@pytest.fixture(scope="session")
+def shards_pipeline(spark, tmp_path_factory):
+    """data -> tokenizer -> shards once per test session on 1.5 MB of the standard library.
+
+    Returns (profile dir, config, outcomes).
+    """
+    from rich.console import Console
+
+    from pipelines.config import load_config
+    from pipelines.runner import run_pipeline
+
+    root = tmp_path_factory.mktemp("pipeline")
+    cfg = load_config(None, [f"run.runs_dir={root / 'runs'}", *SMALL_PIPELINE])
+    outcomes = run_pipeline(cfg, ["shards"], console=Console(quiet=True))
+    return root / "runs" / "small", cfg, outcomes
+
+
 PY_FUNC = '''
 def {name}(values, scale=2):
     """Scale every value and keep the positive ones."""

@@ -26,26 +26,8 @@ QUIET = Console(quiet=True)
 
 
 @pytest.fixture(scope="module")
-def pipeline(spark, tmp_path_factory):
-    root = tmp_path_factory.mktemp("shards")
-    cfg = load_config(
-        None,
-        [
-            f"run.runs_dir={root / 'runs'}",
-            "profile=small",
-            "data.sources=[{kind: embedded, max_bytes: 1500000, include_site_packages: false}]",
-            "data.partitions=2",
-            "tokenizer.vocab_size=512",
-            "tokenizer.reserved_sentinels=4",
-            "tokenizer.heldout_fraction=0.1",
-            "tokenizer.ablation_vocab_sizes=[320, 384]",
-            "shards.seq_len=128",
-            "shards.partitions=2",
-            "shards.val_fraction=0.1",
-        ],
-    )
-    outcomes = run_pipeline(cfg, ["shards"], console=QUIET)
-    return root / "runs" / "small", cfg, outcomes
+def pipeline(shards_pipeline):
+    return shards_pipeline
 
 
 def sample_hashes(split_dir: Path) -> list[str]:

@@ -1,0 +1,1 @@
+"""Training: a Llama-architecture code model trained by MosaicML Composer from MDS shards."""

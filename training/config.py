@@ -1,0 +1,91 @@
+"""Typed configuration of the `train` stage: model, optimizer, schedule, parallelism, tracking."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from pipelines.schema import Strict
+
+
+class ModelConfig(Strict):
+    """A decoder-only Llama (RoPE, SwiGLU, RMSNorm, SDPA attention) built from these numbers."""
+
+    d_model: int = Field(256, gt=0, description="Hidden size.")
+    n_layers: int = Field(4, gt=0, description="Transformer blocks.")
+    n_heads: int = Field(4, gt=0, description="Attention heads.")
+    n_kv_heads: int | None = Field(None, gt=0, description="Key/value heads (grouped-query attention); None = n_heads.")
+    ffn_hidden: int | None = Field(None, gt=0, description="SwiGLU hidden size; None = 8/3 d_model rounded up to 64.")
+    max_seq_len: int = Field(512, gt=0, description="Context length (RoPE positions); must cover shards.seq_len.")
+    rope_theta: float = Field(10_000.0, gt=0, description="RoPE base.")
+    tie_embeddings: bool = Field(True, description="Share the input embedding and the LM head.")
+    init_std: float = Field(0.02, gt=0, description="Initialiser standard deviation.")
+    vocab_size: int | None = Field(None, description="None = the tokenizer's; if set, it must equal the tokenizer's.")
+
+
+class OptimizerConfig(Strict):
+    """Optimizer with decoupled weight decay."""
+
+    name: Literal["decoupled_adamw", "decoupled_lionw"] = "decoupled_adamw"
+    lr: float = Field(3e-3, gt=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.0, ge=0, description="Decoupled: multiplied by lr/initial_lr, not by the gradient.")
+
+
+class LossSpikeConfig(Strict):
+    """Detect a training-loss spike against the recent loss statistics."""
+
+    window: int = Field(20, ge=2, description="Recent batches whose loss mean and deviation define normal.")
+    sigmas: float = Field(6.0, ge=0, description="A loss above mean + sigmas * std (and above mean * min_ratio) is a spike.")
+    min_ratio: float = Field(1.2, ge=1, description="Ignore tiny absolute jumps when the loss is very flat.")
+    action: Literal["log", "skip", "stop"] = Field(
+        "log", description="log: record it; skip: do not step the optimizer on that batch; stop: end training."
+    )
+
+
+class WandbConfig(Strict):
+    """Weights & Biases through Composer's WandBLogger."""
+
+    enabled: bool = True
+    project: str = "lathe"
+    online: bool = Field(False, description="Upload live (needs WANDB_API_KEY); else an offline run dir `wandb sync` uploads.")
+
+
+class TrainConfig(Strict):
+    """The Composer trainer.
+
+    The global batch is fixed; each of the world's ranks takes global / world_size.
+    """
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    warmup: str = Field("10ba", description="Linear warmup, Composer time string (ba, tok, dur).")
+    alpha_f: float = Field(0.1, ge=0, le=1, description="Cosine decays to alpha_f * lr.")
+    max_duration: str = Field("60ba", description="Training length: batches (ba) or tokens (tok).")
+    global_train_batch_size: int = Field(8, gt=0, description="Samples per optimizer step across all ranks.")
+    device_train_microbatch_size: int | Literal["auto"] = Field(
+        8, description="Samples per forward/backward on one device; `auto` searches the largest that fits (GPU)."
+    )
+    grad_clip_norm: float = Field(1.0, gt=0)
+    eval_interval: str = Field("20ba", description="Validation every this often (and at the end).")
+    eval_subset_num_batches: int = Field(-1, description="Validation batches per evaluation; -1 = the whole split.")
+    precision: Literal["fp32", "amp_bf16", "amp_fp16"] = Field("fp32", description="fp32 on CPU; amp_bf16 on GPU.")
+    fsdp: Literal["FULL_SHARD", "SHARD_GRAD_OP"] | None = Field(
+        None, description="FSDP2 sharding: FULL_SHARD ~ ZeRO-3, SHARD_GRAD_OP ~ ZeRO-2; None = DDP."
+    )
+    activation_checkpointing: bool = False
+    activation_cpu_offload: bool = False
+    save_interval: str = Field("10ba", description="Checkpoint every this often (for autoresume).")
+    save_folder: str | None = Field(None, description="Local path or object-store URI; default <stage>/checkpoints.")
+    save_num_checkpoints_to_keep: int = Field(2, description="-1 keeps all.")
+    seed: int = 17
+    nproc: int = Field(1, ge=1, description="Processes per node (Composer launcher); 1 runs in the lathe process.")
+    num_workers: int = Field(0, ge=0, description="DataLoader workers per rank.")
+    peak_flops_per_device: float | None = Field(
+        None, description="For MFU off-GPU; on GPUs Composer knows the peak of common devices."
+    )
+    loss_spike: LossSpikeConfig = Field(default_factory=LossSpikeConfig)
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+    registered_model: str = Field("lathe-code", description="MLflow Model Registry name for the exported model.")

@@ -1,0 +1,77 @@
+"""Streaming dataloaders over the MDS shards, with sample indices kept for replay."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from composer.core import DataSpec
+from streaming import StreamingDataLoader, StreamingDataset
+
+from pipelines.errors import InputError
+
+
+class IndexedStreamingDataset(StreamingDataset):
+    """A StreamingDataset whose samples carry their global index (for loss-spike replay)."""
+
+    def get_item(self, sample_id: int, retry: int = 7) -> dict[str, Any]:
+        sample = super().get_item(sample_id, retry=retry)
+        return {"tokens": sample["tokens"], "sample_idx": sample_id}
+
+    def locate(self, sample_id: int) -> tuple[str, int]:
+        """(shard file, position in shard) of a global sample index."""
+        shard_id, offset = self.spanner[sample_id]
+        return self.shards[shard_id].raw_data.basename, int(offset)
+
+
+def check_split(uri: str) -> dict[str, Any]:
+    """Fail before any compute if a local split's index or shards are missing or corrupt."""
+    if "://" in uri:
+        return {}  # object stores are checked by streaming on first access
+    index = Path(uri) / "index.json"
+    if not index.is_file():
+        raise InputError(f"MDS index {index} not found; run `lathe run shards` first")
+    try:
+        meta = json.loads(index.read_text())
+        shards = meta["shards"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise InputError(f"MDS index {index} is corrupt ({exc}); rerun `lathe run shards --force`") from None
+    for shard in shards:
+        zip_info = shard.get("zip_data") or shard["raw_data"]
+        path = Path(uri) / zip_info["basename"]
+        if not path.is_file() or path.stat().st_size != zip_info["bytes"]:
+            raise InputError(f"MDS shard {path} is missing or truncated; rerun `lathe run shards --force`")
+    return meta
+
+
+def collate(pad_id: int):
+    """Samples -> {input_ids, labels (pad = -100), sample_idx}."""
+
+    def fn(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        ids = torch.from_numpy(np.stack([s["tokens"] for s in samples]).astype(np.int64))
+        labels = ids.masked_fill(ids == pad_id, -100)
+        return {"input_ids": ids, "labels": labels, "sample_idx": torch.tensor([s["sample_idx"] for s in samples])}
+
+    return fn
+
+
+def tokens_in_batch(batch: dict[str, torch.Tensor]) -> int:
+    """Real (non-pad) tokens: what SpeedMonitor's tokens/s counts."""
+    return int((batch["labels"] != -100).sum())
+
+
+def build_dataloader(
+    uri: str, cache: Path, batch_size: int, shuffle: bool, seed: int, pad_id: int, num_workers: int
+) -> tuple[DataSpec, IndexedStreamingDataset]:
+    """A DataSpec over one split; each rank reads its own part of the stream."""
+    if "://" in uri:
+        dataset = IndexedStreamingDataset(remote=uri, local=str(cache), shuffle=shuffle, shuffle_seed=seed, batch_size=batch_size)
+    else:
+        dataset = IndexedStreamingDataset(local=uri, shuffle=shuffle, shuffle_seed=seed, batch_size=batch_size)
+    loader = StreamingDataLoader(
+        dataset, batch_size=batch_size, collate_fn=collate(pad_id), num_workers=num_workers, drop_last=shuffle
+    )
+    return DataSpec(loader, get_num_tokens_in_batch=tokens_in_batch), dataset

@@ -1,0 +1,229 @@
+"""The Composer training run one rank executes, and the HF export at the end.
+
+`run_training` is what every rank runs: in the lathe process when `train.nproc == 1`,
+or under Composer's launcher (`composer -n N -m training.worker JOB.json`) otherwise,
+which also spans nodes through NODE_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from composer import Evaluator, Trainer
+from composer.algorithms import GradientClipping
+from composer.callbacks import LRMonitor, MemoryMonitor, SpeedMonitor
+from composer.optim import CosineAnnealingWithWarmupScheduler
+from composer.utils import dist, get_device, reproducibility
+from pydantic import Field
+
+from pipelines.errors import InputError
+from pipelines.schema import Strict
+from tokenizer.special import EOS, PAD
+from tokenizer.vocab import load_tokenizer
+from training.callbacks import JsonlLogger, LossSpikeMonitor, MLflowRunLogger
+from training.data import build_dataloader, check_split
+from training.model import build_model, parameter_count
+from training.optim import build_optimizer
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+class TrainJob(Strict):
+    """Everything a rank needs, serialisable to JSON for the launcher."""
+
+    config: dict[str, Any] = Field(description="The LatheConfig, dumped.")
+    shards: str = Field(description="Root of the MDS splits (train/, val/): local path or URI.")
+    tokenizer: str = Field(description="Directory of the trained tokenizer.")
+    out_dir: str = Field(description="The stage's output directory.")
+    run_name: str = Field(description="Stable across restarts: autoresume finds checkpoints by it.")
+    mlflow_uri: str
+    mlflow_run_id: str | None = None
+
+
+def save_folder(job: TrainJob) -> str:
+    """Where checkpoints go: the configured URI or <stage>/checkpoints."""
+    from pipelines.config import LatheConfig
+
+    cfg = LatheConfig.model_validate(job.config)
+    return cfg.train.save_folder or str(Path(job.out_dir) / "checkpoints")
+
+
+def preflight(job: TrainJob) -> dict[str, Any]:
+    """Every check that can fail on user input, before any compute is spent."""
+    from pipelines.config import LatheConfig
+
+    cfg = LatheConfig.model_validate(job.config)
+    tc = cfg.train
+    tok = load_tokenizer(Path(job.tokenizer))
+    vocab = tok.get_vocab_size()
+    if tc.model.vocab_size is not None and tc.model.vocab_size != vocab:
+        raise InputError(
+            f"train.model.vocab_size={tc.model.vocab_size} but the tokenizer has {vocab} tokens; "
+            "unset train.model.vocab_size or retrain the tokenizer"
+        )
+    meta = {split: check_split(f"{job.shards.rstrip('/')}/{split}") for split in ("train", "val")}
+    seq_len = cfg.shards.seq_len
+    if seq_len > tc.model.max_seq_len:
+        raise InputError(f"shards.seq_len={seq_len} exceeds train.model.max_seq_len={tc.model.max_seq_len}")
+    folder = save_folder(job)
+    if "://" not in folder:
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            probe = Path(folder) / f".write-test-{os.getpid()}"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise InputError(f"checkpoint folder {folder} is not writable ({exc.strerror}); fix train.save_folder") from None
+    return {"vocab_size": vocab, "pad_id": tok.token_to_id(PAD), "eos_id": tok.token_to_id(EOS), "seq_len": seq_len, "meta": meta}
+
+
+def _wandb_logger(job: TrainJob, cfg: Any) -> Any:
+    import wandb
+    from composer.loggers import WandBLogger
+
+    # wandb 0.31 dropped Run.get_url, which Composer 0.32 still calls.
+    run_cls = wandb.sdk.wandb_run.Run
+    if not hasattr(run_cls, "get_url"):
+        run_cls.get_url = lambda self: self.url  # type: ignore[attr-defined]
+    online = cfg.train.wandb.online and bool(os.environ.get("WANDB_API_KEY"))
+    os.environ.setdefault("WANDB_MODE", "online" if online else "offline")
+
+    class CheckpointlessWandBLogger(WandBLogger):
+        """Checkpoints live in save_folder, never in W&B: autoresume must not ask W&B's API
+        for them (which needs a login even for an offline run)."""
+
+        def download_file(self, *args: Any, **kwargs: Any) -> None:
+            raise NotImplementedError("lathe keeps checkpoints in train.save_folder")
+
+    return CheckpointlessWandBLogger(
+        project=cfg.train.wandb.project,
+        name=job.run_name,
+        init_kwargs={"dir": job.out_dir, "id": job.run_name, "resume": "allow", "config": cfg.train.model_dump(mode="json")},
+    )
+
+
+def run_training(job: TrainJob) -> dict[str, Any]:
+    """Train on one rank; rank 0 exports the model and returns (and writes) the summary."""
+    from composer.utils.parallelism import FSDP2Config, ParallelismConfig
+
+    from pipelines.config import LatheConfig
+
+    cfg = LatheConfig.model_validate(job.config)
+    tc = cfg.train
+    out = Path(job.out_dir)
+    facts = preflight(job)
+    device = "gpu" if torch.cuda.is_available() else "cpu"
+    if dist.get_world_size() > 1 and not dist.is_initialized():
+        # Before any StreamingDataset: it would otherwise make (and tear down) its own group.
+        dist.initialize_dist(get_device(device))
+    world = dist.get_world_size()
+    if tc.global_train_batch_size % world:
+        raise InputError(f"train.global_train_batch_size={tc.global_train_batch_size} is not divisible by {world} ranks")
+    per_rank = tc.global_train_batch_size // world
+    cache = out / "stream-cache"
+    train_spec, train_ds = build_dataloader(
+        f"{job.shards.rstrip('/')}/train", cache / "train", per_rank, True, tc.seed, facts["pad_id"], tc.num_workers
+    )
+    val_spec, _ = build_dataloader(
+        f"{job.shards.rstrip('/')}/val", cache / "val", per_rank, False, tc.seed, facts["pad_id"], tc.num_workers
+    )
+    # Seed before building the model: its initial weights must not depend on what ran before.
+    reproducibility.seed_all(tc.seed)
+    model = build_model(tc.model, facts["vocab_size"], facts["eos_id"], facts["pad_id"], facts["seq_len"])
+    loggers: list[Any] = [JsonlLogger(out / "metrics.jsonl")]
+    if job.mlflow_run_id:
+        loggers.append(MLflowRunLogger(job.mlflow_uri, job.mlflow_run_id))
+    if tc.wandb.enabled:
+        loggers.append(_wandb_logger(job, cfg))
+    callbacks: list[Any] = [
+        SpeedMonitor(window_size=5, gpu_flops_available=tc.peak_flops_per_device),
+        LRMonitor(),
+        LossSpikeMonitor(tc.loss_spike, out / "loss_spikes.jsonl", train_ds),
+    ]
+    if device == "gpu":
+        callbacks.append(MemoryMonitor())
+    parallelism = None
+    if tc.fsdp:
+        parallelism = ParallelismConfig(
+            fsdp2=FSDP2Config(
+                reshard_after_forward=tc.fsdp == "FULL_SHARD",
+                activation_checkpointing=tc.activation_checkpointing,
+                activation_cpu_offload=tc.activation_cpu_offload,
+            )
+        )
+    trainer = Trainer(
+        model=model,
+        train_dataloader=train_spec,
+        eval_dataloader=Evaluator(label="val", dataloader=val_spec, metric_names=["LanguageCrossEntropy", "LanguagePerplexity"]),
+        max_duration=tc.max_duration,
+        optimizers=build_optimizer(model.parameters(), tc.optimizer),
+        schedulers=CosineAnnealingWithWarmupScheduler(t_warmup=tc.warmup, alpha_f=tc.alpha_f),
+        algorithms=[GradientClipping(clipping_type="norm", clipping_threshold=tc.grad_clip_norm)],
+        eval_interval=tc.eval_interval,
+        eval_subset_num_batches=tc.eval_subset_num_batches,
+        precision=tc.precision,
+        device=device,
+        device_train_microbatch_size=tc.device_train_microbatch_size,
+        parallelism_config=parallelism,
+        save_folder=save_folder(job),
+        save_interval=tc.save_interval,
+        save_num_checkpoints_to_keep=tc.save_num_checkpoints_to_keep,
+        autoresume=True,
+        run_name=job.run_name,
+        loggers=loggers,
+        callbacks=callbacks,
+        seed=tc.seed,
+        progress_bar=True,
+        log_to_console=False,
+    )
+    resumed_at = int(trainer.state.timestamp.batch)
+    initial_val = None
+    if resumed_at == 0:
+        trainer.eval()  # the untrained model's validation loss: the baseline training must beat
+        initial_val = _val_loss(trainer)
+    max_duration = trainer.state.max_duration
+    assert max_duration is not None
+    if trainer.state.timestamp.get(max_duration.unit).value < max_duration.value:
+        trainer.fit()
+    else:
+        # Killed after the last batch but before the export: only the export is left to do.
+        trainer.eval()
+    final_val = _val_loss(trainer)
+    summary = {
+        "run_name": job.run_name,
+        "resumed_at_batch": resumed_at,
+        "batches": int(trainer.state.timestamp.batch),
+        "tokens": int(trainer.state.timestamp.token),
+        "initial_val_loss": initial_val,
+        "final_val_loss": final_val,
+        "final_val_perplexity": math.exp(final_val) if final_val is not None else None,
+        "parameters": parameter_count(model.model),
+        "world_size": world,
+        "loss_spikes": next(c.spikes for c in callbacks if isinstance(c, LossSpikeMonitor)),
+    }
+    if dist.get_global_rank() == 0:
+        export_model(model.model, Path(job.tokenizer), out / "hf_model")
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    trainer.close()
+    return summary
+
+
+def _val_loss(trainer: Trainer) -> float | None:
+    metric = trainer.state.eval_metrics.get("val", {}).get("LanguageCrossEntropy")
+    return float(metric.compute()) if metric is not None else None
+
+
+def export_model(model: torch.nn.Module, tokenizer_dir: Path, dest: Path) -> Path:
+    """A standard HF checkpoint (safetensors) with the tokenizer beside it."""
+    shutil.rmtree(dest, ignore_errors=True)
+    model.save_pretrained(str(dest), safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir / name).is_file():
+            shutil.copy2(tokenizer_dir / name, dest / name)
+    return dest
