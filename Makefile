@@ -10,7 +10,7 @@ SET ?=
 SET_FLAGS := $(foreach s,$(SET),--set $(s))
 STAMP := $(VENV)/.lathe-installed
 
-.PHONY: setup lock all data tokenizer shards test bench clean-runs
+.PHONY: setup lock all data tokenizer shards train test bench clean-runs
 
 ## setup: create .venv with the exact pinned environment (idempotent; reruns only when pins change)
 setup: $(STAMP)
@@ -31,7 +31,7 @@ lock:
 	 .lock-venv/bin/pip freeze --all | grep -viE "^(pip|lathe)==") > requirements/lock.txt
 	rm -rf .lock-venv
 
-## all: raw -> clean data -> tokenizer -> MDS shards on the embedded default corpus (grows as stages land)
+## all: raw -> clean data -> tokenizer -> MDS shards -> trained, registered model on the embedded default corpus
 all: setup
 	$(BIN)/lathe run --config $(CONFIG) $(SET_FLAGS)
 
@@ -47,6 +47,11 @@ tokenizer: setup
 shards: setup
 	$(BIN)/lathe run shards --config $(CONFIG) $(SET_FLAGS)
 
+## train: Composer trains the model from the shards (NPROC=2 for DDP on two processes)
+NPROC ?=
+train: setup
+	$(BIN)/lathe train --config $(CONFIG) $(SET_FLAGS) $(if $(NPROC),--nproc $(NPROC))
+
 ## test: the whole test suite (unit tests beside integration tests with real Spark and MLflow)
 test: setup
 	$(BIN)/python -m pytest -q
@@ -56,6 +61,7 @@ bench: setup
 	$(BIN)/python benchmarks/data_bench.py
 	$(BIN)/lathe run shards --config $(CONFIG)
 	$(BIN)/python benchmarks/shards_bench.py --runs runs/$$(basename $(CONFIG) .yaml)
+	$(BIN)/python benchmarks/train_bench.py --runs runs/$$(basename $(CONFIG) .yaml) --config $(CONFIG)
 
 clean-runs:
 	rm -rf runs

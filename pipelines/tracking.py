@@ -10,16 +10,26 @@ from typing import Any
 import mlflow
 
 
+# mlflow.set_tracking_uri() also exports MLFLOW_TRACKING_URI (for subprocesses), so the
+# variable only states the user's choice when it differs from what lathe last set.
+_last_set: str | None = None
+
+
 def tracking_uri(runs_dir: Path, configured: str | None) -> str:
     """MLFLOW_TRACKING_URI, else the config's URI, else a SQLite store under ``runs_dir``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or configured or f"sqlite:///{runs_dir.resolve()}/mlflow.db"
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env and env != _last_set:
+        return env
+    return configured or f"sqlite:///{runs_dir.resolve()}/mlflow.db"
 
 
 def setup_tracking(runs_dir: Path, configured_uri: str | None, experiment: str) -> str:
     """Point MLflow at the store and experiment (artifacts beside the store); return the URI."""
+    global _last_set
     uri = tracking_uri(runs_dir, configured_uri)
     runs_dir.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
+    _last_set = uri
     if mlflow.get_experiment_by_name(experiment) is None:
         location = (runs_dir.resolve() / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
         mlflow.create_experiment(experiment, artifact_location=location)

@@ -68,3 +68,23 @@ def test_bad_override_syntax_and_missing_file() -> None:
 def test_defaults_without_a_file() -> None:
     cfg = load_config(None, ["data.max_file_bytes=10"])
     assert cfg.profile == "adhoc" and cfg.data.max_file_bytes == 10
+
+
+@pytest.mark.parametrize("name, low, high", [("125m", 100e6, 160e6), ("350m", 300e6, 400e6), ("1b", 0.9e9, 1.3e9), ("3b", 2.4e9, 3.3e9)])
+def test_gpu_profiles_validate_and_have_their_size(name: str, low: float, high: float) -> None:
+    import re
+
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from training.model import llama_config, parameter_count
+
+    path = REPO / "configs" / f"gpu-{name}.yaml"
+    cfg = load_config(path)
+    assert cfg.train.precision == "amp_bf16" and cfg.shards.seq_len == 2048
+    with torch.device("meta"):
+        model = LlamaForCausalLM(llama_config(cfg.train.model, cfg.tokenizer.vocab_size, 0, 1))
+    params = parameter_count(model)
+    assert low < params < high
+    stated = re.search(r"= ([\d.]+)([MB])\.", path.read_text()).groups()  # the comment's arithmetic
+    assert abs(float(stated[0]) * (1e6 if stated[1] == "M" else 1e9) - params) / params < 0.01

@@ -111,12 +111,12 @@ def test_xray_manifest_and_mlflow_child_run(first_run) -> None:
     assert xray["duplicate_cluster_sizes"] == {"2": 2}  # JSON keys are strings
     assert (out / "xray" / "files_by_language.png").stat().st_size > 1000
     manifest = json.loads((out / MANIFEST).read_text())
-    mlflow.set_tracking_uri(f"sqlite:///{root / 'runs' / 'mlflow.db'}")
-    run = mlflow.get_run(manifest["mlflow"]["run_id"])
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'runs' / 'mlflow.db'}")
+    run = client.get_run(manifest["mlflow"]["run_id"])
     assert run.data.tags["mlflow.parentRunId"] == manifest["mlflow"]["parent_run_id"]
     assert run.data.metrics["count.input"] == manifest["counts"]["input"]
     assert run.data.metrics["redacted.password"] == 1
-    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"xray.json", "files_by_language.png", "duplicate_clusters.png", "manifest.json"} <= artifacts
 
 

@@ -94,8 +94,8 @@ def test_failed_stage_leaves_no_manifest_and_rerun_resumes_there(setup) -> None:
 def test_mlflow_parent_and_child_runs(setup, tmp_path: Path) -> None:
     out, calls, go = setup
     go()
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["lathe"], output_format="list")
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("lathe").experiment_id])
     children = {r.data.tags["mlflow.runName"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert set(children) == {"first", "second"} and len(parents) == 1
@@ -105,7 +105,7 @@ def test_mlflow_parent_and_child_runs(setup, tmp_path: Path) -> None:
     assert first.data.params["max_line_length"] == "1000"
     manifest = json.loads((out / "first" / MANIFEST).read_text())
     assert manifest["mlflow"]["run_id"] == first.info.run_id
-    artifacts = [a.path for a in mlflow.MlflowClient().list_artifacts(first.info.run_id)]
+    artifacts = [a.path for a in client.list_artifacts(first.info.run_id)]
     assert "report.json" in artifacts and "manifest.json" in artifacts
 
 
@@ -115,3 +115,16 @@ def test_unknown_stage_lists_the_valid_ones(setup) -> None:
 
     with pytest.raises(LatheError, match="unknown stage 'thrid'; valid: first, second"):
         go(requested=["thrid"])
+
+
+def test_each_pipeline_uses_its_own_store_in_one_process(tmp_path: Path, monkeypatch) -> None:
+    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; a second pipeline must not inherit it.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for name in ("a", "b"):
+        cfg = load_config(None, [f"run.runs_dir={tmp_path / name}"])
+        run_pipeline(cfg, registry=make_registry(Calls()), console=Console(quiet=True))
+        client = mlflow.MlflowClient(f"sqlite:///{tmp_path / name / 'mlflow.db'}")
+        assert len(client.search_runs([client.get_experiment_by_name("lathe").experiment_id])) == 3
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'chosen.db'}")
+    run_pipeline(load_config(None, [f"run.runs_dir={tmp_path / 'c'}"]), registry=make_registry(Calls()), console=Console(quiet=True))
+    assert (tmp_path / "chosen.db").is_file() and not (tmp_path / "c" / "mlflow.db").exists()

@@ -129,10 +129,10 @@ def test_training_lowers_validation_loss_and_tracks_everything(trained) -> None:
     assert summary["batches"] == 16 and summary["final_val_loss"] < summary["initial_val_loss"] - 0.5
     assert summary["initial_val_loss"] == pytest.approx(math.log(512), abs=0.5)  # untrained ~ uniform
     manifest = json.loads((out / MANIFEST).read_text())
-    mlflow.set_tracking_uri(f"sqlite:///{out.parent.parent / 'mlflow.db'}")
-    run = mlflow.get_run(manifest["mlflow"]["run_id"])
+    client = mlflow.MlflowClient(f"sqlite:///{out.parent.parent / 'mlflow.db'}")
+    run = client.get_run(manifest["mlflow"]["run_id"])
     assert {"loss.train.total", "metrics.val.LanguageCrossEntropy", "throughput.tokens_per_sec", "lr-DecoupledAdamW.group0"} <= set(run.data.metrics)
-    version = mlflow.MlflowClient().get_model_version("lathe-code", summary["model_version"])
+    version = client.get_model_version("lathe-code", summary["model_version"])
     assert version.run_id == run.info.run_id
     offline = list((out / "wandb").glob("offline-run-*/*.wandb"))
     assert offline and offline[0].stat().st_size > 0

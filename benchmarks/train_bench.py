@@ -1,0 +1,119 @@
+"""Composer's overhead: tokens/s of the Composer trainer vs. a plain PyTorch loop on the same
+model, data and batch (steady state, after warm-up batches).
+
+Run by `make bench` after `make all` (it reads runs/<profile>/shards and the tokenizer):
+
+    .venv/bin/python benchmarks/train_bench.py [--runs runs/tiny] [--config configs/tiny.yaml] [--batches 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from composer import Trainer  # noqa: E402
+from composer.core import Callback  # noqa: E402
+from composer.utils import reproducibility  # noqa: E402
+
+from pipelines.config import load_config  # noqa: E402
+from tokenizer.special import EOS, PAD  # noqa: E402
+from tokenizer.vocab import load_tokenizer  # noqa: E402
+from training.data import build_dataloader  # noqa: E402
+from training.model import build_model  # noqa: E402
+from training.optim import build_optimizer  # noqa: E402
+
+WARMUP = 5
+
+
+class BatchClock(Callback):
+    """Wall time and real tokens of every batch."""
+
+    def __init__(self) -> None:
+        self.marks: list[tuple[float, int]] = []
+
+    def batch_end(self, state, logger) -> None:
+        self.marks.append((time.perf_counter(), int((state.batch["labels"] != -100).sum())))
+
+
+def steady_tokens_per_s(marks: list[tuple[float, int]]) -> float:
+    """Tokens/s over the batches after the warm-up ones."""
+    (t0, _), rest = marks[WARMUP - 1], marks[WARMUP:]
+    return sum(n for _, n in rest) / (rest[-1][0] - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, default=Path("runs/tiny"))
+    parser.add_argument("--config", type=Path, default=Path("configs/tiny.yaml"))
+    parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/train_bench.json"))
+    args = parser.parse_args()
+    cfg = load_config(args.config)
+    tc = cfg.train
+    tok = load_tokenizer(args.runs / "tokenizer")
+    pad, eos, vocab = tok.token_to_id(PAD), tok.token_to_id(EOS), tok.get_vocab_size()
+    split = str(args.runs / "shards" / "mds" / "train")
+    batch = tc.global_train_batch_size
+    torch.set_num_threads(torch.get_num_threads())
+
+    # Plain PyTorch: the loop a user would write.
+    reproducibility.seed_all(tc.seed)
+    model = build_model(tc.model, vocab, eos, pad, cfg.shards.seq_len).model
+    opt = build_optimizer(model.parameters(), tc.optimizer)
+    spec, _ = build_dataloader(split, Path("/tmp"), batch, True, tc.seed, pad, 0)
+    marks = []
+    model.train()
+    for i, b in enumerate(spec.dataloader):
+        if i == args.batches:
+            break
+        loss = model(input_ids=b["input_ids"], labels=b["labels"]).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        marks.append((time.perf_counter(), int((b["labels"] != -100).sum())))
+    plain = steady_tokens_per_s(marks)
+    del spec
+
+    # Composer: the same model, optimizer, data and batch.
+    from streaming.base.util import clean_stale_shared_memory
+
+    clean_stale_shared_memory()
+    from composer.algorithms import GradientClipping
+
+    reproducibility.seed_all(tc.seed)
+    wrapped = build_model(tc.model, vocab, eos, pad, cfg.shards.seq_len)
+    spec, _ = build_dataloader(split, Path("/tmp"), batch, True, tc.seed, pad, 0)
+    clock = BatchClock()
+    trainer = Trainer(
+        model=wrapped, train_dataloader=spec, max_duration=f"{args.batches}ba",
+        optimizers=build_optimizer(wrapped.parameters(), tc.optimizer),
+        algorithms=[GradientClipping(clipping_type="norm", clipping_threshold=tc.grad_clip_norm)],
+        callbacks=[clock], device="cpu", precision="fp32", device_train_microbatch_size=batch,
+        progress_bar=False, log_to_console=False, seed=tc.seed,
+    )
+    trainer.fit()
+    composer_tps = steady_tokens_per_s(clock.marks)
+    report = {
+        "model": tc.model.model_dump(),
+        "batch": batch,
+        "seq_len": cfg.shards.seq_len,
+        "batches": args.batches,
+        "plain_pytorch_tokens_per_s": round(plain),
+        "composer_tokens_per_s": round(composer_tps),
+        "ratio_composer_over_plain": round(composer_tps / plain, 3),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    for key, value in report.items():
+        print(f"{key:<28}  {value}")
+
+
+if __name__ == "__main__":
+    main()
