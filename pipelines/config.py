@@ -18,6 +18,7 @@ from pipelines.errors import ConfigError
 from pipelines.schema import Strict
 from tokenizer.config import ShardsConfig, TokenizerConfig
 from training.config import TrainConfig
+from eval.config import EvalConfig
 
 
 class RunConfig(Strict):
@@ -50,6 +51,7 @@ class LatheConfig(Strict):
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     shards: ShardsConfig = Field(default_factory=ShardsConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:

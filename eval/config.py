@@ -1,0 +1,33 @@
+"""Typed configuration of evaluation and its sandbox."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from pipelines.schema import Strict
+
+
+class SandboxConfig(Strict):
+    """Limits for one untrusted program (each runs in its own namespaces, see eval/sandbox.py)."""
+
+    wall_s: float = Field(10.0, gt=0, description="Wall-clock limit; the whole process tree is killed after it.")
+    cpu_s: int = Field(8, gt=0, description="CPU seconds (RLIMIT_CPU).")
+    memory_mb: int = Field(1024, gt=0, description="Address space (RLIMIT_AS).")
+    nproc: int = Field(32, gt=0, description="Processes of the sandbox user (RLIMIT_NPROC): stops fork bombs.")
+    fsize_mb: int = Field(16, gt=0, description="Largest file it may write, output included (RLIMIT_FSIZE).")
+    nofile: int = Field(64, gt=0, description="Open files (RLIMIT_NOFILE).")
+    output_bytes: int = Field(16_384, gt=0, description="Stdout/stderr kept per program.")
+    python: str = Field("/usr/bin/python3", description="Interpreter inside the sandbox (world-readable; stdlib only).")
+    base_uid: int = Field(61000, gt=0, description="Sandboxes run as uids base_uid .. base_uid + uid_pool - 1 (never root).")
+    uid_pool: int = Field(4096, gt=0, description="How many uids the sandboxes rotate through.")
+    allow_weak_isolation: bool = Field(
+        False, description="Run without namespaces when bubblewrap cannot start. Unsafe: for trusted code only."
+    )
+
+
+class EvalConfig(Strict):
+    """HumanEval scoring."""
+
+    ks: list[int] = Field(default_factory=lambda: [1, 10, 100], description="pass@k reported for each k <= n.")
+    workers: int | None = Field(None, gt=0, description="Parallel sandboxes; None = the machine's cores.")
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)

