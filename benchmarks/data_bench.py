@@ -15,13 +15,14 @@ Run by `make bench` (never by tests: timings on shared 2-core machines are noisy
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import emit  # noqa: E402
 
 from datasketch import MinHash, MinHashLSH  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
@@ -115,11 +116,7 @@ def main() -> None:
         "agreement_jaccard": round(len(ours & theirs) / len(union), 4) if union else 1.0,
         "cc_iterations": iterations,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    width = max(len(k) for k in report)
-    for key, value in report.items():
-        print(f"{key:<{width}}  {value}")
+    emit(report, args.out)
     spark.stop()
 
 

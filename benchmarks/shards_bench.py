@@ -9,13 +9,14 @@ Run by `make bench` after `make all` (it reads runs/<profile>/data/kept and the 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import emit  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -101,11 +102,7 @@ def main() -> None:
         "memmap_read_tokens_per_s": round(read_tokens / memmap_s),
         "ratio_streaming_over_memmap": round(memmap_s / stream_s, 3),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    width = max(map(len, report))
-    for key, value in report.items():
-        print(f"{key:<{width}}  {value}")
+    emit(report, args.out)
     spark.stop()
 
 

@@ -9,12 +9,13 @@ Run by `make bench` after `make all` (it reads runs/<profile>/shards and the tok
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import emit  # noqa: E402
 
 import torch  # noqa: E402
 from composer import Trainer  # noqa: E402
@@ -109,10 +110,7 @@ def main() -> None:
         "composer_tokens_per_s": round(composer_tps),
         "ratio_composer_over_plain": round(composer_tps / plain, 3),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    for key, value in report.items():
-        print(f"{key:<28}  {value}")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from data.config import DataConfig
 from data.sources import INGEST_SCHEMA, SOURCES
 from data.spark import spark_session
 from data.xray import print_summary, write_xray
-from pipelines.stages import Stage, StageContext, StageResult, register
+from pipelines.stages import Stage, StageContext, StageResult, json_summary, register
 
 
 def ingest(spark: SparkSession, cfg: DataConfig, staging: Path) -> DataFrame:
@@ -70,13 +69,6 @@ def run_data(ctx: StageContext) -> StageResult:
     return result
 
 
-def summarize_data(out_dir: Path, console: Console) -> None:
-    """Reprint the x-ray summary of a finished data stage."""
-    path = out_dir / "xray" / "xray.json"
-    if path.is_file():
-        print_summary(json.loads(path.read_text()), console)
-
-
 DATA = register(
     Stage(
         name="data",
@@ -84,6 +76,6 @@ DATA = register(
         section=lambda cfg: cfg.data,
         run=run_data,
         version="2",  # 2: PII precision fixes (OIDs, section anchors, placeholder credentials)
-        summarize=summarize_data,
+        summarize=json_summary("xray/xray.json", print_summary),
     )
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -54,6 +55,17 @@ class Stage:
 
 
 STAGES: Registry[Stage] = Registry("stage")
+
+
+def json_summary(relative: str, show: Callable[[Any, Console], None]) -> Callable[[Path, Console], None]:
+    """A ``Stage.summarize`` that reprints a finished stage's JSON report with ``show``."""
+
+    def summarize(out_dir: Path, console: Console) -> None:
+        path = out_dir / relative
+        if path.is_file():
+            show(json.loads(path.read_text()), console)
+
+    return summarize
 
 
 def register(stage: Stage) -> Stage:

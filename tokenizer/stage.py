@@ -14,7 +14,7 @@ from rich.table import Table
 
 from data.spark import spark_session
 from pipelines.errors import InputError, LatheError
-from pipelines.stages import Stage, StageContext, StageResult, register
+from pipelines.stages import Stage, StageContext, StageResult, json_summary, register
 from tokenizer.config import ShardsConfig, TokenizerConfig
 from tokenizer.report import evaluate, plot_report, print_report
 from tokenizer.shards import ShardSummary, merge_split_indexes, read_back, summarize_parts, tokenize, write_parts
@@ -100,13 +100,6 @@ def run_tokenizer(ctx: StageContext) -> StageResult:
     )
 
 
-def summarize_tokenizer(out_dir: Path, console: Console) -> None:
-    """Reprint the report of a finished tokenizer stage."""
-    path = out_dir / "report.json"
-    if path.is_file():
-        print_report(json.loads(path.read_text()), console)
-
-
 TOKENIZER = register(
     Stage(
         name="tokenizer",
@@ -114,7 +107,7 @@ TOKENIZER = register(
         section=lambda cfg: cfg.tokenizer,
         run=run_tokenizer,
         version="1",
-        summarize=summarize_tokenizer,
+        summarize=json_summary("report.json", print_report),
     )
 )
 

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from rich.console import Console
 
 from pipelines.errors import LatheError
-from pipelines.stages import Stage, StageContext, StageResult, register
+from pipelines.stages import Stage, StageContext, StageResult, json_summary, register
 from training.trainer import TrainJob, preflight, run_training
 
 
@@ -134,13 +134,6 @@ def print_train(summary: dict[str, Any], console: Console) -> None:
         console.print(f"W&B offline run: {path} (upload with `wandb sync {path}`)")
 
 
-def summarize_train(out_dir: Path, console: Console) -> None:
-    """Reprint the summary of a finished train stage."""
-    path = out_dir / "train_summary.json"
-    if path.is_file():
-        print_train(json.loads(path.read_text()), console)
-
-
 TRAIN = register(
     Stage(
         name="train",
@@ -148,7 +141,7 @@ TRAIN = register(
         section=lambda cfg: cfg.train,
         run=run_train,
         version="1",
-        summarize=summarize_train,
+        summarize=json_summary("train_summary.json", print_train),
         resumable=True,
     )
 )
