@@ -233,3 +233,16 @@ def test_bad_input_fails_before_compute(shards_pipeline, tmp_path: Path) -> None
     shutil.copytree(profile_dir / "shards" / "mds" / "val", copy / "val")
     with pytest.raises(InputError, match=r"MDS shard .* is missing or truncated"):
         preflight(job)
+
+
+def test_fsdp_full_shard_on_two_processes_exports_full_weights(shards_pipeline, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from training.stage import launch
+
+    extra = ["train.max_duration=4ba", "train.wandb.enabled=false", "train.fsdp=FULL_SHARD", "train.save_interval=2ba"]
+    launch(job_for(shards_pipeline, tmp_path, extra, "fsdp"), 2, tmp_path)
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf_model"))
+    assert summary["world_size"] == 2 and sum(p.numel() for p in model.parameters()) == summary["parameters"]
+    assert list((tmp_path / "checkpoints").glob("ep0-ba4*"))  # sharded checkpoints for autoresume

@@ -207,8 +207,14 @@ def run_training(job: TrainJob) -> dict[str, Any]:
         "world_size": world,
         "loss_spikes": next(c.spikes for c in callbacks if isinstance(c, LossSpikeMonitor)),
     }
+    state_dict = None
+    if tc.fsdp:
+        # Sharded parameters: every rank takes part in gathering the full weights.
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state_dict = get_model_state_dict(model.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if dist.get_global_rank() == 0:
-        export_model(model.model, Path(job.tokenizer), out / "hf_model")
+        export_model(model.model, Path(job.tokenizer), out / "hf_model", state_dict)
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     trainer.close()
     return summary
@@ -219,10 +225,13 @@ def _val_loss(trainer: Trainer) -> float | None:
     return float(metric.compute()) if metric is not None else None
 
 
-def export_model(model: torch.nn.Module, tokenizer_dir: Path, dest: Path) -> Path:
-    """A standard HF checkpoint (safetensors) with the tokenizer beside it."""
+def export_model(
+    model: torch.nn.Module, tokenizer_dir: Path, dest: Path, state_dict: dict[str, Any] | None = None
+) -> Path:
+    """A standard HF checkpoint (safetensors) with the tokenizer beside it; ``state_dict``
+    carries the gathered full weights of a sharded (FSDP) model."""
     shutil.rmtree(dest, ignore_errors=True)
-    model.save_pretrained(str(dest), safe_serialization=True)
+    model.save_pretrained(str(dest), safe_serialization=True, state_dict=state_dict)
     for name in TOKENIZER_FILES:
         if (tokenizer_dir / name).is_file():
             shutil.copy2(tokenizer_dir / name, dest / name)
