@@ -10,7 +10,7 @@ SET ?=
 SET_FLAGS := $(foreach s,$(SET),--set $(s))
 STAMP := $(VENV)/.lathe-installed
 
-.PHONY: setup system-deps lock all data tokenizer shards train test bench clean-runs
+.PHONY: setup system-deps lock all data tokenizer shards train eval promote test bench clean-runs
 
 ## setup: system packages + .venv with the exact pinned environment (idempotent; reruns only when pins change)
 setup: system-deps $(STAMP)
@@ -37,7 +37,7 @@ lock:
 	 .lock-venv/bin/pip freeze --all | grep -viE "^(pip|lathe)==") > requirements/lock.txt
 	rm -rf .lock-venv
 
-## all: raw -> clean data -> tokenizer -> MDS shards -> trained, registered model on the embedded default corpus
+## all: raw -> clean data -> tokenizer -> MDS shards -> trained, registered model -> HumanEval + gate (staff alias)
 all: setup
 	$(BIN)/lathe run --config $(CONFIG) $(SET_FLAGS)
 
@@ -57,6 +57,14 @@ shards: setup
 NPROC ?=
 train: setup
 	$(BIN)/lathe train --config $(CONFIG) $(SET_FLAGS) $(if $(NPROC),--nproc $(NPROC))
+
+## eval: HumanEval completions from the trained model, scored in the sandbox; the gate sets `staff`
+eval: setup
+	$(BIN)/lathe run eval --config $(CONFIG) $(SET_FLAGS)
+
+## promote: move `production` to the version staff has tried
+promote: setup
+	$(BIN)/lathe promote --config $(CONFIG) $(SET_FLAGS)
 
 ## test: the whole test suite (unit tests beside integration tests with real Spark and MLflow)
 test: setup

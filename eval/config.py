@@ -25,9 +25,36 @@ class SandboxConfig(Strict):
     )
 
 
+class GenerationConfig(Strict):
+    """Sampling completions from the model."""
+
+    n: int = Field(1, gt=0, description="Samples per problem.")
+    temperature: float = Field(0.2, ge=0, description="0 = greedy.")
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_new_tokens: int = Field(128, gt=0)
+    batch_size: int = Field(8, gt=0, description="Prompts per generate() call.")
+    stop: list[str] = Field(
+        default_factory=lambda: ["\ndef", "\nclass", "\nif", "\nprint", "\n#"],
+        description="A completion is cut at the first of these (and at end of text).",
+    )
+    seed: int = 1234
+    limit: int | None = Field(None, gt=0, description="Only the first N problems (quick profiles); None = all 164.")
+
+
+class GateConfig(Strict):
+    """Promotion gate against the model version holding the `production` alias."""
+
+    min_pass_at_1_gain: float = Field(0.0, description="Candidate pass@1 must be >= production's + this.")
+    max_val_loss_increase: float = Field(
+        0.0, description="Candidate validation loss must be <= production's + this (decides for models that solve nothing)."
+    )
+
+
 class EvalConfig(Strict):
     """HumanEval scoring."""
 
     ks: list[int] = Field(default_factory=lambda: [1, 10, 100], description="pass@k reported for each k <= n.")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
     workers: int | None = Field(None, gt=0, description="Parallel sandboxes; None = the machine's cores.")
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)

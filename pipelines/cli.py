@@ -104,6 +104,24 @@ def eval_score(
     console.print(f"{ks} over {report['problems']} problems, {report['samples']} samples ({report['isolation']}) -> {output}")
 
 
+@app.command()
+def promote(
+    config: Path = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Move the `production` alias to the model version that holds `staff` (after staff tried it)."""
+    from mlflow.tracking import MlflowClient
+
+    from eval.gate import promote as move
+    from pipelines.config import load_config
+    from pipelines.tracking import setup_tracking
+
+    cfg = load_config(config, set_)
+    setup_tracking(Path(cfg.run.runs_dir), cfg.run.mlflow_tracking_uri, cfg.run.experiment)
+    version = move(MlflowClient(), cfg.train.registered_model)
+    console.print(f"{cfg.train.registered_model}: production -> version {version}")
+
+
 @data_app.command("clean")
 def data_clean(
     input: str = typer.Option(..., "--input", "-i", help="Parquet file, directory or glob (`content`, `path` columns)."),

@@ -79,5 +79,6 @@ def load_stages() -> Registry[Stage]:
     import data.stage  # noqa: F401  (registers `data`)
     import tokenizer.stage  # noqa: F401  (registers `tokenizer`, `shards`)
     import training.stage  # noqa: F401  (registers `train`)
+    import eval.stage  # noqa: F401  (registers `eval`)
 
     return STAGES

@@ -246,3 +246,21 @@ def test_fsdp_full_shard_on_two_processes_exports_full_weights(shards_pipeline, 
     model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf_model"))
     assert summary["world_size"] == 2 and sum(p.numel() for p in model.parameters()) == summary["parameters"]
     assert list((tmp_path / "checkpoints").glob("ep0-ba4*"))  # sharded checkpoints for autoresume
+
+
+def test_eval_stage_generates_scores_and_gates(trained, shards_pipeline) -> None:
+    from mlflow.tracking import MlflowClient
+
+    out, _ = trained
+    profile_dir, _, _ = shards_pipeline
+    cfg = load_config(None, [f"run.runs_dir={profile_dir.parent}", *SMALL_PIPELINE, *MICRO, "eval.ks=[1, 2]",
+                             "eval.generation={limit: 4, n: 2, max_new_tokens: 16, temperature: 0.8}"])
+    assert [o.status for o in run_pipeline(cfg, ["eval"], console=QUIET)][-1] == "ran"
+    report = json.loads((profile_dir / "eval" / "results.json").read_text())
+    assert set(report) >= {"pass@1", "pass@2", "results", "gate"} and len(report["results"]) == 8
+    samples = [json.loads(line) for line in (profile_dir / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert [s["task_id"] for s in samples] == [r["task_id"] for r in report["results"]]
+    assert report["gate"]["passed"] and (profile_dir / "eval" / "report.md").read_text().startswith("# HumanEval report")
+    client = MlflowClient(f"sqlite:///{profile_dir.parent / 'mlflow.db'}")
+    version = client.get_model_version_by_alias("lathe-code", "staff")
+    assert version.tags["gate"] == "passed" and float(version.tags["eval.val_loss"]) == pytest.approx(report["gate"]["candidate"]["val_loss"])

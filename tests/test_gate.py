@@ -1,0 +1,57 @@
+"""The promotion gate over a real MLflow Model Registry (SQLite store in a temp dir)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from eval.config import GateConfig
+from eval.gate import decide, promote
+from eval.generate import truncate
+from pipelines.errors import LatheError
+
+NAME = "lathe-code"
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> MlflowClient:
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    c.create_registered_model(NAME)
+    for _ in range(4):
+        c.create_model_version(NAME, source=str(tmp_path / "model"))
+    return c
+
+
+def test_gate_moves_staff_only_for_better_candidates_and_promote_moves_production(client: MlflowClient) -> None:
+    cfg = GateConfig(min_pass_at_1_gain=0.0, max_val_loss_increase=0.05)
+    first = decide(client, NAME, "1", {"pass@1": 0.10, "val_loss": 2.0}, cfg)
+    assert first.passed and first.reason == "no production version yet"
+    assert str(client.get_model_version_by_alias(NAME, "staff").version) == "1"
+    with pytest.raises(Exception):
+        client.get_model_version_by_alias(NAME, "production")  # staff first, production only on promote
+    assert promote(client, NAME) == "1"
+    assert str(client.get_model_version_by_alias(NAME, "production").version) == "1"
+
+    worse = decide(client, NAME, "2", {"pass@1": 0.08, "val_loss": 2.2}, cfg)
+    assert not worse.passed and "pass@1 0.0800 < production 0.1000" in worse.reason and "val_loss 2.2000" in worse.reason
+    assert client.get_model_version(NAME, "2").tags["gate"].startswith("failed: pass@1")
+    assert str(client.get_model_version_by_alias(NAME, "staff").version) == "1"  # nothing moved
+
+    within = decide(client, NAME, "3", {"pass@1": 0.10, "val_loss": 2.04}, cfg)  # loss within tolerance
+    assert within.passed and within.production == {"pass@1": 0.10, "val_loss": 2.0}
+    assert str(client.get_model_version_by_alias(NAME, "staff").version) == "3"
+    assert str(client.get_model_version_by_alias(NAME, "production").version) == "1"
+
+
+def test_promote_without_staff_is_one_clear_error(client: MlflowClient) -> None:
+    with pytest.raises(LatheError, match="no version of lathe-code holds the `staff` alias"):
+        promote(client, NAME)
+
+
+def test_completions_are_cut_at_the_first_stop_sequence() -> None:
+    stops = ["\ndef", "\nclass", "\nif", "\nprint", "\n#"]
+    assert truncate("    return x\n\ndef other():\n    pass", stops) == "    return x\n"
+    assert truncate("    return x\nprint(f(1))\n# done", stops) == "    return x"
+    assert truncate("    if x:\n        return 1\n    return 2", stops) == "    if x:\n        return 1\n    return 2"
