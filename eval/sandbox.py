@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from eval.benchmarks import PYTHON, Language
 from eval.config import SandboxConfig
 from pipelines.errors import LatheError
 
@@ -51,13 +52,14 @@ class RunResult:
     seconds: float
 
 
-def _prlimit(cfg: SandboxConfig) -> list[str]:
+def _prlimit(cfg: SandboxConfig, language: Language) -> list[str]:
     """util-linux prlimit: limits set on the child by exec, not by a preexec hook (unsafe with threads)."""
     mb = 1 << 20
+    address_space = max(cfg.memory_mb, language.min_address_space_mb)
     return [
         shutil.which("prlimit") or "prlimit",
         f"--cpu={cfg.cpu_s}:{cfg.cpu_s + 1}",
-        f"--as={cfg.memory_mb * mb}",
+        f"--as={address_space * mb}",
         f"--nproc={cfg.nproc}",
         f"--fsize={cfg.fsize_mb * mb}",
         f"--nofile={cfg.nofile}",
@@ -97,7 +99,7 @@ class Sandbox:
     def _probe(self) -> bool:
         if not (self.bwrap and self.setpriv and shutil.which("prlimit")):
             return False
-        return self.run(HARNESS_ONLY, isolated=True).completed
+        return self.run(PYTHON.proof, isolated=True).completed
 
     def _uid(self) -> int:
         # A fresh uid per run from a pool: the kernel frees a finished sandbox's per-user
@@ -105,30 +107,32 @@ class Sandbox:
         # back to back hits the limit. Concurrent runs get distinct uids.
         return self.cfg.base_uid + next(self._runs) % self.cfg.uid_pool
 
-    def _command(self, workdir: Path, isolated: bool, fds: tuple[int, int], uid: int) -> list[str]:
+    def _command(self, workdir: Path, isolated: bool, fds: tuple[int, int], uid: int, language: Language) -> list[str]:
         args = [str(fds[0]), str(fds[1])]
+        name = "main" + language.suffix
         if not isolated:
-            return [*_prlimit(self.cfg), self.cfg.python, "-I", "-B", str(workdir / "code" / "main.py"), *args]
+            return [*_prlimit(self.cfg, language), *language.argv(self.cfg.python, str(workdir / "code" / name)), *args]
         return [
-            *_prlimit(self.cfg),
+            *_prlimit(self.cfg, language),
             self.setpriv, "--reuid", str(uid), "--regid", str(uid), "--clear-groups", "--inh-caps=-all",
             self.bwrap, "--unshare-all", "--die-with-parent", "--new-session",
             "--ro-bind", "/", "/", "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev",
             "--ro-bind", str(workdir / "code"), "/tmp/.program", "--chdir", "/tmp",
             "--clearenv", "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin", "--setenv", "HOME", "/tmp",
-            self.cfg.python, "-I", "-B", "/tmp/.program/main.py", *args,
+            *language.argv(self.cfg.python, f"/tmp/.program/{name}"), *args,
         ]
 
-    def run(self, program: str, isolated: bool | None = None) -> RunResult:
-        """Run a Python program whose last act must be copying the secret (see :data:`HARNESS_ONLY`)."""
+    def run(self, program: str, isolated: bool | None = None, language: Language = PYTHON) -> RunResult:
+        """Run a program whose last act must be copying the secret (the language's ``proof``)."""
         isolated = self.isolated if isolated is None else isolated
         with tempfile.TemporaryDirectory(prefix="lathe-sandbox-") as tmp:
             workdir = Path(tmp)
             os.chmod(workdir, 0o755)  # the sandbox uid must reach its (read-only) program
             code = workdir / "code"
             code.mkdir(mode=0o755)
-            (code / "main.py").write_text(program)
-            (code / "main.py").chmod(0o644)
+            source = code / ("main" + language.suffix)
+            source.write_text(program)
+            source.chmod(0o644)
             secret = os.urandom(16).hex().encode()
             nonce_r, nonce_w = os.pipe()
             result_r, result_w = os.pipe()
@@ -141,7 +145,7 @@ class Sandbox:
             try:
                 with open(out_path, "wb") as out, open(err_path, "wb") as err:
                     proc = subprocess.Popen(
-                        self._command(workdir, isolated, (result_w, nonce_r), uid),
+                        self._command(workdir, isolated, (result_w, nonce_r), uid, language),
                         stdin=subprocess.DEVNULL, stdout=out, stderr=err, pass_fds=(result_w, nonce_r),
                         start_new_session=True, env={"PATH": "/usr/bin:/bin"},
                     )
@@ -168,9 +172,6 @@ class Sandbox:
                 stderr=err_path.read_bytes()[:cap].decode("utf-8", "replace"),
                 seconds=time.monotonic() - start,
             )
-
-
-HARNESS_ONLY = "import os, sys\nos.write(int(sys.argv[1]), os.read(int(sys.argv[2]), 64))\n"
 
 
 def _pids_of(uid: int) -> list[int]:

@@ -88,6 +88,7 @@ def eval_score(
     allow_weak_isolation: bool = typer.Option(
         False, "--allow-weak-isolation", help="Run with rlimits only where namespaces cannot be created (unsafe)."
     ),
+    benchmark: str = typer.Option("humaneval", "--benchmark", help="humaneval (Python) or humaneval-js (Node.js)."),
 ) -> None:
     """Score completions: each runs in its own sandbox; prints pass@k."""
     import json as _json
@@ -97,7 +98,7 @@ def eval_score(
 
     extra = ["eval.sandbox.allow_weak_isolation=true"] if allow_weak_isolation else []
     cfg = load_config(config, [*(set_ or []), *extra])
-    report = score(read_samples(samples), cfg.eval)
+    report = score(read_samples(samples, benchmark), cfg.eval, benchmark=benchmark)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(_json.dumps(report, indent=2))
     ks = ", ".join(f"{k} = {v:.4f}" for k, v in report.items() if k.startswith("pass@"))

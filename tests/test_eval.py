@@ -169,3 +169,33 @@ def test_cli_scores_a_file_and_names_bad_lines(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"task_id": "HumanEval/999", "completion": ""}) + "\n")
     with pytest.raises(InputError, match=r"unknown task_id 'HumanEval/999'"):
         read_samples(bad)
+
+
+# --- JavaScript: the same sandbox through the benchmark plug-in ------------------------------
+def test_javascript_benchmark_end_to_end() -> None:
+    from eval.benchmarks import BENCHMARKS
+
+    js = BENCHMARKS.get("humaneval-js").problems()
+    canonical = [{"task_id": t, "completion": p["canonical_solution"]} for t, p in js.items()]
+    report = score(canonical, FAST, show_progress=False, benchmark="humaneval-js")
+    assert report["pass@1"] == 1.0 and report["problems"] == len(js) >= 5, report["results"]
+    wrong = [{"task_id": t, "completion": "  return null;\n}\n"} for t in js]
+    assert score(wrong, FAST, show_progress=False, benchmark="humaneval-js")["pass@1"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "body, status",
+    [
+        ("  while (true) {}\n", "timeout"),
+        ("  process.exit(0);\n", "failed"),
+        ("  console.log('PASSED'); process.exit(0);\n", "failed"),
+        ("  require('fs').writeFileSync('/etc/lathe-pwned', 'x');\n", "failed"),
+    ],
+)
+def test_hostile_javascript_is_contained(body: str, status: str) -> None:
+    from eval.benchmarks import BENCHMARKS
+
+    first, problem = next(iter(BENCHMARKS.get("humaneval-js").problems().items()))
+    completion = body + problem["canonical_solution"]
+    result = score([{"task_id": first, "completion": completion}], FAST, show_progress=False, benchmark="humaneval-js")
+    assert result["results"][0]["status"] == status and not Path("/etc/lathe-pwned").exists()
