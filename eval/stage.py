@@ -16,7 +16,8 @@ from rich.console import Console  # noqa: E402
 
 from eval.gate import decide  # noqa: E402
 from eval.generate import generate_samples  # noqa: E402
-from eval.humaneval import problems, score  # noqa: E402
+from eval.config import EvalConfig  # noqa: E402
+from eval.humaneval import score  # noqa: E402
 from pipelines.errors import InputError  # noqa: E402
 from pipelines.stages import Stage, StageContext, StageResult, json_summary, register  # noqa: E402
 
@@ -49,6 +50,34 @@ def write_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
     return [results, page, chart]
 
 
+def resolve_model(ref: str, cache: Path) -> Path:
+    """An HF model directory, or a registered version (`models:/name/3`, `models:/name@staff`) downloaded from MLflow."""
+    if "://" in ref or ref.startswith("models:/"):
+        import mlflow
+
+        try:
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=str(cache)))
+        except Exception as exc:  # MLflow raises several types for a missing version or store
+            raise InputError(f"cannot fetch model {ref} from MLflow ({str(exc).splitlines()[0]}); check the name, version or alias") from None
+    path = Path(ref)
+    if not (path / "config.json").is_file():
+        raise InputError(f"{path} is not a Hugging Face model directory (no config.json)")
+    return path
+
+
+def evaluate_model(model_ref: str, cfg: EvalConfig, out_dir: Path, benchmark: str = "humaneval") -> dict[str, Any]:
+    """Generate and score one model on a benchmark; writes samples.jsonl, results.json, report.md."""
+    from eval.benchmarks import BENCHMARKS
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_dir = resolve_model(model_ref, out_dir / "model")
+    samples = generate_samples(model_dir, BENCHMARKS.get(benchmark).problems(), cfg.generation)
+    (out_dir / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    report = score(samples, cfg, benchmark=benchmark)
+    write_report(report, out_dir)
+    return report
+
+
 def run_eval(ctx: StageContext) -> StageResult:
     """Generate, score, report, gate."""
     cfg = ctx.config.eval
@@ -57,9 +86,7 @@ def run_eval(ctx: StageContext) -> StageResult:
     if not summary_file.is_file():
         raise InputError(f"{summary_file} not found; run `lathe run train` first")
     trained = json.loads(summary_file.read_text())
-    samples = generate_samples(train_dir / "hf_model", problems(), cfg.generation)
-    (ctx.out_dir / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
-    report = score(samples, cfg)
+    report = evaluate_model(str(train_dir / "hf_model"), cfg, ctx.out_dir)
     figures = {k: v for k, v in report.items() if k.startswith("pass@")}
     if trained.get("final_val_loss") is not None:
         figures["val_loss"] = float(trained["final_val_loss"])

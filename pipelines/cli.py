@@ -105,6 +105,22 @@ def eval_score(
     console.print(f"{ks} over {report['problems']} problems, {report['samples']} samples ({report['isolation']}) -> {output}")
 
 
+@eval_app.command("humaneval")
+def eval_humaneval(
+    model: str = typer.Option(..., "--model", help="HF model directory, or models:/NAME/VERSION, models:/NAME@ALIAS."),
+    output: Path = typer.Option(..., "--output", help="Directory for samples.jsonl, results.json, report.md."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML profile for the eval.* settings."),
+    set_: Optional[list[str]] = SetOpt,
+    benchmark: str = typer.Option("humaneval", "--benchmark", help="humaneval (Python) or humaneval-js (Node.js)."),
+) -> None:
+    """Generate completions with a model and score them in the sandbox (no gate)."""
+    from eval.stage import evaluate_model, print_eval
+    from pipelines.config import load_config
+
+    cfg = load_config(config, set_)
+    print_eval(evaluate_model(model, cfg.eval, output, benchmark), console)
+
+
 @app.command()
 def promote(
     config: Path = ConfigOpt,

@@ -264,3 +264,19 @@ def test_eval_stage_generates_scores_and_gates(trained, shards_pipeline) -> None
     client = MlflowClient(f"sqlite:///{profile_dir.parent / 'mlflow.db'}")
     version = client.get_model_version_by_alias("lathe-code", "staff")
     assert version.tags["gate"] == "passed" and float(version.tags["eval.val_loss"]) == pytest.approx(report["gate"]["candidate"]["val_loss"])
+
+
+def test_evaluate_a_registered_version_by_alias(trained, shards_pipeline, tmp_path: Path, monkeypatch) -> None:
+    from eval.config import EvalConfig
+    from eval.stage import evaluate_model
+
+    profile_dir, _, _ = shards_pipeline
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{profile_dir.parent / 'mlflow.db'}")
+    cfg = EvalConfig(ks=[1], generation={"limit": 2, "n": 1, "max_new_tokens": 8, "temperature": 0.0})
+    report = evaluate_model("models:/lathe-code/1", cfg, tmp_path / "ev")
+    assert report["problems"] == 2 and (tmp_path / "ev" / "model" / "model.safetensors").is_file()
+    assert len((tmp_path / "ev" / "samples.jsonl").read_text().splitlines()) == 2
+    with pytest.raises(InputError, match="cannot fetch model models:/lathe-code/99"):
+        evaluate_model("models:/lathe-code/99", cfg, tmp_path / "ev2")
+    with pytest.raises(InputError, match="not a Hugging Face model directory"):
+        evaluate_model(str(tmp_path), cfg, tmp_path / "ev3")
