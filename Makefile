@@ -10,7 +10,7 @@ SET ?=
 SET_FLAGS := $(foreach s,$(SET),--set $(s))
 STAMP := $(VENV)/.lathe-installed
 
-.PHONY: setup system-deps lock all data tokenizer shards train eval promote test bench clean-runs
+.PHONY: setup system-deps lock all data tokenizer shards train eval package serve promote test bench clean-runs
 
 ## setup: system packages + .venv with the exact pinned environment (idempotent; reruns only when pins change)
 setup: system-deps $(STAMP)
@@ -61,6 +61,14 @@ train: setup
 ## eval: HumanEval completions from the trained model, scored in the sandbox; the gate sets `staff`
 eval: setup
 	$(BIN)/lathe run eval --config $(CONFIG) $(SET_FLAGS)
+
+## package: the `staff` version as Triton model repositories (Python backend; vLLM variant for GPUs)
+package: setup
+	$(BIN)/lathe run package --config $(CONFIG) $(SET_FLAGS)
+
+## serve: tritonserver in the foreground on 8000/8001/8002 (then: lathe complete "def f(")
+serve: package
+	$(BIN)/lathe serve --config $(CONFIG) $(SET_FLAGS)
 
 ## promote: move `production` to the version staff has tried
 promote: setup

@@ -139,6 +139,77 @@ def promote(
     console.print(f"{cfg.train.registered_model}: production -> version {version}")
 
 
+@app.command()
+def serve(
+    config: Path = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    repository: Optional[Path] = typer.Option(None, "--repository", help="Triton model repository; default the package stage's."),
+    http_port: Optional[int] = typer.Option(None, "--http-port", help="HTTP port (default serve.http_port, 8000; 0 = free)."),
+    grpc_port: Optional[int] = typer.Option(None, "--grpc-port", help="gRPC port (default serve.grpc_port, 8001; 0 = free)."),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Prometheus port (default serve.metrics_port, 8002)."),
+) -> None:
+    """Serve the packaged model with tritonserver in the foreground until Ctrl-C."""
+    import signal as _signal
+    import time as _time
+
+    from pipelines.config import load_config
+    from serving.server import TritonServer
+
+    cfg = load_config(config, set_)
+    s = cfg.serve
+    repo = repository or Path(cfg.run.runs_dir) / cfg.profile / "package" / "triton"
+    if not repo.is_dir():
+        raise LatheError(f"model repository {repo} not found; run `lathe run package` (or `make package`) first")
+    server = TritonServer(repo, s.http_port if http_port is None else http_port, s.grpc_port if grpc_port is None else grpc_port,
+                          s.metrics_port if metrics_port is None else metrics_port, ready_timeout_s=s.ready_timeout_s,
+                          stop_timeout_s=s.stop_timeout_s)
+    stop = {"now": False}
+
+    def on_signal(signum: int, frame: object) -> None:  # Ctrl-C or SIGTERM: leave the loop, then stop the server
+        stop["now"] = True
+
+    _signal.signal(_signal.SIGTERM, on_signal)
+    _signal.signal(_signal.SIGINT, on_signal)
+    with server:
+        e = server.endpoints
+        console.print(f"[bold]serving[/] {s.model_name} from {repo}\n  HTTP    {e.http}  (POST /v2/models/{s.model_name}/generate)\n"
+                      f"  gRPC    {e.grpc}  (lathe complete \"def f(\" --url {e.grpc})\n  metrics {e.metrics}\nCtrl-C stops it.")
+        while not stop["now"] and server.process is not None and server.process.poll() is None:
+            _time.sleep(0.2)
+        died = server.process is not None and server.process.poll() is not None
+    if died:
+        raise LatheError("tritonserver exited on its own; see its log above")
+    console.print("tritonserver stopped")
+
+
+@app.command()
+def complete(
+    prompt: str = typer.Argument(..., help="The code to complete."),
+    url: str = typer.Option("127.0.0.1:8001", "--url", help="Triton gRPC address."),
+    model: str = typer.Option("lathe-code", "--model", help="Triton model name."),
+    max_tokens: int = typer.Option(64, "--max-tokens", help="Tokens to generate at most."),
+    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass."),
+    stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop sequence (repeatable)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed."),
+) -> None:
+    """Stream a completion from a running server over gRPC, printing tokens as they arrive."""
+    from serving.client import stream_completion
+
+    params: dict[str, object] = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p}
+    if stop:
+        params["stop"] = list(stop)
+    if seed is not None:
+        params["seed"] = seed
+    finish = None
+    for i, chunk in enumerate(stream_completion(url, prompt, model, **params)):
+        sys.stdout.write((prompt if i == 0 else "") + chunk.text)
+        sys.stdout.flush()
+        finish = chunk.finish
+    sys.stdout.write("\n")
+    Console(stderr=True).print(f"[dim]finish: {finish}[/]")
+
+
 @data_app.command("clean")
 def data_clean(
     input: str = typer.Option(..., "--input", "-i", help="Parquet file, directory or glob (`content`, `path` columns)."),

@@ -19,6 +19,7 @@ from pipelines.schema import Strict
 from tokenizer.config import ShardsConfig, TokenizerConfig
 from training.config import TrainConfig
 from eval.config import EvalConfig
+from serving.config import ServeConfig
 
 
 class RunConfig(Strict):
@@ -52,6 +53,7 @@ class LatheConfig(Strict):
     shards: ShardsConfig = Field(default_factory=ShardsConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:

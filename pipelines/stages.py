@@ -80,5 +80,6 @@ def load_stages() -> Registry[Stage]:
     import tokenizer.stage  # noqa: F401  (registers `tokenizer`, `shards`)
     import training.stage  # noqa: F401  (registers `train`)
     import eval.stage  # noqa: F401  (registers `eval`)
+    import serving.stage  # noqa: F401  (registers `package`, `canary`)
 
     return STAGES

@@ -280,3 +280,22 @@ def test_evaluate_a_registered_version_by_alias(trained, shards_pipeline, tmp_pa
         evaluate_model("models:/lathe-code/99", cfg, tmp_path / "ev2")
     with pytest.raises(InputError, match="not a Hugging Face model directory"):
         evaluate_model(str(tmp_path), cfg, tmp_path / "ev3")
+
+
+def test_package_and_canary_serve_the_staff_version(trained, shards_pipeline) -> None:
+    """Through the runner: the gate's `staff` version is packaged, served by tritonserver, and answers under load."""
+    from mlflow.tracking import MlflowClient
+
+    profile_dir, _, _ = shards_pipeline
+    cfg = load_config(None, [f"run.runs_dir={profile_dir.parent}", *SMALL_PIPELINE, *MICRO, "eval.ks=[1, 2]",
+                             "eval.generation={limit: 4, n: 2, max_new_tokens: 16, temperature: 0.8}",
+                             "serve.canary_load={clients: 3, seconds: 2, max_tokens: 8}"])
+    outcomes = {o.name: o.status for o in run_pipeline(cfg, ["canary"], console=QUIET)}
+    assert outcomes["package"] == "ran" and outcomes["canary"] == "ran" and outcomes["eval"] == "skipped"
+    client = MlflowClient(f"sqlite:///{profile_dir.parent / 'mlflow.db'}")
+    staff = client.get_model_version_by_alias("lathe-code", "staff")
+    package = json.loads((profile_dir / "package" / "package.json").read_text())
+    assert package["version"] == int(staff.version) and (profile_dir / "package" / "triton" / "lathe-code" / str(staff.version) / "model.py").is_file()
+    assert client.get_model_version("lathe-code", str(staff.version)).tags["triton_repository"].endswith("package/triton")
+    canary = json.loads((profile_dir / "canary" / "canary.json").read_text())
+    assert canary["load"]["failures"] == 0 and canary["load"]["requests"] > 0 and canary["version"] == int(staff.version)

@@ -1,0 +1,50 @@
+"""Typed configuration of packaging and serving (section `serve`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from pipelines.schema import Strict
+
+
+class VllmConfig(Strict):
+    """The GPU variant of the repository: Triton's vLLM backend over the same HF checkpoint."""
+
+    mount_path: str = Field("/models/vllm", description="Where the repository is mounted in the serving pod (model.json points into it).")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of GPU memory vLLM may take (weights + KV cache).")
+    tensor_parallel_size: int = Field(1, gt=0, description="GPUs one model instance spans.")
+    dtype: Literal["auto", "bfloat16", "float16"] = Field("bfloat16", description="Weights and activations on the GPU.")
+    max_num_seqs: int = Field(128, gt=0, description="Sequences vLLM batches continuously.")
+
+
+class LoadConfig(Strict):
+    """A load test: concurrent clients, each sending its next request as soon as the last ends."""
+
+    clients: int = Field(4, gt=0, description="Concurrent streaming clients.")
+    seconds: float = Field(5.0, gt=0, description="How long the load is held.")
+    max_tokens: int = Field(16, gt=0, description="Tokens each request asks for.")
+
+
+class ServeConfig(Strict):
+    """Triton model repository and server settings."""
+
+    model_name: str = Field("lathe-code", description="The Triton model name (clients address /v2/models/<name>).")
+    track: str = Field("staff", description="Package the registered version holding this MLflow alias (set by the gate).")
+    max_batch_size: int = Field(8, gt=0, description="Most requests one execute() generates together.")
+    dynamic_batching: bool = Field(True, description="Gather concurrent requests into batches (off: one request per execute).")
+    max_queue_delay_us: int = Field(0, ge=0, description="How long the batcher waits to fill a batch; it adds to a lone request's latency.")
+    instance_kind: Literal["cpu", "gpu"] = Field("cpu", description="Where the Python-backend instances run.")
+    instance_count: int = Field(1, gt=0, description="Model instances (per GPU for kind gpu).")
+    torch_threads: int = Field(0, ge=0, description="Intra-op threads per instance; 0 = torch's default.")
+    default_max_tokens: int = Field(64, gt=0, description="Tokens generated when a request does not say.")
+    max_tokens_limit: int = Field(1024, gt=0, description="Larger max_tokens requests are refused.")
+    http_port: int = Field(8000, ge=0, le=65535, description="Triton HTTP port (0 = any free port).")
+    grpc_port: int = Field(8001, ge=0, le=65535, description="Triton gRPC port (0 = any free port).")
+    metrics_port: int = Field(8002, ge=0, le=65535, description="Triton Prometheus metrics port (0 = any free port).")
+    ready_timeout_s: float = Field(180.0, gt=0, description="How long to wait for /v2/health/ready.")
+    stop_timeout_s: float = Field(15.0, gt=0, description="SIGTERM grace period before SIGKILL.")
+    canary_prompt: str = Field("def fibonacci(n):\n", description="The completion the `canary` stage asks the served model for.")
+    canary_load: LoadConfig = Field(default_factory=LoadConfig, description="The canary's short load test (latency for the summary).")
+    vllm: VllmConfig = Field(default_factory=VllmConfig)

@@ -1,0 +1,146 @@
+"""Export an HF checkpoint into Triton model repositories.
+
+Two repositories over the same checkpoint:
+
+- ``triton/``: the Python-backend model (serving/triton_model.py + serving/engine.py), CPU or
+  GPU instances, decoupled streaming, dynamic batching. This is what `lathe serve` runs.
+- ``triton-vllm/``: the GPU variant for Triton's vLLM backend (the Kubernetes `gpu` overlay).
+  It cannot run here (no GPU, no vLLM wheel), so it is written and checked as files.
+
+The version directory is the MLflow model version, so `/v2/models/<name>/versions/<v>`
+names the registry entry it came from. ``config.pbtxt`` is built as a ``ModelConfig``
+protobuf and printed in text format, so a misspelled field cannot get in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from pipelines.errors import InputError
+from serving.config import ServeConfig
+
+HERE = Path(__file__).parent
+# Architectures vLLM serves natively (the model family lathe trains is Llama).
+VLLM_ARCHITECTURES = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "GPTBigCodeForCausalLM", "Starcoder2ForCausalLM"}
+
+_INPUTS = [  # name, type, dims, optional
+    ("text_input", mc.TYPE_STRING, [1], False),
+    ("max_tokens", mc.TYPE_INT32, [1], True),
+    ("temperature", mc.TYPE_FP32, [1], True),
+    ("top_p", mc.TYPE_FP32, [1], True),
+    ("seed", mc.TYPE_INT64, [1], True),
+    ("stream", mc.TYPE_BOOL, [1], True),
+    ("stop", mc.TYPE_STRING, [-1], True),
+]
+_OUTPUTS = [("text_output", mc.TYPE_STRING, [1]), ("token_ids", mc.TYPE_INT32, [-1]), ("finish_reason", mc.TYPE_STRING, [1])]
+
+
+def python_model_config(cfg: ServeConfig, version: int) -> mc.ModelConfig:
+    """The Python-backend model's configuration."""
+    config = mc.ModelConfig(name=cfg.model_name, backend="python", max_batch_size=cfg.max_batch_size)
+    config.model_transaction_policy.decoupled = True  # one response per generated chunk
+    if cfg.dynamic_batching:
+        config.dynamic_batching.max_queue_delay_microseconds = cfg.max_queue_delay_us
+    for name, dtype, dims, optional in _INPUTS:
+        # `stop` lists differ in length between requests: ragged, so they still batch together
+        config.input.add(name=name, data_type=dtype, dims=dims, optional=optional, allow_ragged_batch=dims == [-1])
+    for name, dtype, dims in _OUTPUTS:
+        config.output.add(name=name, data_type=dtype, dims=dims)
+    kind = mc.ModelInstanceGroup.KIND_GPU if cfg.instance_kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU
+    config.instance_group.add(count=cfg.instance_count, kind=kind)
+    config.version_policy.specific.versions.append(version)
+    for key, value in {"default_max_tokens": cfg.default_max_tokens, "max_tokens_limit": cfg.max_tokens_limit,
+                       "torch_threads": cfg.torch_threads}.items():
+        config.parameters[key].string_value = str(value)
+    return config
+
+
+def vllm_model_config(cfg: ServeConfig) -> mc.ModelConfig:
+    """The vLLM-backend model's configuration (the backend declares its own inputs and outputs)."""
+    config = mc.ModelConfig(name=cfg.model_name, backend="vllm")
+    config.model_transaction_policy.decoupled = True
+    config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_MODEL)  # vLLM places itself on the GPUs
+    return config
+
+
+def parse_model_config(path: Path) -> mc.ModelConfig:
+    """Read a config.pbtxt strictly: unknown fields or bad values raise ``InputError``."""
+    try:
+        return text_format.Parse(path.read_text(), mc.ModelConfig())
+    except text_format.ParseError as exc:
+        raise InputError(f"{path}: not a valid Triton model config ({exc})") from None
+
+
+def _place_checkpoint(src: Path, dst: Path) -> None:
+    """Copy the HF files, hard-linking where the filesystem allows (weights are the bulk)."""
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.is_file():
+            try:
+                os.link(f, dst / f.name)
+            except OSError:
+                shutil.copy2(f, dst / f.name)
+
+
+def build_repositories(model_dir: Path, version: int, out_dir: Path, cfg: ServeConfig) -> dict[str, Path]:
+    """Write ``out_dir/triton`` and ``out_dir/triton-vllm`` for one model version; returns both roots."""
+    if not (model_dir / "config.json").is_file() or not (model_dir / "tokenizer.json").is_file():
+        raise InputError(f"{model_dir} is not an HF model with its tokenizer (config.json, tokenizer.json); export it with `lathe run train`")
+    hf = json.loads((model_dir / "config.json").read_text())
+    roots = {"python": out_dir / "triton", "vllm": out_dir / "triton-vllm"}
+    for root in roots.values():
+        if root.exists():
+            shutil.rmtree(root)
+
+    model_root = roots["python"] / cfg.model_name
+    vdir = model_root / str(version)
+    _place_checkpoint(model_dir, vdir / "hf_model")
+    shutil.copy2(HERE / "triton_model.py", vdir / "model.py")
+    shutil.copy2(HERE / "engine.py", vdir / "lathe_engine.py")
+    (model_root / "config.pbtxt").write_text(text_format.MessageToString(python_model_config(cfg, version)))
+
+    archs = set(hf.get("architectures") or [])
+    if not archs & VLLM_ARCHITECTURES:
+        raise InputError(f"{model_dir}: architecture {sorted(archs)} is not one vLLM serves ({sorted(VLLM_ARCHITECTURES)})")
+    vllm_root = roots["vllm"] / cfg.model_name
+    _place_checkpoint(model_dir, vllm_root / str(version) / "hf_model")
+    engine_args = {
+        "model": f"{cfg.vllm.mount_path}/{cfg.model_name}/{version}/hf_model",
+        "tokenizer": f"{cfg.vllm.mount_path}/{cfg.model_name}/{version}/hf_model",
+        "dtype": cfg.vllm.dtype,
+        "gpu_memory_utilization": cfg.vllm.gpu_memory_utilization,
+        "tensor_parallel_size": cfg.vllm.tensor_parallel_size,
+        "max_num_seqs": cfg.vllm.max_num_seqs,
+        "max_model_len": int(hf.get("max_position_embeddings", 2048)),
+        "disable_log_requests": True,
+    }
+    (vllm_root / str(version) / "model.json").write_text(json.dumps(engine_args, indent=2) + "\n")
+    (vllm_root / "config.pbtxt").write_text(text_format.MessageToString(vllm_model_config(cfg)))
+    check_repository(roots["python"], cfg.model_name, version)
+    check_repository(roots["vllm"], cfg.model_name, version)
+    return roots
+
+
+def check_repository(root: Path, name: str, version: int) -> None:
+    """The layout Triton loads: <root>/<name>/config.pbtxt (named <name>) and <root>/<name>/<version>/ with the model files."""
+    config = parse_model_config(root / name / "config.pbtxt")
+    if config.name != name:
+        raise InputError(f"{root / name / 'config.pbtxt'} names model {config.name!r}; Triton needs it to match the folder {name!r}")
+    vdir = root / name / str(version)
+    needed = {"python": ["model.py", "lathe_engine.py", "hf_model/config.json", "hf_model/tokenizer.json"],
+              "vllm": ["model.json", "hf_model/config.json", "hf_model/tokenizer.json"]}.get(config.backend)
+    if needed is None:
+        raise InputError(f"{root / name}: backend {config.backend!r} is not one lathe packages (python, vllm)")
+    missing = [f for f in needed if not (vdir / f).is_file()]
+    if missing:
+        raise InputError(f"{vdir} lacks {', '.join(missing)}; rerun `lathe run package --force`")
+    if config.backend == "vllm":
+        args = json.loads((vdir / "model.json").read_text())
+        if not str(args.get("model", "")).endswith(f"/{name}/{version}/hf_model"):
+            raise InputError(f"{vdir / 'model.json'}: model {args.get('model')!r} does not point at this version's checkpoint")

@@ -1,0 +1,249 @@
+"""Serving: the generation engine, the Triton repository, and a real tritonserver with a tiny model."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import sysconfig
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipelines.errors import InputError, LatheError
+from serving.client import RequestFailed, complete, http_generate, stream_completion
+from serving.config import ServeConfig
+from serving.engine import Engine, RequestError
+from serving.loadtest import grpc_sender, run_load
+from serving.package import build_repositories, check_repository, parse_model_config
+from serving.server import TritonServer, free_port
+
+VERSION = 3
+PROMPT = "def fibonacci(n):\n    "
+
+
+@pytest.fixture(scope="module")
+def hf_model(tmp_path_factory) -> Path:
+    """A randomly initialised micro Llama with a BPE vocabulary trained on a few stdlib files.
+
+    Random weights make varied, non-repeating text: a good probe for streaming and stops.
+    """
+    from tokenizer.special import EOS, PAD
+    from tokenizer.vocab import save_tokenizer, train_bpe
+    from training.config import ModelConfig
+    from training.model import build_model
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    texts = [(stdlib / name).read_text() for name in ("textwrap.py", "heapq.py", "bisect.py", "fnmatch.py")]
+    tok = train_bpe(texts, vocab_size=512, reserved_sentinels=4, min_frequency=2)
+    out = tmp_path_factory.mktemp("served") / "hf_model"
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(d_model=64, n_layers=2, n_heads=2, max_seq_len=128), tok.get_vocab_size(),
+                        tok.token_to_id(EOS), tok.token_to_id(PAD), 128)
+    model.model.save_pretrained(out)
+    save_tokenizer(tok, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def engine(hf_model: Path) -> Engine:
+    return Engine(hf_model)
+
+
+@pytest.fixture(scope="module")
+def repository(hf_model: Path, tmp_path_factory) -> dict[str, Path]:
+    return build_repositories(hf_model, VERSION, tmp_path_factory.mktemp("package"), ServeConfig(max_batch_size=8))
+
+
+@pytest.fixture(scope="module")
+def server(repository: dict[str, Path], tmp_path_factory):
+    with TritonServer(repository["python"], 0, 0, 0, log_file=tmp_path_factory.mktemp("log") / "triton.log") as s:
+        yield s
+
+
+def reference(engine: Engine, prompt: str, max_tokens: int) -> list[int]:
+    """transformers' own greedy generate: the ground truth for every served greedy completion."""
+    enc = engine.tokenizer(prompt, return_tensors="pt", add_special_tokens=False, return_token_type_ids=False)
+    out = engine.model.generate(**enc, max_new_tokens=max_tokens, do_sample=False, pad_token_id=engine.pad_id,
+                                eos_token_id=engine.eos_id)
+    return [t for t in out[0, enc.input_ids.shape[1]:].tolist() if t != engine.eos_id]
+
+
+# --- the engine, without Triton -------------------------------------------------------------
+
+def test_engine_greedy_matches_generate_alone_and_in_a_ragged_batch(engine: Engine) -> None:
+    prompts = [PROMPT, "import os", "class Heap:\n    def push(self, item):\n        "]
+    requests = [engine.parse(p, {"max_tokens": 24}) for p in prompts]
+    together: dict[int, list[int]] = {i: [] for i in range(len(prompts))}
+    for event in engine.generate(requests):
+        together[event.index] += event.token_ids
+    for i, p in enumerate(prompts):
+        assert together[i] == reference(engine, p, 24), p
+
+
+def test_engine_stops_at_a_stop_sequence_and_never_streams_it(engine: Engine) -> None:
+    free = "".join(e.text for e in engine.generate([engine.parse(PROMPT, {"max_tokens": 40})]))
+    stop = free[5:8]  # three characters the unconstrained completion is known to produce
+    events = list(engine.generate([engine.parse(PROMPT, {"max_tokens": 40, "stop": [stop]})]))
+    text = "".join(e.text for e in events)
+    assert events[-1].finish == "stop" and text == free[: free.find(stop)] and stop not in text
+
+
+def test_engine_sampling_is_seeded(engine: Engine) -> None:
+    def sample(seed: int) -> list[int]:
+        r = engine.parse(PROMPT, {"max_tokens": 16, "temperature": 1.0, "top_p": 0.9, "seed": seed})
+        return [t for e in engine.generate([r]) for t in e.token_ids]
+
+    assert sample(7) == sample(7) and sample(7) != sample(8)
+
+
+@pytest.mark.parametrize("prompt, params, message", [
+    ("", {}, "text_input is empty"),
+    ("x " * 400, {}, "the model's context is 128"),
+    (PROMPT, {"max_tokens": 10**6}, "max_tokens must be between 1 and 1024"),
+    (PROMPT, {"max_tokens": "ten"}, "max_tokens must be int"),
+    (PROMPT, {"temperature": -1.0}, "temperature must be between 0 and 10"),
+    (PROMPT, {"top_p": 0.0}, r"top_p must be in \(0, 1\]"),
+    (PROMPT, {"max_token": 5}, "unknown parameter.*max_token"),
+])
+def test_engine_refuses_bad_requests_by_name(engine: Engine, prompt: str, params: dict, message: str) -> None:
+    with pytest.raises(RequestError, match=message):
+        engine.parse(prompt, params)
+
+
+# --- the repository -------------------------------------------------------------------------
+
+def test_repository_layout_and_configs(repository: dict[str, Path], tmp_path: Path) -> None:
+    config = parse_model_config(repository["python"] / "lathe-code" / "config.pbtxt")
+    assert config.backend == "python" and config.model_transaction_policy.decoupled and config.max_batch_size == 8
+    assert config.HasField("dynamic_batching") and list(config.version_policy.specific.versions) == [VERSION]
+    assert [i.name for i in config.input if i.allow_ragged_batch] == ["stop"]
+    vllm = parse_model_config(repository["vllm"] / "lathe-code" / "config.pbtxt")
+    assert vllm.backend == "vllm" and vllm.model_transaction_policy.decoupled
+    args = json.loads((repository["vllm"] / "lathe-code" / str(VERSION) / "model.json").read_text())
+    assert args["model"] == f"/models/vllm/lathe-code/{VERSION}/hf_model" and args["max_model_len"] == 128
+    # a misspelled field in a hand-edited config is caught before Triton sees it
+    bad = tmp_path / "r" / "lathe-code"
+    bad.mkdir(parents=True)
+    (bad / "config.pbtxt").write_text('name: "lathe-code"\nbackend: "python"\nmax_batch_sise: 8\n')
+    with pytest.raises(InputError, match="not a valid Triton model config"):
+        check_repository(tmp_path / "r", "lathe-code", VERSION)
+
+
+def test_package_refuses_a_directory_without_a_model(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="is not an HF model with its tokenizer"):
+        build_repositories(tmp_path, 1, tmp_path / "out", ServeConfig())
+
+
+def test_no_dynamic_batching_variant(hf_model: Path, tmp_path: Path) -> None:
+    roots = build_repositories(hf_model, 1, tmp_path, ServeConfig(dynamic_batching=False, instance_kind="gpu", instance_count=2))
+    config = parse_model_config(roots["python"] / "lathe-code" / "config.pbtxt")
+    assert not config.HasField("dynamic_batching") and config.instance_group[0].count == 2
+    assert config.instance_group[0].kind == config.instance_group[0].KIND_GPU
+
+
+# --- a real tritonserver ----------------------------------------------------------------------
+
+def test_served_greedy_completion_equals_local_generate(server: TritonServer, engine: Engine) -> None:
+    got = complete(server.endpoints.grpc, PROMPT, max_tokens=24)
+    assert got.token_ids == reference(engine, PROMPT, 24)
+    assert got.text == engine.tokenizer.decode(got.token_ids, skip_special_tokens=True)
+    answer = http_generate(server.endpoints.http, PROMPT, max_tokens=24)
+    assert answer["text_output"] == got.text and answer["finish_reason"] == "length" and answer["model_version"] == str(VERSION)
+
+
+def test_streaming_returns_tokens_incrementally(server: TritonServer) -> None:
+    got = complete(server.endpoints.grpc, PROMPT, max_tokens=48)
+    assert len(got.chunks) > 10  # not one response at the end
+    assert [c.finish for c in got.chunks[:-1]] == [None] * (len(got.chunks) - 1) and got.chunks[-1].finish == "length"
+    assert got.first_token_s < got.latency_s / 2  # the first chunk came long before the last
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"max_tokens": 10**6}, "max_tokens must be between 1 and 1024"),
+    ({"max_token": 5}, "unexpected inference input 'max_token'"),  # gRPC: Triton refuses an undeclared input
+    ({"top_p": 2.0}, r"top_p must be in \(0, 1\]"),
+])
+def test_bad_grpc_requests_get_clear_errors_and_the_server_keeps_serving(server: TritonServer, params: dict, message: str) -> None:
+    with pytest.raises(RequestFailed, match=message):
+        complete(server.endpoints.grpc, PROMPT, **params)
+    with pytest.raises(RequestFailed, match="text_input is empty"):
+        complete(server.endpoints.grpc, "")
+    with pytest.raises(RequestFailed, match="context is 128"):
+        complete(server.endpoints.grpc, "x " * 400)
+    assert complete(server.endpoints.grpc, PROMPT, max_tokens=4).token_ids
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"text_input": "x", "max_tokens": "ten"}, "Unable to parse 'data'"),  # wrong JSON type: refused by Triton's parser
+    ({"text_input": "x", "max_token": 5}, "unknown parameter.*max_token"),
+    ({"text_input": ""}, "text_input is empty"),
+    ({"max_tokens": 5}, "text_input"),  # the required input is missing
+])
+def test_bad_http_requests_get_clear_errors(server: TritonServer, body: dict, message: str) -> None:
+    request = urllib.request.Request(f"http://{server.endpoints.http}/v2/models/lathe-code/generate", data=json.dumps(body).encode())
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(request, timeout=30)
+    assert err.value.code in (400, 500)
+    assert re.search(message, json.loads(err.value.read())["error"])
+    assert http_generate(server.endpoints.http, PROMPT, max_tokens=2)["finish_reason"] == "length"
+
+
+def test_concurrent_clients_are_batched_with_zero_failures(server: TritonServer, engine: Engine) -> None:
+    report = run_load(grpc_sender(server.endpoints.grpc, max_tokens=8), clients=8, seconds=4)
+    assert report.failures == 0 and report.requests >= 8, report.errors
+    with urllib.request.urlopen(server.endpoints.metrics, timeout=10) as r:
+        metrics = r.read().decode()
+    success = [line for line in metrics.splitlines() if line.startswith("nv_inference_request_success{")]
+    executions = [line for line in metrics.splitlines() if line.startswith("nv_inference_exec_count{")]
+    requests, execs = float(success[0].split()[-1]), float(executions[0].split()[-1])
+    assert requests >= report.requests and execs < requests  # the batcher put several requests in one execute
+    # a seeded sampled stream under load still reproduces
+    a = complete(server.endpoints.grpc, PROMPT, max_tokens=12, temperature=0.9, seed=5).token_ids
+    assert a == complete(server.endpoints.grpc, PROMPT, max_tokens=12, temperature=0.9, seed=5).token_ids
+
+
+def test_lathe_complete_streams_from_the_cli(server: TritonServer) -> None:
+    lathe = [sys.executable, "-m", "pipelines.cli"]
+    ok = subprocess.run([*lathe, "complete", PROMPT, "--url", server.endpoints.grpc, "--max-tokens", "8"],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and ok.stdout.startswith(PROMPT) and len(ok.stdout) > len(PROMPT) + 1
+    bad = subprocess.run([*lathe, "complete", "x", "--url", server.endpoints.grpc, "--max-tokens", "99999"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "max_tokens must be between" in bad.stderr
+    port = free_port()
+    gone = subprocess.run([*lathe, "complete", "x", "--url", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=120)
+    assert gone.returncode == 2 and f"no Triton server at 127.0.0.1:{port}" in gone.stderr
+
+
+def _group_alive(pgid: int) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pgid=,stat=,args="], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if line.split()[0] == str(pgid) and not line.split()[1].startswith("Z")]
+
+
+def test_clean_shutdown_leaves_nothing_behind(repository: dict[str, Path], tmp_path: Path) -> None:
+    server = TritonServer(repository["python"], 0, 0, 0, log_file=tmp_path / "t.log").start()
+    pgid, ports = server.process.pid, dict(server.ports)
+    assert _group_alive(pgid)  # tritonserver and its Python-backend stub
+    assert server.stop() == 0  # SIGTERM: a graceful exit
+    assert _group_alive(pgid) == []
+    s = TritonServer(repository["python"], ports["http"], ports["grpc"], ports["metrics"])  # the ports are free again
+    assert s.start().stop() == 0
+
+
+def test_busy_port_and_missing_repository_fail_in_one_line(repository: dict[str, Path], server: TritonServer, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=f"grpc port {server.ports['grpc']} is in use"):
+        TritonServer(repository["python"], 0, server.ports["grpc"], 0).start()
+    with pytest.raises(InputError, match="run `lathe run package` first"):
+        TritonServer(tmp_path / "nothing").start()
+    broken = tmp_path / "broken" / "lathe-code"
+    (broken / "1").mkdir(parents=True)
+    (broken / "config.pbtxt").write_text('name: "lathe-code"\nbackend: "python"\nmax_batch_size: 1\n'
+                                         'input [{name: "a", data_type: TYPE_FP32, dims: [1]}]\n'
+                                         'output [{name: "b", data_type: TYPE_FP32, dims: [1]}]\n')
+    (broken / "1" / "model.py").write_text("raise ImportError('no such model')\n")
+    with pytest.raises(LatheError, match="exited with status"):
+        TritonServer(tmp_path / "broken", 0, 0, 0, ready_timeout_s=60).start()
