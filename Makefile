@@ -85,6 +85,8 @@ bench: setup
 	$(BIN)/python benchmarks/shards_bench.py --runs runs/$$(basename $(CONFIG) .yaml)
 	$(BIN)/python benchmarks/train_bench.py --runs runs/$$(basename $(CONFIG) .yaml) --config $(CONFIG)
 	$(BIN)/python benchmarks/eval_bench.py
+	$(BIN)/lathe run package --config $(CONFIG)
+	$(BIN)/python benchmarks/serve_bench.py --package runs/$$(basename $(CONFIG) .yaml)/package
 
 clean-runs:
 	rm -rf runs
