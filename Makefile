@@ -10,7 +10,7 @@ SET ?=
 SET_FLAGS := $(foreach s,$(SET),--set $(s))
 STAMP := $(VENV)/.lathe-installed
 
-.PHONY: setup system-deps lock all data tokenizer shards train eval package serve promote test bench clean-runs
+.PHONY: setup system-deps lock airflow-setup all data tokenizer shards train eval package serve promote deploy summary k8s-validate dag-test test bench clean-runs
 
 ## setup: system packages + .venv with the exact pinned environment (idempotent; reruns only when pins change)
 setup: system-deps $(STAMP)
@@ -37,9 +37,18 @@ lock:
 	 .lock-venv/bin/pip freeze --all | grep -viE "^(pip|lathe)==") > requirements/lock.txt
 	rm -rf .lock-venv
 
-## all: raw -> clean data -> tokenizer -> MDS shards -> trained, registered model -> HumanEval + gate (staff alias)
+## all: raw -> data -> tokenizer -> shards -> train -> eval + gate (staff) -> package -> canary (served by Triton)
+##      -> staff manifests -> promote (production) -> production manifests -> one-screen summary.
+##      Running `make all` is the operator's approval of production. With a cluster, `make all DRY_RUN=` applies for real.
+DRY_RUN ?= 1
+RUNS := runs/$(basename $(notdir $(CONFIG)))
+deploy_flags = $(if $(DRY_RUN),--dry-run --output $(RUNS)/deploy/$(1).yaml)
 all: setup
 	$(BIN)/lathe run --config $(CONFIG) $(SET_FLAGS)
+	$(BIN)/lathe deploy --track staff --config $(CONFIG) $(SET_FLAGS) $(call deploy_flags,staff)
+	$(BIN)/lathe promote --config $(CONFIG) $(SET_FLAGS)
+	$(BIN)/lathe deploy --track production --config $(CONFIG) $(SET_FLAGS) $(call deploy_flags,production)
+	$(BIN)/lathe summary --config $(CONFIG) $(SET_FLAGS)
 
 ## data: the Spark data stage (ingest, clean, PII, dedup, x-ray)
 data: setup
@@ -69,6 +78,19 @@ package: setup
 ## serve: tritonserver in the foreground on 8000/8001/8002 (then: lathe complete "def f(")
 serve: package
 	$(BIN)/lathe serve --config $(CONFIG) $(SET_FLAGS)
+
+## deploy: apply the overlay for the version holding TRACK's alias (TRACK=staff|production; OVERLAY=gpu|keda; DRY_RUN=1 renders)
+TRACK ?= staff
+deploy: setup
+	$(BIN)/lathe deploy --track $(TRACK) --config $(CONFIG) $(SET_FLAGS) $(if $(OVERLAY),--overlay $(OVERLAY)) $(call deploy_flags,$(TRACK))
+
+## summary: the one-screen summary of the profile's last run
+summary: setup
+	$(BIN)/lathe summary --config $(CONFIG) $(SET_FLAGS)
+
+## k8s-validate: build every kustomize overlay; strict schemas (Kubernetes 1.37) + policy checks
+k8s-validate: setup
+	$(BIN)/lathe k8s validate
 
 ## promote: move `production` to the version staff has tried
 promote: setup

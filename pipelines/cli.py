@@ -14,6 +14,8 @@ from pipelines.errors import LatheError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="lathe: raw code to a served completion model.")
 data_app = typer.Typer(no_args_is_help=True, help="Data-stage tools for operators.")
 app.add_typer(data_app, name="data")
+k8s_app = typer.Typer(no_args_is_help=True, help="Kubernetes manifests: render and validate offline.")
+app.add_typer(k8s_app, name="k8s")
 eval_app = typer.Typer(no_args_is_help=True, help="HumanEval scoring in a sandbox.")
 app.add_typer(eval_app, name="eval")
 
@@ -208,6 +210,83 @@ def complete(
         finish = chunk.finish
     sys.stdout.write("\n")
     Console(stderr=True).print(f"[dim]finish: {finish}[/]")
+
+
+@app.command()
+def deploy(
+    track: str = typer.Option(..., "--track", help="staff or production: deploys the version holding that MLflow alias."),
+    config: Path = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    overlay: Optional[str] = typer.Option(None, "--overlay", help="kustomize overlay (default: the track's; gpu, keda)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print (or --output) the manifests; apply nothing."),
+    output: Optional[Path] = typer.Option(None, "--output", help="With --dry-run: write the manifests here."),
+    timeout: float = typer.Option(900, "--timeout", help="Seconds to wait for the rollout before rolling back."),
+) -> None:
+    """Render the overlay for the version holding the alias and apply it (server-side), waiting for the rollout."""
+    import yaml as _yaml
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.config import load_config
+    from pipelines.kube import KubeCluster, deploy as apply_rollout, render, with_model_version
+    from pipelines.tracking import setup_tracking
+    from serving.stage import registered_version
+
+    if track not in ("staff", "production"):
+        raise LatheError(f"--track {track!r}: use staff or production")
+    cfg = load_config(config, set_)
+    setup_tracking(Path(cfg.run.runs_dir), cfg.run.mlflow_tracking_uri, cfg.run.experiment)
+    version = registered_version(MlflowClient(), cfg.train.registered_model, track)
+    docs = with_model_version(render(overlay or track), version)
+    if dry_run:
+        text = _yaml.safe_dump_all(docs, sort_keys=False)
+        if output:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text(text)
+            console.print(f"{cfg.train.registered_model} v{version} (@{track}): {len(docs)} manifests -> {output} (dry run)")
+        else:
+            sys.stdout.write(text)
+        return
+    result = apply_rollout(docs, KubeCluster(), timeout_s=timeout)
+    console.print(f"{cfg.train.registered_model} v{version} (@{track}) {result} with overlay {overlay or track}")
+
+
+@app.command()
+def summary(
+    config: Path = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """One screen: data kept/dropped, bytes/token, validation loss, pass@k, gate, serving latency, aliases, artifacts."""
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.config import load_config
+    from pipelines.summary import print_summary
+    from pipelines.tracking import setup_tracking
+
+    cfg = load_config(config, set_)
+    setup_tracking(Path(cfg.run.runs_dir), cfg.run.mlflow_tracking_uri, cfg.run.experiment)
+    aliases = []
+    try:
+        model = MlflowClient().get_registered_model(cfg.train.registered_model)
+        aliases = [("registry", ", ".join(f"{a} -> v{v}" for a, v in sorted(model.aliases.items())), cfg.train.registered_model)]
+    except Exception:  # no model registered yet: the table says what exists
+        pass
+    print_summary(Path(cfg.run.runs_dir) / cfg.profile, console, aliases)
+
+
+@k8s_app.command("validate")
+def k8s_validate(
+    overlay: Optional[list[str]] = typer.Argument(None, help="Overlays to check (default: all)."),
+) -> None:
+    """Build every overlay with kustomize; strict schema validation and lathe's policy checks."""
+    from pipelines.kube import KUBERNETES_VERSION, OVERLAYS, validate_overlays
+
+    problems = validate_overlays(overlay or OVERLAYS)
+    for name, errors in problems.items():
+        console.print(f"{name}: {'[green]ok[/]' if not errors else f'[red]{len(errors)} problem(s)[/]'}")
+        for e in errors:
+            console.print(f"  {e}", highlight=False)
+    if any(problems.values()):
+        raise LatheError(f"manifests failed validation against Kubernetes {KUBERNETES_VERSION} and lathe's policy (above)")
 
 
 @data_app.command("clean")
