@@ -12,8 +12,8 @@ STAMP := $(VENV)/.lathe-installed
 
 .PHONY: setup system-deps lock airflow-setup all data tokenizer shards train eval package serve promote deploy summary k8s-validate dag-test test bench clean-runs
 
-## setup: system packages + .venv with the exact pinned environment (idempotent; reruns only when pins change)
-setup: system-deps $(STAMP)
+## setup: system packages + .venv with the exact pinned environment + Airflow's own .venv-airflow (idempotent)
+setup: system-deps $(STAMP) airflow-setup
 
 ## system-deps: bubblewrap, the sandbox for model-written code (Debian package; needs root or sudo)
 system-deps:
@@ -28,6 +28,20 @@ $(STAMP): requirements/lock.txt requirements/no-deps.txt pyproject.toml
 	$(BIN)/pip install -q --no-deps -r requirements/no-deps.txt
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
+
+## airflow-setup: Airflow 3 in its own venv (its providers would replace pyspark and downgrade kubernetes in .venv)
+AIRFLOW_VENV := .venv-airflow
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
+airflow-setup: $(AIRFLOW_STAMP)
+$(AIRFLOW_STAMP): requirements/airflow.txt
+	test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/pip install -q --upgrade pip
+	$(AIRFLOW_VENV)/bin/pip install -q -r requirements/airflow.txt
+	touch $@
+
+## dag-test: dag.test() of raw_to_production end to end on a small profile (real stages through the CLI; ~5 min)
+dag-test: setup
+	AIRFLOW__CORE__LOAD_EXAMPLES=false $(AIRFLOW_VENV)/bin/python tests/airflow/run_dag.py
 
 ## lock: re-resolve requirements/main.in into requirements/lock.txt (in a scratch venv)
 lock:

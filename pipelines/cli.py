@@ -251,6 +251,31 @@ def deploy(
 
 
 @app.command()
+def gate(
+    config: Path = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    xcom: Optional[Path] = typer.Option(None, "--xcom", help="Also write the decision here (a pod's /airflow/xcom/return.json)."),
+) -> None:
+    """Run the eval stage (if not done) and print the gate's decision as JSON on the last line (for schedulers)."""
+    import json as _json
+
+    from pipelines.config import load_config
+    from pipelines.runner import run_pipeline
+
+    cfg = load_config(config, set_)
+    run_pipeline(cfg, ["eval"], console=console)
+    results = Path(cfg.run.runs_dir) / cfg.profile / "eval" / "results.json"
+    g = _json.loads(results.read_text()).get("gate")
+    if not g:
+        raise LatheError(f"{results} holds no gate decision (no registered candidate); check train.registered_model")
+    decision = _json.dumps({"passed": g["passed"], "version": g["candidate_version"], "reason": g["reason"]})
+    if xcom:
+        xcom.parent.mkdir(parents=True, exist_ok=True)
+        xcom.write_text(decision)
+    print(decision)
+
+
+@app.command()
 def summary(
     config: Path = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,

@@ -1,0 +1,140 @@
+"""raw_to_production: lathe's daily retrain, one task per stage, each calling the `lathe` CLI.
+
+    data -> tokenizer -> shards -> train -> eval -> gate? -> package -> canary -> deploy_staff
+         -> approve_production (a person, in the Airflow UI) -> promote -> deploy_production
+                            gate failed -> gate_failed (nothing is deployed)
+
+Where tasks run is configuration, never an edit of this file. Airflow Variables (or their
+``AIRFLOW_VAR_*`` environment variables) choose it:
+
+- ``lathe_execution``: ``local`` (default): each task runs the CLI in the project's venv
+  (``lathe_home``/.venv/bin/lathe) on the worker; ``kubernetes``: each stage is a
+  KubernetesPodOperator in the lathe image (``lathe_image``, namespace ``lathe_namespace``),
+  and the Spark data stage is submitted to Spark on Kubernetes as k8s/base/spark's
+  SparkApplication.
+- ``lathe_config`` (configs/tiny.yaml), ``lathe_set`` (``key=value`` overrides, space separated).
+- ``lathe_deploy_args``: extra `lathe deploy` flags (``--dry-run`` where no cluster is reachable).
+- ``lathe_approval_timeout_h`` (72): after it, an unanswered approval counts as Reject.
+
+Each stage's output is an Airflow Asset (data snapshot, tokenizer, shards, model), so DAGs
+downstream of them (an offline-eval DAG, a data-quality report) run when they change.
+The runner's fingerprints make every task idempotent: a retry or a rerun of a finished
+stage is a skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.sdk import DAG, Asset, task
+
+from airflow.providers.standard.operators.bash import BashOperator
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+
+def setting(name: str, default: str) -> str:
+    """An Airflow Variable given through the environment (read at parse time without a DB query)."""
+    return os.environ.get(f"AIRFLOW_VAR_{name.upper()}", default)
+
+
+EXECUTION = setting("lathe_execution", "local")
+HOME = setting("lathe_home", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG = setting("lathe_config", "configs/tiny.yaml")
+OVERRIDES = shlex.split(setting("lathe_set", ""))
+DEPLOY_ARGS = shlex.split(setting("lathe_deploy_args", ""))
+IMAGE = setting("lathe_image", "ghcr.io/lathe-ml/lathe:0.1.0")
+NAMESPACE = setting("lathe_namespace", "lathe")
+PROFILE = os.path.splitext(os.path.basename(CONFIG))[0]
+if EXECUTION not in ("local", "kubernetes"):
+    raise ValueError(f"lathe_execution={EXECUTION!r}: use local or kubernetes")
+
+
+def asset(stage: str) -> Asset:
+    """The Asset a stage's output is, named by profile and stage."""
+    return Asset(name=f"lathe-{PROFILE}-{stage}", uri=f"lathe://{PROFILE}/{stage}")
+
+
+def lathe_args(*args: str) -> list[str]:
+    """A `lathe` command line with the DAG's config and overrides."""
+    sets = [item for o in OVERRIDES for item in ("--set", o)]
+    return [*args, "--config", CONFIG, *sets]
+
+
+def stage_task(task_id: str, args: list[str], outlets: list[Asset] | None = None, timeout_h: float = 4, **kwargs: Any) -> Any:
+    """One CLI call, as a local BashOperator or a pod in the lathe image."""
+    common = dict(task_id=task_id, outlets=outlets or [], execution_timeout=timedelta(hours=timeout_h), **kwargs)
+    if EXECUTION == "local":
+        command = " ".join(shlex.quote(a) for a in [os.path.join(HOME, ".venv", "bin", "lathe"), *args])
+        return BashOperator(bash_command=f"cd {shlex.quote(HOME)} && {command}", **common)
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from kubernetes.client import models as k8s
+
+    secrets = [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=n, optional=True))
+               for n in ("lathe-object-store", "lathe-wandb", "lathe-hf")]
+    return KubernetesPodOperator(
+        name=f"lathe-{task_id.replace('_', '-')}", namespace=NAMESPACE, image=IMAGE, cmds=["lathe"], arguments=args,
+        env_from=[k8s.V1EnvFromSource(config_map_ref=k8s.V1ConfigMapEnvSource(name="lathe-config")), *secrets],
+        service_account_name="lathe", get_logs=True, on_finish_action="delete_succeeded_pod", **common)
+
+
+def data_task() -> Any:
+    """The Spark stage: local Spark in the venv, or a SparkApplication on the cluster."""
+    if EXECUTION == "local":
+        return stage_task("data", lathe_args("run", "data"), [asset("data")], timeout_h=6)
+    from airflow.providers.cncf.kubernetes.operators.spark_kubernetes import SparkKubernetesOperator
+
+    return SparkKubernetesOperator(task_id="data", namespace=NAMESPACE, application_file="k8s/base/spark/sparkapplication.yaml",
+                                   outlets=[asset("data")], execution_timeout=timedelta(hours=6))
+
+
+with DAG(
+    dag_id="raw_to_production",
+    description="Raw code -> clean data -> tokenizer -> shards -> model -> HumanEval gate -> Triton on Kubernetes",
+    schedule="@daily",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,  # two retrains would race for the registry aliases
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=5), "retry_exponential_backoff": True,
+                  "max_retry_delay": timedelta(hours=1)},
+    tags=["lathe", PROFILE, EXECUTION],
+    doc_md=__doc__,
+) as dag:
+    data = data_task()
+    tokenizer = stage_task("tokenizer", lathe_args("run", "tokenizer"), [asset("tokenizer")], timeout_h=2)
+    shards = stage_task("shards", lathe_args("run", "shards"), [asset("shards")], timeout_h=4)
+    train = stage_task("train", lathe_args("train"), [asset("model")], timeout_h=20, retries=3)
+    # `lathe gate` runs the eval stage and ends with the gate's decision as JSON: the task's
+    # XCom (a BashOperator's last line; a pod's /airflow/xcom/return.json)
+    xcom = [] if EXECUTION == "local" else ["--xcom", "/airflow/xcom/return.json"]
+    evaluate = stage_task("eval", lathe_args("gate", *xcom), [], timeout_h=3, do_xcom_push=True)
+
+    @task.branch(task_id="gate")
+    def gate(decision: str | dict[str, Any]) -> str:
+        """Deploy only a candidate the gate passed."""
+        verdict = json.loads(decision) if isinstance(decision, str) else decision
+        print(f"gate for version {verdict['version']}: {'passed' if verdict['passed'] else 'failed'} ({verdict['reason']})")
+        return "package" if verdict["passed"] else "gate_failed"
+
+    gate_failed = EmptyOperator(task_id="gate_failed")
+    package = stage_task("package", lathe_args("run", "package"), timeout_h=1)
+    canary = stage_task("canary", lathe_args("run", "canary"), timeout_h=1)
+    deploy_staff = stage_task("deploy_staff", lathe_args("deploy", "--track", "staff", *DEPLOY_ARGS), timeout_h=1)
+    approve = ApprovalOperator(
+        task_id="approve_production",
+        subject=f"lathe: promote the staff model of {PROFILE} to production?",
+        body="Staff have used the `staff` version since deploy_staff. Approve to move `production` to it and roll it out.",
+        defaults="Reject",  # nobody answered: nothing reaches production
+        response_timeout=timedelta(hours=float(setting("lathe_approval_timeout_h", "72"))),
+    )
+    promote = stage_task("promote", lathe_args("promote"), timeout_h=0.5)
+    deploy_production = stage_task("deploy_production", lathe_args("deploy", "--track", "production", *DEPLOY_ARGS), timeout_h=1)
+
+    data >> tokenizer >> shards >> train >> evaluate
+    decision = gate(evaluate.output)
+    decision >> [package, gate_failed]
+    package >> canary >> deploy_staff >> approve >> promote >> deploy_production

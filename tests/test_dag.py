@@ -1,0 +1,51 @@
+"""The Airflow DAG, loaded by Airflow 3 in its own venv (.venv-airflow, `make setup`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+AIRFLOW_PYTHON = ROOT / ".venv-airflow" / "bin" / "python"
+CHAIN = ["data", "tokenizer", "shards", "train", "eval", "gate", "package", "canary", "deploy_staff",
+         "approve_production", "promote", "deploy_production"]
+
+
+def inspect(tmp_path: Path, **variables: str) -> dict:
+    if not AIRFLOW_PYTHON.is_file():
+        pytest.fail(f"{AIRFLOW_PYTHON} not found; run `make setup` (it installs Airflow in its own venv)")
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
+           **{f"AIRFLOW_VAR_{k.upper()}": v for k, v in variables.items()}}
+    out = tmp_path / "dag.json"
+    done = subprocess.run([str(AIRFLOW_PYTHON), str(ROOT / "tests" / "airflow" / "inspect_dag.py"), str(out)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+def test_dag_imports_with_the_intended_graph_locally(tmp_path: Path) -> None:
+    dag = inspect(tmp_path, lathe_set="eval.ks=[1]", lathe_deploy_args="--dry-run")
+    assert dag["import_errors"] == {} and dag["schedule"] == "@daily"
+    tasks = dag["tasks"]
+    for upstream, downstream in zip(CHAIN, CHAIN[1:]):
+        assert downstream in tasks[upstream]["downstream"], (upstream, downstream)
+    assert sorted(tasks["gate"]["downstream"]) == ["gate_failed", "package"]  # a failing candidate stops here
+    assert tasks["approve_production"]["type"] == "ApprovalOperator"
+    assert {t: tasks[t]["outlets"] for t in ("data", "tokenizer", "shards", "train")} == {
+        "data": ["lathe://tiny/data"], "tokenizer": ["lathe://tiny/tokenizer"], "shards": ["lathe://tiny/shards"], "train": ["lathe://tiny/model"]}
+    assert all(t["retries"] >= 2 and t["timeout_s"] for k, t in tasks.items() if k not in ("gate", "gate_failed", "approve_production"))
+    assert tasks["train"]["command"].endswith("lathe train --config configs/tiny.yaml --set 'eval.ks=[1]'")
+    assert "deploy --track staff --dry-run" in tasks["deploy_staff"]["command"]
+
+
+def test_same_dag_on_kubernetes_by_configuration(tmp_path: Path) -> None:
+    tasks = inspect(tmp_path, lathe_execution="kubernetes", lathe_config="configs/gpu-1b.yaml")["tasks"]
+    assert tasks["data"]["type"] == "SparkKubernetesOperator"
+    assert {tasks[t]["type"] for t in ("tokenizer", "shards", "train", "eval", "package", "deploy_staff")} == {"KubernetesPodOperator"}
+    assert tasks["train"]["arguments"] == ["train", "--config", "configs/gpu-1b.yaml"]
+    assert tasks["eval"]["arguments"][:3] == ["gate", "--xcom", "/airflow/xcom/return.json"]
+    assert tasks["train"]["outlets"] == ["lathe://gpu-1b/model"]
