@@ -37,46 +37,44 @@ import time  # noqa: E402
 from airflow.dag_processing.dagbag import DagBag  # noqa: E402  (after AIRFLOW_HOME is set)
 
 
+from sqlalchemy import select  # noqa: E402
+
+from airflow._shared.timezones import timezone  # noqa: E402
+from airflow.models.hitl import HITLUser  # noqa: E402
+from airflow.models.taskinstance import TaskInstance  # noqa: E402
+from airflow.models.trigger import handle_event_submit  # noqa: E402
+from airflow.triggers.base import TriggerEvent  # noqa: E402
+from airflow.utils.session import create_session  # noqa: E402
+from airflow.utils.state import TaskInstanceState  # noqa: E402
+
+
+def answer_approval() -> bool:
+    """Record "Approve" for a waiting approve_production; True once done."""
+    with create_session() as session:
+        ti = session.scalar(select(TaskInstance).where(TaskInstance.task_id == "approve_production",
+                                                       TaskInstance.state == TaskInstanceState.AWAITING_INPUT))
+        if ti is None or ti.hitl_detail is None:
+            return False
+        detail = ti.hitl_detail
+        detail.responded_by = HITLUser(id="dag-test", name="dag-test")
+        detail.responded_at = timezone.utcnow()
+        detail.chosen_options = ["Approve"]
+        detail.params_input = {}
+        session.add(detail)
+        handle_event_submit(TriggerEvent(detail.as_resume_event_payload()), task_instance=ti, session=session)
+    print("approver: approve_production answered Approve", flush=True)
+    return True
+
+
 def approve_when_asked() -> None:
-    """Answer approve_production with Approve once it waits for input (what a person does in the UI)."""
-    from sqlalchemy import select
-
-    from airflow._shared.timezones import timezone
-    from airflow.models.hitl import HITLUser
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.models.trigger import handle_event_submit
-    from airflow.triggers.base import TriggerEvent
-    from airflow.utils.session import create_session
-    from airflow.utils.state import TaskInstanceState
-
+    """Answer the approval once it waits for input (what a person does in the UI)."""
     while True:
         try:
-            answered = _answer(create_session, select, timezone, HITLUser, TaskInstance, handle_event_submit, TriggerEvent, TaskInstanceState)
+            if answer_approval():
+                return
         except Exception as exc:  # SQLite is shared with dag.test(): report and retry
             print(f"approver: {type(exc).__name__}: {exc}", flush=True)
-            answered = False
-        if answered:
-            return
         time.sleep(1)
-
-
-def _answer(create_session, select, timezone, HITLUser, TaskInstance, handle_event_submit, TriggerEvent, TaskInstanceState) -> bool:  # noqa: N803
-    """One attempt; True once the approval is recorded."""
-    if True:
-        with create_session() as session:
-            ti = session.scalar(select(TaskInstance).where(TaskInstance.task_id == "approve_production",
-                                                           TaskInstance.state == TaskInstanceState.AWAITING_INPUT))
-            if ti is not None and ti.hitl_detail is not None:
-                detail = ti.hitl_detail
-                detail.responded_by = HITLUser(id="dag-test", name="dag-test")
-                detail.responded_at = timezone.utcnow()
-                detail.chosen_options = ["Approve"]
-                detail.params_input = {}
-                session.add(detail)
-                handle_event_submit(TriggerEvent(detail.as_resume_event_payload()), task_instance=ti, session=session)
-                print("approver: approve_production answered Approve", flush=True)
-                return True
-    return False
 
 
 threading.Thread(target=approve_when_asked, daemon=True).start()
