@@ -38,6 +38,7 @@ from airflow.dag_processing.dagbag import DagBag  # noqa: E402  (after AIRFLOW_H
 
 
 from sqlalchemy import select  # noqa: E402
+from sqlalchemy.orm import joinedload  # noqa: E402
 
 from airflow._shared.timezones import timezone  # noqa: E402
 from airflow.models.hitl import HITLUser  # noqa: E402
@@ -52,7 +53,8 @@ def answer_approval() -> bool:
     """Record "Approve" for a waiting approve_production; True once done."""
     with create_session() as session:
         ti = session.scalar(select(TaskInstance).where(TaskInstance.task_id == "approve_production",
-                                                       TaskInstance.state == TaskInstanceState.AWAITING_INPUT))
+                                                       TaskInstance.state == TaskInstanceState.AWAITING_INPUT)
+                              .options(joinedload(TaskInstance.hitl_detail)))
         if ti is None or ti.hitl_detail is None:
             return False
         detail = ti.hitl_detail
