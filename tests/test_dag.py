@@ -49,3 +49,12 @@ def test_same_dag_on_kubernetes_by_configuration(tmp_path: Path) -> None:
     assert tasks["train"]["arguments"] == ["train", "--config", "configs/gpu-1b.yaml"]
     assert tasks["eval"]["arguments"][:3] == ["gate", "--xcom", "/airflow/xcom/return.json"]
     assert tasks["train"]["outlets"] == ["lathe://gpu-1b/model"]
+
+
+def test_dag_test_runs_raw_to_production_end_to_end(tmp_path: Path) -> None:
+    """`make dag-test`: dag.test() with every stage run for real through the CLI on a small profile (~3.5 min)."""
+    env = {**os.environ, "AIRFLOW__CORE__LOAD_EXAMPLES": "false", "LATHE_DAG_TEST_DIR": str(tmp_path)}
+    done = subprocess.run([str(AIRFLOW_PYTHON), str(ROOT / "tests" / "airflow" / "run_dag.py")], env=env,
+                          capture_output=True, text=True, timeout=1500, cwd=ROOT)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "ran raw -> production end to end" in done.stdout

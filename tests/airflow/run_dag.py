@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-scratch = Path(tempfile.mkdtemp(prefix="lathe-dag-test-"))
+scratch = Path(os.environ.get("LATHE_DAG_TEST_DIR") or tempfile.mkdtemp(prefix="lathe-dag-test-"))
 SMALL = [f"run.runs_dir={scratch / 'runs'}", "data.sources=[{kind: embedded, max_bytes: 1500000, seed: 0}]",
          "tokenizer.vocab_size=512", "tokenizer.ablation_vocab_sizes=[]", "shards.seq_len=128",
          "train.model={d_model: 64, n_layers: 2, n_heads: 2, max_seq_len: 128}", "train.max_duration=8ba",
