@@ -32,6 +32,9 @@ class ServeConfig(Strict):
 
     model_name: str = Field("lathe-code", description="The Triton model name (clients address /v2/models/<name>).")
     track: str = Field("staff", description="Package the registered version holding this MLflow alias (set by the gate).")
+    publish_uri: str | None = Field(
+        None, description="Object store the repositories are copied to (<uri>/<name>/<version>/triton/): the k8s MODEL_BUCKET."
+    )
     max_batch_size: int = Field(8, gt=0, description="Most requests one execute() generates together.")
     dynamic_batching: bool = Field(True, description="Gather concurrent requests into batches (off: one request per execute).")
     max_queue_delay_us: int = Field(0, ge=0, description="How long the batcher waits to fill a batch; it adds to a lone request's latency.")

@@ -127,6 +127,25 @@ def build_repositories(model_dir: Path, version: int, out_dir: Path, cfg: ServeC
     return roots
 
 
+def publish(roots: dict[str, Path], uri: str, name: str, version: int) -> dict[str, str]:
+    """Copy both repositories to ``<uri>/<name>/<version>/<triton|triton-vllm>/``, where the serving
+    pods' init container syncs from (any fsspec URL: s3://, gs://, abfs://, or a local path)."""
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(uri)
+    except (ImportError, ValueError) as exc:
+        raise InputError(f"serve.publish_uri {uri!r}: {exc}; install the fsspec backend for it (s3fs, gcsfs, adlfs)") from None
+    published = {}
+    for kind, local in roots.items():
+        target = f"{root.rstrip('/')}/{name}/{version}/{local.name}"
+        if fs.exists(target):
+            fs.rm(target, recursive=True)  # a republished version replaces the old files, never mixes with them
+        fs.put(str(local) + "/", target, recursive=True)
+        published[kind] = fs.unstrip_protocol(target)
+    return published
+
+
 def check_repository(root: Path, name: str, version: int) -> None:
     """The layout Triton loads: <root>/<name>/config.pbtxt (named <name>) and <root>/<name>/<version>/ with the model files."""
     config = parse_model_config(root / name / "config.pbtxt")

@@ -16,7 +16,7 @@ from eval.stage import resolve_model
 from pipelines.errors import InputError, LatheError
 from pipelines.stages import Stage, StageContext, StageResult, json_summary, register
 from serving.config import ServeConfig
-from serving.package import build_repositories
+from serving.package import build_repositories, publish
 
 
 def registered_version(client: MlflowClient, name: str, alias: str) -> str:
@@ -37,8 +37,11 @@ def run_package(ctx: StageContext) -> StageResult:
     roots = build_repositories(download, int(version), ctx.out_dir, cfg)
     shutil.rmtree(ctx.out_dir / "download")  # the repositories hold (hard links to) the files
     client.set_model_version_tag(name, version, "triton_repository", str(roots["python"].resolve()))
+    published = publish(roots, cfg.publish_uri, cfg.model_name, int(version)) if cfg.publish_uri else {}
+    if published:
+        client.set_model_version_tag(name, version, "published_repository", published["python"])
     info = {"model": name, "version": int(version), "track": cfg.track, "triton_model": cfg.model_name,
-            "repository": str(roots["python"]), "vllm_repository": str(roots["vllm"]),
+            "repository": str(roots["python"]), "vllm_repository": str(roots["vllm"]), "published": published,
             "bytes": sum(f.stat().st_size for f in roots["python"].rglob("*") if f.is_file())}
     (ctx.out_dir / "package.json").write_text(json.dumps(info, indent=2))
     print_package(info, ctx.console)

@@ -247,3 +247,22 @@ def test_busy_port_and_missing_repository_fail_in_one_line(repository: dict[str,
     (broken / "1" / "model.py").write_text("raise ImportError('no such model')\n")
     with pytest.raises(LatheError, match="exited with status"):
         TritonServer(tmp_path / "broken", 0, 0, 0, ready_timeout_s=60).start()
+
+
+def test_publish_lays_out_what_the_init_container_syncs(repository: dict[str, Path], tmp_path: Path) -> None:
+    """A local directory stands in for the object store (fsspec gives s3/gs/abfs the same calls)."""
+    from serving.package import publish
+
+    bucket = tmp_path / "bucket"
+    published = publish(repository, f"file://{bucket}", "lathe-code", VERSION)
+    # k8s/base: aws s3 sync "$MODEL_BUCKET/$MODEL_NAME/$MODEL_VERSION/$REPOSITORY/" /models/
+    synced = bucket / "lathe-code" / str(VERSION) / "triton"
+    assert (synced / "lathe-code" / "config.pbtxt").is_file() and (synced / "lathe-code" / str(VERSION) / "model.py").is_file()
+    check_repository(synced, "lathe-code", VERSION)
+    check_repository(bucket / "lathe-code" / str(VERSION) / "triton-vllm", "lathe-code", VERSION)
+    assert published["python"].endswith(f"/lathe-code/{VERSION}/triton")
+    (synced / "stale.txt").write_text("from an older publish")
+    publish(repository, str(bucket), "lathe-code", VERSION)
+    assert not (synced / "stale.txt").exists()  # republishing replaces, never mixes
+    with pytest.raises(InputError, match="serve.publish_uri"):
+        publish(repository, "nosuchproto://bucket", "lathe-code", VERSION)
