@@ -63,11 +63,17 @@ def decide(client: MlflowClient, name: str, version: str, figures: dict[str, flo
     return decision
 
 
+def registered_version(client: MlflowClient, name: str, alias: str) -> str:
+    """The version of ``name`` that holds ``alias``; one clear line when none does."""
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:  # a missing alias or model
+        raise LatheError(f"no version of {name} holds the `{alias}` alias; the gate sets `staff` (`lathe run eval`), "
+                         "`lathe promote` sets `production`") from None
+
+
 def promote(client: MlflowClient, name: str) -> str:
     """Move `production` to the version holding `staff`; return that version."""
-    try:
-        staff = client.get_model_version_by_alias(name, STAFF)
-    except MlflowException:
-        raise LatheError(f"no version of {name} holds the `staff` alias; run `lathe run eval` first") from None
-    client.set_registered_model_alias(name, PRODUCTION, staff.version)
-    return str(staff.version)
+    version = registered_version(client, name, STAFF)
+    client.set_registered_model_alias(name, PRODUCTION, version)
+    return version

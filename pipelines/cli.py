@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
 
 from pipelines.errors import LatheError
+
+if TYPE_CHECKING:
+    from pipelines.config import LatheConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="lathe: raw code to a served completion model.")
 data_app = typer.Typer(no_args_is_help=True, help="Data-stage tools for operators.")
@@ -21,6 +24,16 @@ app.add_typer(eval_app, name="eval")
 
 console = Console()
 DEFAULT_CONFIG = Path("configs/tiny.yaml")
+
+def tracked_config(config: Optional[Path], overrides: Optional[list[str]]) -> "LatheConfig":
+    """Load the config and point MLflow at its store (for commands that read the Model Registry)."""
+    from pipelines.config import load_config
+    from pipelines.tracking import setup_tracking
+
+    cfg = load_config(config, overrides)
+    setup_tracking(Path(cfg.run.runs_dir), cfg.run.mlflow_tracking_uri, cfg.run.experiment)
+    return cfg
+
 
 ConfigOpt = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="YAML profile.")
 SetOpt = typer.Option(None, "--set", help="Override a config value: key.path=value (repeatable).")
@@ -132,11 +145,8 @@ def promote(
     from mlflow.tracking import MlflowClient
 
     from eval.gate import promote as move
-    from pipelines.config import load_config
-    from pipelines.tracking import setup_tracking
 
-    cfg = load_config(config, set_)
-    setup_tracking(Path(cfg.run.runs_dir), cfg.run.mlflow_tracking_uri, cfg.run.experiment)
+    cfg = tracked_config(config, set_)
     version = move(MlflowClient(), cfg.train.registered_model)
     console.print(f"{cfg.train.registered_model}: production -> version {version}")
 
@@ -180,7 +190,7 @@ def serve(
             _time.sleep(0.2)
         died = server.process is not None and server.process.poll() is not None
     if died:
-        raise LatheError("tritonserver exited on its own; see its log above")
+        raise LatheError("tritonserver exited on its own; rerun `lathe serve` and check the ports and the repository")
     console.print("tritonserver stopped")
 
 
@@ -226,15 +236,12 @@ def deploy(
     import yaml as _yaml
     from mlflow.tracking import MlflowClient
 
-    from pipelines.config import load_config
     from pipelines.kube import KubeCluster, deploy as apply_rollout, render, with_model_version
-    from pipelines.tracking import setup_tracking
-    from serving.stage import registered_version
+    from eval.gate import registered_version
 
     if track not in ("staff", "production"):
         raise LatheError(f"--track {track!r}: use staff or production")
-    cfg = load_config(config, set_)
-    setup_tracking(Path(cfg.run.runs_dir), cfg.run.mlflow_tracking_uri, cfg.run.experiment)
+    cfg = tracked_config(config, set_)
     version = registered_version(MlflowClient(), cfg.train.registered_model, track)
     docs = with_model_version(render(overlay or track), version)
     if dry_run:
@@ -283,12 +290,9 @@ def summary(
     """One screen: data kept/dropped, bytes/token, validation loss, pass@k, gate, serving latency, aliases, artifacts."""
     from mlflow.tracking import MlflowClient
 
-    from pipelines.config import load_config
     from pipelines.summary import print_summary
-    from pipelines.tracking import setup_tracking
 
-    cfg = load_config(config, set_)
-    setup_tracking(Path(cfg.run.runs_dir), cfg.run.mlflow_tracking_uri, cfg.run.experiment)
+    cfg = tracked_config(config, set_)
     aliases = []
     try:
         model = MlflowClient().get_registered_model(cfg.train.registered_model)

@@ -12,20 +12,12 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 from rich.console import Console
 
+from eval.gate import registered_version
 from eval.stage import resolve_model
-from pipelines.errors import InputError, LatheError
+from pipelines.errors import LatheError
 from pipelines.stages import Stage, StageContext, StageResult, json_summary, register
 from serving.config import ServeConfig
 from serving.package import build_repositories, publish
-
-
-def registered_version(client: MlflowClient, name: str, alias: str) -> str:
-    """The version of ``name`` that holds ``alias``; one clear line when none does."""
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except Exception:  # MLflow raises RestException for a missing alias or model
-        raise InputError(f"no version of {name} holds the `{alias}` alias; the gate sets `staff` (`lathe run eval`), "
-                         "`lathe promote` sets `production`") from None
 
 
 def run_package(ctx: StageContext) -> StageResult:

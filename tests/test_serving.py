@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pipelines.errors import InputError, LatheError
-from serving.client import RequestFailed, complete, http_generate, stream_completion
+from serving.client import RequestFailed, complete, http_generate
 from serving.config import ServeConfig
 from serving.engine import Engine, RequestError
 from serving.loadtest import grpc_sender, run_load
