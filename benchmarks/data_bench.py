@@ -22,17 +22,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import emit  # noqa: E402
-
 from datasketch import MinHash, MinHashLSH  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
-from data.clean import clean_dataset  # noqa: E402
-from data.config import DataConfig, EmbeddedSourceConfig  # noqa: E402
-from data.dedup import near_duplicates, shingles  # noqa: E402
-from data.spark import spark_session  # noqa: E402
-from data.stage import ingest  # noqa: E402
-from pipelines.config import SparkConfig  # noqa: E402
+from benchmarks.common import emit  # noqa: E402
+from lathe.core.spark import SparkConfig, spark_session  # noqa: E402
+from lathe.data.clean import clean_dataset  # noqa: E402
+from lathe.data.config import DataConfig, EmbeddedSourceConfig  # noqa: E402
+from lathe.data.dedup import near_duplicates, shingles  # noqa: E402
+from lathe.data.pipeline import ingest  # noqa: E402
 
 
 def datasketch_near_duplicates(docs: dict[str, str], cfg: DataConfig) -> set[str]:

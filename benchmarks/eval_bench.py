@@ -18,9 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import emit  # noqa: E402
-
-from eval.config import EvalConfig  # noqa: E402
-from eval.humaneval import problems, score  # noqa: E402
+from lathe.eval.config import EvalConfig  # noqa: E402
+from lathe.eval.humaneval import problems, score  # noqa: E402
 
 
 def main() -> None:

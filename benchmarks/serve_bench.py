@@ -25,11 +25,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import emit  # noqa: E402
-
-from serving.config import ServeConfig  # noqa: E402
-from serving.loadtest import LoadReport, Send, grpc_sender, run_load  # noqa: E402
-from serving.package import build_repositories  # noqa: E402
-from serving.server import TritonServer, free_port  # noqa: E402
+from lathe.serving.config import ServeConfig  # noqa: E402
+from lathe.serving.loadtest import LoadReport, Send, grpc_sender, run_load  # noqa: E402
+from lathe.serving.package import build_repositories, checkpoint_dir  # noqa: E402
+from lathe.serving.server import TritonServer, free_port  # noqa: E402
 
 
 def baseline_server(model_dir: Path, max_tokens: int) -> tuple[ThreadingHTTPServer, str]:
@@ -89,7 +88,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench/serve_bench.json"))
     args = parser.parse_args()
     info = json.loads((args.package / "package.json").read_text())
-    model_dir = Path(info["repository"]) / info["triton_model"] / str(info["version"]) / "hf_model"
+    model_dir = checkpoint_dir(Path(info["repository"]), info["triton_model"], info["version"])
     results: dict[str, dict[str, object]] = {}
     lines = ["| server | clients | requests | failed | p50 ms | p95 ms | p99 ms | first token p50 ms | req/s | tokens/s |",
              "|---|---|---|---|---|---|---|---|---|---|"]

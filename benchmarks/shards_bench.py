@@ -16,18 +16,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import emit  # noqa: E402
-
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipelines.config import ShardsConfig, SparkConfig  # noqa: E402
-from data.spark import spark_session  # noqa: E402
-from tokenizer.fim import SpecialIds, encode_documents  # noqa: E402
-from tokenizer.pack import Packer, token_dtype  # noqa: E402
-from tokenizer.shards import merge_split_indexes, summarize_parts, tokenize, write_parts  # noqa: E402
-from tokenizer.special import PAD  # noqa: E402
-from tokenizer.vocab import load_tokenizer  # noqa: E402
+from benchmarks.common import emit  # noqa: E402
+from lathe.core.errors import LatheError  # noqa: E402
+from lathe.core.spark import SparkConfig, spark_session  # noqa: E402
+from lathe.pipelines.runner import finished  # noqa: E402
+from lathe.tokenizer.config import ShardsConfig  # noqa: E402
+from lathe.tokenizer.fim import SpecialIds, encode_documents  # noqa: E402
+from lathe.tokenizer.pack import Packer, token_dtype  # noqa: E402
+from lathe.tokenizer.shards import merge_split_indexes, summarize_parts, tokenize, write_parts  # noqa: E402
+from lathe.tokenizer.special import PAD  # noqa: E402
+from lathe.tokenizer.vocab import load_tokenizer  # noqa: E402
 
 
 def single_process(docs: pd.DataFrame, tok, cfg: ShardsConfig) -> tuple[int, float]:
@@ -52,10 +53,11 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs/tiny"))
     parser.add_argument("--out", type=Path, default=Path("runs/bench/shards_bench.json"))
     args = parser.parse_args()
-    kept, tok_dir = args.runs / "data" / "kept", args.runs / "tokenizer"
-    if not kept.is_dir() or not (tok_dir / "tokenizer.json").is_file():
-        sys.exit(f"error: {kept} or {tok_dir}/tokenizer.json missing; run `make all` first")
-    tok = load_tokenizer(tok_dir)
+    try:
+        kept = finished("data", args.runs / "data").path("clean")
+        tok = load_tokenizer(finished("tokenizer", args.runs / "tokenizer").path("tokenizer"))
+    except LatheError as exc:
+        sys.exit(f"error: {exc} (run `make all` first)")
     cfg = ShardsConfig()
     docs = pd.read_parquet(kept, columns=["id", "content"]).sort_values("id")
 

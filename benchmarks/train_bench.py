@@ -15,19 +15,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import emit  # noqa: E402
-
 import torch  # noqa: E402
 from composer import Trainer  # noqa: E402
 from composer.core import Callback  # noqa: E402
 from composer.utils import reproducibility  # noqa: E402
 
-from pipelines.config import load_config  # noqa: E402
-from tokenizer.special import EOS, PAD  # noqa: E402
-from tokenizer.vocab import load_tokenizer  # noqa: E402
-from training.data import build_dataloader  # noqa: E402
-from training.model import build_model  # noqa: E402
-from training.optim import build_optimizer  # noqa: E402
+from benchmarks.common import emit  # noqa: E402
+from lathe.pipelines.config import load_config  # noqa: E402
+from lathe.pipelines.runner import finished  # noqa: E402
+from lathe.tokenizer.special import EOS, PAD  # noqa: E402
+from lathe.tokenizer.vocab import load_tokenizer  # noqa: E402
+from lathe.training.data import build_dataloader  # noqa: E402
+from lathe.training.model import build_model  # noqa: E402
+from lathe.training.optim import build_optimizer  # noqa: E402
 
 WARMUP = 5
 
@@ -57,9 +57,9 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(args.config)
     tc = cfg.train
-    tok = load_tokenizer(args.runs / "tokenizer")
+    tok = load_tokenizer(finished("tokenizer", args.runs / "tokenizer").path("tokenizer"))
     pad, eos, vocab = tok.token_to_id(PAD), tok.token_to_id(EOS), tok.get_vocab_size()
-    split = str(args.runs / "shards" / "mds" / "train")
+    split = f"{finished('shards', args.runs / 'shards').uri('mds').rstrip('/')}/train"
     batch = tc.global_train_batch_size
     torch.set_num_threads(torch.get_num_threads())
 

@@ -18,12 +18,12 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from data.config import DataConfig
-from data.dedup import exact_duplicates, near_duplicates
-from data.filters import Doc, drop_reason
-from data.pii import PLACEHOLDERS, redact
-from data.sources import CANONICAL_COLUMNS, CANONICAL_FIELDS
-from pipelines.errors import LedgerError
+from lathe.core.errors import LedgerError
+from lathe.data.config import DataConfig
+from lathe.data.dedup import exact_duplicates, near_duplicates
+from lathe.data.filters import Doc, drop_reason
+from lathe.data.pii import PLACEHOLDERS, redact
+from lathe.data.sources import CANONICAL_COLUMNS, CANONICAL_FIELDS
 
 PII_COLUMNS = [f"pii_{kind}" for kind in PLACEHOLDERS]
 DROPPED_COLUMNS = ["id", "path", "reason", "lang", "source", "size_bytes", "duplicate_of"]

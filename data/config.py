@@ -10,7 +10,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field
 
-from pipelines.schema import Strict
+from lathe.core.config import Strict
 
 
 class TreeSourceConfig(Strict):

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from data.config import DataConfig, QualityThresholds
-from data.languages import is_lock_file
-from data.parse import parses
-from pipelines.registry import Registry
+from lathe.core.registry import Registry
+from lathe.data.config import DataConfig, QualityThresholds
+from lathe.data.languages import is_lock_file
+from lathe.data.parse import parses
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterator
 
-from data.config import PIIConfig
+from lathe.data.config import PIIConfig
 
 PLACEHOLDERS: dict[str, str] = {
     "email": "<EMAIL>",
@@ -113,8 +113,22 @@ def _detect_secrets_patterns() -> list[re.Pattern[str]]:
     per-line ``analyze_line`` under default settings.
     """
     from detect_secrets.plugins import (
-        aws, azure_storage_key, discord, github_token, gitlab_token, jwt, mailchimp, npm,
-        openai, pypi_token, sendgrid, slack, square_oauth, stripe, telegram_token, twilio,
+        aws,
+        azure_storage_key,
+        discord,
+        github_token,
+        gitlab_token,
+        jwt,
+        mailchimp,
+        npm,
+        openai,
+        pypi_token,
+        sendgrid,
+        slack,
+        square_oauth,
+        stripe,
+        telegram_token,
+        twilio,
     )
 
     detectors = [

@@ -21,15 +21,15 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from data.config import (
+from lathe.core.errors import InputError
+from lathe.core.registry import Registry
+from lathe.data.config import (
     EmbeddedSourceConfig,
     ParquetSourceConfig,
     StackSourceConfig,
     TreeSourceConfig,
 )
-from data.languages import canonical_language, language_of
-from pipelines.errors import InputError
-from pipelines.registry import Registry
+from lathe.data.languages import canonical_language, language_of
 
 # The canonical schema every source produces and `kept/` holds.
 CANONICAL_FIELDS = [

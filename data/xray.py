@@ -9,16 +9,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from rich.console import Console
+from rich.table import Table
 
-matplotlib.use("Agg")  # headless: plots are files, logged to MLflow
-import matplotlib.pyplot as plt  # noqa: E402
-from pyspark.sql import DataFrame  # noqa: E402
-from pyspark.sql import functions as F  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from data.clean import PII_COLUMNS, CleanResult  # noqa: E402
+from lathe.core.plots import pyplot
+from lathe.data.clean import PII_COLUMNS, CleanResult
 
 QUANTILES = [0.1, 0.5, 0.9]
 
@@ -80,6 +77,7 @@ def compute_xray(result: CleanResult) -> dict[str, Any]:
 
 def plot_xray(xray: dict[str, Any], out_dir: Path, top: int = 12) -> list[Path]:
     """PNG plots: kept/dropped by language and reason, and duplicate cluster sizes."""
+    plt = pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     langs = [r["lang"] for r in xray["languages"][:top]]

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
-from pipelines.registry import Registry
+from lathe.core.registry import Registry
 
 
 @dataclass(frozen=True)

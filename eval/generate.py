@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from rich.progress import Progress
 
-from eval.config import GenerationConfig
+from lathe.eval.config import GenerationConfig
 
 
 def truncate(text: str, stops: list[str]) -> str:

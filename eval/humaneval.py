@@ -13,10 +13,10 @@ from typing import Any, Iterable
 import numpy as np
 from rich.progress import Progress
 
-from eval.benchmarks import BENCHMARKS
-from eval.config import EvalConfig
-from eval.sandbox import RunResult, Sandbox
-from pipelines.errors import InputError
+from lathe.core.errors import InputError
+from lathe.eval.benchmarks import BENCHMARKS
+from lathe.eval.config import EvalConfig
+from lathe.eval.sandbox import RunResult, Sandbox
 
 
 def problems() -> dict[str, dict[str, Any]]:

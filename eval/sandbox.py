@@ -28,9 +28,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval.benchmarks import PYTHON, Language
-from eval.config import SandboxConfig
-from pipelines.errors import LatheError
+from lathe.core.errors import LatheError
+from lathe.eval.benchmarks import PYTHON, Language
+from lathe.eval.config import SandboxConfig
 
 # A program proves it ran to its end by copying a per-run secret from one inherited pipe
 # (fd number in argv[2]) to another (argv[1]); an early exit or a printed "PASSED" cannot.

@@ -1,6 +1,6 @@
 """The one typed configuration tree of lathe, read from YAML and `--set` overrides.
 
-Each component's config model lives next to the code it configures (``data/config.py``);
+Each component's config model lives next to the code it configures (``lathe.data.config``);
 this module assembles the tree, loads profiles and turns validation failures into one
 line that names the offending key path.
 """
@@ -13,13 +13,15 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
-from data.config import DataConfig
-from pipelines.errors import ConfigError
-from pipelines.schema import Strict
-from tokenizer.config import ShardsConfig, TokenizerConfig
-from training.config import TrainConfig
-from eval.config import EvalConfig
-from serving.config import ServeConfig
+from lathe.core.config import Strict
+from lathe.core.errors import ConfigError
+from lathe.core.spark import SparkConfig
+from lathe.data.config import DataConfig
+from lathe.deploy.config import DeployConfig
+from lathe.eval.config import EvalConfig
+from lathe.serving.config import ServeConfig
+from lathe.tokenizer.config import ShardsConfig, TokenizerConfig
+from lathe.training.config import TrainConfig
 
 
 class RunConfig(Strict):
@@ -31,15 +33,6 @@ class RunConfig(Strict):
         description="MLflow store; default sqlite:///<runs_dir>/mlflow.db. MLFLOW_TRACKING_URI overrides both.",
     )
     experiment: str = Field("lathe", description="MLflow experiment name.")
-
-
-class SparkConfig(Strict):
-    """The Spark session every Spark job of a run uses."""
-
-    master: str = Field("local[*]", description="local[*], spark://host:7077, k8s://https://..., or a Databricks master.")
-    driver_memory: str = Field("4g", description="spark.driver.memory (the local executors live in the driver).")
-    shuffle_partitions: int = Field(8, gt=0, description="spark.sql.shuffle.partitions.")
-    conf: dict[str, str] = Field(default_factory=dict, description="Any further spark.* settings.")
 
 
 class LatheConfig(Strict):
@@ -54,6 +47,7 @@ class LatheConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:

@@ -1,8 +1,10 @@
 """The runner: fingerprints, manifests, skip-if-done, --force and MLflow runs (design.md).
 
-A stage's fingerprint hashes its name, version, config section and its inputs'
-fingerprints. Its output directory gets ``manifest.json`` written last (atomically), so a
-stage that failed leaves no manifest and the next run resumes there.
+A stage's fingerprint hashes its name, version, config section, what it observes outside
+its inputs (``Stage.observe``: a registry alias, a source's state) and its inputs'
+fingerprints. Its output directory gets ``manifest.json`` written last (atomically), with
+where each declared output landed, so a stage that failed leaves no manifest and the next
+run resumes there; downstream stages read their inputs' outputs from those manifests.
 """
 
 from __future__ import annotations
@@ -22,16 +24,17 @@ from typing import Any
 import mlflow
 from rich.console import Console
 
-from pipelines.config import LatheConfig
-from pipelines.registry import Registry
-from pipelines.stages import Stage, StageContext, load_stages
-from pipelines.tracking import flatten, setup_tracking
+from lathe.core.errors import InputError
+from lathe.core.registry import Registry
+from lathe.core.stage import MANIFEST, Stage, StageContext, Upstream, read_manifest
+from lathe.core.tracking import flatten, setup_tracking
+from lathe.pipelines.config import LatheConfig
+from lathe.pipelines.stages import pipeline_stages
 
-MANIFEST = "manifest.json"
 _VERSIONED_PACKAGES = ["lathe", "pyspark", "mlflow", "torch", "tokenizers", "mosaicml", "mosaicml-streaming"]
 
 
-def fingerprint(stage: Stage, cfg: LatheConfig, input_fingerprints: dict[str, str]) -> str:
+def fingerprint(stage: Stage[Any], cfg: LatheConfig, input_fingerprints: dict[str, str], observed: dict[str, str] | None = None) -> str:
     """Stable hash of everything that determines a stage's output."""
     payload = {
         "stage": stage.name,
@@ -39,18 +42,9 @@ def fingerprint(stage: Stage, cfg: LatheConfig, input_fingerprints: dict[str, st
         "config": stage.section(cfg).model_dump(mode="json"),
         "inputs": dict(sorted(input_fingerprints.items())),
     }
+    if observed:  # only stages that observe something: other fingerprints stay as they were
+        payload["observed"] = dict(sorted(observed.items()))
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def read_manifest(out_dir: Path) -> dict[str, Any] | None:
-    """The finished stage's manifest, or None if the stage never finished there."""
-    path = out_dir / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None  # a torn manifest means an unfinished stage
 
 
 def _versions() -> dict[str, str]:
@@ -69,10 +63,10 @@ def _write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
     os.replace(tmp, out_dir / MANIFEST)
 
 
-def select_stages(requested: list[str] | None, registry: Registry[Stage] | None = None) -> list[Stage]:
+def select_stages(requested: list[str] | None, registry: Registry[Stage[Any]] | None = None) -> list[Stage[Any]]:
     """The requested stages plus everything upstream of them, inputs before the stages using them."""
-    registry = registry or load_stages()
-    ordered: list[Stage] = []
+    registry = registry or pipeline_stages()
+    ordered: list[Stage[Any]] = []
     visiting: set[str] = set()
 
     def visit(name: str) -> None:
@@ -91,6 +85,15 @@ def select_stages(requested: list[str] | None, registry: Registry[Stage] | None 
     return ordered
 
 
+def finished(name: str, out_dir: Path, registry: Registry[Stage[Any]] | None = None) -> Upstream:
+    """A finished stage's outputs as a downstream reader sees them; one clear line when it has not finished."""
+    stage = (registry or pipeline_stages()).get(name)
+    manifest = read_manifest(out_dir)
+    if manifest is None or manifest.get("stage") != name:
+        raise InputError(f"no finished {name} stage in {out_dir}; run `lathe run {name}` first")
+    return stage.upstream(out_dir, manifest)
+
+
 @dataclass
 class StageOutcome:
     """How one stage of a pipeline run ended."""
@@ -100,6 +103,7 @@ class StageOutcome:
     fingerprint: str
     out_dir: Path
     duration_s: float
+    manifest: dict[str, Any]  # what the stage wrote (or had written, when skipped)
 
 
 def run_pipeline(
@@ -107,7 +111,7 @@ def run_pipeline(
     requested: list[str] | None = None,
     force: bool = False,
     console: Console | None = None,
-    registry: Registry[Stage] | None = None,
+    registry: Registry[Stage[Any]] | None = None,
 ) -> list[StageOutcome]:
     """Run the requested stages (and their upstream ones), skipping those already done.
 
@@ -124,38 +128,49 @@ def run_pipeline(
 
     outcomes: list[StageOutcome] = []
     fingerprints: dict[str, str] = {}
+    upstream: dict[str, Upstream] = {}
     run_name = f"{cfg.profile}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     with mlflow.start_run(run_name=run_name) as parent:
         mlflow.set_tags({"lathe.profile": cfg.profile, "lathe.stages": ",".join(s.name for s in stages)})
         for i, stage in enumerate(stages, 1):
             out_dir = profile_dir / stage.name
-            fp = fingerprint(stage, cfg, {d: fingerprints[d] for d in stage.inputs})
+            observed = stage.observe(cfg) if stage.observe else {}
+            fp = fingerprint(stage, cfg, {d: fingerprints[d] for d in stage.inputs}, observed)
             fingerprints[stage.name] = fp
             console.rule(f"[bold]{i}/{len(stages)} {stage.name}[/]  fingerprint {fp}")
+            if observed:
+                console.print("observed: " + ", ".join(f"{k}={v or '(none)'}" for k, v in observed.items()), highlight=False)
             done = read_manifest(out_dir)
             if done and done.get("fingerprint") == fp and stage.name not in forced:
                 console.print(f"[green]skipped[/]: {stage.name} is done ({out_dir / MANIFEST})")
                 if stage.summarize:
                     stage.summarize(out_dir, console)
-                outcomes.append(StageOutcome(stage.name, "skipped", fp, out_dir, 0.0))
+                upstream[stage.name] = stage.upstream(out_dir, done)
+                outcomes.append(StageOutcome(stage.name, "skipped", fp, out_dir, 0.0, done))
                 continue
-            outcomes.append(
-                _run_stage(stage, cfg, fp, fingerprints, out_dir, profile_dir, parent.info.run_id, console, stage.name in forced)
-            )
+            run = _StageRun(stage, fp, observed, out_dir, {d: upstream[d] for d in stage.inputs}, stage.name in forced)
+            outcome = _run_stage(run, cfg, fingerprints, parent.info.run_id, console)
+            upstream[stage.name] = stage.upstream(out_dir, outcome.manifest)
+            outcomes.append(outcome)
     return outcomes
 
 
+@dataclass
+class _StageRun:
+    """One stage about to run: what it was fingerprinted with and what it reads."""
+
+    stage: Stage[Any]
+    fingerprint: str
+    observed: dict[str, str]
+    out_dir: Path
+    inputs: dict[str, Upstream]
+    forced: bool
+
+
 def _run_stage(
-    stage: Stage,
-    cfg: LatheConfig,
-    fp: str,
-    fingerprints: dict[str, str],
-    out_dir: Path,
-    profile_dir: Path,
-    parent_run_id: str,
-    console: Console,
-    forced: bool,
+    run: _StageRun, cfg: LatheConfig, fingerprints: dict[str, str], parent_run_id: str, console: Console
 ) -> StageOutcome:
+    stage, fp, out_dir, forced = run.stage, run.fingerprint, run.out_dir, run.forced
     marker = out_dir / ".fingerprint"
     keep = stage.resumable and not forced and marker.is_file() and marker.read_text() == fp
     if keep:
@@ -167,13 +182,14 @@ def _run_stage(
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     with mlflow.start_run(run_name=stage.name, nested=True) as child:
-        mlflow.set_tags({"lathe.stage": stage.name, "lathe.fingerprint": fp})
+        mlflow.set_tags({"lathe.stage": stage.name, "lathe.fingerprint": fp, **{f"lathe.observed.{k}": v for k, v in run.observed.items()}})
         section = stage.section(cfg).model_dump(mode="json")
         params = flatten(section)
         for start in range(0, len(params), 100):  # MLflow takes at most 100 params per call
             mlflow.log_params(dict(list(params.items())[start : start + 100]))
-        ctx = StageContext(cfg, out_dir, {d: profile_dir / d for d in stage.inputs}, console, fp)
+        ctx = StageContext(cfg, out_dir, run.inputs, console, fp, run.observed, stage.default_outputs(out_dir))
         result = stage.run(ctx)
+        outputs = stage.locate_outputs(out_dir, result.outputs)
         duration = time.perf_counter() - t0
         mlflow.log_metrics({**{f"count.{k}": float(v) for k, v in result.counts.items()}, **result.metrics})
         mlflow.log_metric("duration_s", duration)
@@ -184,7 +200,9 @@ def _run_stage(
             "version": stage.version,
             "fingerprint": fp,
             "profile": cfg.profile,
-            "inputs": {d: {"fingerprint": fingerprints[d], "path": str(profile_dir / d)} for d in stage.inputs},
+            "inputs": {d: {"fingerprint": fingerprints[d], "path": str(run.inputs[d].dir)} for d in stage.inputs},
+            "observed": run.observed,
+            "outputs": outputs,
             "config": section,
             "counts": result.counts,
             "metrics": result.metrics,
@@ -199,4 +217,4 @@ def _run_stage(
         mlflow.log_dict(manifest, "manifest.json")
         _write_manifest(out_dir, manifest)
     console.print(f"[green]done[/]: {stage.name} in {duration:.1f}s -> {out_dir}")
-    return StageOutcome(stage.name, "ran", fp, out_dir, duration)
+    return StageOutcome(stage.name, "ran", fp, out_dir, duration, manifest)

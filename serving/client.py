@@ -12,7 +12,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from pipelines.errors import LatheError
+from lathe.core.errors import LatheError
+from lathe.core.models import MODEL_NAME
+from lathe.serving.protocol import FINISH, PARAMETERS, PROMPT, TEXT, TOKEN_IDS
 
 _DONE = object()
 
@@ -61,8 +63,9 @@ class RequestFailed(LatheError):
 
 def _inputs(grpc: Any, prompt: str, params: dict[str, Any]) -> list[Any]:
     """Triton input tensors for a prompt and its parameters (batch dimension of 1)."""
-    dtypes = {"max_tokens": ("INT32", np.int32), "temperature": ("FP32", np.float32), "top_p": ("FP32", np.float32),
-              "seed": ("INT64", np.int64), "stream": ("BOOL", np.bool_)}
+    from tritonclient.utils import triton_to_np_dtype
+
+    fields = {f.name: f for f in PARAMETERS}
     tensors = []
 
     def add(name: str, array: np.ndarray, dtype: str) -> None:
@@ -70,19 +73,19 @@ def _inputs(grpc: Any, prompt: str, params: dict[str, Any]) -> list[Any]:
         t.set_data_from_numpy(array)
         tensors.append(t)
 
-    add("text_input", np.array([[prompt.encode("utf-8")]], dtype=np.object_), "BYTES")
+    add(PROMPT.name, np.array([[prompt.encode("utf-8")]], dtype=np.object_), PROMPT.dtype)
     for name, value in params.items():
-        if name == "stop":
-            add("stop", np.array([[s.encode("utf-8") for s in value]], dtype=np.object_), "BYTES")
-        elif name in dtypes:
-            triton_type, np_type = dtypes[name]
-            add(name, np.array([[value]], dtype=np_type), triton_type)
+        field = fields.get(name)
+        if field is not None and field.kind is list:
+            add(name, np.array([[s.encode("utf-8") for s in value]], dtype=np.object_), field.dtype)
+        elif field is not None:
+            add(name, np.array([[value]], dtype=triton_to_np_dtype(field.dtype)), field.dtype)
         else:  # let the server name it in its error: an unknown input is refused there, not dropped here
             add(name, np.array([[str(value).encode()]], dtype=np.object_), "BYTES")
     return tensors
 
 
-def stream_completion(url: str, prompt: str, model: str = "lathe-code", timeout_s: float = 120.0, **params: Any) -> Iterator[Chunk]:
+def stream_completion(url: str, prompt: str, model: str = MODEL_NAME, timeout_s: float = 120.0, **params: Any) -> Iterator[Chunk]:
     """Stream one completion over gRPC; yields chunks as the server makes them.
 
     Raises ``RequestFailed`` with the server's message for a refused request, and
@@ -116,9 +119,9 @@ def stream_completion(url: str, prompt: str, model: str = "lathe-code", timeout_
             at = time.perf_counter()
             if isinstance(item, InferenceServerException):
                 raise RequestFailed(item.message() or str(item))
-            finish = item.as_numpy("finish_reason").reshape(-1)[0].decode() or None
-            text = item.as_numpy("text_output").reshape(-1)[0].decode("utf-8")
-            yield Chunk(text, item.as_numpy("token_ids").reshape(-1).tolist(), finish, at)
+            finish = item.as_numpy(FINISH.name).reshape(-1)[0].decode() or None
+            text = item.as_numpy(TEXT.name).reshape(-1)[0].decode("utf-8")
+            yield Chunk(text, item.as_numpy(TOKEN_IDS.name).reshape(-1).tolist(), finish, at)
             if finish:
                 return
     finally:
@@ -126,7 +129,7 @@ def stream_completion(url: str, prompt: str, model: str = "lathe-code", timeout_
         client.close()
 
 
-def complete(url: str, prompt: str, model: str = "lathe-code", **params: Any) -> Completion:
+def complete(url: str, prompt: str, model: str = MODEL_NAME, **params: Any) -> Completion:
     """A whole streamed completion with its timings."""
     result = Completion(started=time.perf_counter())
     for chunk in stream_completion(url, prompt, model, **params):
@@ -134,9 +137,9 @@ def complete(url: str, prompt: str, model: str = "lathe-code", **params: Any) ->
     return result
 
 
-def http_generate(url: str, prompt: str, model: str = "lathe-code", timeout_s: float = 120.0, **params: Any) -> dict[str, Any]:
+def http_generate(url: str, prompt: str, model: str = MODEL_NAME, timeout_s: float = 120.0, **params: Any) -> dict[str, Any]:
     """POST /v2/models/<model>/generate (one JSON answer); raises ``RequestFailed`` with the server's error."""
-    body = json.dumps({"text_input": prompt, **params}).encode()
+    body = json.dumps({PROMPT.name: prompt, **params}).encode()
     request = urllib.request.Request(f"http://{url}/v2/models/{model}/generate", data=body, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:

@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipelines.schema import Strict
+from lathe.core.config import Strict
+from lathe.core.models import MODEL_NAME
 
 
 class VllmConfig(Strict):
@@ -30,7 +31,7 @@ class LoadConfig(Strict):
 class ServeConfig(Strict):
     """Triton model repository and server settings."""
 
-    model_name: str = Field("lathe-code", description="The Triton model name (clients address /v2/models/<name>).")
+    model_name: str = Field(MODEL_NAME, description="The Triton model name (clients address /v2/models/<name>).")
     track: str = Field("staff", description="Package the registered version holding this MLflow alias (set by the gate).")
     publish_uri: str | None = Field(
         None, description="Object store the repositories are copied to (<uri>/<name>/<version>/triton/): the k8s MODEL_BUCKET."

@@ -1,8 +1,8 @@
 """Batched, streaming generation with the KV cache: the core of the Triton model.
 
-This module depends on torch, transformers and the standard library only, because it is
-copied into the Triton model repository beside ``model.py`` and must run in any Triton
-image (where lathe itself is not installed). It is tested without Triton.
+This module depends on torch, transformers, the standard library and ``protocol.py`` only,
+because it is copied into the Triton model repository beside ``model.py`` and must run in
+any Triton image (where lathe itself is not installed). It is tested without Triton.
 
 One ``Engine.generate`` call serves the requests Triton's dynamic batcher handed to one
 ``execute``: prompts of different lengths are left-padded into one batch, each row has
@@ -18,9 +18,10 @@ from typing import Any, Iterator
 
 import torch
 
-# Request fields a client may send, with their types; anything else is an error, not ignored.
-# `stream` defaults to false, as in Triton's vLLM backend: HTTP `generate` accepts exactly one response.
-FIELDS: dict[str, type] = {"max_tokens": int, "temperature": float, "top_p": float, "stop": list, "seed": int, "stream": bool}
+try:
+    from .protocol import PARAMETER_TYPES, PROMPT
+except ImportError:  # copied into a Triton model repository as lathe_engine.py, beside lathe_protocol.py
+    from lathe_protocol import PARAMETER_TYPES, PROMPT  # type: ignore[no-redef]
 
 
 class RequestError(ValueError):
@@ -97,11 +98,11 @@ class Engine:
 
     def parse(self, prompt: str, params: dict[str, Any]) -> GenRequest:
         """Validate one request; raises ``RequestError`` naming the field and the fix."""
-        unknown = sorted(set(params) - set(FIELDS))
+        unknown = sorted(set(params) - set(PARAMETER_TYPES))
         if unknown:
-            raise RequestError(f"unknown parameter(s) {', '.join(unknown)}; accepted: text_input, {', '.join(FIELDS)}")
+            raise RequestError(f"unknown parameter(s) {', '.join(unknown)}; accepted: {PROMPT.name}, {', '.join(PARAMETER_TYPES)}")
         for name, value in params.items():
-            want = FIELDS[name]
+            want = PARAMETER_TYPES[name]
             ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
             if want is float and isinstance(value, int) and not isinstance(value, bool):
                 ok = True

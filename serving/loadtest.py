@@ -9,6 +9,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from lathe.core.models import MODEL_NAME
+
 # One request: returns (time to first token, latency, tokens generated), raises on failure.
 Send = Callable[[str], tuple[float, float, int]]
 
@@ -45,9 +47,9 @@ class LoadReport:
         return asdict(self)
 
 
-def grpc_sender(url: str, model: str = "lathe-code", max_tokens: int = 16) -> Send:
+def grpc_sender(url: str, model: str = MODEL_NAME, max_tokens: int = 16) -> Send:
     """A ``Send`` that streams over gRPC (greedy, fixed length: every request costs the same)."""
-    from serving.client import complete
+    from lathe.serving.client import complete
 
     def send(prompt: str) -> tuple[float, float, int]:
         c = complete(url, prompt, model, max_tokens=max_tokens)

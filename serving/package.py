@@ -22,23 +22,26 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from pipelines.errors import InputError
-from serving.config import ServeConfig
+from lathe.core.errors import InputError
+from lathe.serving.config import ServeConfig
+from lathe.serving.protocol import INPUTS, OUTPUTS, Field
 
 HERE = Path(__file__).parent
 # Architectures vLLM serves natively (the model family lathe trains is Llama).
 VLLM_ARCHITECTURES = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "GPTBigCodeForCausalLM", "Starcoder2ForCausalLM"}
 
-_INPUTS = [  # name, type, dims, optional
-    ("text_input", mc.TYPE_STRING, [1], False),
-    ("max_tokens", mc.TYPE_INT32, [1], True),
-    ("temperature", mc.TYPE_FP32, [1], True),
-    ("top_p", mc.TYPE_FP32, [1], True),
-    ("seed", mc.TYPE_INT64, [1], True),
-    ("stream", mc.TYPE_BOOL, [1], True),
-    ("stop", mc.TYPE_STRING, [-1], True),
-]
-_OUTPUTS = [("text_output", mc.TYPE_STRING, [1]), ("token_ids", mc.TYPE_INT32, [-1]), ("finish_reason", mc.TYPE_STRING, [1])]
+# Files copied into each version directory of the Python-backend model, under the names model.py imports.
+MODEL_FILES = {"triton_model.py": "model.py", "engine.py": "lathe_engine.py", "protocol.py": "lathe_protocol.py"}
+
+
+def checkpoint_dir(root: Path, name: str, version: int) -> Path:
+    """Where a version's HF checkpoint sits in a repository: <root>/<name>/<version>/hf_model."""
+    return root / name / str(version) / "hf_model"
+
+
+def _config_type(field: Field) -> int:
+    """Triton's wire type as the model configuration spells it (BYTES is TYPE_STRING there)."""
+    return mc.DataType.Value("TYPE_STRING" if field.dtype == "BYTES" else f"TYPE_{field.dtype}")
 
 
 def python_model_config(cfg: ServeConfig, version: int) -> mc.ModelConfig:
@@ -47,11 +50,12 @@ def python_model_config(cfg: ServeConfig, version: int) -> mc.ModelConfig:
     config.model_transaction_policy.decoupled = True  # one response per generated chunk
     if cfg.dynamic_batching:
         config.dynamic_batching.max_queue_delay_microseconds = cfg.max_queue_delay_us
-    for name, dtype, dims, optional in _INPUTS:
+    for field in INPUTS:
         # `stop` lists differ in length between requests: ragged, so they still batch together
-        config.input.add(name=name, data_type=dtype, dims=dims, optional=optional, allow_ragged_batch=dims == [-1])
-    for name, dtype, dims in _OUTPUTS:
-        config.output.add(name=name, data_type=dtype, dims=dims)
+        config.input.add(name=field.name, data_type=_config_type(field), dims=list(field.dims), optional=field.optional,
+                         allow_ragged_batch=field.dims == (-1,))
+    for field in OUTPUTS:
+        config.output.add(name=field.name, data_type=_config_type(field), dims=list(field.dims))
     kind = mc.ModelInstanceGroup.KIND_GPU if cfg.instance_kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU
     config.instance_group.add(count=cfg.instance_count, kind=kind)
     config.version_policy.specific.versions.append(version)
@@ -100,16 +104,16 @@ def build_repositories(model_dir: Path, version: int, out_dir: Path, cfg: ServeC
 
     model_root = roots["python"] / cfg.model_name
     vdir = model_root / str(version)
-    _place_checkpoint(model_dir, vdir / "hf_model")
-    shutil.copy2(HERE / "triton_model.py", vdir / "model.py")
-    shutil.copy2(HERE / "engine.py", vdir / "lathe_engine.py")
+    _place_checkpoint(model_dir, checkpoint_dir(roots["python"], cfg.model_name, version))
+    for source, name in MODEL_FILES.items():
+        shutil.copy2(HERE / source, vdir / name)
     (model_root / "config.pbtxt").write_text(text_format.MessageToString(python_model_config(cfg, version)))
 
     archs = set(hf.get("architectures") or [])
     if not archs & VLLM_ARCHITECTURES:
         raise InputError(f"{model_dir}: architecture {sorted(archs)} is not one vLLM serves ({sorted(VLLM_ARCHITECTURES)})")
     vllm_root = roots["vllm"] / cfg.model_name
-    _place_checkpoint(model_dir, vllm_root / str(version) / "hf_model")
+    _place_checkpoint(model_dir, checkpoint_dir(roots["vllm"], cfg.model_name, version))
     engine_args = {
         "model": f"{cfg.vllm.mount_path}/{cfg.model_name}/{version}/hf_model",
         "tokenizer": f"{cfg.vllm.mount_path}/{cfg.model_name}/{version}/hf_model",
@@ -152,7 +156,7 @@ def check_repository(root: Path, name: str, version: int) -> None:
     if config.name != name:
         raise InputError(f"{root / name / 'config.pbtxt'} names model {config.name!r}; Triton needs it to match the folder {name!r}")
     vdir = root / name / str(version)
-    needed = {"python": ["model.py", "lathe_engine.py", "hf_model/config.json", "hf_model/tokenizer.json"],
+    needed = {"python": [*MODEL_FILES.values(), "hf_model/config.json", "hf_model/tokenizer.json"],
               "vllm": ["model.json", "hf_model/config.json", "hf_model/tokenizer.json"]}.get(config.backend)
     if needed is None:
         raise InputError(f"{root / name}: backend {config.backend!r} is not one lathe packages (python, vllm)")

@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.errors import InputError, LatheError
+from lathe.core.errors import InputError, LatheError
 
 
 def free_port() -> int:

@@ -7,8 +7,9 @@ HTTP ``generate`` alike. The requests of one ``execute`` call (what the dynamic 
 gathered) are generated as one batch. A bad request gets an error response naming the
 field and the fix; the others in its batch are served.
 
-It imports only torch, transformers, numpy and ``lathe_engine`` (serving/engine.py, copied
-beside it), so the repository runs in a stock Triton image.
+It imports only torch, transformers, numpy, ``lathe_engine`` and ``lathe_protocol``
+(serving/engine.py and serving/protocol.py, copied beside it), so the repository runs in a
+stock Triton image.
 """
 
 from __future__ import annotations
@@ -23,30 +24,28 @@ import triton_python_backend_utils as pb_utils  # provided by Triton's Python ba
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lathe_engine import Engine, GenRequest, Limits, RequestError  # noqa: E402
+from lathe_protocol import FINISH, PARAMETERS, PROMPT, TEXT, TOKEN_IDS  # noqa: E402
 
-# Optional scalar inputs, as the config declares them, and how to read each.
-_SCALARS = {"max_tokens": int, "temperature": float, "top_p": float, "seed": int, "stream": bool}
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
 def _request_params(request: Any) -> tuple[str, dict[str, Any]]:
     """The prompt and the parameters of one request, from input tensors and request parameters."""
-    tensor = pb_utils.get_input_tensor_by_name(request, "text_input")
+    tensor = pb_utils.get_input_tensor_by_name(request, PROMPT.name)
     if tensor is None:
-        raise RequestError("text_input is missing; send the code to complete as text_input")
+        raise RequestError(f"{PROMPT.name} is missing; send the code to complete as {PROMPT.name}")
     values = tensor.as_numpy().reshape(-1)
     if values.size != 1:
-        raise RequestError(f"text_input must hold one string per request, got {values.size}")
-    raw = values[0]
-    prompt = raw.decode("utf-8", errors="strict") if isinstance(raw, bytes) else str(raw)
+        raise RequestError(f"{PROMPT.name} must hold one string per request, got {values.size}")
+    prompt = _text(values[0])
     params: dict[str, Any] = {}
-    for name, cast in _SCALARS.items():
-        t = pb_utils.get_input_tensor_by_name(request, name)
-        if t is not None:
-            params[name] = cast(t.as_numpy().reshape(-1)[0])
-    stop = pb_utils.get_input_tensor_by_name(request, "stop")
-    if stop is not None:
-        params["stop"] = [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in stop.as_numpy().reshape(-1)]
+    for field in PARAMETERS:
+        t = pb_utils.get_input_tensor_by_name(request, field.name)
+        if t is None:
+            continue
+        values = t.as_numpy().reshape(-1)
+        # lists (stop sequences) arrive as ragged string tensors; scalars as one value
+        params[field.name] = [_text(v) for v in values] if field.kind is list else field.kind(values[0])
     # HTTP `generate` turns JSON keys that are not inputs into request parameters: they are
     # refused by the engine (a misspelled `max_token` must not silently mean the default).
     extra = json.loads(request.parameters() or "{}")
@@ -54,11 +53,15 @@ def _request_params(request: Any) -> tuple[str, dict[str, Any]]:
     return prompt, params
 
 
+def _text(raw: Any) -> str:
+    return raw.decode("utf-8", errors="strict") if isinstance(raw, bytes) else str(raw)
+
+
 def _response(text: str, token_ids: list[int], finish: str | None) -> Any:
     return pb_utils.InferenceResponse(output_tensors=[
-        pb_utils.Tensor("text_output", np.array([[text.encode("utf-8")]], dtype=np.object_)),
-        pb_utils.Tensor("token_ids", np.array([token_ids], dtype=np.int32)),
-        pb_utils.Tensor("finish_reason", np.array([[(finish or "").encode()]], dtype=np.object_)),
+        pb_utils.Tensor(TEXT.name, np.array([[text.encode("utf-8")]], dtype=np.object_)),
+        pb_utils.Tensor(TOKEN_IDS.name, np.array([token_ids], dtype=np.int32)),
+        pb_utils.Tensor(FINISH.name, np.array([[(finish or "").encode()]], dtype=np.object_)),
     ])
 
 
@@ -90,7 +93,9 @@ class TritonPythonModel:
                 batch.append(self.engine.parse(prompt, params))
                 senders.append(sender)
             except (RequestError, UnicodeDecodeError, ValueError, TypeError) as exc:
-                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"bad request: {exc}")), flags=FINAL)
+                # INVALID_ARG: HTTP 400 / gRPC INVALID_ARGUMENT, the client's fault (not a 500)
+                error = pb_utils.TritonError(f"bad request: {exc}", pb_utils.TritonError.INVALID_ARG)
+                sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
         if not batch:
             return None
         text: list[list[str]] = [[] for _ in batch]  # not yet sent: all of it for non-streaming requests

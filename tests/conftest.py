@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import SparkConfig
+from lathe.core.spark import SparkConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def spark():
     """A real local Spark (starting one takes ~13 s on 2 cores, so it is shared)."""
-    from data.spark import spark_session
+    from lathe.core.spark import spark_session
 
     session = spark_session(SparkConfig(master="local[2]", driver_memory="2g", shuffle_partitions=4), "lathe-tests")
     yield session
@@ -43,8 +43,8 @@ def shards_pipeline(spark, tmp_path_factory):
     """
     from rich.console import Console
 
-    from pipelines.config import load_config
-    from pipelines.runner import run_pipeline
+    from lathe.pipelines.config import load_config
+    from lathe.pipelines.runner import run_pipeline
 
     root = tmp_path_factory.mktemp("pipeline")
     cfg = load_config(None, [f"run.runs_dir={root / 'runs'}", *SMALL_PIPELINE])

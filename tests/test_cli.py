@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import REPO
 
-LATHE = [sys.executable, "-m", "pipelines.cli"]
+LATHE = [sys.executable, "-m", "lathe.pipelines.cli"]
 
 
 def lathe(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import load_config
-from pipelines.errors import ConfigError
+from lathe.core.errors import ConfigError
+from lathe.pipelines.config import load_config
 from tests.conftest import REPO
 
 TINY = REPO / "configs" / "tiny.yaml"
@@ -77,7 +77,7 @@ def test_gpu_profiles_validate_and_have_their_size(name: str, low: float, high: 
     import torch
     from transformers import LlamaForCausalLM
 
-    from training.model import llama_config, parameter_count
+    from lathe.training.model import llama_config, parameter_count
 
     path = REPO / "configs" / f"gpu-{name}.yaml"
     cfg = load_config(path)

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from pipelines.config import LatheConfig, load_config
-from pipelines.runner import MANIFEST, run_pipeline
+from lathe.core.stage import MANIFEST
+from lathe.pipelines.config import LatheConfig, load_config
+from lathe.pipelines.runner import run_pipeline
 from tests.conftest import make_code_tree
 
 pytestmark = pytest.mark.spark

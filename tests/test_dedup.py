@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from data.config import DedupConfig
-from data.dedup import (
+from lathe.data.config import DedupConfig
+from lathe.data.dedup import (
     connected_components,
     estimated_jaccard,
     exact_duplicates,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from data.config import DataConfig, QualityOverride
-from data.filters import Doc, drop_reason, thresholds_for
-from data.parse import parses
+from lathe.data.config import DataConfig, QualityOverride
+from lathe.data.filters import Doc, drop_reason, thresholds_for
+from lathe.data.parse import parses
 
 CFG = DataConfig()
 GOOD_PY = "def add(a, b):\n    return a + b\n"

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from eval.config import GateConfig
-from eval.gate import decide, promote
-from eval.generate import truncate
-from pipelines.errors import LatheError
+from lathe.core.errors import LatheError
+from lathe.core.models import ModelRegistry
+from lathe.eval.config import GateConfig
+from lathe.eval.gate import decide
+from lathe.eval.generate import truncate
 
 NAME = "lathe-code"
 
@@ -24,30 +25,35 @@ def client(tmp_path: Path) -> MlflowClient:
     return c
 
 
-def test_gate_moves_staff_only_for_better_candidates_and_promote_moves_production(client: MlflowClient) -> None:
+@pytest.fixture
+def registry(client: MlflowClient) -> ModelRegistry:
+    return ModelRegistry(NAME, client)
+
+
+def test_gate_moves_staff_only_for_better_candidates_and_promote_moves_production(client: MlflowClient, registry: ModelRegistry) -> None:
     cfg = GateConfig(min_pass_at_1_gain=0.0, max_val_loss_increase=0.05)
-    first = decide(client, NAME, "1", {"pass@1": 0.10, "val_loss": 2.0}, cfg)
+    first = decide(registry, "1", {"pass@1": 0.10, "val_loss": 2.0}, cfg)
     assert first.passed and first.reason == "no production version yet"
     assert str(client.get_model_version_by_alias(NAME, "staff").version) == "1"
     with pytest.raises(Exception):
         client.get_model_version_by_alias(NAME, "production")  # staff first, production only on promote
-    assert promote(client, NAME) == "1"
+    assert registry.promote() == "1"
     assert str(client.get_model_version_by_alias(NAME, "production").version) == "1"
 
-    worse = decide(client, NAME, "2", {"pass@1": 0.08, "val_loss": 2.2}, cfg)
+    worse = decide(registry, "2", {"pass@1": 0.08, "val_loss": 2.2}, cfg)
     assert not worse.passed and "pass@1 0.0800 < production 0.1000" in worse.reason and "val_loss 2.2000" in worse.reason
     assert client.get_model_version(NAME, "2").tags["gate"].startswith("failed: pass@1")
     assert str(client.get_model_version_by_alias(NAME, "staff").version) == "1"  # nothing moved
 
-    within = decide(client, NAME, "3", {"pass@1": 0.10, "val_loss": 2.04}, cfg)  # loss within tolerance
+    within = decide(registry, "3", {"pass@1": 0.10, "val_loss": 2.04}, cfg)  # loss within tolerance
     assert within.passed and within.production == {"pass@1": 0.10, "val_loss": 2.0}
     assert str(client.get_model_version_by_alias(NAME, "staff").version) == "3"
     assert str(client.get_model_version_by_alias(NAME, "production").version) == "1"
 
 
-def test_promote_without_staff_is_one_clear_error(client: MlflowClient) -> None:
+def test_promote_without_staff_is_one_clear_error(registry: ModelRegistry) -> None:
     with pytest.raises(LatheError, match="no version of lathe-code holds the `staff` alias"):
-        promote(client, NAME)
+        registry.promote()
 
 
 def test_completions_are_cut_at_the_first_stop_sequence() -> None:

@@ -9,8 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.errors import LatheError
-from pipelines.kube import K8S, OVERLAYS, SERVING, VERSION_ANNOTATION, deploy, policy_errors, render, schema_errors, validate_overlays, with_model_version
+from lathe.core.errors import LatheError
+from lathe.deploy.kube import (
+    DEFAULT_MANIFESTS,
+    OVERLAYS,
+    SERVING,
+    VERSION_ANNOTATION,
+    deploy,
+    policy_errors,
+    render,
+    schema_errors,
+    validate_overlays,
+    with_model_version,
+)
 
 
 def test_every_overlay_builds_and_validates() -> None:
@@ -34,7 +45,7 @@ def test_overlays_differ_where_they_should() -> None:
 def _broken(tmp_path: Path, edit) -> Path:
     """A copy of k8s/ with one file edited; returns the staff overlay inside it."""
     copy_root = tmp_path / "k8s"
-    shutil.copytree(K8S, copy_root)
+    shutil.copytree(DEFAULT_MANIFESTS, copy_root)
     edit(copy_root)
     return copy_root / "overlays" / "staff"
 

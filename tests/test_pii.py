@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from data.config import PIIConfig
-from data.pii import redact
+from lathe.data.config import PIIConfig
+from lathe.data.pii import redact
 
 ALL = PIIConfig()
 

@@ -9,10 +9,10 @@ import mlflow
 import pytest
 from rich.console import Console
 
-from pipelines.config import load_config
-from pipelines.registry import Registry
-from pipelines.runner import MANIFEST, run_pipeline
-from pipelines.stages import Stage, StageContext, StageResult
+from lathe.core.registry import Registry
+from lathe.core.stage import MANIFEST, Stage, StageContext, StageResult
+from lathe.pipelines.config import load_config
+from lathe.pipelines.runner import run_pipeline
 
 
 class Calls:
@@ -21,6 +21,10 @@ class Calls:
     def __init__(self) -> None:
         self.ran: list[str] = []
         self.fail: set[str] = set()
+        self.observed = {"alias": "v1"}  # what `second` observes outside its inputs (a registry alias, say)
+        self.write_elsewhere: Path | None = None  # `first` writes its output there instead of its folder
+        self.skip_output = False  # `first` forgets to write its declared output
+        self.seen: list[str] = []  # what `second` read from `first`
 
 
 def make_registry(calls: Calls) -> Registry[Stage]:
@@ -29,16 +33,22 @@ def make_registry(calls: Calls) -> Registry[Stage]:
             calls.ran.append(name)
             if name in calls.fail:
                 raise RuntimeError(f"{name} failed")
-            upstream = {d: (p / "out.txt").read_text() for d, p in ctx.inputs.items()}
-            (ctx.out_dir / "out.txt").write_text(f"{name}:{ctx.config.data.quality.max_line_length}:{sorted(upstream)}")
+            for upstream in ctx.inputs.values():
+                calls.seen.append(upstream.path("out").read_text())
+            target = calls.write_elsewhere if name == "first" and calls.write_elsewhere else ctx.out_dir / "out.txt"
+            if not (name == "first" and calls.skip_output):
+                target.write_text(f"{name}:{ctx.config.data.quality.max_line_length}:{ctx.observed}")
             (ctx.out_dir / "report.json").write_text("{}")
             return StageResult(counts={"input": 3, "kept": 2, "dropped": 1}, metrics={"score": 0.5},
-                               artifacts=[ctx.out_dir / "report.json"])
+                               artifacts=[ctx.out_dir / "report.json"],
+                               outputs={"out": str(target)} if target != ctx.out_dir / "out.txt" else {})
         return run
 
     reg: Registry[Stage] = Registry("stage")
-    reg.register("first")(Stage("first", (), lambda c: c.data.quality, runner("first")))
-    reg.register("second")(Stage("second", ("first",), lambda c: c.data.dedup, runner("second")))
+    reg.register("first")(Stage("first", (), lambda c: c.data.quality, runner("first"), outputs={"out": "out.txt"},
+                                headline=lambda m: f"{m['counts']['kept']} kept"))
+    reg.register("second")(Stage("second", ("first",), lambda c: c.data.dedup, runner("second"),
+                                 outputs={"out": "out.txt", "report": "report.json"}, observe=lambda c: dict(calls.observed)))
     return reg
 
 
@@ -111,7 +121,7 @@ def test_mlflow_parent_and_child_runs(setup, tmp_path: Path) -> None:
 
 def test_unknown_stage_lists_the_valid_ones(setup) -> None:
     _, _, go = setup
-    from pipelines.errors import LatheError
+    from lathe.core.errors import LatheError
 
     with pytest.raises(LatheError, match="unknown stage 'thrid'; valid: first, second"):
         go(requested=["thrid"])
@@ -128,3 +138,50 @@ def test_each_pipeline_uses_its_own_store_in_one_process(tmp_path: Path, monkeyp
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'chosen.db'}")
     run_pipeline(load_config(None, [f"run.runs_dir={tmp_path / 'c'}"]), registry=make_registry(Calls()), console=Console(quiet=True))
     assert (tmp_path / "chosen.db").is_file() and not (tmp_path / "c" / "mlflow.db").exists()
+
+
+def test_outputs_are_declared_recorded_and_read_by_name(setup, tmp_path: Path) -> None:
+    out, calls, go = setup
+    go()
+    first = json.loads((out / "first" / MANIFEST).read_text())
+    assert first["outputs"] == {"out": str(out / "first" / "out.txt")}
+    assert calls.seen == ["first:1000:{}"]  # `second` read `first`'s output through the contract
+    # an output written elsewhere (an object store, a shared folder) is recorded where it is, and read from there
+    calls.write_elsewhere = tmp_path / "elsewhere.txt"
+    go(["data.quality.max_line_length=7"])
+    assert json.loads((out / "first" / MANIFEST).read_text())["outputs"] == {"out": str(tmp_path / "elsewhere.txt")}
+    assert calls.seen[-1] == "first:7:{}"
+
+
+def test_a_declared_output_that_was_not_written_fails_the_stage(setup) -> None:
+    out, calls, go = setup
+    calls.skip_output = True
+    with pytest.raises(ValueError, match=r"stage 'first' did not write its declared output\(s\): out"):
+        go(requested=["first"])
+    assert not (out / "first" / MANIFEST).exists()
+
+
+def test_what_a_stage_observes_is_fingerprinted_recorded_and_handed_to_it(setup) -> None:
+    out, calls, go = setup
+    assert [o.status for o in go()] == ["ran", "ran"]
+    assert [o.status for o in go()] == ["skipped", "skipped"]
+    calls.observed = {"alias": "v2"}  # the world moved: `second` reruns, `first` does not
+    assert [o.status for o in go()] == ["skipped", "ran"]
+    second = json.loads((out / "second" / MANIFEST).read_text())
+    assert second["observed"] == {"alias": "v2"} and (out / "second" / "out.txt").read_text().endswith("{'alias': 'v2'}")
+    assert [o.status for o in go()] == ["skipped", "skipped"]
+
+
+def test_summary_asks_each_finished_stage_for_its_headline(setup) -> None:
+    from lathe.pipelines.summary import print_summary, summary_rows
+
+    out, calls, go = setup
+    reg = make_registry(calls)
+    assert summary_rows(out, reg) == []
+    go()
+    # `second` has no headline: only `first` has a row, pointing at its first declared output
+    assert summary_rows(out, reg) == [("first", "2 kept", str(out / "first" / "out.txt"))]
+    console = Console(record=True, width=200)
+    print_summary(out, console, [("registry", "production -> v1", "lathe-code")], reg)
+    text = console.export_text()
+    assert "2 kept" in text and "production -> v1" in text

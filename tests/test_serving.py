@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.errors import InputError, LatheError
-from serving.client import RequestFailed, complete, http_generate
-from serving.config import ServeConfig
-from serving.engine import Engine, RequestError
-from serving.loadtest import grpc_sender, run_load
-from serving.package import build_repositories, check_repository, parse_model_config
-from serving.server import TritonServer, free_port
+from lathe.core.errors import InputError, LatheError
+from lathe.serving.client import RequestFailed, complete, http_generate
+from lathe.serving.config import ServeConfig
+from lathe.serving.engine import Engine, RequestError
+from lathe.serving.loadtest import grpc_sender, run_load
+from lathe.serving.package import build_repositories, check_repository, parse_model_config
+from lathe.serving.server import TritonServer, free_port
 
 VERSION = 3
 PROMPT = "def fibonacci(n):\n    "
@@ -31,10 +31,10 @@ def hf_model(tmp_path_factory) -> Path:
 
     Random weights make varied, non-repeating text: a good probe for streaming and stops.
     """
-    from tokenizer.special import EOS, PAD
-    from tokenizer.vocab import save_tokenizer, train_bpe
-    from training.config import ModelConfig
-    from training.model import build_model
+    from lathe.tokenizer.special import EOS, PAD
+    from lathe.tokenizer.vocab import save_tokenizer, train_bpe
+    from lathe.training.config import ModelConfig
+    from lathe.training.model import build_model
 
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     texts = [(stdlib / name).read_text() for name in ("textwrap.py", "heapq.py", "bisect.py", "fnmatch.py")]
@@ -177,17 +177,19 @@ def test_bad_grpc_requests_get_clear_errors_and_the_server_keeps_serving(server:
     assert complete(server.endpoints.grpc, PROMPT, max_tokens=4).token_ids
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"text_input": "x", "max_tokens": "ten"}, "Unable to parse 'data'"),  # wrong JSON type: refused by Triton's parser
-    ({"text_input": "x", "max_token": 5}, "unknown parameter.*max_token"),
-    ({"text_input": ""}, "text_input is empty"),
-    ({"max_tokens": 5}, "text_input"),  # the required input is missing
+@pytest.mark.parametrize("body, code, message", [
+    # Triton's own generate-extension parser refuses a wrong JSON type before the model sees it,
+    # and answers 500 for it (tritonserver 2.51); lathe cannot change that code.
+    ({"text_input": "x", "max_tokens": "ten"}, 500, "Unable to parse 'data'"),
+    ({"text_input": "x", "max_token": 5}, 400, "unknown parameter.*max_token"),  # refused by the model: INVALID_ARG
+    ({"text_input": ""}, 400, "text_input is empty"),
+    ({"max_tokens": 5}, 400, "text_input"),  # the required input is missing
 ])
-def test_bad_http_requests_get_clear_errors(server: TritonServer, body: dict, message: str) -> None:
+def test_bad_http_requests_get_clear_errors(server: TritonServer, body: dict, code: int, message: str) -> None:
     request = urllib.request.Request(f"http://{server.endpoints.http}/v2/models/lathe-code/generate", data=json.dumps(body).encode())
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(request, timeout=30)
-    assert err.value.code in (400, 500)
+    assert err.value.code == code
     assert re.search(message, json.loads(err.value.read())["error"])
     assert http_generate(server.endpoints.http, PROMPT, max_tokens=2)["finish_reason"] == "length"
 
@@ -207,7 +209,7 @@ def test_concurrent_clients_are_batched_with_zero_failures(server: TritonServer,
 
 
 def test_lathe_complete_streams_from_the_cli(server: TritonServer) -> None:
-    lathe = [sys.executable, "-m", "pipelines.cli"]
+    lathe = [sys.executable, "-m", "lathe.pipelines.cli"]
     ok = subprocess.run([*lathe, "complete", PROMPT, "--url", server.endpoints.grpc, "--max-tokens", "8"],
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and ok.stdout.startswith(PROMPT) and len(ok.stdout) > len(PROMPT) + 1
@@ -251,7 +253,7 @@ def test_busy_port_and_missing_repository_fail_in_one_line(repository: dict[str,
 
 def test_publish_lays_out_what_the_init_container_syncs(repository: dict[str, Path], tmp_path: Path) -> None:
     """A local directory stands in for the object store (fsspec gives s3/gs/abfs the same calls)."""
-    from serving.package import publish
+    from lathe.serving.package import publish
 
     bucket = tmp_path / "bucket"
     published = publish(repository, f"file://{bucket}", "lathe-code", VERSION)

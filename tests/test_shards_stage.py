@@ -11,15 +11,18 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from pipelines.config import load_config
-from pipelines.errors import InputError
-from pipelines.runner import MANIFEST, run_pipeline
-from pipelines.stages import StageContext
-from tokenizer.special import EOS, FIM_PREFIX, PAD
-from tokenizer.splits import stable_fraction
-from tokenizer.shards import VAL_SALT
-from tokenizer.stage import run_shards
-from tokenizer.vocab import load_tokenizer
+from lathe.core.errors import InputError
+from lathe.core.stage import MANIFEST, StageContext, read_manifest
+from lathe.data.stage import DATA
+from lathe.pipelines.config import load_config
+from lathe.pipelines.runner import run_pipeline
+from lathe.tokenizer.shards import VAL_SALT
+from lathe.tokenizer.special import EOS, FIM_PREFIX, PAD
+from lathe.tokenizer.splits import stable_fraction
+from lathe.tokenizer.stage import SHARDS, TOKENIZER, run_shards
+
+STAGES = {s.name: s for s in (DATA, TOKENIZER)}
+from lathe.tokenizer.vocab import load_tokenizer
 
 pytestmark = pytest.mark.spark
 QUIET = Console(quiet=True)
@@ -116,7 +119,9 @@ def _ctx(pipeline, sets: list[str], inputs: dict[str, Path] | None = None, out_d
     bad = load_config(None, [f"run.runs_dir={out.parent}", "profile=small", "tokenizer.vocab_size=512", *sets])
     dest = out_dir or out.parent / "scratch"
     dest.mkdir(parents=True, exist_ok=True)
-    return StageContext(bad, dest, inputs or {"data": out / "data", "tokenizer": out / "tokenizer"}, QUIET)
+    dirs = inputs or {"data": out / "data", "tokenizer": out / "tokenizer"}
+    upstream = {name: STAGES[name].upstream(d, read_manifest(d) or {}) for name, d in dirs.items()}
+    return StageContext(bad, dest, upstream, QUIET, outputs=SHARDS.default_outputs(dest))
 
 
 def test_bad_input_is_one_clear_error_before_work(pipeline, spark, tmp_path: Path) -> None:

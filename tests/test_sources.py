@@ -7,10 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from data.config import EmbeddedSourceConfig, StackSourceConfig, TreeSourceConfig
-from data.languages import canonical_language, language_of
-from data.sources import parquet_dataframe, read_text_file, sample_embedded, stack_source, tree_source
-from pipelines.errors import InputError
+from lathe.core.errors import InputError
+from lathe.data.config import EmbeddedSourceConfig, StackSourceConfig, TreeSourceConfig
+from lathe.data.languages import canonical_language, language_of
+from lathe.data.sources import parquet_dataframe, read_text_file, sample_embedded, stack_source, tree_source
 from tests.conftest import write
 
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.errors import InputError
-from tokenizer.config import TokenizerConfig
-from tokenizer.fim import SpecialIds, encode_document, fim_split
-from tokenizer.pack import Packer
-from tokenizer.special import BASE_SPECIAL_TOKENS, EOS, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, special_tokens
-from tokenizer.vocab import load_tokenizer, new_tokenizer, save_tokenizer, train_bpe
+from lathe.core.errors import InputError
+from lathe.tokenizer.config import TokenizerConfig
+from lathe.tokenizer.fim import SpecialIds, encode_document, fim_split
+from lathe.tokenizer.pack import Packer
+from lathe.tokenizer.special import BASE_SPECIAL_TOKENS, EOS, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, special_tokens
+from lathe.tokenizer.vocab import load_tokenizer, new_tokenizer, save_tokenizer, train_bpe
 
 CORPUS = [
     (Path(random.__file__).read_text()),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -10,22 +11,22 @@ import sys
 import time
 from pathlib import Path
 
-import math
-
 import mlflow
 import pytest
 import torch
 from rich.console import Console
 
-from pipelines.config import load_config
-from pipelines.errors import InputError
-from pipelines.runner import MANIFEST, run_pipeline
+from lathe.core.errors import InputError
+from lathe.core.stage import MANIFEST
+from lathe.pipelines.config import load_config
+from lathe.pipelines.runner import run_pipeline
+from lathe.training.callbacks import SpikeDetector
+from lathe.training.config import LossSpikeConfig
+from lathe.training.data import collate
+from lathe.training.job import TrainJob
+from lathe.training.optim import DecoupledLionW
+from lathe.training.trainer import preflight
 from tests.conftest import SMALL_PIPELINE
-from training.callbacks import SpikeDetector
-from training.config import LossSpikeConfig
-from training.data import collate
-from training.optim import DecoupledLionW
-from training.trainer import TrainJob, preflight
 
 QUIET = Console(quiet=True)
 MICRO = [
@@ -85,7 +86,8 @@ def job_for(pipeline, out: Path, extra: list[str], run_name: str = "micro") -> T
     cfg = load_config(None, [f"run.runs_dir={profile_dir.parent}", *SMALL_PIPELINE, *MICRO, *extra])
     out.mkdir(parents=True, exist_ok=True)
     return TrainJob(
-        config=cfg.model_dump(mode="json"),
+        train=cfg.train,
+        seq_len=cfg.shards.seq_len,
         shards=str(profile_dir / "shards" / "mds"),
         tokenizer=str(profile_dir / "tokenizer"),
         out_dir=str(out),
@@ -98,7 +100,7 @@ def worker(job: TrainJob, out: Path) -> subprocess.Popen:
     (out / "job.json").write_text(job.model_dump_json())
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "training.worker", str(out / "job.json")],
+        [sys.executable, "-m", "lathe.training.worker", str(out / "job.json")],
         stdout=open(out / "stdout.txt", "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )
 
@@ -158,7 +160,7 @@ def test_second_run_skips_training(trained, shards_pipeline) -> None:
 
 
 def test_two_processes_keep_the_global_batch(shards_pipeline, tmp_path: Path) -> None:
-    from training.stage import launch
+    from lathe.training.launcher import launch
 
     job = job_for(shards_pipeline, tmp_path, ["train.max_duration=6ba", "train.wandb.enabled=false"], "two-ranks")
     launch(job, 2, tmp_path)
@@ -193,10 +195,10 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(shards_pipeline, tmp_p
 
 
 def test_spike_is_logged_with_samples_that_replay_exactly(shards_pipeline, tmp_path: Path) -> None:
-    from tokenizer.special import PAD
-    from tokenizer.vocab import load_tokenizer
-    from training.replay import load_batch, read_spike, replay_loss
-    from training.trainer import run_training
+    from lathe.tokenizer.special import PAD
+    from lathe.tokenizer.vocab import load_tokenizer
+    from lathe.training.replay import load_batch, read_spike, replay_loss
+    from lathe.training.trainer import run_training
 
     profile_dir, _, _ = shards_pipeline
     sensitive = ["train.loss_spike={window: 2, sigmas: 0.0, min_ratio: 1.0, action: skip}", "train.max_duration=12ba",
@@ -238,7 +240,7 @@ def test_bad_input_fails_before_compute(shards_pipeline, tmp_path: Path) -> None
 def test_fsdp_full_shard_on_two_processes_exports_full_weights(shards_pipeline, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    from training.stage import launch
+    from lathe.training.launcher import launch
 
     extra = ["train.max_duration=4ba", "train.wandb.enabled=false", "train.fsdp=FULL_SHARD", "train.save_interval=2ba"]
     launch(job_for(shards_pipeline, tmp_path, extra, "fsdp"), 2, tmp_path)
@@ -267,8 +269,8 @@ def test_eval_stage_generates_scores_and_gates(trained, shards_pipeline) -> None
 
 
 def test_evaluate_a_registered_version_by_alias(trained, shards_pipeline, tmp_path: Path, monkeypatch) -> None:
-    from eval.config import EvalConfig
-    from eval.stage import evaluate_model
+    from lathe.eval.config import EvalConfig
+    from lathe.eval.evaluate import evaluate_model
 
     profile_dir, _, _ = shards_pipeline
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{profile_dir.parent / 'mlflow.db'}")
@@ -299,3 +301,28 @@ def test_package_and_canary_serve_the_staff_version(trained, shards_pipeline) ->
     assert client.get_model_version("lathe-code", str(staff.version)).tags["triton_repository"].endswith("package/triton")
     canary = json.loads((profile_dir / "canary" / "canary.json").read_text())
     assert canary["load"]["failures"] == 0 and canary["load"]["requests"] > 0 and canary["version"] == int(staff.version)
+
+    # The package stage is fingerprinted by the version the alias holds: unmoved, it skips ...
+    assert {o.name: o.status for o in run_pipeline(cfg, ["package"], console=QUIET)}["package"] == "skipped"
+    # ... moved to another version, it repackages that version.
+    moved = client.create_model_version("lathe-code", source=staff.source, run_id=staff.run_id)
+    client.set_registered_model_alias("lathe-code", "staff", moved.version)
+    assert {o.name: o.status for o in run_pipeline(cfg, ["package"], console=QUIET)}["package"] == "ran"
+    repackaged = json.loads((profile_dir / "package" / "package.json").read_text())
+    assert repackaged["version"] == int(moved.version) != int(staff.version)
+    manifest = json.loads((profile_dir / "package" / MANIFEST).read_text())
+    assert manifest["observed"] == {"model": "lathe-code", "track": "staff", "version": str(moved.version)}
+
+    # The summary asks every finished stage for its headline, from the manifests.
+    from rich.console import Console
+
+    from lathe.pipelines.summary import print_summary, summary_rows
+
+    rows = {stage: (headline, where) for stage, headline, where in summary_rows(profile_dir)}
+    assert list(rows) == ["data", "tokenizer", "shards", "train", "eval", "package", "canary"]
+    assert rows["package"] == (f"lathe-code v{moved.version} (@staff)", str(profile_dir / "package" / "triton"))
+    assert rows["train"][1] == str(profile_dir / "train" / "hf_model") and "val loss" in rows["train"][0]
+    assert "0 failed" in rows["canary"][0] and rows["data"][0].startswith(f"{json.loads((profile_dir / 'data' / MANIFEST).read_text())['counts']['input']:,} files in")
+    console = Console(record=True, width=250)
+    print_summary(profile_dir, console)
+    assert f"Triton answered {canary['prompt']!r} with {canary['completion']!r}" in console.export_text()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from pipelines.schema import Strict
+from lathe.core.config import Strict
 
 
 class TokenizerConfig(Strict):

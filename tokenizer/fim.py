@@ -17,7 +17,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable
 
-from tokenizer.special import EOS, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
+from lathe.tokenizer.special import EOS, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 
 Encode = Callable[[str], list[int]]
 EncodeBatch = Callable[[list[str]], list[list[int]]]

@@ -6,13 +6,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from rich.console import Console
+from rich.table import Table
+from tokenizers import Tokenizer
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-from tokenizers import Tokenizer  # noqa: E402
+from lathe.core.plots import pyplot
 
 
 def evaluate(tok: Tokenizer, docs: list[tuple[str, str, str]]) -> dict[str, Any]:
@@ -47,6 +45,7 @@ def evaluate(tok: Tokenizer, docs: list[tuple[str, str, str]]) -> dict[str, Any]
 
 def plot_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
     """Bytes/token per language and the vocabulary-size ablation, as PNG."""
+    plt = pyplot()
     langs = list(report["main"]["languages"].items())[:12]
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.bar([lang for lang, _ in langs], [s["bytes_per_token"] for _, s in langs])

@@ -9,6 +9,7 @@ tokenizer and config give the same samples in the same order on any cluster.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -18,11 +19,14 @@ import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from rich.console import Console
+from rich.table import Table
 
-from tokenizer.config import ShardsConfig
-from tokenizer.fim import SpecialIds, encode_documents
-from tokenizer.pack import Packer, token_dtype
-from tokenizer.splits import stable_fraction_col
+from lathe.core.errors import InputError
+from lathe.tokenizer.config import ShardsConfig
+from lathe.tokenizer.fim import SpecialIds, encode_documents
+from lathe.tokenizer.pack import Packer, token_dtype
+from lathe.tokenizer.splits import stable_fraction_col
 
 SPLITS = ("train", "val")
 VAL_SALT = "shards-val"
@@ -192,3 +196,30 @@ def read_back(split_uri: str, cache: Path) -> tuple[int, int, np.ndarray]:
         samples += 1
         tokens += int(arr.size)
     return samples, tokens, first if first is not None else np.zeros(0, dtype=np.int64)
+
+
+def prepare_output(out_root: str) -> None:
+    """Start from an empty local output (no stale parts); fail early if it is not writable."""
+    if "://" in out_root:
+        return  # object stores: the writers create it; credentials are checked on first write
+    path = Path(out_root)
+    try:
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        (path / ".write-test").write_text("ok")
+        (path / ".write-test").unlink()
+    except OSError as exc:
+        raise InputError(f"shards output {out_root} is not writable ({exc.strerror}); fix shards.output") from None
+
+
+def print_shards(totals: dict[str, ShardSummary], cfg: ShardsConfig, sample: str, console: Console) -> None:
+    """The shard summary and a decoded sample."""
+    table = Table(title=f"MDS shards (seq_len {cfg.seq_len}, FIM rate {cfg.fim_rate})")
+    for col in ["split", "docs", "FIM docs", "samples", "tokens", "padding"]:
+        table.add_column(col, justify="left" if col == "split" else "right")
+    for t in totals.values():
+        table.add_row(t.split, f"{t.docs:,}", f"{t.fim_docs:,}", f"{t.samples:,}", f"{t.tokens:,}", f"{t.padding:,}")
+    console.print(table)
+    console.print("first training sample, decoded (300 chars):")
+    console.print(repr(sample[:300]), highlight=False)

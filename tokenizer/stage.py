@@ -1,63 +1,46 @@
-"""The `tokenizer` and `shards` stages."""
+"""The `tokenizer` and `shards` stages (wiring; the work is in vocab, report, corpus and shards)."""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
-from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 from rich.console import Console
-from rich.table import Table
 
-from data.spark import spark_session
-from pipelines.errors import InputError, LatheError
-from pipelines.stages import Stage, StageContext, StageResult, json_summary, register
-from tokenizer.config import ShardsConfig, TokenizerConfig
-from tokenizer.report import evaluate, plot_report, print_report
-from tokenizer.shards import ShardSummary, merge_split_indexes, read_back, summarize_parts, tokenize, write_parts
-from tokenizer.special import PAD
-from tokenizer.splits import stable_fraction_col
-from tokenizer.vocab import load_tokenizer, save_tokenizer, train_bpe
-
-HELDOUT_SALT = "tokenizer-heldout"
-
-
-def read_clean(spark, data_dir: Path) -> DataFrame:
-    """The data stage's kept rows; a missing or empty set is one clear error."""
-    kept = data_dir / "kept"
-    if not kept.is_dir():
-        raise InputError(f"clean data {kept} not found; run `lathe run data` first")
-    df = spark.read.parquet(str(kept))
-    if df.limit(1).count() == 0:
-        raise InputError(f"clean data {kept} is empty; widen data.sources or relax the filters")
-    return df
+from lathe.core.errors import InputError, LatheError
+from lathe.core.spark import SparkConfig, spark_session
+from lathe.core.stage import Stage, StageContext, StageResult, json_summary
+from lathe.tokenizer.config import ShardsConfig, TokenizerConfig
+from lathe.tokenizer.corpus import draw_sample, read_clean
+from lathe.tokenizer.report import evaluate, plot_report, print_report
+from lathe.tokenizer.shards import (
+    merge_split_indexes,
+    prepare_output,
+    print_shards,
+    read_back,
+    summarize_parts,
+    tokenize,
+    write_parts,
+)
+from lathe.tokenizer.special import PAD
+from lathe.tokenizer.vocab import load_tokenizer, save_tokenizer, train_bpe
 
 
-def draw_sample(df: DataFrame, cfg: TokenizerConfig, heldout_max_files: int = 2000) -> tuple[list[str], list[tuple[str, str, str]]]:
-    """(training texts, held-out (path, lang, content)) drawn by Spark from the clean data.
+class TokenizerSections(Protocol):
+    """The config sections the tokenizer and shards stages read."""
 
-    Held-out files are chosen by a stable hash of the id and never trained on; the
-    training sample is a seeded Bernoulli sample sized to ``sample_bytes``.
-    """
-    marked = df.withColumn("h", stable_fraction_col(F.col("id"), HELDOUT_SALT))
-    heldout_df = marked.where(F.col("h") < cfg.heldout_fraction).orderBy("h").limit(heldout_max_files)
-    heldout = [(r["path"], r["lang"], r["content"]) for r in heldout_df.select("path", "lang", "content").collect()]
-    train = marked.where(F.col("h") >= cfg.heldout_fraction)
-    total = train.agg(F.sum(F.octet_length("content"))).first()[0] or 0
-    fraction = min(1.0, cfg.sample_bytes / total) if total else 1.0
-    sampled = train.sample(fraction=fraction, seed=cfg.seed) if fraction < 1.0 else train
-    texts = [r["content"] for r in sampled.orderBy("id").select("content").collect()]
-    return texts, heldout
+    tokenizer: TokenizerConfig
+    shards: ShardsConfig
+    spark: SparkConfig
 
 
-def run_tokenizer(ctx: StageContext) -> StageResult:
+def run_tokenizer(ctx: StageContext[TokenizerSections]) -> StageResult:
     """Train the vocabulary (and the ablation sizes) and write the report."""
     cfg = ctx.config.tokenizer
     spark = spark_session(ctx.config.spark, "lathe-tokenizer")
-    texts, heldout = draw_sample(read_clean(spark, ctx.inputs["data"]), cfg)
+    texts, heldout = draw_sample(read_clean(spark, ctx.inputs["data"].path("clean")), cfg)
     if not heldout:
         raise InputError("no held-out files for the tokenizer report; raise tokenizer.heldout_fraction")
     ctx.console.print(f"training BPE {cfg.vocab_size:,} on {len(texts):,} files; held out {len(heldout):,}")
@@ -100,41 +83,31 @@ def run_tokenizer(ctx: StageContext) -> StageResult:
     )
 
 
-TOKENIZER = register(
-    Stage(
-        name="tokenizer",
-        inputs=("data",),
-        section=lambda cfg: cfg.tokenizer,
-        run=run_tokenizer,
-        version="1",
-        summarize=json_summary("report.json", print_report),
-    )
+def tokenizer_headline(manifest: dict[str, Any]) -> str:
+    """Vocabulary size, compression and round trip."""
+    m = manifest["metrics"]
+    return f"vocab {manifest['counts']['vocab_size']:,}, {m['bytes_per_token']:.2f} bytes/token, round trip {m['round_trip_rate']:.0%}"
+
+
+TOKENIZER: Stage[Any] = Stage(
+    name="tokenizer",
+    inputs=("data",),
+    section=lambda cfg: cfg.tokenizer,
+    run=run_tokenizer,
+    outputs={"tokenizer": ".", "report": "report.json"},  # "." : the folder AutoTokenizer loads
+    summarize=json_summary("report.json", print_report),
+    headline=tokenizer_headline,
 )
 
 
-def _prepare_output(out_root: str) -> None:
-    """Start from an empty local output (no stale parts); fail early if it is not writable."""
-    if "://" in out_root:
-        return  # object stores: the writers create it; credentials are checked on first write
-    path = Path(out_root)
-    try:
-        if path.exists():
-            shutil.rmtree(path)
-        path.mkdir(parents=True)
-        (path / ".write-test").write_text("ok")
-        (path / ".write-test").unlink()
-    except OSError as exc:
-        raise InputError(f"shards output {out_root} is not writable ({exc.strerror}); fix shards.output") from None
-
-
-def run_shards(ctx: StageContext) -> StageResult:
+def run_shards(ctx: StageContext[TokenizerSections]) -> StageResult:
     """Tokenize, FIM-transform and pack the clean data into train/val MDS shards, then read them back."""
     cfg = ctx.config.shards
-    tok = load_tokenizer(ctx.inputs["tokenizer"], ctx.config.tokenizer.vocab_size)
-    out_root = cfg.output or str(ctx.out_dir / "mds")
-    _prepare_output(out_root)
+    tok = load_tokenizer(ctx.inputs["tokenizer"].path("tokenizer"), ctx.config.tokenizer.vocab_size)
+    out_root = cfg.output or ctx.outputs["mds"]
+    prepare_output(out_root)
     spark = spark_session(ctx.config.spark, "lathe-shards")
-    docs = read_clean(spark, ctx.inputs["data"])
+    docs = read_clean(spark, ctx.inputs["data"].path("clean"))
     pad_id = tok.token_to_id(PAD)
     stats = write_parts(tokenize(docs, tok.to_str(), cfg), out_root, cfg, tok.get_vocab_size(), pad_id)
     totals = summarize_parts(stats)
@@ -160,19 +133,8 @@ def run_shards(ctx: StageContext) -> StageResult:
         metrics={"fim_share": sum(t.fim_docs for t in totals.values()) / max(sum(t.docs for t in totals.values()), 1)},
         details={"output": out_root, "seq_len": cfg.seq_len, "vocab_size": tok.get_vocab_size(), "sample": sample_text[:1000],
                  "parts": sorted(stats, key=lambda r: (r["split"], r["part"]))},
+        outputs={"mds": out_root},
     )
-
-
-def print_shards(totals: dict[str, ShardSummary], cfg: ShardsConfig, sample: str, console: Console) -> None:
-    """The shard summary and a decoded sample."""
-    table = Table(title=f"MDS shards (seq_len {cfg.seq_len}, FIM rate {cfg.fim_rate})")
-    for col in ["split", "docs", "FIM docs", "samples", "tokens", "padding"]:
-        table.add_column(col, justify="left" if col == "split" else "right")
-    for t in totals.values():
-        table.add_row(t.split, f"{t.docs:,}", f"{t.fim_docs:,}", f"{t.samples:,}", f"{t.tokens:,}", f"{t.padding:,}")
-    console.print(table)
-    console.print("first training sample, decoded (300 chars):")
-    console.print(repr(sample[:300]), highlight=False)
 
 
 def summarize_shards_stage(out_dir: Path, console: Console) -> None:
@@ -183,13 +145,17 @@ def summarize_shards_stage(out_dir: Path, console: Console) -> None:
     print_shards(totals, cfg, manifest["details"]["sample"], console)
 
 
-SHARDS = register(
-    Stage(
-        name="shards",
-        inputs=("data", "tokenizer"),
-        section=lambda cfg: cfg.shards,
-        run=run_shards,
-        version="1",
-        summarize=summarize_shards_stage,
-    )
+def shards_headline(manifest: dict[str, Any]) -> str:
+    """Token counts per split."""
+    return ", ".join(f"{k} {v:,}" for k, v in manifest["counts"].items() if "token" in k) or "written"
+
+
+SHARDS: Stage[Any] = Stage(
+    name="shards",
+    inputs=("data", "tokenizer"),
+    section=lambda cfg: cfg.shards,
+    run=run_shards,
+    outputs={"mds": "mds"},  # mds/train and mds/val; shards.output puts them elsewhere (an object store)
+    summarize=summarize_shards_stage,
+    headline=shards_headline,
 )

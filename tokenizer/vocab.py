@@ -24,8 +24,8 @@ from typing import Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from pipelines.errors import InputError
-from tokenizer.special import EOS, PAD, special_tokens
+from lathe.core.errors import InputError
+from lathe.tokenizer.special import EOS, PAD, special_tokens
 
 CODE_PATTERN = r"""'(?:s|t|re|ve|m|ll|d)(?![\p{L}\p{N}_])| ?[\p{L}_]+| ?\p{N}| ?[^\s\p{L}\p{N}_]+|[ \t]+(?!\S)|[ \t]+|\r?\n"""
 

@@ -16,7 +16,7 @@ from composer.core import Callback, State
 from composer.loggers import Logger, LoggerDestination
 from composer.utils import dist
 
-from training.config import LossSpikeConfig
+from lathe.training.config import LossSpikeConfig
 
 
 def sample_digest(tokens: Any) -> str:

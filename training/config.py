@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipelines.schema import Strict
+from lathe.core.config import Strict
+from lathe.core.models import MODEL_NAME
 
 
 class ModelConfig(Strict):
@@ -88,4 +89,4 @@ class TrainConfig(Strict):
     )
     loss_spike: LossSpikeConfig = Field(default_factory=LossSpikeConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
-    registered_model: str = Field("lathe-code", description="MLflow Model Registry name for the exported model.")
+    registered_model: str = Field(MODEL_NAME, description="MLflow Model Registry name for the exported model.")

@@ -11,7 +11,7 @@ import torch
 from composer.core import DataSpec
 from streaming import StreamingDataLoader, StreamingDataset
 
-from pipelines.errors import InputError
+from lathe.core.errors import InputError
 
 
 class IndexedStreamingDataset(StreamingDataset):

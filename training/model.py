@@ -9,7 +9,7 @@ from composer.metrics.nlp import LanguageCrossEntropy, LanguagePerplexity
 from composer.models import HuggingFaceModel
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from training.config import ModelConfig
+from lathe.training.config import ModelConfig
 
 
 def ffn_hidden(cfg: ModelConfig) -> int:

@@ -7,7 +7,7 @@ from typing import Callable, Iterable
 import torch
 from composer.optim import DecoupledAdamW
 
-from training.config import OptimizerConfig
+from lathe.training.config import OptimizerConfig
 
 
 class DecoupledLionW(torch.optim.Optimizer):

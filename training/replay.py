@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipelines.errors import InputError
-from training.callbacks import sample_digest
+from lathe.core.errors import InputError
+from lathe.training.callbacks import sample_digest
 
 
 def read_spike(spikes_file: Path, step: int | None = None) -> dict[str, Any]:

@@ -3,59 +3,25 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import mlflow
-from mlflow.tracking import MlflowClient
 from rich.console import Console
 
-from pipelines.errors import LatheError
-from pipelines.stages import Stage, StageContext, StageResult, json_summary, register
-from training.trainer import TrainJob, preflight, run_training
+from lathe.core.models import ModelRegistry
+from lathe.core.stage import Stage, StageContext, StageResult, json_summary
+from lathe.tokenizer.config import ShardsConfig
+from lathe.training.config import TrainConfig
+from lathe.training.job import METRICS, MODEL_DIR, SPIKES, SUMMARY, TrainJob
+from lathe.training.launcher import launch
 
 
-def launch(job: TrainJob, nproc: int, out: Path) -> None:
-    """Run the job on ``nproc`` local ranks with Composer's launcher (DDP: gloo on CPU, NCCL on GPU).
+class TrainSections(Protocol):
+    """The config sections the train stage reads."""
 
-    Multi-node: NODE_RANK, WORLD_SIZE (total ranks), MASTER_ADDR and MASTER_PORT in the
-    environment are passed on, as a Kubernetes Indexed Job sets them.
-    """
-    job_file = out / "job.json"
-    job_file.write_text(job.model_dump_json(indent=2))
-    logs = out / "logs"
-    logs.mkdir(exist_ok=True)
-    composer = shutil.which("composer", path=str(Path(sys.executable).parent)) or "composer"
-    cmd = [composer, "-n", str(nproc), "--stdout", str(logs / "rank{rank}.stdout.txt"),
-           "--stderr", str(logs / "rank{rank}.stderr.txt")]
-    for var, flag in [("WORLD_SIZE", "--world_size"), ("NODE_RANK", "--node_rank"),
-                      ("MASTER_ADDR", "--master_addr"), ("MASTER_PORT", "--master_port")]:
-        if os.environ.get(var):
-            cmd += [flag, os.environ[var]]
-    cmd += ["-m", "training.worker", str(job_file)]
-    env = dict(os.environ)
-    # ranks x threads <= cores, or the ranks fight over them
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    proc = subprocess.run(cmd, env=env)
-    if proc.returncode != 0:
-        raise LatheError(f"training failed (exit {proc.returncode}); rank logs in {logs}")
-
-
-def register_model(name: str, hf_dir: Path, run_id: str, tags: dict[str, str]) -> str:
-    """Log the HF directory to the stage's run and register it as a new model version."""
-    mlflow.log_artifacts(str(hf_dir), artifact_path="hf_model")
-    client = MlflowClient()
-    try:
-        client.get_registered_model(name)
-    except mlflow.exceptions.MlflowException:
-        client.create_registered_model(name, description="lathe code-completion model (HF Llama checkpoint)")
-    source = f"{mlflow.get_run(run_id).info.artifact_uri}/hf_model"
-    version = client.create_model_version(name, source=source, run_id=run_id, tags=tags)
-    return str(version.version)
+    profile: str
+    train: TrainConfig
+    shards: ShardsConfig
 
 
 def _last(metrics_file: Path, key: str) -> float | None:
@@ -68,15 +34,19 @@ def _last(metrics_file: Path, key: str) -> float | None:
     return value
 
 
-def run_train(ctx: StageContext) -> StageResult:
+def run_train(ctx: StageContext[TrainSections]) -> StageResult:
     """Train from the shards, export a HF checkpoint and register it in MLflow."""
+    import mlflow
+
+    from lathe.training.trainer import preflight, run_training  # torch and Composer: only when training
+
     cfg = ctx.config
-    shards = cfg.shards.output or str(ctx.inputs["shards"] / "mds")
     run = mlflow.active_run()
     job = TrainJob(
-        config=cfg.model_dump(mode="json"),
-        shards=shards,
-        tokenizer=str(ctx.inputs["tokenizer"]),
+        train=cfg.train,
+        seq_len=cfg.shards.seq_len,
+        shards=ctx.inputs["shards"].uri("mds"),
+        tokenizer=str(ctx.inputs["tokenizer"].path("tokenizer")),
         out_dir=str(ctx.out_dir.resolve()),
         run_name=f"{cfg.profile}-train-{ctx.fingerprint}",
         mlflow_uri=mlflow.get_tracking_uri(),
@@ -89,14 +59,13 @@ def run_train(ctx: StageContext) -> StageResult:
         run_training(job)
     else:
         launch(job, nproc, ctx.out_dir)
-    summary = json.loads((ctx.out_dir / "train_summary.json").read_text())
-    hf_dir = ctx.out_dir / "hf_model"
+    summary_file, hf_dir, metrics_file = (Path(ctx.outputs[k]) for k in ("summary", "model", "metrics"))
+    summary = json.loads(summary_file.read_text())
     version = None
     if run is not None:
-        version = register_model(
-            cfg.train.registered_model, hf_dir, run.info.run_id, {"lathe.profile": cfg.profile, "lathe.fingerprint": ctx.fingerprint}
+        version = ModelRegistry(cfg.train.registered_model).register(
+            hf_dir, run.info.run_id, {"lathe.profile": cfg.profile, "lathe.fingerprint": ctx.fingerprint}
         )
-    metrics_file = ctx.out_dir / "metrics.jsonl"
     summary.update(
         registered_model=cfg.train.registered_model,
         model_version=version,
@@ -104,9 +73,9 @@ def run_train(ctx: StageContext) -> StageResult:
         mfu=_last(metrics_file, "throughput/device/mfu"),
         wandb_runs=sorted(str(p) for p in (ctx.out_dir / "wandb").glob("*run-*")),
     )
-    (ctx.out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    summary_file.write_text(json.dumps(summary, indent=2))
     print_train(summary, ctx.console)
-    artifacts = [p for p in (metrics_file, ctx.out_dir / "loss_spikes.jsonl", ctx.out_dir / "train_summary.json") if p.is_file()]
+    artifacts = [p for p in (metrics_file, ctx.out_dir / SPIKES, summary_file) if p.is_file()]
     return StageResult(
         counts={"batches": summary["batches"], "tokens": summary["tokens"], "parameters": summary["parameters"]},
         metrics={k: float(summary[k]) for k in ("initial_val_loss", "final_val_loss", "tokens_per_s") if summary.get(k) is not None},
@@ -134,14 +103,20 @@ def print_train(summary: dict[str, Any], console: Console) -> None:
         console.print(f"W&B offline run: {path} (upload with `wandb sync {path}`)")
 
 
-TRAIN = register(
-    Stage(
-        name="train",
-        inputs=("tokenizer", "shards"),
-        section=lambda cfg: cfg.train,
-        run=run_train,
-        version="1",
-        summarize=json_summary("train_summary.json", print_train),
-        resumable=True,
-    )
+def train_headline(manifest: dict[str, Any]) -> str:
+    """Model size, tokens trained and the validation loss before and after."""
+    counts, m = manifest["counts"], manifest["metrics"]
+    start = f"{m['initial_val_loss']:.2f} -> " if "initial_val_loss" in m else ""  # a resumed run has no baseline
+    return f"{counts['parameters'] / 1e6:.1f}M params, {counts['tokens']:,} tokens, val loss {start}{m['final_val_loss']:.2f}"
+
+
+TRAIN: Stage[Any] = Stage(
+    name="train",
+    inputs=("tokenizer", "shards"),
+    section=lambda cfg: cfg.train,
+    run=run_train,
+    outputs={"model": MODEL_DIR, "summary": SUMMARY, "metrics": METRICS},
+    summarize=json_summary(SUMMARY, print_train),
+    headline=train_headline,
+    resumable=True,
 )

@@ -1,7 +1,7 @@
 """The Composer training run one rank executes, and the HF export at the end.
 
 `run_training` is what every rank runs: in the lathe process when `train.nproc == 1`,
-or under Composer's launcher (`composer -n N -m training.worker JOB.json`) otherwise,
+or under Composer's launcher (`composer -n N -m lathe.training.worker JOB.json`) otherwise,
 which also spans nodes through NODE_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT.
 """
 
@@ -20,46 +20,21 @@ from composer.algorithms import GradientClipping
 from composer.callbacks import LRMonitor, MemoryMonitor, SpeedMonitor
 from composer.optim import CosineAnnealingWithWarmupScheduler
 from composer.utils import dist, get_device, reproducibility
-from pydantic import Field
 
-from pipelines.errors import InputError
-from pipelines.schema import Strict
-from tokenizer.special import EOS, PAD
-from tokenizer.vocab import load_tokenizer
-from training.callbacks import JsonlLogger, LossSpikeMonitor, MLflowRunLogger
-from training.data import build_dataloader, check_split
-from training.model import build_model, parameter_count
-from training.optim import build_optimizer
+from lathe.core.errors import InputError
+from lathe.tokenizer.special import EOS, PAD
+from lathe.tokenizer.vocab import load_tokenizer
+from lathe.training.callbacks import JsonlLogger, LossSpikeMonitor, MLflowRunLogger
+from lathe.training.data import build_dataloader, check_split
+from lathe.training.job import METRICS, MODEL_DIR, SPIKES, SUMMARY, TrainJob, save_folder
+from lathe.training.model import build_model, parameter_count
+from lathe.training.optim import build_optimizer
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
-
-class TrainJob(Strict):
-    """Everything a rank needs, serialisable to JSON for the launcher."""
-
-    config: dict[str, Any] = Field(description="The LatheConfig, dumped.")
-    shards: str = Field(description="Root of the MDS splits (train/, val/): local path or URI.")
-    tokenizer: str = Field(description="Directory of the trained tokenizer.")
-    out_dir: str = Field(description="The stage's output directory.")
-    run_name: str = Field(description="Stable across restarts: autoresume finds checkpoints by it.")
-    mlflow_uri: str
-    mlflow_run_id: str | None = None
-
-
-def save_folder(job: TrainJob) -> str:
-    """Where checkpoints go: the configured URI or <stage>/checkpoints."""
-    from pipelines.config import LatheConfig
-
-    cfg = LatheConfig.model_validate(job.config)
-    return cfg.train.save_folder or str(Path(job.out_dir) / "checkpoints")
-
-
 def preflight(job: TrainJob) -> dict[str, Any]:
     """Every check that can fail on user input, before any compute is spent."""
-    from pipelines.config import LatheConfig
-
-    cfg = LatheConfig.model_validate(job.config)
-    tc = cfg.train
+    tc = job.train
     tok = load_tokenizer(Path(job.tokenizer))
     vocab = tok.get_vocab_size()
     if tc.model.vocab_size is not None and tc.model.vocab_size != vocab:
@@ -68,7 +43,7 @@ def preflight(job: TrainJob) -> dict[str, Any]:
             "unset train.model.vocab_size or retrain the tokenizer"
         )
     meta = {split: check_split(f"{job.shards.rstrip('/')}/{split}") for split in ("train", "val")}
-    seq_len = cfg.shards.seq_len
+    seq_len = job.seq_len
     if seq_len > tc.model.max_seq_len:
         raise InputError(f"shards.seq_len={seq_len} exceeds train.model.max_seq_len={tc.model.max_seq_len}")
     folder = save_folder(job)
@@ -83,7 +58,7 @@ def preflight(job: TrainJob) -> dict[str, Any]:
     return {"vocab_size": vocab, "pad_id": tok.token_to_id(PAD), "eos_id": tok.token_to_id(EOS), "seq_len": seq_len, "meta": meta}
 
 
-def _wandb_logger(job: TrainJob, cfg: Any) -> Any:
+def _wandb_logger(job: TrainJob) -> Any:
     import wandb
     from composer.loggers import WandBLogger
 
@@ -91,7 +66,7 @@ def _wandb_logger(job: TrainJob, cfg: Any) -> Any:
     run_cls = wandb.sdk.wandb_run.Run
     if not hasattr(run_cls, "get_url"):
         run_cls.get_url = lambda self: self.url  # type: ignore[attr-defined]
-    online = cfg.train.wandb.online and bool(os.environ.get("WANDB_API_KEY"))
+    online = job.train.wandb.online and bool(os.environ.get("WANDB_API_KEY"))
     os.environ.setdefault("WANDB_MODE", "online" if online else "offline")
 
     class CheckpointlessWandBLogger(WandBLogger):
@@ -102,9 +77,9 @@ def _wandb_logger(job: TrainJob, cfg: Any) -> Any:
             raise NotImplementedError("lathe keeps checkpoints in train.save_folder")
 
     return CheckpointlessWandBLogger(
-        project=cfg.train.wandb.project,
+        project=job.train.wandb.project,
         name=job.run_name,
-        init_kwargs={"dir": job.out_dir, "id": job.run_name, "resume": "allow", "config": cfg.train.model_dump(mode="json")},
+        init_kwargs={"dir": job.out_dir, "id": job.run_name, "resume": "allow", "config": job.train.model_dump(mode="json")},
     )
 
 
@@ -112,10 +87,7 @@ def run_training(job: TrainJob) -> dict[str, Any]:
     """Train on one rank; rank 0 exports the model and returns (and writes) the summary."""
     from composer.utils.parallelism import FSDP2Config, ParallelismConfig
 
-    from pipelines.config import LatheConfig
-
-    cfg = LatheConfig.model_validate(job.config)
-    tc = cfg.train
+    tc = job.train
     out = Path(job.out_dir)
     facts = preflight(job)
     device = "gpu" if torch.cuda.is_available() else "cpu"
@@ -136,15 +108,15 @@ def run_training(job: TrainJob) -> dict[str, Any]:
     # Seed before building the model: its initial weights must not depend on what ran before.
     reproducibility.seed_all(tc.seed)
     model = build_model(tc.model, facts["vocab_size"], facts["eos_id"], facts["pad_id"], facts["seq_len"])
-    loggers: list[Any] = [JsonlLogger(out / "metrics.jsonl")]
+    loggers: list[Any] = [JsonlLogger(out / METRICS)]
     if job.mlflow_run_id:
         loggers.append(MLflowRunLogger(job.mlflow_uri, job.mlflow_run_id))
     if tc.wandb.enabled:
-        loggers.append(_wandb_logger(job, cfg))
+        loggers.append(_wandb_logger(job))
     callbacks: list[Any] = [
         SpeedMonitor(window_size=5, gpu_flops_available=tc.peak_flops_per_device),
         LRMonitor(),
-        LossSpikeMonitor(tc.loss_spike, out / "loss_spikes.jsonl", train_ds),
+        LossSpikeMonitor(tc.loss_spike, out / SPIKES, train_ds),
     ]
     if device == "gpu":
         callbacks.append(MemoryMonitor())
@@ -214,8 +186,8 @@ def run_training(job: TrainJob) -> dict[str, Any]:
 
         state_dict = get_model_state_dict(model.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if dist.get_global_rank() == 0:
-        export_model(model.model, Path(job.tokenizer), out / "hf_model", state_dict)
-        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        export_model(model.model, Path(job.tokenizer), out / MODEL_DIR, state_dict)
+        (out / SUMMARY).write_text(json.dumps(summary, indent=2))
     trainer.close()
     return summary
 

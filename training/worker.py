@@ -1,4 +1,4 @@
-"""Entry point of one rank under Composer's launcher: `composer -n N -m training.worker JOB.json`."""
+"""Entry point of one rank under Composer's launcher: `composer -n N -m lathe.training.worker JOB.json`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from training.trainer import TrainJob, run_training
+from lathe.training.job import TrainJob
+from lathe.training.trainer import run_training
 
 
 def main() -> None:

@@ -34,19 +34,16 @@ subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], 
 import threading  # noqa: E402
 import time  # noqa: E402
 
-from airflow.dag_processing.dagbag import DagBag  # noqa: E402  (after AIRFLOW_HOME is set)
-
-
-from sqlalchemy import select  # noqa: E402
-from sqlalchemy.orm import joinedload  # noqa: E402
-
 from airflow._shared.timezones import timezone  # noqa: E402
+from airflow.dag_processing.dagbag import DagBag  # noqa: E402  (after AIRFLOW_HOME is set)
 from airflow.models.hitl import HITLUser  # noqa: E402
 from airflow.models.taskinstance import TaskInstance  # noqa: E402
 from airflow.models.trigger import handle_event_submit  # noqa: E402
 from airflow.triggers.base import TriggerEvent  # noqa: E402
 from airflow.utils.session import create_session  # noqa: E402
 from airflow.utils.state import TaskInstanceState  # noqa: E402
+from sqlalchemy import select  # noqa: E402
+from sqlalchemy.orm import joinedload  # noqa: E402
 
 
 def answer_approval() -> bool:

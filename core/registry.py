@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
 
-from pipelines.errors import LatheError
+from lathe.core.errors import LatheError
 
 T = TypeVar("T")
 

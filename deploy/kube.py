@@ -26,10 +26,9 @@ from typing import Any, Iterable, Protocol
 
 import yaml
 
-from pipelines.errors import InputError, LatheError
+from lathe.core.errors import InputError, LatheError
 
-ROOT = Path(__file__).resolve().parents[1]
-K8S = ROOT / "k8s"
+DEFAULT_MANIFESTS = Path("k8s")  # deploy.manifests: the kustomize tree, found by an explicit path, never beside the code
 OVERLAYS = ("staff", "production", "gpu", "keda")
 KUBERNETES_VERSION = "1.37.0"  # the schemas manifests are validated against
 SERVING = "triton"  # the Deployment, Service and HPA of the model server
@@ -47,9 +46,17 @@ def kubectl() -> str:
     return str(path)
 
 
-def render(overlay: str | Path) -> list[Doc]:
-    """`kubectl kustomize` of an overlay name (k8s/overlays/NAME) or directory."""
-    path = Path(overlay) if Path(overlay).is_dir() else K8S / "overlays" / str(overlay)
+def manifests_root(manifests: str | Path = DEFAULT_MANIFESTS) -> Path:
+    """The kustomize tree; one clear line when it is not there."""
+    root = Path(manifests)
+    if not (root / "overlays").is_dir():
+        raise InputError(f"kustomize tree {root}/ (with overlays/) not found; run from the repository root or set deploy.manifests")
+    return root
+
+
+def render(overlay: str | Path, manifests: str | Path = DEFAULT_MANIFESTS) -> list[Doc]:
+    """`kubectl kustomize` of an overlay name (<manifests>/overlays/NAME) or directory."""
+    path = Path(overlay) if Path(overlay).is_dir() else manifests_root(manifests) / "overlays" / str(overlay)
     if not path.is_dir():
         raise InputError(f"overlay {overlay} not found; overlays: {', '.join(OVERLAYS)}")
     done = subprocess.run([kubectl(), "kustomize", str(path)], capture_output=True, text=True)
@@ -62,14 +69,14 @@ def _name(doc: Doc) -> str:
     return f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
 
 
-def schema_errors(docs: Iterable[Doc], version: str = KUBERNETES_VERSION) -> list[str]:
-    """Strict schema validation: core kinds by kubernetes-validate, lathe's CRDs by k8s/schemas."""
+def schema_errors(docs: Iterable[Doc], manifests: str | Path = DEFAULT_MANIFESTS, version: str = KUBERNETES_VERSION) -> list[str]:
+    """Strict schema validation: core kinds by kubernetes-validate, lathe's CRDs by <manifests>/schemas."""
     import jsonschema
     import kubernetes_validate
 
     errors = []
     for doc in docs:
-        custom = K8S / "schemas" / f"{doc.get('kind')}.json"
+        custom = manifests_root(manifests) / "schemas" / f"{doc.get('kind')}.json"
         try:
             if custom.is_file():
                 jsonschema.validate(doc, json.loads(custom.read_text()))
@@ -127,12 +134,12 @@ def policy_errors(docs: Iterable[Doc]) -> list[str]:
     return errors
 
 
-def validate_overlays(overlays: Iterable[str] = OVERLAYS) -> dict[str, list[str]]:
+def validate_overlays(overlays: Iterable[str] = OVERLAYS, manifests: str | Path = DEFAULT_MANIFESTS) -> dict[str, list[str]]:
     """Every problem in every overlay, by overlay (an empty list is a pass)."""
     problems = {}
     for overlay in overlays:
-        docs = render(overlay)
-        problems[overlay] = schema_errors(docs) + policy_errors(docs)
+        docs = render(overlay, manifests)
+        problems[overlay] = schema_errors(docs, manifests) + policy_errors(docs)
     return problems
 
 

@@ -7,9 +7,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import mlflow
-
-
 # mlflow.set_tracking_uri() also exports MLFLOW_TRACKING_URI (for subprocesses), so the
 # variable only states the user's choice when it differs from what lathe last set.
 _last_set: str | None = None
@@ -25,6 +22,8 @@ def tracking_uri(runs_dir: Path, configured: str | None) -> str:
 
 def setup_tracking(runs_dir: Path, configured_uri: str | None, experiment: str) -> str:
     """Point MLflow at the store and experiment (artifacts beside the store); return the URI."""
+    import mlflow
+
     global _last_set
     uri = tracking_uri(runs_dir, configured_uri)
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -47,3 +46,13 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
         text = tree if isinstance(tree, str) else json.dumps(tree, default=str)
         out[prefix.rstrip(".")] = text[:6000]
     return out
+
+
+def mlflow_key(name: str) -> str:
+    """A figure's name as an MLflow metric or tag key (MLflow keys allow no '@': pass@1 -> pass_at_1)."""
+    return name.replace("@", "_at_")
+
+
+def figure_name(key: str) -> str:
+    """The inverse of :func:`mlflow_key`."""
+    return key.replace("_at_", "@")

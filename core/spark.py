@@ -1,22 +1,37 @@
-"""The SparkSession every Spark job of a run shares."""
+"""The SparkSession every Spark job of a run shares (data cleaning, tokenizing into shards)."""
 
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pyspark.sql import SparkSession
+from pydantic import Field
 
-from pipelines.config import SparkConfig
+from lathe.core.config import Strict
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 
-def spark_session(cfg: SparkConfig, app_name: str = "lathe") -> SparkSession:
+class SparkConfig(Strict):
+    """The Spark session every Spark job of a run uses (section `spark`)."""
+
+    master: str = Field("local[*]", description="local[*], spark://host:7077, k8s://https://..., or a Databricks master.")
+    driver_memory: str = Field("4g", description="spark.driver.memory (the local executors live in the driver).")
+    shuffle_partitions: int = Field(8, gt=0, description="spark.sql.shuffle.partitions.")
+    conf: dict[str, str] = Field(default_factory=dict, description="Any further spark.* settings.")
+
+
+def spark_session(cfg: SparkConfig, app_name: str = "lathe") -> "SparkSession":
     """Get or create the session for ``cfg`` (local[*] by default; any Spark master works).
 
     Workers must run this interpreter (the venv's), or ``mapInPandas`` fails to import
     pyarrow in a system Python; loopback binding avoids DNS surprises on laptops and CI.
     """
+    from pyspark.sql import SparkSession
+
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     if cfg.master.startswith("local"):

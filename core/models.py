@@ -1,0 +1,129 @@
+"""The model registry: one module for every use of MLflow's Model Registry.
+
+Training registers versions with their tags, the eval gate records figures and moves the
+`staff` alias, `lathe promote` moves `production`, packaging and deploy resolve an alias
+to a version, and any tool fetches a version by ``models:/`` URI. Aliases are the rollout
+tracks (MLflow stages are deprecated). Lineage tags (``lathe.*``) trace a version back to
+what made it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lathe.core.errors import InputError, LatheError
+from lathe.core.tracking import figure_name, mlflow_key
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+MODEL_NAME = "lathe-code"  # the registered model, and the Triton model that serves it
+STAFF, PRODUCTION = "staff", "production"  # rollout tracks: internal users first, then everyone
+FIGURE_PREFIX = "eval."  # version tags holding the gate's figures (eval.pass_at_1, eval.val_loss)
+# Lineage tags on every version (a contract other tools read): what it was made from.
+LINEAGE_TAGS = ("lathe.profile", "lathe.fingerprint", "lathe.parent_version", "lathe.data_snapshot", "lathe.tokenizer",
+                "lathe.shards", "lathe.method")
+
+
+def _client() -> "MlflowClient":
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient()  # the tracking URI lathe set (lathe.core.tracking.setup_tracking)
+
+
+class ModelRegistry:
+    """The versions, tags and aliases of one registered model."""
+
+    def __init__(self, name: str = MODEL_NAME, client: "MlflowClient | None" = None) -> None:
+        self.name = name
+        self.client = client or _client()
+
+    def register(self, model_dir: Path, run_id: str, tags: dict[str, str]) -> str:
+        """Log the HF directory to run ``run_id`` (the active run) and register it as a new version."""
+        import mlflow
+
+        mlflow.log_artifacts(str(model_dir), artifact_path="hf_model")
+        try:
+            self.client.get_registered_model(self.name)
+        except mlflow.exceptions.MlflowException:
+            self.client.create_registered_model(self.name, description="lathe code-completion model (HF Llama checkpoint)")
+        source = f"{mlflow.get_run(run_id).info.artifact_uri}/hf_model"
+        return str(self.client.create_model_version(self.name, source=source, run_id=run_id, tags=tags).version)
+
+    def find(self, alias: str) -> str | None:
+        """The version holding ``alias``, or None when no version does (or no model exists yet)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_model_version_by_alias(self.name, alias).version)
+        except MlflowException:
+            return None
+
+    def version_of(self, alias: str) -> str:
+        """The version holding ``alias``; one clear line when none does."""
+        version = self.find(alias)
+        if version is None:
+            raise LatheError(f"no version of {self.name} holds the `{alias}` alias; the gate sets `{STAFF}` "
+                             f"(`lathe run eval`), `lathe promote` sets `{PRODUCTION}`")
+        return version
+
+    def set_alias(self, alias: str, version: str) -> None:
+        """Point ``alias`` at ``version``."""
+        self.client.set_registered_model_alias(self.name, alias, version)
+
+    def aliases(self) -> dict[str, str]:
+        """Every alias and the version it holds (empty when the model is not registered yet)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return {a: str(v) for a, v in self.client.get_registered_model(self.name).aliases.items()}
+        except MlflowException:
+            return {}
+
+    def promote(self, source: str = STAFF, target: str = PRODUCTION) -> str:
+        """Move ``target`` to the version holding ``source``; return that version."""
+        version = self.version_of(source)
+        self.set_alias(target, version)
+        return version
+
+    def tags(self, version: str) -> dict[str, str]:
+        """The version's tags."""
+        return dict(self.client.get_model_version(self.name, version).tags)
+
+    def set_tags(self, version: str, tags: dict[str, str]) -> None:
+        """Set (or overwrite) tags on a version."""
+        for key, value in tags.items():
+            self.client.set_model_version_tag(self.name, version, key, value)
+
+    def record_figures(self, version: str, figures: dict[str, float]) -> None:
+        """Keep evaluation figures (pass@1, val_loss) on the version, for later gates to compare against."""
+        self.set_tags(version, {FIGURE_PREFIX + mlflow_key(k): str(v) for k, v in figures.items()})
+
+    def figures(self, version: str) -> dict[str, float]:
+        """The figures :meth:`record_figures` kept on the version."""
+        return {figure_name(k.removeprefix(FIGURE_PREFIX)): float(v) for k, v in self.tags(version).items() if k.startswith(FIGURE_PREFIX)}
+
+    def lineage(self, version: str) -> dict[str, str]:
+        """The version's lineage tags (those it carries of :data:`LINEAGE_TAGS`)."""
+        tags = self.tags(version)
+        return {k: tags[k] for k in LINEAGE_TAGS if k in tags}
+
+    def uri(self, version: str) -> str:
+        """The ``models:/`` URI of a version."""
+        return f"models:/{self.name}/{version}"
+
+
+def resolve_model(ref: str, cache: Path) -> Path:
+    """An HF model directory, or a registered version (``models:/name/3``, ``models:/name@staff``) downloaded into ``cache``."""
+    if "://" in ref or ref.startswith("models:/"):
+        import mlflow
+
+        try:
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=str(cache)))
+        except Exception as exc:  # MLflow raises several types for a missing version or store
+            raise InputError(f"cannot fetch model {ref} from MLflow ({str(exc).splitlines()[0]}); check the name, version or alias") from None
+    path = Path(ref)
+    if not (path / "config.json").is_file():
+        raise InputError(f"{path} is not a Hugging Face model directory (no config.json)")
+    return path

@@ -1,0 +1,51 @@
+"""Library functions of the data stage, shared with `lathe data clean`: ingest the sources,
+clean a DataFrame into kept/dropped parquet, and report it (x-ray, stage figures)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pyspark.sql import DataFrame, SparkSession
+from rich.console import Console
+
+from lathe.core.stage import StageResult
+from lathe.data.clean import CleanResult, clean_dataset, with_ids
+from lathe.data.config import DataConfig
+from lathe.data.sources import INGEST_SCHEMA, SOURCES
+from lathe.data.xray import print_summary, write_xray
+
+
+def ingest(spark: SparkSession, cfg: DataConfig, staging: Path) -> DataFrame:
+    """Union every configured source into the canonical schema, ids filled in."""
+    frames = []
+    for i, source in enumerate(cfg.sources):
+        build = SOURCES.get(source.kind)
+        frames.append(build(spark, source, cfg.max_file_bytes, cfg.partitions, staging / f"source-{i}"))
+    df = frames[0]
+    for other in frames[1:]:
+        df = df.unionByName(other)
+    return with_ids(df.select(*INGEST_SCHEMA.fieldNames()))
+
+
+def clean_and_report(
+    df: DataFrame, cfg: DataConfig, out_dir: Path, console: Console
+) -> tuple[CleanResult, StageResult]:
+    """Clean ``df`` into ``out_dir`` (kept/, dropped/, xray/) and print the x-ray summary."""
+    t0 = time.perf_counter()
+    result = clean_dataset(df, cfg, out_dir)
+    seconds = time.perf_counter() - t0
+    xray, artifacts = write_xray(result, out_dir / "xray")
+    print_summary(xray, console)
+    bytes_in = sum(r["bytes_in"] or 0 for r in xray["languages"])
+    stage_result = StageResult(
+        counts={"input": result.input_rows, "kept": result.kept_rows, "dropped": result.dropped_rows},
+        metrics={
+            **{f"dropped.{k}": float(v) for k, v in result.drop_reasons.items()},
+            **{f"redacted.{k}": float(v) for k, v in result.redactions.items()},
+            "clean_mb_per_s": bytes_in / 1e6 / seconds if seconds else 0.0,
+        },
+        artifacts=artifacts,
+        details={"drop_reasons": result.drop_reasons, "redactions": result.redactions, "kept": str(out_dir / "kept")},
+    )
+    return result, stage_result

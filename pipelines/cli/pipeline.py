@@ -1,0 +1,105 @@
+"""Commands over the pipeline: run stages, train, the gate's decision, the summary, replaying a loss spike."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from lathe.core.errors import LatheError
+from lathe.pipelines.cli.app import ConfigOpt, SetOpt, app, console, load, tracked_config
+
+
+@app.command()
+def run(
+    stages: Optional[list[str]] = typer.Argument(None, help="Stages to run (with their upstream); default all."),
+    config: Path = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    force: bool = typer.Option(False, "--force", help="Rerun the named stages (all, if none named) even if done."),
+) -> None:
+    """Run pipeline stages, skipping the ones whose manifest fingerprint matches."""
+    from lathe.pipelines.runner import run_pipeline
+
+    outcomes = run_pipeline(load(config, set_), stages or None, force=force, console=console)
+    console.print(
+        "stages: " + ", ".join(f"{o.name} ({o.status}{f', {o.duration_s:.0f}s' if o.status == 'ran' else ''})" for o in outcomes)
+    )
+
+
+@app.command()
+def train(
+    config: Path = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    nproc: Optional[int] = typer.Option(None, "--nproc", help="Processes per node (Composer launcher)."),
+    force: bool = typer.Option(False, "--force", help="Retrain from scratch even if done."),
+) -> None:
+    """Train the model (running the stages it needs first); --nproc N for DDP on N processes."""
+    from lathe.pipelines.runner import run_pipeline
+
+    cfg = load(config, [*(set_ or []), *([f"train.nproc={nproc}"] if nproc else [])])
+    run_pipeline(cfg, ["train"], force=force, console=console)
+
+
+@app.command()
+def gate(
+    config: Path = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    xcom: Optional[Path] = typer.Option(None, "--xcom", help="Also write the decision here (a pod's /airflow/xcom/return.json)."),
+) -> None:
+    """Run the eval stage (if not done) and print the gate's decision as JSON on the last line (for schedulers)."""
+    from lathe.pipelines.runner import run_pipeline
+
+    outcome = run_pipeline(load(config, set_), ["eval"], console=console)[-1]
+    results = Path(outcome.manifest["outputs"]["results"])
+    g = json.loads(results.read_text()).get("gate")
+    if not g:
+        raise LatheError(f"{results} holds no gate decision (no registered candidate); check train.registered_model")
+    decision = json.dumps({"passed": g["passed"], "version": g["candidate_version"], "reason": g["reason"]})
+    if xcom:
+        xcom.parent.mkdir(parents=True, exist_ok=True)
+        xcom.write_text(decision)
+    print(decision)
+
+
+@app.command()
+def summary(
+    config: Path = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """One screen: data kept/dropped, bytes/token, validation loss, pass@k, gate, serving latency, aliases, artifacts."""
+    from lathe.core.models import ModelRegistry
+    from lathe.pipelines.summary import print_summary
+
+    cfg = tracked_config(config, set_)
+    name = cfg.train.registered_model
+    aliases = ModelRegistry(name).aliases()
+    extra = [("registry", ", ".join(f"{a} -> v{v}" for a, v in sorted(aliases.items())), name)] if aliases else []
+    print_summary(Path(cfg.run.runs_dir) / cfg.profile, console, extra)
+
+
+@app.command("replay-spike")
+def replay_spike(
+    run_dir: Optional[Path] = typer.Option(None, "--run", help="The train stage's folder (default: the profile's)."),
+    config: Path = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    step: Optional[int] = typer.Option(None, "--step", help="Spike step (default: the first logged)."),
+    shards: Optional[str] = typer.Option(None, "--shards", help="Train split; default the train split of the shards it trained on."),
+) -> None:
+    """Reload a logged loss-spike batch from the shards and score it with the exported model."""
+    from lathe.pipelines.runner import finished
+    from lathe.tokenizer.special import PAD
+    from lathe.tokenizer.vocab import load_tokenizer
+    from lathe.training.job import SPIKES
+    from lathe.training.replay import load_batch, read_spike, replay_loss
+
+    cfg = load(config, set_)
+    trained = finished("train", run_dir or Path(cfg.run.runs_dir) / cfg.profile / "train")
+    record = read_spike(trained.dir / SPIKES, step)
+    split = shards or f"{finished('shards', Path(trained.manifest['inputs']['shards']['path'])).uri('mds').rstrip('/')}/train"
+    model = trained.path("model")
+    batch = load_batch(split, record, load_tokenizer(model).token_to_id(PAD))
+    loss = replay_loss(model, batch)
+    console.print(json.dumps({"step": record["step"], "logged_loss": record["loss"], "replayed_loss_final_model": loss,
+                              "samples": [(s["shard"], s["position"]) for s in record["samples"]]}))

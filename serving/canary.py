@@ -1,0 +1,46 @@
+"""The canary: the packaged model served by a real tritonserver answers one greedy completion that
+matches local generation token for token, then holds a short load with zero failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from lathe.core.errors import LatheError
+from lathe.serving.config import ServeConfig
+from lathe.serving.package import checkpoint_dir
+
+
+def canary(repository: Path, version: int, cfg: ServeConfig, log_file: Path) -> dict[str, Any]:
+    """Serve ``repository``, compare one greedy completion with local generation, hold a short load; the report."""
+    from lathe.serving.client import complete
+    from lathe.serving.engine import Engine
+    from lathe.serving.loadtest import grpc_sender, run_load
+    from lathe.serving.server import TritonServer
+
+    max_tokens = cfg.canary_load.max_tokens
+    engine = Engine(checkpoint_dir(repository, cfg.model_name, version))
+    request = engine.parse(cfg.canary_prompt, {"max_tokens": max_tokens})
+    expected_ids = [t for event in engine.generate([request]) for t in event.token_ids]
+    with TritonServer(repository, 0, 0, 0, log_file=log_file, ready_timeout_s=cfg.ready_timeout_s,
+                      stop_timeout_s=cfg.stop_timeout_s) as server:
+        got = complete(server.endpoints.grpc, cfg.canary_prompt, cfg.model_name, max_tokens=max_tokens)
+        if got.token_ids != expected_ids:
+            raise LatheError(f"served greedy completion {got.token_ids} differs from local generation {expected_ids}")
+        load = run_load(grpc_sender(server.endpoints.grpc, cfg.model_name, max_tokens), cfg.canary_load.clients, cfg.canary_load.seconds)
+    if load.failures:
+        raise LatheError(f"{load.failures} of {load.requests + load.failures} canary requests failed: {load.errors}")
+    return {"version": version, "prompt": cfg.canary_prompt, "completion": got.text, "token_ids": got.token_ids,
+            "first_token_s": got.first_token_s, "latency_s": got.latency_s, "load": load.as_dict()}
+
+
+def print_canary(report: dict[str, Any], console: Console) -> None:
+    """The served completion and the load figures."""
+    load = report["load"]
+    console.print(f"[bold]canary[/]: Triton served {report['model']} v{report['version']}: "
+                  f"{report['prompt']!r} -> {report['completion']!r}")
+    console.print(f"  {load['clients']} clients x {load['seconds']:.0f}s: {load['requests']} requests, {load['failures']} failed, "
+                  f"p50 {load['p50_s'] * 1000:.0f} ms, p95 {load['p95_s'] * 1000:.0f} ms, "
+                  f"first token p50 {load['ttft_p50_s'] * 1000:.0f} ms, {load['tokens_per_s']:.0f} tokens/s")
