@@ -80,6 +80,7 @@ class StageContext(Generic[C]):
     fingerprint: str = ""  # this run's fingerprint: stable names for resumable work (checkpoints)
     observed: dict[str, str] = field(default_factory=dict)  # what `Stage.observe` saw; the run must use exactly this
     outputs: dict[str, str] = field(default_factory=dict)  # where each declared output goes by default (under out_dir)
+    previous: Upstream | None = None  # an incremental stage's last finished run (moved aside), to continue from
 
 
 @dataclass
@@ -117,6 +118,9 @@ class Stage(Generic[C]):
     # Resumable stages keep an unfinished output directory of the same fingerprint
     # (checkpoints) so a rerun continues; others start from an empty directory.
     resumable: bool = False
+    # Incremental stages get their last finished run (ctx.previous) when they rerun with a new
+    # fingerprint, to carry work over (the data stage's per-file pool); --force starts from nothing.
+    incremental: bool = False
 
     def locate_outputs(self, out_dir: Path, written: Mapping[str, str]) -> dict[str, str]:
         """Where each declared output is: its default under ``out_dir`` unless the run said otherwise.

@@ -140,21 +140,61 @@ def signatures(df: DataFrame, cfg: DedupConfig) -> DataFrame:
     return df.select("id", "content").mapInPandas(sign, SIGNATURE_SCHEMA)
 
 
-def exact_duplicates(df: DataFrame) -> DataFrame:
-    """(id, duplicate_of) for every row whose normalised content an earlier id already has."""
-    hash_udf = F.udf(lambda text: exact_hash(text), T.StringType())
-    hashed = df.select("id", hash_udf("content").alias("h"))
-    w = Window.partitionBy("h").orderBy("id")
-    ranked = hashed.select("id", F.first("id").over(w).alias("duplicate_of"))
+FEATURE_FIELDS = [
+    T.StructField("exact_hash", T.StringType()),
+    T.StructField("signature", T.BinaryType()),
+    T.StructField("bands", T.ArrayType(T.LongType())),
+]
+
+
+def add_features(df: DataFrame, cfg: DedupConfig) -> DataFrame:
+    """Append ``exact_hash``, ``signature`` and ``bands`` to the rows that passed the filters
+    (``reason`` null): the per-file work of deduplication, done once per file and persisted,
+    so a later run compares new files with the corpus without recomputing the corpus."""
+    bands, rows = lsh_params(cfg.threshold, cfg.num_perm)
+    num_perm, ngram, seed, exact, near = cfg.num_perm, cfg.ngram, cfg.seed, cfg.exact, cfg.near
+    schema = T.StructType([*df.schema.fields, *FEATURE_FIELDS])
+
+    def add(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for pdf in batches:
+            hashes, sigs, keys = [], [], []
+            for content, reason in zip(pdf["content"], pdf["reason"]):
+                candidate = reason is None and content is not None
+                sig = minhash_signature(content, num_perm, ngram, seed) if candidate and near else None
+                hashes.append(exact_hash(content) if candidate and exact else None)
+                sigs.append(sig.tobytes() if sig is not None else None)
+                keys.append(band_hashes(sig, bands, rows) if sig is not None else None)
+            yield pdf.assign(exact_hash=hashes, signature=sigs, bands=keys)
+
+    return df.mapInPandas(add, schema)
+
+
+def exact_duplicates_from_hashes(df: DataFrame) -> DataFrame:
+    """(id, duplicate_of) for every row (id, exact_hash) whose hash a smaller id already has."""
+    w = Window.partitionBy("exact_hash").orderBy("id")
+    ranked = df.where(F.col("exact_hash").isNotNull()).select("id", F.first("id").over(w).alias("duplicate_of"))
     return ranked.where(F.col("id") != F.col("duplicate_of"))
 
 
+def exact_duplicates(df: DataFrame) -> DataFrame:
+    """(id, duplicate_of) for every row whose normalised content an earlier id already has."""
+    hash_udf = F.udf(lambda text: exact_hash(text), T.StringType())
+    return exact_duplicates_from_hashes(df.select("id", hash_udf("content").alias("exact_hash")))
+
+
 def near_duplicates(df: DataFrame, cfg: DedupConfig) -> tuple[DataFrame, int]:
-    """(id, duplicate_of) for rows in a near-duplicate cluster whose smallest id is another.
+    """(id, duplicate_of) for rows (id, content) in a near-duplicate cluster whose smallest id is another.
 
     Returns the pairs and the number of connected-components iterations run.
     """
     sigs = signatures(df, cfg).persist()
+    found = near_duplicates_from_signatures(sigs, cfg)
+    sigs.unpersist()
+    return found
+
+
+def near_duplicates_from_signatures(sigs: DataFrame, cfg: DedupConfig) -> tuple[DataFrame, int]:
+    """:func:`near_duplicates` over precomputed (id, signature, bands): buckets, verified pairs, clusters."""
     buckets = (
         sigs.select("id", F.posexplode("bands").alias("band", "key"))
         .groupBy("band", "key")
@@ -184,7 +224,6 @@ def near_duplicates(df: DataFrame, cfg: DedupConfig) -> tuple[DataFrame, int]:
         .localCheckpoint()
     )
     labels, iterations = connected_components(verified, cfg.max_iterations)
-    sigs.unpersist()
     dups = labels.where(F.col("id") != F.col("label")).select("id", F.col("label").alias("duplicate_of"))
     return dups, iterations
 

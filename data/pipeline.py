@@ -4,6 +4,7 @@ clean a DataFrame into kept/dropped parquet, and report it (x-ray, stage figures
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
@@ -29,23 +30,30 @@ def ingest(spark: SparkSession, cfg: DataConfig, staging: Path) -> DataFrame:
 
 
 def clean_and_report(
-    df: DataFrame, cfg: DataConfig, out_dir: Path, console: Console
+    df: DataFrame, cfg: DataConfig, out_dir: Path, console: Console, previous_pool: Path | None = None
 ) -> tuple[CleanResult, StageResult]:
-    """Clean ``df`` into ``out_dir`` (kept/, dropped/, xray/) and print the x-ray summary."""
+    """Clean ``df`` into ``out_dir`` (kept/, dropped/, pool/, xray/) and print the x-ray summary.
+
+    ``previous_pool``: an earlier run's pool to continue from (only new and changed files are cleaned).
+    """
     t0 = time.perf_counter()
-    result = clean_dataset(df, cfg, out_dir)
+    result = clean_dataset(df, cfg, out_dir, previous_pool)
     seconds = time.perf_counter() - t0
     xray, artifacts = write_xray(result, out_dir / "xray")
     print_summary(xray, console)
     bytes_in = sum(r["bytes_in"] or 0 for r in xray["languages"])
+    delta = result.delta
     stage_result = StageResult(
-        counts={"input": result.input_rows, "kept": result.kept_rows, "dropped": result.dropped_rows},
+        counts={"input": result.input_rows, "kept": result.kept_rows, "dropped": result.dropped_rows,
+                "processed": delta.processed_rows if delta else result.input_rows,
+                **({f"files.{k}": v for k, v in delta.files.items()} if delta else {})},
         metrics={
             **{f"dropped.{k}": float(v) for k, v in result.drop_reasons.items()},
             **{f"redacted.{k}": float(v) for k, v in result.redactions.items()},
             "clean_mb_per_s": bytes_in / 1e6 / seconds if seconds else 0.0,
         },
         artifacts=artifacts,
-        details={"drop_reasons": result.drop_reasons, "redactions": result.redactions, "kept": str(out_dir / "kept")},
+        details={"drop_reasons": result.drop_reasons, "redactions": result.redactions, "kept": str(out_dir / "kept"),
+                 "delta": asdict(delta) if delta else None},
     )
     return result, stage_result

@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import subprocess
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,16 +141,50 @@ SourceBuilder = Callable[[SparkSession, Any, int, int, Path], DataFrame]
 SOURCES: Registry[SourceBuilder] = Registry("source kind")
 
 
-@SOURCES.register("tree")
-def tree_source(spark: SparkSession, cfg: TreeSourceConfig, max_bytes: int, partitions: int, staging: Path) -> DataFrame:
-    """Directories of source files; each given directory is a repo."""
-    files: list[ListedFile] = []
+def git_toplevel(root: Path) -> str | None:
+    """The work tree ``root`` belongs to, or None when it is not in a git work tree (or git is missing)."""
+    try:
+        done = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    except FileNotFoundError:
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def git_files(root: Path, prefix: str, repo: str) -> Iterator[ListedFile]:
+    """The files of a git work tree under ``root`` that are tracked or untracked but not ignored
+    (what the repository holds, without build outputs), of a known language, in sorted order."""
+    done = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise InputError(f"git ls-files failed in {root}: {done.stderr.strip()[:200]}")
+    for rel in sorted(set(done.stdout.split("\0")) - {""}):
+        full = root / rel
+        if language_of(rel) is None or full.is_symlink() or not full.is_file():
+            continue  # a deleted but still tracked file is simply gone
+        yield ListedFile(str(full), f"{prefix}{rel}", repo, full.stat().st_size)
+
+
+def tree_roots(cfg: TreeSourceConfig) -> list[tuple[Path, str]]:
+    """Each directory of a ``tree`` source and its repo name; one clear line for a missing one."""
+    roots = []
     for p in cfg.paths:
         root = Path(p).expanduser()
         if not root.is_dir():
             raise InputError(f"tree source path {root} is not a directory; fix data.sources[].paths")
-        repo = cfg.repo or root.resolve().name
-        files += walk_code_files(root, f"{repo}/", lambda _rel, repo=repo: repo)
+        roots.append((root, cfg.repo or root.resolve().name))
+    return roots
+
+
+@SOURCES.register("tree")
+def tree_source(spark: SparkSession, cfg: TreeSourceConfig, max_bytes: int, partitions: int, staging: Path) -> DataFrame:
+    """Directories of source files; each given directory is a repo. In a git work tree, the files
+    git tracks or would track (ignored files are build outputs, not the repository's code)."""
+    files: list[ListedFile] = []
+    for root, repo in tree_roots(cfg):
+        if git_toplevel(root):
+            files += git_files(root, f"{repo}/", repo)
+        else:
+            files += walk_code_files(root, f"{repo}/", lambda _rel, repo=repo: repo)
     return _files_dataframe(spark, files, "tree", cfg.license, max_bytes, partitions)
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Protocol
 
+from lathe.core.errors import LatheError
 from lathe.core.spark import SparkConfig, spark_session
 from lathe.core.stage import Stage, StageContext, StageResult, json_summary
 from lathe.data.config import DataConfig
 from lathe.data.pipeline import clean_and_report, ingest
+from lathe.data.snapshot import snapshot_sources
 from lathe.data.xray import print_summary
 
 
@@ -18,9 +22,40 @@ class DataSections(Protocol):
     spark: SparkConfig
 
 
+def observe_sources(cfg: DataSections) -> dict[str, str]:
+    """The sources' snapshot id: a changed source reruns the stage, an unchanged one skips it."""
+    return {"snapshot": snapshot_sources(cfg.data.sources)[0]}
+
+
+def _cleaning_config(manifest_config: dict[str, Any]) -> dict[str, Any]:
+    """The data section without its sources: what the per-file work in the pool depends on."""
+    return {k: v for k, v in manifest_config.items() if k != "sources"}
+
+
+def reusable_pool(ctx: StageContext[DataSections]) -> Path | None:
+    """The previous run's pool when it was made by this stage version with the same cleaning config."""
+    previous = ctx.previous
+    if previous is None:
+        return None
+    same = previous.manifest.get("version") == DATA.version and _cleaning_config(previous.manifest.get("config", {})) == \
+        _cleaning_config(ctx.config.data.model_dump(mode="json"))
+    pool = Path(previous.uri("pool"))
+    if not same or not pool.is_dir():
+        ctx.console.print("the cleaning config or code changed since the previous run: cleaning every file again")
+        return None
+    return pool
+
+
 def run_data(ctx: StageContext[DataSections]) -> StageResult:
-    """Ingest the configured sources, clean and deduplicate them, write the x-ray."""
+    """Ingest the configured sources, clean and deduplicate them (only new and changed files when a
+    previous run's pool can be reused), write the x-ray."""
     cfg = ctx.config.data
+    snapshot_id, snapshots = snapshot_sources(cfg.sources)
+    if ctx.observed and snapshot_id != ctx.observed["snapshot"]:
+        raise LatheError(f"the sources changed while the data stage started (snapshot {ctx.observed['snapshot']} -> "
+                         f"{snapshot_id}); rerun `lathe run data` once they are quiet")
+    Path(ctx.outputs["snapshot"]).write_text(json.dumps({"snapshot": snapshot_id, "sources": snapshots}, indent=2))
+    ctx.console.print(f"sources snapshot {snapshot_id}")
     spark = spark_session(ctx.config.spark, "lathe-data")
     ingested_dir = ctx.out_dir / "ingested"
     ctx.console.print(f"ingest: {', '.join(s.kind for s in cfg.sources)} -> {ingested_dir}")
@@ -32,7 +67,8 @@ def run_data(ctx: StageContext[DataSections]) -> StageResult:
         .parquet(str(ingested_dir))
     )
     ingested = spark.read.parquet(str(ingested_dir))
-    _, result = clean_and_report(ingested, cfg, ctx.out_dir, ctx.console)
+    _, result = clean_and_report(ingested, cfg, ctx.out_dir, ctx.console, reusable_pool(ctx))
+    result.details["snapshot"] = snapshot_id
     return result
 
 
@@ -49,8 +85,10 @@ DATA: Stage[Any] = Stage(
     inputs=(),
     section=lambda cfg: cfg.data,
     run=run_data,
-    outputs={"clean": "kept", "dropped": "dropped", "xray": "xray/xray.json"},
-    version="2",  # 2: PII precision fixes (OIDs, section anchors, placeholder credentials)
+    outputs={"clean": "kept", "dropped": "dropped", "xray": "xray/xray.json", "pool": "pool", "snapshot": "snapshot.json"},
+    version="3",  # 3: per-file pool (incremental reruns); 2: PII precision fixes (OIDs, section anchors, placeholder credentials)
     summarize=json_summary("xray/xray.json", print_summary),
     headline=data_headline,
+    observe=observe_sources,
+    incremental=True,
 )

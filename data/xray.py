@@ -6,6 +6,7 @@ Statistics are aggregated by Spark; only the small per-group tables reach the dr
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,8 @@ def compute_xray(result: CleanResult) -> dict[str, Any]:
         "drop_reasons_by_language": sorted(reasons, key=lambda r: (r["lang"], r["reason"])),
         "duplicate_cluster_sizes": dict(sorted(cluster_sizes.items())),
         "dedup_iterations": result.dedup_iterations,
+        # beside the totals: what changed since the previous snapshot (None for a full build)
+        "delta": asdict(result.delta) if result.delta else None,
     }
 
 
@@ -132,6 +135,12 @@ def print_summary(xray: dict[str, Any], console: Console | None = None, top: int
         f"[bold]x-ray[/]: {xray['input_files']:,} files in, {xray['kept_files']:,} kept, "
         f"{xray['dropped_files']:,} dropped"
     )
+    delta = xray.get("delta")
+    if delta:
+        files = ", ".join(f"{k} {v:,}" for k, v in delta["files"].items())
+        dropped = ", ".join(f"{k}={v:,}" for k, v in delta["dropped"].items()) or "none"
+        console.print(f"since the previous snapshot: {files} files; cleaned {delta['processed_rows']:,} "
+                      f"(kept {delta['kept']:,}, dropped {dropped}), the rest reused")
     table = Table(title="per language (top by input bytes)", show_lines=False)
     for col in ["lang", "files in", "kept", "MB in", "MB kept", "median size", "median mean line", "redactions"]:
         table.add_column(col, justify="right" if col != "lang" else "left")

@@ -167,12 +167,34 @@ class _StageRun:
     forced: bool
 
 
+def _set_aside_previous(stage: Stage[Any], out_dir: Path, forced: bool, console: Console) -> Upstream | None:
+    """For an incremental stage, move its last finished run to ``<out_dir>.previous`` and return it.
+
+    A run that failed after the move left no manifest in ``out_dir``; the set-aside run is
+    still there and is used again. ``--force`` discards it: a full rebuild.
+    """
+    aside = out_dir.with_name(out_dir.name + ".previous")
+    if not stage.incremental or forced:
+        shutil.rmtree(aside, ignore_errors=True)
+        return None
+    if read_manifest(out_dir) is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+        out_dir.rename(aside)
+    manifest = read_manifest(aside)
+    if manifest is None:
+        return None
+    console.print(f"continuing from the previous {stage.name} run ({manifest.get('fingerprint')})")
+    # its outputs were recorded under out_dir; they now live under the set-aside folder
+    return Upstream(stage.name, aside, stage.default_outputs(aside), manifest)
+
+
 def _run_stage(
     run: _StageRun, cfg: LatheConfig, fingerprints: dict[str, str], parent_run_id: str, console: Console
 ) -> StageOutcome:
     stage, fp, out_dir, forced = run.stage, run.fingerprint, run.out_dir, run.forced
     marker = out_dir / ".fingerprint"
     keep = stage.resumable and not forced and marker.is_file() and marker.read_text() == fp
+    previous = _set_aside_previous(stage, out_dir, forced, console) if not keep else None
     if keep:
         console.print(f"resuming unfinished {stage.name} in {out_dir}")
     else:
@@ -187,7 +209,7 @@ def _run_stage(
         params = flatten(section)
         for start in range(0, len(params), 100):  # MLflow takes at most 100 params per call
             mlflow.log_params(dict(list(params.items())[start : start + 100]))
-        ctx = StageContext(cfg, out_dir, run.inputs, console, fp, run.observed, stage.default_outputs(out_dir))
+        ctx = StageContext(cfg, out_dir, run.inputs, console, fp, run.observed, stage.default_outputs(out_dir), previous)
         result = stage.run(ctx)
         outputs = stage.locate_outputs(out_dir, result.outputs)
         duration = time.perf_counter() - t0
@@ -216,5 +238,7 @@ def _run_stage(
         }
         mlflow.log_dict(manifest, "manifest.json")
         _write_manifest(out_dir, manifest)
+    if previous is not None:
+        shutil.rmtree(previous.dir, ignore_errors=True)  # carried over into the new run
     console.print(f"[green]done[/]: {stage.name} in {duration:.1f}s -> {out_dir}")
     return StageOutcome(stage.name, "ran", fp, out_dir, duration, manifest)

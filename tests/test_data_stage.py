@@ -129,3 +129,93 @@ def test_second_run_skips_and_forced_run_is_identical(first_run) -> None:
     assert [o.status for o in run_pipeline(cfg, ["data"], force=True, console=Console(quiet=True))] == ["ran"]
     after = read_parquet(out / "kept")
     pd.testing.assert_frame_equal(before, after)
+
+
+def _clean_set(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    kept = read_parquet(out / "kept")[["id", "content", "path"]]
+    dropped = read_parquet(out / "dropped")[["id", "path", "reason", "duplicate_of"]]
+    return kept, dropped
+
+
+def test_a_rerun_cleans_only_what_changed_and_equals_a_full_rebuild(spark, tmp_path: Path, monkeypatch) -> None:
+    from tests.conftest import PY_FUNC, write
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tree = make_code_tree(tmp_path)
+    cfg = tree_config(tree, tmp_path / "runs")
+    out = tmp_path / "runs" / "fixture" / "data"
+    quiet = Console(quiet=True)
+    assert [o.status for o in run_pipeline(cfg, ["data"], console=quiet)] == ["ran"]
+    first = json.loads((out / MANIFEST).read_text())
+    assert first["counts"]["processed"] == first["counts"]["input"] and first["observed"]["snapshot"]
+
+    # Day 2: two new files (one a near copy of a kept file), one changed, one deleted.
+    write(tree / "pkg/new_module.py", PY_FUNC.format(name="fresh", offset=42))
+    near = (tree / "pkg/mod2.py").read_text().replace("keep the positive ones", "keep just the positive ones")
+    write(tree / "pkg/mod2_copy.py", near)
+    write(tree / "web/app.js", (tree / "web/app.js").read_text() + "// changed\n")
+    (tree / "pkg/empty.py").unlink()
+    outcome = run_pipeline(cfg, ["data"], console=quiet)[0]
+    assert outcome.status == "ran" and outcome.manifest["observed"]["snapshot"] != first["observed"]["snapshot"]
+    counts = outcome.manifest["counts"]
+    assert counts["processed"] == 3  # the new and changed files; everything else was reused
+    assert {k: counts[f"files.{k}"] for k in ("new", "changed", "deleted")} == {"new": 2, "changed": 1, "deleted": 1}
+    assert counts["files.unchanged"] == first["counts"]["input"] - 2
+    delta = outcome.manifest["details"]["delta"]
+    assert delta["kept"] + sum(delta["dropped"].values()) == 3
+    # the near copy joined mod2's cluster: one of the two (the larger id) is dropped, whichever was new
+    assert outcome.manifest["metrics"]["dropped.near_duplicate"] == first["metrics"]["dropped.near_duplicate"] + 1
+    dropped_now = read_parquet(out / "dropped").set_index("path")["reason"]
+    assert [dropped_now.get(p) for p in ("acme/pkg/mod2.py", "acme/pkg/mod2_copy.py")].count("near_duplicate") == 1
+    xray = json.loads((out / "xray" / "xray.json").read_text())
+    assert xray["delta"]["files"]["new"] == 2 and xray["input_files"] == counts["input"]
+    assert not (out.parent / "data.previous").exists()  # carried over, then removed
+
+    # The same final snapshot from scratch gives the same clean set.
+    full_cfg = tree_config(tree, tmp_path / "full")
+    assert [o.status for o in run_pipeline(full_cfg, ["data"], force=True, console=quiet)] == ["ran"]
+    incremental, rebuilt = _clean_set(out), _clean_set(tmp_path / "full" / "fixture" / "data")
+    pd.testing.assert_frame_equal(incremental[0], rebuilt[0])
+    pd.testing.assert_frame_equal(incremental[1], rebuilt[1])
+    assert "acme/pkg/empty.py" not in set(incremental[1]["path"])  # the deleted file left the set
+
+    # Nothing changed: the snapshot matches and the stage skips.
+    assert [o.status for o in run_pipeline(cfg, ["data"], console=quiet)] == ["skipped"]
+    # A change of cleaning config cannot reuse the pool: every file is cleaned again.
+    changed = load_config(None, [f"run.runs_dir={tmp_path / 'runs'}", "profile=fixture",
+                                 f"data.sources=[{{kind: tree, paths: [{tree}], license: MIT}}]",
+                                 "data.max_file_bytes=250000", "data.partitions=2"])
+    again = run_pipeline(changed, ["data"], console=quiet)[0]
+    assert again.manifest["counts"]["processed"] == again.manifest["counts"]["input"]
+
+
+def test_git_tree_snapshot_follows_commits_and_edits_and_ignores_ignored_files(tmp_path: Path) -> None:
+    import subprocess
+
+    from lathe.data.config import TreeSourceConfig
+    from lathe.data.snapshot import tree_snapshot
+    from lathe.data.sources import git_files
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.email=t@example.org", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (repo / "a.py").write_text("x = 1\n")
+    (repo / ".gitignore").write_text("build/\n")
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    cfg = TreeSourceConfig(paths=[str(repo)])
+    snaps = [tree_snapshot(cfg)]
+    assert snaps[0]["repos"][0]["head"] and snaps[0]["repos"][0]["dirty"] == ""
+    (repo / "build").mkdir()
+    (repo / "build" / "gen.py").write_text("y = 2\n")  # ignored: not the repository's code
+    assert tree_snapshot(cfg) == snaps[0]
+    assert [f.path for f in git_files(repo, "repo/", "repo")] == ["repo/a.py"]
+    (repo / "a.py").write_text("x = 2\n")
+    snaps.append(tree_snapshot(cfg))
+    (repo / "a.py").write_text("x = 333\n")  # edited again: still " M", but a new snapshot
+    snaps.append(tree_snapshot(cfg))
+    subprocess.run([*git, "commit", "-qam", "two"], check=True)
+    snaps.append(tree_snapshot(cfg))
+    assert len({json.dumps(s, sort_keys=True) for s in snaps}) == 4
+    assert snaps[-1]["repos"][0]["head"] != snaps[0]["repos"][0]["head"] and snaps[-1]["repos"][0]["dirty"] == ""
