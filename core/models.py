@@ -9,6 +9,8 @@ what made it.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +25,7 @@ STAFF, PRODUCTION = "staff", "production"  # rollout tracks: internal users firs
 FIGURE_PREFIX = "eval."  # version tags holding the gate's figures (eval.pass_at_1, eval.val_loss)
 # Lineage tags on every version (a contract other tools read): what it was made from.
 LINEAGE_TAGS = ("lathe.profile", "lathe.fingerprint", "lathe.parent_version", "lathe.data_snapshot", "lathe.tokenizer",
-                "lathe.shards", "lathe.method")
+                "lathe.shards", "lathe.method", "lathe.tokens", "lathe.val_loss")
 
 
 def _client() -> "MlflowClient":
@@ -109,6 +111,16 @@ class ModelRegistry:
         tags = self.tags(version)
         return {k: tags[k] for k in LINEAGE_TAGS if k in tags}
 
+    def lineage_chain(self, version: str) -> list[dict[str, str]]:
+        """``version`` and its ancestors by ``lathe.parent_version``, newest first (each with its lineage tags)."""
+        chain: list[dict[str, str]] = []
+        seen: set[str] = set()
+        while version and version not in seen:  # a cycle would be a corrupted registry: stop, do not loop
+            seen.add(version)
+            chain.append({"version": version, **self.lineage(version)})
+            version = chain[-1].get("lathe.parent_version", "")
+        return chain
+
     def uri(self, version: str) -> str:
         """The ``models:/`` URI of a version."""
         return f"models:/{self.name}/{version}"
@@ -127,3 +139,40 @@ def resolve_model(ref: str, cache: Path) -> Path:
     if not (path / "config.json").is_file():
         raise InputError(f"{path} is not a Hugging Face model directory (no config.json)")
     return path
+
+
+_ALIAS = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)$")
+_VERSION = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model reference resolved to local files: an HF directory or a Composer checkpoint file."""
+
+    ref: str  # what the config said
+    path: Path  # local HF model directory or checkpoint file
+    version: str = ""  # the registered version it is, when it is one (lineage)
+
+    @property
+    def is_checkpoint(self) -> bool:
+        """A Composer checkpoint (a file), rather than an HF directory."""
+        return self.path.is_file()
+
+
+def resolve_source(ref: str | None, cache: Path, setting: str = "train.init_from") -> ModelSource | None:
+    """Resolve a model to start from (``train.init_from``). None when there is none: no reference, or an
+    alias no version holds yet (before the first promotion). Anything else that cannot be found is an
+    error naming ``setting`` (the config key the reference came from)."""
+    if not ref:
+        return None
+    if match := _ALIAS.match(ref):
+        version = ModelRegistry(match["name"]).find(match["alias"])
+        if version is None:
+            return None
+        return ModelSource(ref, resolve_model(f"models:/{match['name']}/{version}", cache), version)
+    if match := _VERSION.match(ref):
+        return ModelSource(ref, resolve_model(ref, cache), match["version"])
+    path = Path(ref)
+    if path.is_file() or (path / "config.json").is_file():
+        return ModelSource(ref, path)
+    raise InputError(f"{setting} {ref!r} is not a models:/ URI, an HF model directory or a Composer checkpoint file")

@@ -20,6 +20,11 @@ class TokenizerConfig(Strict):
     reserved_sentinels: int = Field(
         64, ge=0, description="`<|extra_id_N|>` tokens kept free for later objectives (UL2) without resizing."
     )
+    retrain: bool = Field(
+        False,
+        description="Train a new vocabulary even when train.init_from names a model to continue: training then "
+        "starts from scratch. By default a retrain keeps the vocabulary of the model it continues from.",
+    )
     ablation_vocab_sizes: list[int] = Field(
         default_factory=lambda: [1024, 2048],
         description="Extra vocabulary sizes trained on the same sample for the report (besides vocab_size).",

@@ -25,15 +25,20 @@ def read_clean(spark: SparkSession, kept: Path) -> DataFrame:
     return df
 
 
-def draw_sample(df: DataFrame, cfg: TokenizerConfig, heldout_max_files: int = 2000) -> tuple[list[str], list[tuple[str, str, str]]]:
+def draw_sample(
+    df: DataFrame, cfg: TokenizerConfig, heldout_max_files: int = 2000, training: bool = True
+) -> tuple[list[str], list[tuple[str, str, str]]]:
     """(training texts, held-out (path, lang, content)) drawn by Spark from the clean data.
 
     Held-out files are chosen by a stable hash of the id and never trained on; the
-    training sample is a seeded Bernoulli sample sized to ``sample_bytes``.
+    training sample is a seeded Bernoulli sample sized to ``sample_bytes`` (not drawn,
+    and empty, when ``training`` is false: a reused vocabulary is only reported on).
     """
     marked = df.withColumn("h", stable_fraction_col(F.col("id"), HELDOUT_SALT))
     heldout_df = marked.where(F.col("h") < cfg.heldout_fraction).orderBy("h").limit(heldout_max_files)
     heldout = [(r["path"], r["lang"], r["content"]) for r in heldout_df.select("path", "lang", "content").collect()]
+    if not training:
+        return [], heldout
     train = marked.where(F.col("h") >= cfg.heldout_fraction)
     total = train.agg(F.sum(F.octet_length("content"))).first()[0] or 0
     fraction = min(1.0, cfg.sample_bytes / total) if total else 1.0

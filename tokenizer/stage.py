@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -10,6 +11,7 @@ import numpy as np
 from rich.console import Console
 
 from lathe.core.errors import InputError, LatheError
+from lathe.core.models import resolve_source
 from lathe.core.spark import SparkConfig, spark_session
 from lathe.core.stage import Stage, StageContext, StageResult, json_summary
 from lathe.tokenizer.config import ShardsConfig, TokenizerConfig
@@ -25,7 +27,13 @@ from lathe.tokenizer.shards import (
     write_parts,
 )
 from lathe.tokenizer.special import PAD
-from lathe.tokenizer.vocab import load_tokenizer, save_tokenizer, train_bpe
+from lathe.tokenizer.vocab import copy_tokenizer, load_tokenizer, save_tokenizer, train_bpe, vocabulary_hash
+
+
+class InitFrom(Protocol):
+    """The part of the `train` section the tokenizer stage reads."""
+
+    init_from: str | None  # the model a retrain continues from: its vocabulary is kept
 
 
 class TokenizerSections(Protocol):
@@ -34,25 +42,40 @@ class TokenizerSections(Protocol):
     tokenizer: TokenizerConfig
     shards: ShardsConfig
     spark: SparkConfig
+    train: InitFrom
 
 
 def run_tokenizer(ctx: StageContext[TokenizerSections]) -> StageResult:
     """Train the vocabulary (and the ablation sizes) and write the report."""
     cfg = ctx.config.tokenizer
+    parent = None if cfg.retrain else resolve_source(ctx.config.train.init_from, ctx.out_dir / "parent")
+    reuse = parent is not None and (parent.path / "tokenizer.json").is_file()
     spark = spark_session(ctx.config.spark, "lathe-tokenizer")
-    texts, heldout = draw_sample(read_clean(spark, ctx.inputs["data"].path("clean")), cfg)
+    texts, heldout = draw_sample(read_clean(spark, ctx.inputs["data"].path("clean")), cfg, training=not reuse)
     if not heldout:
         raise InputError("no held-out files for the tokenizer report; raise tokenizer.heldout_fraction")
-    ctx.console.print(f"training BPE {cfg.vocab_size:,} on {len(texts):,} files; held out {len(heldout):,}")
-    tok = train_bpe(texts, cfg.vocab_size, cfg.reserved_sentinels, cfg.min_frequency)
-    if tok.get_vocab_size() != cfg.vocab_size:
-        raise InputError(
-            f"the sample ({len(texts):,} files) supports only {tok.get_vocab_size():,} tokens, not "
-            f"tokenizer.vocab_size={cfg.vocab_size:,}; lower it or sample more data"
-        )
+    if reuse:
+        # The model training continues from keeps its token ids: copy its vocabulary, train none.
+        assert parent is not None
+        copy_tokenizer(parent.path, ctx.out_dir)
+        shutil.rmtree(ctx.out_dir / "parent")
+        tok = load_tokenizer(ctx.out_dir)
+        if tok.get_vocab_size() != cfg.vocab_size:
+            raise InputError(f"{parent.ref} has a {tok.get_vocab_size():,}-token vocabulary but tokenizer.vocab_size is "
+                             f"{cfg.vocab_size:,}; set tokenizer.vocab_size={tok.get_vocab_size()} to continue it, or "
+                             "tokenizer.retrain=true to train a new one (training then starts from scratch)")
+        ctx.console.print(f"reusing the vocabulary of {parent.ref} (version {parent.version or '-'}); held out {len(heldout):,}")
+    else:
+        ctx.console.print(f"training BPE {cfg.vocab_size:,} on {len(texts):,} files; held out {len(heldout):,}")
+        tok = train_bpe(texts, cfg.vocab_size, cfg.reserved_sentinels, cfg.min_frequency)
+        if tok.get_vocab_size() != cfg.vocab_size:
+            raise InputError(
+                f"the sample ({len(texts):,} files) supports only {tok.get_vocab_size():,} tokens, not "
+                f"tokenizer.vocab_size={cfg.vocab_size:,}; lower it or sample more data"
+            )
     main = evaluate(tok, heldout)
     ablation = [main]
-    for size in sorted(set(cfg.ablation_vocab_sizes) - {cfg.vocab_size}):
+    for size in sorted(set(cfg.ablation_vocab_sizes) - {cfg.vocab_size}) if not reuse else []:
         ablation.append(evaluate(train_bpe(texts, size, cfg.reserved_sentinels, cfg.min_frequency), heldout))
     report = {
         "sample_files": len(texts),
@@ -60,7 +83,7 @@ def run_tokenizer(ctx: StageContext[TokenizerSections]) -> StageResult:
         "main": main,
         "ablation": [{k: r[k] for k in ("vocab_size", "bytes_per_token", "vocab_used_share")} for r in ablation],
     }
-    files = save_tokenizer(tok, ctx.out_dir)
+    files = sorted(ctx.out_dir.glob("*.json")) if reuse else save_tokenizer(tok, ctx.out_dir)
     (ctx.out_dir / "report.json").write_text(json.dumps(report, indent=2))
     plots = plot_report(report, ctx.out_dir)
     print_report(report, ctx.console)
@@ -79,14 +102,18 @@ def run_tokenizer(ctx: StageContext[TokenizerSections]) -> StageResult:
             **{f"ablation.bytes_per_token.{r['vocab_size']}": r["bytes_per_token"] for r in report["ablation"]},
         },
         artifacts=[*files, ctx.out_dir / "report.json", *plots],
-        details={"tokenizer": str(ctx.out_dir / "tokenizer.json")},
+        details={"tokenizer": str(ctx.out_dir / "tokenizer.json"), "vocabulary": vocabulary_hash(ctx.out_dir),
+                 "reused_from": parent.ref if reuse and parent else None,
+                 "parent_version": parent.version if reuse and parent else ""},
     )
 
 
 def tokenizer_headline(manifest: dict[str, Any]) -> str:
-    """Vocabulary size, compression and round trip."""
-    m = manifest["metrics"]
-    return f"vocab {manifest['counts']['vocab_size']:,}, {m['bytes_per_token']:.2f} bytes/token, round trip {m['round_trip_rate']:.0%}"
+    """Vocabulary size and version, compression and round trip, and where it came from."""
+    m, d = manifest["metrics"], manifest.get("details") or {}
+    origin = f"; reused from v{d['parent_version']}" if d.get("reused_from") else ""
+    return (f"vocab {manifest['counts']['vocab_size']:,} ({d.get('vocabulary', '?')}), {m['bytes_per_token']:.2f} bytes/token, "
+            f"round trip {m['round_trip_rate']:.0%}{origin}")
 
 
 TOKENIZER: Stage[Any] = Stage(
@@ -132,6 +159,8 @@ def run_shards(ctx: StageContext[TokenizerSections]) -> StageResult:
         counts=counts,
         metrics={"fim_share": sum(t.fim_docs for t in totals.values()) / max(sum(t.docs for t in totals.values()), 1)},
         details={"output": out_root, "seq_len": cfg.seq_len, "vocab_size": tok.get_vocab_size(), "sample": sample_text[:1000],
+                 "data_snapshot": ctx.inputs["data"].details.get("snapshot"),
+                 "vocabulary": vocabulary_hash(ctx.inputs["tokenizer"].path("tokenizer")),
                  "parts": sorted(stats, key=lambda r: (r["split"], r["part"]))},
         outputs={"mds": out_root},
     )

@@ -59,6 +59,22 @@ def train_bpe(texts: Iterable[str], vocab_size: int, reserved_sentinels: int, mi
     return tok
 
 
+# What a tokenizer folder holds for `transformers.AutoTokenizer` (and what a model export carries).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def copy_tokenizer(src: Path, dst: Path) -> list[Path]:
+    """Copy a tokenizer's files byte for byte (its vocabulary hash stays the same); returns the copies."""
+    import shutil
+
+    dst.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            copied.append(Path(shutil.copy2(src / name, dst / name)))
+    return copied
+
+
 def save_tokenizer(tok: Tokenizer, out_dir: Path) -> list[Path]:
     """Write tokenizer.json plus the files `transformers.AutoTokenizer.from_pretrained` needs."""
     from transformers import PreTrainedTokenizerFast
@@ -98,3 +114,17 @@ def load_tokenizer(path: Path, expected_vocab: int | None = None) -> Tokenizer:
 def tokenizer_json(tok: Tokenizer) -> str:
     """The serialised tokenizer (what Spark broadcasts to workers)."""
     return json.dumps(json.loads(tok.to_str()))
+
+
+def vocabulary_hash(path: Path) -> str:
+    """The vocabulary's version: a content hash of ``path``/tokenizer.json (or the file itself).
+
+    Reused vocabularies are copied byte for byte, so a model and the shards it trains on
+    agree on this hash exactly when they agree on every token id.
+    """
+    import hashlib
+
+    file = path / "tokenizer.json" if path.is_dir() else path
+    if not file.is_file():
+        raise InputError(f"tokenizer {file} not found; run `lathe run tokenizer` first")
+    return hashlib.sha256(file.read_bytes()).hexdigest()[:16]

@@ -54,6 +54,14 @@ class WandbConfig(Strict):
     online: bool = Field(False, description="Upload live (needs WANDB_API_KEY); else an offline run dir `wandb sync` uploads.")
 
 
+class ContinueConfig(Strict):
+    """The schedule when training continues from earlier weights (train.init_from)."""
+
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate: below pretraining's, so new data refines the weights "
+                      "instead of overwriting them.")
+    warmup: str = Field("5ba", description="Re-warm from 0 to lr: a cold optimizer at full rate on shifted data spikes the loss.")
+
+
 class TrainConfig(Strict):
     """The Composer trainer.
 
@@ -90,3 +98,9 @@ class TrainConfig(Strict):
     loss_spike: LossSpikeConfig = Field(default_factory=LossSpikeConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     registered_model: str = Field(MODEL_NAME, description="MLflow Model Registry name for the exported model.")
+    init_from: str | None = Field(
+        None,
+        description="Continue from these weights (never optimizer state): models:/<name>@<alias> (no version holds the "
+        "alias yet: train from scratch), models:/<name>/<version>, an HF model directory, or a Composer checkpoint file.",
+    )
+    continued: ContinueConfig = Field(default_factory=ContinueConfig)

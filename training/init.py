@@ -1,23 +1,17 @@
-"""Continued pretraining: where a model's initial weights come from (``train.init_from``).
+"""Continued pretraining: load a model's initial weights (``train.init_from``).
 
-A reference is resolved once, on the driver, into a local HF directory or Composer
-checkpoint that every rank loads; weights only, never optimizer state. An alias that no
-version holds yet (``models:/lathe-code@production`` before the first promotion) means
-"train from scratch"; any other reference that cannot be found is an error.
+The reference is resolved once, on the driver (``lathe.core.models.resolve_source``), into
+a local HF directory or Composer checkpoint that every rank loads: weights only, never
+optimizer state, after checking that their architecture is the configured one.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from lathe.core.errors import InputError
-from lathe.core.models import ModelRegistry, resolve_model
+from lathe.core.models import ModelSource
 
-_ALIAS = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)$")
-_VERSION = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
 # The LlamaConfig fields that must match for the weights to fit, and the config key a user sets for each.
 ARCHITECTURE = {
     "hidden_size": "train.model.d_model",
@@ -30,40 +24,7 @@ ARCHITECTURE = {
 }
 
 
-@dataclass(frozen=True)
-class InitSource:
-    """Resolved initial weights: a local HF directory or a Composer checkpoint file."""
-
-    ref: str  # what the config said
-    path: Path  # local HF model directory or checkpoint file
-    parent_version: str = ""  # the registered version it is, when it is one (lineage)
-
-    @property
-    def is_checkpoint(self) -> bool:
-        """A Composer checkpoint (a file), rather than an HF directory."""
-        return self.path.is_file()
-
-
-def resolve_init(ref: str | None, cache: Path) -> InitSource | None:
-    """Resolve ``train.init_from``; None means train from scratch."""
-    if not ref:
-        return None
-    if match := _ALIAS.match(ref):
-        version = ModelRegistry(match["name"]).find(match["alias"])
-        if version is None:
-            return None  # nothing holds the alias yet: the first run trains from scratch
-        return InitSource(ref, resolve_model(f"models:/{match['name']}/{version}", cache), version)
-    if match := _VERSION.match(ref):
-        return InitSource(ref, resolve_model(ref, cache), match["version"])
-    path = Path(ref)
-    if path.is_file():
-        return InitSource(ref, path)
-    if (path / "config.json").is_file():
-        return InitSource(ref, path)
-    raise InputError(f"train.init_from {ref!r} is not a models:/ URI, an HF model directory or a Composer checkpoint file")
-
-
-def check_architecture(source: InitSource, built: Any) -> None:
+def check_architecture(source: ModelSource, built: Any) -> None:
     """Refuse (one line naming the field) initial weights whose shape differs from the configured model."""
     if source.is_checkpoint:
         return  # a checkpoint holds no config: its tensors' shapes are checked when they load
@@ -77,7 +38,7 @@ def check_architecture(source: InitSource, built: Any) -> None:
                              "configure the same architecture or train from scratch (unset train.init_from)")
 
 
-def load_initial_weights(model: Any, source: InitSource) -> None:
+def load_initial_weights(model: Any, source: ModelSource) -> None:
     """Copy the initial weights into ``model`` (a ``LlamaForCausalLM`` of the checked architecture)."""
     if source.is_checkpoint:
         import torch

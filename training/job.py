@@ -26,6 +26,9 @@ class TrainJob(Strict):
     run_name: str = Field(description="Stable across restarts: autoresume finds checkpoints by it.")
     mlflow_uri: str
     mlflow_run_id: str | None = None
+    init_weights: str | None = Field(None, description="Local HF directory or Composer checkpoint to start from (train.init_from, resolved).")
+    init_ref: str | None = Field(None, description="train.init_from as configured (for the summary and lineage).")
+    parent_version: str = Field("", description="The registered version the initial weights are (empty: none).")
 
 
 def save_folder(job: TrainJob) -> str:

@@ -8,9 +8,11 @@ from typing import Any, Protocol
 
 from rich.console import Console
 
-from lathe.core.models import ModelRegistry
+from lathe.core.errors import InputError
+from lathe.core.models import ModelRegistry, ModelSource, resolve_source
 from lathe.core.stage import Stage, StageContext, StageResult, json_summary
-from lathe.tokenizer.config import ShardsConfig
+from lathe.tokenizer.config import ShardsConfig, TokenizerConfig
+from lathe.tokenizer.vocab import vocabulary_hash
 from lathe.training.config import TrainConfig
 from lathe.training.job import METRICS, MODEL_DIR, SPIKES, SUMMARY, TrainJob
 from lathe.training.launcher import launch
@@ -21,6 +23,7 @@ class TrainSections(Protocol):
 
     profile: str
     train: TrainConfig
+    tokenizer: TokenizerConfig
     shards: ShardsConfig
 
 
@@ -34,6 +37,25 @@ def _last(metrics_file: Path, key: str) -> float | None:
     return value
 
 
+def initial_weights(cfg: TrainSections, cache: Path, vocabulary: str, console: Console) -> ModelSource | None:
+    """Resolve train.init_from and check it shares the shards' vocabulary; None: train from scratch."""
+    init = resolve_source(cfg.train.init_from, cache)
+    if init is None:
+        if cfg.train.init_from:
+            console.print(f"no version holds {cfg.train.init_from} yet: training from scratch")
+        return None
+    theirs = vocabulary_hash(init.path) if not init.is_checkpoint and (init.path / "tokenizer.json").is_file() else None
+    if theirs is not None and theirs != vocabulary:
+        if cfg.tokenizer.retrain:
+            console.print(f"tokenizer.retrain: a new vocabulary, so training starts from scratch, not from {init.ref}")
+            return None
+        raise InputError(f"train.init_from {init.ref} has vocabulary {theirs} but the shards use {vocabulary}; "
+                         "continue with its vocabulary (rerun `lathe run tokenizer --force` without tokenizer.retrain) "
+                         "or train from scratch (unset train.init_from)")
+    console.print(f"continuing from {init.ref}" + (f" (version {init.version})" if init.version else ""))
+    return init
+
+
 def run_train(ctx: StageContext[TrainSections]) -> StageResult:
     """Train from the shards, export a HF checkpoint and register it in MLflow."""
     import mlflow
@@ -42,15 +64,21 @@ def run_train(ctx: StageContext[TrainSections]) -> StageResult:
 
     cfg = ctx.config
     run = mlflow.active_run()
+    tokenizer = ctx.inputs["tokenizer"].path("tokenizer")
+    vocabulary = vocabulary_hash(tokenizer)
+    init = initial_weights(cfg, ctx.out_dir / "init", vocabulary, ctx.console)
     job = TrainJob(
         train=cfg.train,
         seq_len=cfg.shards.seq_len,
         shards=ctx.inputs["shards"].uri("mds"),
-        tokenizer=str(ctx.inputs["tokenizer"].path("tokenizer")),
+        tokenizer=str(tokenizer),
         out_dir=str(ctx.out_dir.resolve()),
         run_name=f"{cfg.profile}-train-{ctx.fingerprint}",
         mlflow_uri=mlflow.get_tracking_uri(),
         mlflow_run_id=run.info.run_id if run else None,
+        init_weights=str(init.path) if init else None,
+        init_ref=init.ref if init else None,
+        parent_version=init.version if init else "",
     )
     preflight(job)  # bad input fails here, before a process or a batch is spent
     nproc = cfg.train.nproc
@@ -63,9 +91,19 @@ def run_train(ctx: StageContext[TrainSections]) -> StageResult:
     summary = json.loads(summary_file.read_text())
     version = None
     if run is not None:
-        version = ModelRegistry(cfg.train.registered_model).register(
-            hf_dir, run.info.run_id, {"lathe.profile": cfg.profile, "lathe.fingerprint": ctx.fingerprint}
-        )
+        shards = ctx.inputs["shards"]
+        lineage = {
+            "lathe.profile": cfg.profile,
+            "lathe.fingerprint": ctx.fingerprint,
+            "lathe.parent_version": job.parent_version,
+            "lathe.data_snapshot": str(shards.details.get("data_snapshot") or ""),
+            "lathe.tokenizer": vocabulary,
+            "lathe.shards": str(shards.manifest.get("fingerprint", "")),
+            "lathe.method": "continued" if init else "pretrain",
+            "lathe.tokens": str(summary["tokens"]),
+            "lathe.val_loss": "" if summary.get("final_val_loss") is None else f"{summary['final_val_loss']:.6f}",
+        }
+        version = ModelRegistry(cfg.train.registered_model).register(hf_dir, run.info.run_id, lineage)
     summary.update(
         registered_model=cfg.train.registered_model,
         model_version=version,

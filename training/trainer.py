@@ -22,15 +22,16 @@ from composer.optim import CosineAnnealingWithWarmupScheduler
 from composer.utils import dist, get_device, reproducibility
 
 from lathe.core.errors import InputError
+from lathe.core.models import ModelSource
 from lathe.tokenizer.special import EOS, PAD
-from lathe.tokenizer.vocab import load_tokenizer
+from lathe.tokenizer.vocab import copy_tokenizer, load_tokenizer
 from lathe.training.callbacks import JsonlLogger, LossSpikeMonitor, MLflowRunLogger
 from lathe.training.data import build_dataloader, check_split
+from lathe.training.init import check_architecture, load_initial_weights
 from lathe.training.job import METRICS, MODEL_DIR, SPIKES, SUMMARY, TrainJob, save_folder
-from lathe.training.model import build_model, parameter_count
+from lathe.training.model import build_model, llama_config, parameter_count
 from lathe.training.optim import build_optimizer
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 def preflight(job: TrainJob) -> dict[str, Any]:
     """Every check that can fail on user input, before any compute is spent."""
@@ -55,7 +56,11 @@ def preflight(job: TrainJob) -> dict[str, Any]:
             probe.unlink()
         except OSError as exc:
             raise InputError(f"checkpoint folder {folder} is not writable ({exc.strerror}); fix train.save_folder") from None
-    return {"vocab_size": vocab, "pad_id": tok.token_to_id(PAD), "eos_id": tok.token_to_id(EOS), "seq_len": seq_len, "meta": meta}
+    pad_id, eos_id = tok.token_to_id(PAD), tok.token_to_id(EOS)
+    if job.init_weights:  # the parent's shape must be the configured one
+        check_architecture(ModelSource(job.init_ref or job.init_weights, Path(job.init_weights)),
+                           llama_config(tc.model, vocab, eos_id, pad_id))
+    return {"vocab_size": vocab, "pad_id": pad_id, "eos_id": eos_id, "seq_len": seq_len, "meta": meta}
 
 
 def _wandb_logger(job: TrainJob) -> Any:
@@ -108,6 +113,10 @@ def run_training(job: TrainJob) -> dict[str, Any]:
     # Seed before building the model: its initial weights must not depend on what ran before.
     reproducibility.seed_all(tc.seed)
     model = build_model(tc.model, facts["vocab_size"], facts["eos_id"], facts["pad_id"], facts["seq_len"])
+    optimizer, warmup = tc.optimizer, tc.warmup
+    if job.init_weights:  # continued pretraining: the parent's weights, a fresh optimizer, its own schedule
+        load_initial_weights(model.model, ModelSource(job.init_ref or job.init_weights, Path(job.init_weights)))
+        optimizer, warmup = tc.optimizer.model_copy(update={"lr": tc.continued.lr}), tc.continued.warmup
     loggers: list[Any] = [JsonlLogger(out / METRICS)]
     if job.mlflow_run_id:
         loggers.append(MLflowRunLogger(job.mlflow_uri, job.mlflow_run_id))
@@ -134,8 +143,8 @@ def run_training(job: TrainJob) -> dict[str, Any]:
         train_dataloader=train_spec,
         eval_dataloader=Evaluator(label="val", dataloader=val_spec, metric_names=["LanguageCrossEntropy", "LanguagePerplexity"]),
         max_duration=tc.max_duration,
-        optimizers=build_optimizer(model.parameters(), tc.optimizer),
-        schedulers=CosineAnnealingWithWarmupScheduler(t_warmup=tc.warmup, alpha_f=tc.alpha_f),
+        optimizers=build_optimizer(model.parameters(), optimizer),
+        schedulers=CosineAnnealingWithWarmupScheduler(t_warmup=warmup, alpha_f=tc.alpha_f),
         algorithms=[GradientClipping(clipping_type="norm", clipping_threshold=tc.grad_clip_norm)],
         eval_interval=tc.eval_interval,
         eval_subset_num_batches=tc.eval_subset_num_batches,
@@ -178,6 +187,8 @@ def run_training(job: TrainJob) -> dict[str, Any]:
         "parameters": parameter_count(model.model),
         "world_size": world,
         "loss_spikes": next(c.spikes for c in callbacks if isinstance(c, LossSpikeMonitor)),
+        "init_from": job.init_ref,  # None: trained from scratch
+        "parent_version": job.parent_version,
     }
     state_dict = None
     if tc.fsdp:
@@ -204,7 +215,5 @@ def export_model(
     carries the gathered full weights of a sharded (FSDP) model."""
     shutil.rmtree(dest, ignore_errors=True)
     model.save_pretrained(str(dest), safe_serialization=True, state_dict=state_dict)
-    for name in TOKENIZER_FILES:
-        if (tokenizer_dir / name).is_file():
-            shutil.copy2(tokenizer_dir / name, dest / name)
+    copy_tokenizer(tokenizer_dir, dest)
     return dest

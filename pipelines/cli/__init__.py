@@ -3,7 +3,8 @@
 - ``pipeline``: run, train, gate, summary, replay-spike (the stages and their results)
 - ``evaluate``: eval score, eval humaneval
 - ``serve``: serve, complete
-- ``deploy``: promote, deploy, k8s validate
+- ``models``: promote, lineage
+- ``deploy``: deploy, k8s validate
 - ``data``: data clean
 """
 
@@ -15,7 +16,7 @@ import typer
 from rich.console import Console
 
 from lathe.core.errors import LatheError
-from lathe.pipelines.cli import data, deploy, evaluate, pipeline, serve  # noqa: F401  (each registers its commands)
+from lathe.pipelines.cli import data, deploy, evaluate, models, pipeline, serve  # noqa: F401  (each registers its commands)
 from lathe.pipelines.cli.app import app
 
 

@@ -1,4 +1,4 @@
-"""Rollout commands: move `production` after staff tried a version, apply an overlay, validate the manifests."""
+"""Rollout commands: apply an overlay for the version a track holds, validate the manifests."""
 
 from __future__ import annotations
 
@@ -10,19 +10,6 @@ import typer
 
 from lathe.core.errors import LatheError
 from lathe.pipelines.cli.app import ConfigOpt, SetOpt, app, console, k8s_app, tracked_config
-
-
-@app.command()
-def promote(
-    config: Path = ConfigOpt,
-    set_: Optional[list[str]] = SetOpt,
-) -> None:
-    """Move the `production` alias to the model version that holds `staff` (after staff tried it)."""
-    from lathe.core.models import ModelRegistry
-
-    cfg = tracked_config(config, set_)
-    version = ModelRegistry(cfg.train.registered_model).promote()
-    console.print(f"{cfg.train.registered_model}: production -> version {version}")
 
 
 @app.command()

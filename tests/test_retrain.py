@@ -1,0 +1,135 @@
+"""The retraining loop end to end: a `tree` source grows between two pipeline runs.
+
+The second run cleans only the new files, keeps the vocabulary, continues from the model
+that holds `production`, and registers a version whose lineage tags name its parent, its
+data snapshot and its vocabulary. Real Spark, Composer, MLflow registry (micro model).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sysconfig
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from lathe.core.errors import InputError
+from lathe.core.models import PRODUCTION, ModelRegistry
+from lathe.core.stage import MANIFEST
+from lathe.pipelines.config import load_config
+from lathe.pipelines.runner import run_pipeline
+
+pytestmark = pytest.mark.spark
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+DAY_ONE = ["email", "importlib", "concurrent", "json"]
+DAY_TWO = ["http", "urllib"]  # new code that lands between the runs
+QUIET = Console(quiet=True)
+
+
+def copy_packages(names: list[str], tree: Path) -> int:
+    """Copy stdlib packages (their .py files, tests left out) into the source tree; returns the file count."""
+    count = 0
+    for name in names:
+        for src in (STDLIB / name).rglob("*.py"):
+            if "test" in src.parts or "tests" in src.parts:
+                continue
+            dst = tree / name / src.relative_to(STDLIB / name)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+            count += 1
+    return count
+
+
+def retrain_config(tree: Path, runs: Path, *extra: str):
+    return load_config(None, [
+        f"run.runs_dir={runs}", "profile=retrain",
+        f"data.sources=[{{kind: tree, paths: [{tree}], repo: stdlib}}]", "data.partitions=2",
+        "tokenizer.vocab_size=512", "tokenizer.reserved_sentinels=4", "tokenizer.heldout_fraction=0.1",
+        "tokenizer.ablation_vocab_sizes=[]",
+        "shards.seq_len=128", "shards.partitions=2", "shards.val_fraction=0.1",
+        "train.model={d_model: 64, n_layers: 2, n_heads: 2, max_seq_len: 128}", "train.optimizer.lr=0.01",
+        "train.warmup=2ba", "train.max_duration=12ba", "train.global_train_batch_size=4",
+        "train.device_train_microbatch_size=4", "train.eval_interval=12ba", "train.eval_subset_num_batches=4",
+        "train.save_interval=12ba", "train.wandb.enabled=false", "train.continued={lr: 0.005, warmup: 1ba}",
+        "train.init_from=models:/lathe-code@production",
+        *extra,
+    ])
+
+
+def manifest(profile: Path, stage: str) -> dict:
+    return json.loads((profile / stage / MANIFEST).read_text())
+
+
+def test_a_retrain_learns_the_new_files_and_continues_from_production(spark, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tree, runs = tmp_path / "src", tmp_path / "runs"
+    copy_packages(DAY_ONE, tree)
+    cfg = retrain_config(tree, runs)
+    profile = runs / "retrain"
+
+    # Day 1: nothing holds `production` yet, so the first model trains from scratch.
+    assert [o.status for o in run_pipeline(cfg, ["train"], console=QUIET)] == ["ran"] * 4
+    registry = ModelRegistry("lathe-code")
+    first = manifest(profile, "train")["details"]
+    assert first["init_from"] is None and first["model_version"] == "1"
+    assert registry.lineage("1")["lathe.method"] == "pretrain" and registry.lineage("1")["lathe.parent_version"] == ""
+    vocabulary = manifest(profile, "tokenizer")["details"]["vocabulary"]
+    registry.set_alias(PRODUCTION, "1")  # what `lathe promote` does after staff tried it
+
+    # Nothing changed: the whole chain skips (the snapshot is the same).
+    assert [o.status for o in run_pipeline(cfg, ["train"], console=QUIET)] == ["skipped"] * 4
+
+    # Day 2: new code lands in the source.
+    added = copy_packages(DAY_TWO, tree)
+    outcomes = {o.name: o for o in run_pipeline(cfg, ["train"], console=QUIET)}
+    assert {n: o.status for n, o in outcomes.items()} == {"data": "ran", "tokenizer": "ran", "shards": "ran", "train": "ran"}
+    data = outcomes["data"].manifest
+    assert data["counts"]["processed"] == added and data["counts"]["files.new"] == added
+    assert data["counts"]["files.unchanged"] == data["counts"]["input"] - added
+    tokenizer = outcomes["tokenizer"].manifest["details"]
+    assert tokenizer["vocabulary"] == vocabulary and tokenizer["reused_from"] == "models:/lathe-code@production"
+    trained = outcomes["train"].manifest["details"]
+    assert trained["init_from"] == "models:/lathe-code@production" and trained["parent_version"] == "1"
+    # The parent's weights were loaded: before any step, it already beats an untrained model (~ln 512).
+    assert trained["initial_val_loss"] < math.log(512) - 0.5
+    version = trained["model_version"]
+    tags = registry.lineage(version)
+    assert tags["lathe.parent_version"] == "1" and tags["lathe.method"] == "continued"
+    assert tags["lathe.data_snapshot"] == data["observed"]["snapshot"] != registry.lineage("1")["lathe.data_snapshot"]
+    assert tags["lathe.tokenizer"] == vocabulary and tags["lathe.shards"] == outcomes["shards"].manifest["fingerprint"]
+    assert [link["version"] for link in registry.lineage_chain(version)] == [version, "1"]
+
+    # A new vocabulary cannot continue the old model: with tokenizer.retrain it trains from scratch.
+    retrained = retrain_config(tree, runs, "tokenizer.retrain=true", "tokenizer.vocab_size=448")
+    outcomes = {o.name: o for o in run_pipeline(retrained, ["train"], console=QUIET)}
+    assert outcomes["tokenizer"].manifest["details"]["reused_from"] is None
+    assert outcomes["train"].manifest["details"]["init_from"] is None
+    assert registry.lineage(outcomes["train"].manifest["details"]["model_version"])["lathe.method"] == "pretrain"
+
+
+def test_continuing_with_another_vocabulary_or_architecture_is_one_clear_error(tmp_path: Path) -> None:
+    from lathe.training.stage import initial_weights
+
+    model = tmp_path / "parent"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "tokenizer.json").write_text('{"model": "theirs"}')
+    cfg = load_config(None, [f"train.init_from={model}"])
+    with pytest.raises(InputError, match=r"train.init_from .*parent has vocabulary \w+ but the shards use mine"):
+        initial_weights(cfg, tmp_path / "cache", "mine", QUIET)
+    with pytest.raises(InputError, match="is not a models:/ URI, an HF model directory or a Composer checkpoint"):
+        initial_weights(load_config(None, [f"train.init_from={tmp_path / 'nothing'}"]), tmp_path / "cache", "mine", QUIET)
+
+    from transformers import LlamaConfig
+
+    from lathe.core.models import ModelSource
+    from lathe.training.init import check_architecture
+
+    LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, vocab_size=512).save_pretrained(model)
+    built = LlamaConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, vocab_size=512)
+    with pytest.raises(InputError, match=r"hidden_size is 64 there but 128 here \(train.model.d_model\)"):
+        check_architecture(ModelSource(str(model), model), built)
