@@ -123,6 +123,7 @@ bench: setup
 	$(BIN)/python benchmarks/eval_bench.py
 	$(BIN)/lathe run package --config $(CONFIG)
 	$(BIN)/python benchmarks/serve_bench.py --package runs/$$(basename $(CONFIG) .yaml)/package
+	$(BIN)/python benchmarks/retrain_bench.py
 
 clean-runs:
 	rm -rf runs

@@ -1,0 +1,122 @@
+"""A retrain day by day: day 1 from scratch, day 2 with about 10% new files, incremental vs full.
+
+Run by `make bench` (never by tests: timings on shared 2-core machines are noisy):
+
+    .venv/bin/python benchmarks/retrain_bench.py [--work runs/bench/retrain] [--batches 40]
+
+A `tree` source of standard-library packages grows by ~10% of its files between two days.
+
+1. Wall time per stage on day 1 (full) and day 2 (incremental: only the new files are
+   cleaned, the vocabulary is kept, training continues from the day-1 model holding
+   `production`), and the data stage's day-2 time as a ratio of a full rebuild of the same
+   day-2 snapshot (goal: at most 0.3 at +10%).
+2. Validation loss on day 2's validation split, side by side: the production model (the
+   continued run's loss before its first step), the continued model, and a model trained
+   from scratch on the same token budget, vocabulary and shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rich.console import Console  # noqa: E402
+
+from benchmarks.common import emit  # noqa: E402
+from lathe.core.models import PRODUCTION, ModelRegistry  # noqa: E402
+from lathe.pipelines.config import load_config  # noqa: E402
+from lathe.pipelines.runner import run_pipeline  # noqa: E402
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+# ~3.3 MB of Python on day 1; day 2 adds ~10% of the files.
+DAY_ONE = ["email", "importlib", "concurrent", "json", "asyncio", "logging", "unittest", "xml", "urllib", "http",
+           "multiprocessing", "collections", "encodings", "sqlite3", "tomllib", "zoneinfo", "wsgiref", "ctypes"]
+DAY_TWO = ["lib2to3", "pydoc_data", "curses", "dbm"]
+QUIET = Console(quiet=True)
+
+
+def copy_packages(names: list[str], tree: Path) -> int:
+    """Copy stdlib packages' .py files (tests left out) into the source tree; the number copied."""
+    count = 0
+    for name in names:
+        for src in (STDLIB / name).rglob("*.py"):
+            if {"test", "tests"} & set(src.parts):
+                continue
+            dst = tree / name / src.relative_to(STDLIB / name)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+            count += 1
+    return count
+
+
+def config(tree: Path, runs: Path, batches: int, *extra: str):
+    return load_config(Path("configs/tiny.yaml"), [
+        f"run.runs_dir={runs}", "profile=retrain-bench",
+        f"data.sources=[{{kind: tree, paths: [{tree}], repo: stdlib}}]",
+        f"train.max_duration={batches}ba", f"train.eval_interval={batches}ba", f"train.save_interval={batches}ba",
+        "train.wandb.enabled=false", *extra,
+    ])
+
+
+def timed(cfg, stages: list[str], force: bool = False) -> dict[str, float]:
+    """Run the stages; each one's wall time (0 when skipped)."""
+    return {o.name: round(o.duration_s, 1) for o in run_pipeline(cfg, stages, force=force, console=QUIET)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("runs/bench/retrain"))
+    parser.add_argument("--batches", type=int, default=40, help="training steps per day (tiny's model, 4,096 tokens a step)")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/retrain_bench.json"))
+    args = parser.parse_args()
+    shutil.rmtree(args.work, ignore_errors=True)
+    tree, runs = args.work / "src", args.work / "runs"
+    day_one_files = copy_packages(DAY_ONE, tree)
+    cfg = config(tree, runs, args.batches)
+    stages = ["data", "tokenizer", "shards", "train"]
+
+    day1 = timed(cfg, stages)
+    ModelRegistry(cfg.train.registered_model).set_alias(PRODUCTION, "1")
+    added = copy_packages(DAY_TWO, tree)
+    day2 = timed(cfg, stages)
+    profile = runs / cfg.profile
+    continued = _summary(profile)
+
+    # The same day-2 snapshot cleaned from nothing, in its own runs folder.
+    t0 = time.perf_counter()
+    run_pipeline(config(tree, args.work / "full", args.batches), ["data"], force=True, console=QUIET)
+    full_data_s = time.perf_counter() - t0
+
+    # From scratch on the same shards and vocabulary, same token budget.
+    timed(config(tree, runs, args.batches, "train.init_from=null"), ["train"], force=True)
+    scratch = _summary(profile)
+
+    emit({
+        "day1_files": day_one_files,
+        "day2_new_files": added,
+        "day2_new_share": round(added / day_one_files, 3),
+        **{f"day1_{k}_s": v for k, v in day1.items()},
+        **{f"day2_{k}_s": v for k, v in day2.items()},
+        "day2_data_full_rebuild_s": round(full_data_s, 1),
+        "data_incremental_over_full": round(day2["data"] / full_data_s, 3),
+        "tokens_per_model": continued["tokens"],
+        "val_loss_production_model": round(continued["initial_val_loss"], 4),
+        "val_loss_continued_model": round(continued["final_val_loss"], 4),
+        "val_loss_scratch_model": round(scratch["final_val_loss"], 4),
+    }, args.out)
+
+
+def _summary(profile: Path) -> dict:
+    import json
+
+    return json.loads((profile / "train" / "train_summary.json").read_text())
+
+
+if __name__ == "__main__":
+    main()
