@@ -25,14 +25,22 @@ class Decision:
     production_version: str | None
 
 
-def decide(registry: ModelRegistry, version: str, figures: dict[str, float], cfg: GateConfig) -> Decision:
-    """Record the candidate's figures on its version, compare with production, move `staff` if it passes."""
+def decide(
+    registry: ModelRegistry, version: str, figures: dict[str, float], cfg: GateConfig,
+    production_here: dict[str, float] | None = None,
+) -> Decision:
+    """Record the candidate's figures on its version, compare with production, move `staff` if it passes.
+
+    ``production_here``: production's figures measured on the candidate's own data (its
+    validation loss on this run's split). They replace the figures recorded when production
+    was itself a candidate, which came from older data and would not compare like with like.
+    """
     registry.record_figures(version, figures)
     prod = registry.find(PRODUCTION)
     if prod is None:
         decision = Decision(True, "no production version yet", figures, None, None)
     else:
-        theirs = registry.figures(prod)
+        theirs = {**registry.figures(prod), **(production_here or {})}
         reasons = []
         if "pass@1" in theirs and figures["pass@1"] < theirs["pass@1"] + cfg.min_pass_at_1_gain:
             reasons.append(f"pass@1 {figures['pass@1']:.4f} < production {theirs['pass@1']:.4f} + {cfg.min_pass_at_1_gain}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
-from lathe.core.models import ModelRegistry
+from lathe.core.models import PRODUCTION, ModelRegistry
 from lathe.core.stage import Stage, StageContext, StageResult, json_summary
 from lathe.core.tracking import figure_name, mlflow_key
 from lathe.eval.config import EvalConfig
@@ -20,6 +20,15 @@ class EvalSections(Protocol):
     eval: EvalConfig
 
 
+def production_on_this_split(trained: dict[str, Any], registry: ModelRegistry) -> dict[str, float] | None:
+    """Production's validation loss on this candidate's validation split, when the candidate continued
+    from production: its loss before the first step is exactly that (same batches, same tokens)."""
+    parent, before = trained.get("parent_version"), trained.get("initial_val_loss")
+    if parent and before is not None and registry.find(PRODUCTION) == parent:
+        return {"val_loss": float(before)}
+    return None
+
+
 def run_eval(ctx: StageContext[EvalSections]) -> StageResult:
     """Generate, score, report, gate."""
     cfg = ctx.config.eval
@@ -31,7 +40,8 @@ def run_eval(ctx: StageContext[EvalSections]) -> StageResult:
         figures["val_loss"] = float(trained["final_val_loss"])
     name, version = trained.get("registered_model"), trained.get("model_version")
     if name and version:
-        decision = decide(ModelRegistry(name), str(version), figures, cfg.gate)
+        registry = ModelRegistry(name)
+        decision = decide(registry, str(version), figures, cfg.gate, production_on_this_split(trained, registry))
         report["gate"] = {"passed": decision.passed, "reason": decision.reason, "candidate_version": version,
                           "production_version": decision.production_version, "candidate": decision.candidate,
                           "production": decision.production}

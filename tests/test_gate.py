@@ -51,6 +51,18 @@ def test_gate_moves_staff_only_for_better_candidates_and_promote_moves_productio
     assert str(client.get_model_version_by_alias(NAME, "production").version) == "1"
 
 
+def test_production_measured_on_the_candidates_split_replaces_its_old_figures(registry: ModelRegistry) -> None:
+    cfg = GateConfig(min_pass_at_1_gain=0.0, max_val_loss_increase=0.0)
+    decide(registry, "1", {"pass@1": 0.0, "val_loss": 2.0}, cfg)  # measured on the old data
+    registry.promote()
+    # New data is harder: the candidate's 2.5 is worse than production's old 2.0 ...
+    assert not decide(registry, "2", {"pass@1": 0.0, "val_loss": 2.5}, cfg).passed
+    # ... but production scores 2.7 on the same new split, so the candidate is the better model.
+    here = decide(registry, "3", {"pass@1": 0.0, "val_loss": 2.5}, cfg, production_here={"val_loss": 2.7})
+    assert here.passed and here.production == {"pass@1": 0.0, "val_loss": 2.7}
+    assert registry.figures("1")["val_loss"] == 2.0  # production's recorded figures are left as they were
+
+
 def test_promote_without_staff_is_one_clear_error(registry: ModelRegistry) -> None:
     with pytest.raises(LatheError, match="no version of lathe-code holds the `staff` alias"):
         registry.promote()

@@ -56,6 +56,7 @@ def retrain_config(tree: Path, runs: Path, *extra: str):
         "train.device_train_microbatch_size=4", "train.eval_interval=12ba", "train.eval_subset_num_batches=4",
         "train.save_interval=12ba", "train.wandb.enabled=false", "train.continued={lr: 0.005, warmup: 1ba}",
         "train.init_from=models:/lathe-code@production",
+        "eval.ks=[1]", "eval.generation={limit: 2, n: 1, max_new_tokens: 8}",
         *extra,
     ])
 
@@ -102,6 +103,12 @@ def test_a_retrain_learns_the_new_files_and_continues_from_production(spark, tmp
     assert tags["lathe.data_snapshot"] == data["observed"]["snapshot"] != registry.lineage("1")["lathe.data_snapshot"]
     assert tags["lathe.tokenizer"] == vocabulary and tags["lathe.shards"] == outcomes["shards"].manifest["fingerprint"]
     assert [link["version"] for link in registry.lineage_chain(version)] == [version, "1"]
+
+    # The gate compares with production measured on this run's validation split (not on day 1's).
+    gate = {o.name: o for o in run_pipeline(cfg, ["eval"], console=QUIET)}["eval"].manifest["details"]["gate"]
+    assert gate["candidate_version"] == version and gate["production_version"] == "1"
+    assert gate["production"]["val_loss"] == pytest.approx(trained["initial_val_loss"])
+    assert gate["candidate"]["val_loss"] == pytest.approx(trained["final_val_loss"])
 
     # A new vocabulary cannot continue the old model: with tokenizer.retrain it trains from scratch.
     retrained = retrain_config(tree, runs, "tokenizer.retrain=true", "tokenizer.vocab_size=448")
