@@ -57,7 +57,9 @@ def git_state(root: Path) -> Snapshot:
     """HEAD, the tree of ``root`` at HEAD, and a digest of its uncommitted changes (with stats)."""
     head = _git(root, "rev-parse", "HEAD").strip() if _git(root, "rev-list", "-n1", "--all").strip() else ""
     prefix = _git(root, "rev-parse", "--show-prefix").strip()
-    tree = _git(root, "rev-parse", f"HEAD:{prefix}").strip() if head else ""
+    # the directory's tree at HEAD; a directory not committed yet has none (its files are all in `dirty`)
+    at_head = subprocess.run(["git", "-C", str(root), "rev-parse", "-q", "--verify", f"HEAD:{prefix}"], capture_output=True, text=True)
+    tree = at_head.stdout.strip() if head and at_head.returncode == 0 else ""
     entries = _git(root, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--", ".").split("\0")
     top = Path(git_toplevel(root) or root)
     # Each entry is "XY path"; a rename is followed by its old path as a separate entry (no status).

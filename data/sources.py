@@ -142,12 +142,16 @@ SOURCES: Registry[SourceBuilder] = Registry("source kind")
 
 
 def git_toplevel(root: Path) -> str | None:
-    """The work tree ``root`` belongs to, or None when it is not in a git work tree (or git is missing)."""
+    """The git work tree whose files ``root`` holds, or None: not in a work tree, git missing, or
+    ``root`` ignored by the enclosing one (a scratch folder inside a checkout is a plain tree)."""
     try:
         done = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
     except FileNotFoundError:
         return None
-    return done.stdout.strip() if done.returncode == 0 else None
+    if done.returncode != 0:
+        return None
+    ignored = subprocess.run(["git", "-C", str(root), "check-ignore", "-q", "."], capture_output=True)
+    return None if ignored.returncode == 0 else done.stdout.strip()
 
 
 def git_files(root: Path, prefix: str, repo: str) -> Iterator[ListedFile]:

@@ -77,7 +77,11 @@ def data_headline(manifest: dict[str, Any]) -> str:
     drops = sorted(((k.split(".", 1)[1], int(v)) for k, v in manifest["metrics"].items() if k.startswith("dropped.") and v),
                    key=lambda x: -x[1])
     counts = manifest["counts"]
-    return f"{counts['input']:,} files in, {counts['kept']:,} kept; dropped " + ", ".join(f"{k} {v}" for k, v in drops[:4])
+    line = f"{counts['input']:,} files in, {counts['kept']:,} kept; dropped " + ", ".join(f"{k} {v}" for k, v in drops[:4])
+    if "files.new" in counts:  # an incremental run: what changed since the previous snapshot
+        line += (f"; since the last snapshot {counts['files.new']:,} new, {counts['files.changed']:,} changed, "
+                 f"{counts['files.deleted']:,} deleted files ({counts['processed']:,} cleaned, the rest reused)")
+    return line
 
 
 DATA: Stage[Any] = Stage(

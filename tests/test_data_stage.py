@@ -219,3 +219,11 @@ def test_git_tree_snapshot_follows_commits_and_edits_and_ignores_ignored_files(t
     snaps.append(tree_snapshot(cfg))
     assert len({json.dumps(s, sort_keys=True) for s in snaps}) == 4
     assert snaps[-1]["repos"][0]["head"] != snaps[0]["repos"][0]["head"] and snaps[-1]["repos"][0]["dirty"] == ""
+    # A new directory not committed yet is snapshotted by its files; an ignored one is a plain tree.
+    (repo / "fresh").mkdir()
+    (repo / "fresh" / "b.py").write_text("z = 3\n")
+    fresh = tree_snapshot(TreeSourceConfig(paths=[str(repo / "fresh")]))["repos"][0]
+    assert fresh["tree"] == "" and fresh["dirty"]
+    assert [f.path for f in git_files(repo / "fresh", "fresh/", "fresh")] == ["fresh/b.py"]
+    ignored = tree_snapshot(TreeSourceConfig(paths=[str(repo / "build")]))["repos"][0]
+    assert "listing" in ignored and "head" not in ignored
