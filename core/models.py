@@ -54,13 +54,34 @@ class ModelRegistry:
         return str(self.client.create_model_version(self.name, source=source, run_id=run_id, tags=tags).version)
 
     def find(self, alias: str) -> str | None:
-        """The version holding ``alias``, or None when no version does (or no model exists yet)."""
+        """The version holding ``alias``, or None when no version does (or no model exists yet).
+
+        An alias that points at a version that does not exist is an error, never "none": a gate
+        must not compare a candidate with nothing because production's entry was lost.
+        """
         from mlflow.exceptions import MlflowException
 
-        try:
-            return str(self.client.get_model_version_by_alias(self.name, alias).version)
-        except MlflowException:
+        version = self.aliases().get(alias)
+        if version is None:
             return None
+        try:
+            self.client.get_model_version(self.name, version)
+        except MlflowException:
+            raise LatheError(f"the `{alias}` alias of {self.name} points at version {version}, which does not exist; "
+                             f"point it at a registered version (`lathe promote` for `{PRODUCTION}`) or delete the alias") from None
+        return version
+
+    def dangling(self) -> dict[str, str]:
+        """Aliases that point at versions that do not exist (alias -> version)."""
+        from mlflow.exceptions import MlflowException
+
+        missing = {}
+        for alias, version in self.aliases().items():
+            try:
+                self.client.get_model_version(self.name, version)
+            except MlflowException:
+                missing[alias] = version
+        return missing
 
     def version_of(self, alias: str) -> str:
         """The version holding ``alias``; one clear line when none does."""

@@ -9,22 +9,25 @@ run resumes there; downstream stages read their inputs' outputs from those manif
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import platform
 import shutil
+import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import mlflow
 from rich.console import Console
 
-from lathe.core.errors import InputError
+from lathe.core.errors import InputError, LatheError
 from lathe.core.registry import Registry
 from lathe.core.stage import MANIFEST, Stage, StageContext, Upstream, read_manifest
 from lathe.core.tracking import flatten, setup_tracking
@@ -106,6 +109,47 @@ class StageOutcome:
     manifest: dict[str, Any]  # what the stage wrote (or had written, when skipped)
 
 
+@contextmanager
+def profile_lock(profile_dir: Path) -> Iterator[None]:
+    """One run per profile: an exclusive lock on ``<profile>/.lock`` for the whole run.
+
+    The kernel releases a flock when its holder dies, so a killed run never leaves a stale
+    lock; the file names the holder (pid, host, start) for the second run's one-line error.
+    """
+    profile_dir.mkdir(parents=True, exist_ok=True)
+    path = profile_dir / ".lock"
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise LatheError(f"profile {profile_dir.name} is being run by {holder}; wait for it to finish or stop it "
+                             f"(one run per profile: {path})") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _close_abandoned_runs(profile: str, experiment_name: str, console: Console) -> None:
+    """Mark the MLflow runs of this profile still RUNNING as KILLED: with the profile lock held,
+    no live process owns them (a run killed mid-stage never got to end its runs)."""
+    client = mlflow.MlflowClient()
+    experiment = mlflow.get_experiment_by_name(experiment_name)
+    abandoned = client.search_runs([experiment.experiment_id],
+                                   f"tags.`lathe.profile` = '{profile}' and attributes.status = 'RUNNING'")
+    for run in abandoned:
+        client.set_terminated(run.info.run_id, status="KILLED")
+    if abandoned:
+        console.print(f"marked {len(abandoned)} MLflow run(s) of an interrupted run as KILLED")
+
+
 def run_pipeline(
     cfg: LatheConfig,
     requested: list[str] | None = None,
@@ -120,11 +164,20 @@ def run_pipeline(
     """
     console = console or Console()
     stages = select_stages(requested, registry)
+    profile_dir = Path(cfg.run.runs_dir) / cfg.profile
+    with profile_lock(profile_dir):
+        return _run_locked(cfg, stages, requested, force, console)
+
+
+def _run_locked(
+    cfg: LatheConfig, stages: list[Stage[Any]], requested: list[str] | None, force: bool, console: Console
+) -> list[StageOutcome]:
     forced = {s.name for s in stages} if force and not requested else set(requested or []) if force else set()
     runs_dir = Path(cfg.run.runs_dir)
     profile_dir = runs_dir / cfg.profile
     uri = setup_tracking(runs_dir, cfg.run.mlflow_tracking_uri, cfg.run.experiment)
     console.print(f"[bold]lathe[/] profile [cyan]{cfg.profile}[/] -> {profile_dir}  (MLflow: {uri})")
+    _close_abandoned_runs(cfg.profile, cfg.run.experiment, console)
 
     outcomes: list[StageOutcome] = []
     fingerprints: dict[str, str] = {}
@@ -204,7 +257,8 @@ def _run_stage(
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     with mlflow.start_run(run_name=stage.name, nested=True) as child:
-        mlflow.set_tags({"lathe.stage": stage.name, "lathe.fingerprint": fp, **{f"lathe.observed.{k}": v for k, v in run.observed.items()}})
+        mlflow.set_tags({"lathe.profile": cfg.profile, "lathe.stage": stage.name, "lathe.fingerprint": fp,
+                         **{f"lathe.observed.{k}": v for k, v in run.observed.items()}})
         section = stage.section(cfg).model_dump(mode="json")
         params = flatten(section)
         for start in range(0, len(params), 100):  # MLflow takes at most 100 params per call

@@ -73,3 +73,18 @@ def test_completions_are_cut_at_the_first_stop_sequence() -> None:
     assert truncate("    return x\n\ndef other():\n    pass", stops) == "    return x\n"
     assert truncate("    return x\nprint(f(1))\n# done", stops) == "    return x"
     assert truncate("    if x:\n        return 1\n    return 2", stops) == "    if x:\n        return 1\n    return 2"
+
+
+def test_an_alias_pointing_at_a_missing_version_is_an_error_not_none(client: MlflowClient, registry: ModelRegistry, tmp_path: Path) -> None:
+    import sqlite3
+
+    registry.set_alias("production", "1")
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:  # the registry loses the version's entry
+        db.execute("UPDATE registered_model_aliases SET version = 99 WHERE alias = 'production'")
+    assert registry.aliases()["production"] == "99" and registry.dangling() == {"production": "99"}
+    cfg = GateConfig()
+    with pytest.raises(LatheError, match=r"the `production` alias of lathe-code points at version 99, which does not exist"):
+        decide(registry, "2", {"pass@1": 0.5, "val_loss": 1.0}, cfg)
+    with pytest.raises(LatheError, match="points at version 99"):
+        registry.version_of("production")
+    assert registry.find("staff") is None  # an alias nobody set is still simply absent

@@ -185,3 +185,39 @@ def test_summary_asks_each_finished_stage_for_its_headline(setup) -> None:
     print_summary(out, console, [("registry", "production -> v1", "lathe-code")], reg)
     text = console.export_text()
     assert "2 kept" in text and "production -> v1" in text
+
+
+def test_one_run_per_profile_and_a_dead_holder_leaves_no_stale_lock(setup) -> None:
+    import subprocess
+    import sys
+
+    from lathe.core.errors import LatheError
+
+    out, calls, go = setup
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom lathe.pipelines.runner import profile_lock\n"
+         "with profile_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(120)\n", str(out)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LatheError, match=rf"profile adhoc is being run by pid {holder.pid} on .* since .*; wait for it"):
+            go()
+        assert calls.ran == []  # refused before any stage
+    finally:
+        holder.kill()  # kill -9: the kernel releases its lock
+        holder.wait()
+    assert [o.status for o in go()] == ["ran", "ran"]
+
+
+def test_runs_left_running_by_a_killed_run_are_marked_killed(setup, tmp_path: Path) -> None:
+    out, calls, go = setup
+    go(requested=["first"])  # creates the store and the experiment
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("lathe").experiment_id
+    orphan = client.create_run(experiment, tags={"lathe.profile": "adhoc"})  # as a kill -9 mid-stage leaves it
+    other = client.create_run(experiment, tags={"lathe.profile": "another"})  # another profile's: not ours to close
+    go()
+    assert client.get_run(orphan.info.run_id).info.status == "KILLED"
+    assert client.get_run(other.info.run_id).info.status == "RUNNING"
+    assert {r.info.status for r in client.search_runs([experiment], "tags.`lathe.profile` = 'adhoc'")} == {"FINISHED", "KILLED"}

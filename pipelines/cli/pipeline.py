@@ -74,8 +74,10 @@ def summary(
 
     cfg = tracked_config(config, set_)
     name = cfg.train.registered_model
-    aliases = ModelRegistry(name).aliases()
-    extra = [("registry", ", ".join(f"{a} -> v{v}" for a, v in sorted(aliases.items())), name)] if aliases else []
+    registry = ModelRegistry(name)
+    aliases, dangling = registry.aliases(), registry.dangling()
+    shown = ", ".join(f"{a} -> v{v}" + (" [red](no such version!)[/]" if a in dangling else "") for a, v in sorted(aliases.items()))
+    extra = [("registry", shown, name)] if aliases else []
     print_summary(Path(cfg.run.runs_dir) / cfg.profile, console, extra)
 
 
