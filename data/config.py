@@ -155,3 +155,6 @@ class DataConfig(Strict):
     pii: PIIConfig = Field(default_factory=PIIConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     partitions: int = Field(8, gt=0, description="Spark partitions of the ingested data.")
+    on_empty_source: Literal["fail", "warn"] = Field(
+        "fail", description="A source that yields no kept file fails the stage (or only warns): nothing downstream can use it."
+    )

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Protocol
 
-from lathe.core.errors import LatheError
+from lathe.core.errors import InputError, LatheError
 from lathe.core.spark import SparkConfig, spark_session
 from lathe.core.stage import Stage, StageContext, StageResult, json_summary
 from lathe.data.config import DataConfig
@@ -69,7 +69,24 @@ def run_data(ctx: StageContext[DataSections]) -> StageResult:
     ingested = spark.read.parquet(str(ingested_dir))
     _, result = clean_and_report(ingested, cfg, ctx.out_dir, ctx.console, reusable_pool(ctx))
     result.details["snapshot"] = snapshot_id
+    empty = empty_sources(cfg, json.loads(Path(ctx.outputs["xray"]).read_text()))
+    if empty and cfg.on_empty_source == "fail":
+        raise InputError("; ".join(empty) + "; fix data.sources (or set data.on_empty_source=warn)")
+    for problem in empty:
+        ctx.console.print(f"[yellow]warning[/]: {problem}")
     return result
+
+
+def empty_sources(cfg: DataConfig, xray: dict[str, Any]) -> list[str]:
+    """One line per configured source that yielded no kept file (sources are told apart by their
+    `source` column: the kind, or a parquet source's name)."""
+    by_source = {r["source"]: r for r in xray["sources"]}
+    problems = []
+    for name in sorted({s.name if s.kind == "parquet" else s.kind for s in cfg.sources}):
+        row = by_source.get(name) or {"files_in": 0, "files_kept": 0}
+        if not row["files_kept"]:
+            problems.append(f"source {name} yielded no kept file ({row['files_in'] or 0} in)")
+    return problems
 
 
 def data_headline(manifest: dict[str, Any]) -> str:

@@ -121,6 +121,19 @@ def _validate(tree: dict[str, Any], overrides: list[str] | None, origin: str) ->
     for item in overrides or []:
         apply_override(tree, item)
     try:
-        return LatheConfig.model_validate(tree)
+        cfg = LatheConfig.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(_format_validation(exc, origin)) from None
+    check_across_sections(cfg, origin)
+    return cfg
+
+
+def check_across_sections(cfg: LatheConfig, origin: str) -> None:
+    """Checks that span sections, run when the config loads: before any stage replaces good outputs."""
+    model = cfg.train.model
+    problems = []
+    if cfg.shards.seq_len > model.max_seq_len:
+        problems.append(f"shards.seq_len={cfg.shards.seq_len} exceeds train.model.max_seq_len={model.max_seq_len}: "
+                        "the model could not read its samples; lower one or raise the other")
+    if problems:
+        raise ConfigError(f"invalid config {origin}: " + "; ".join(problems))

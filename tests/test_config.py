@@ -88,3 +88,11 @@ def test_gpu_profiles_validate_and_have_their_size(name: str, low: float, high: 
     assert low < params < high
     stated = re.search(r"= ([\d.]+)([MB])\.", path.read_text()).groups()  # the comment's arithmetic
     assert abs(float(stated[0]) * (1e6 if stated[1] == "M" else 1e9) - params) / params < 0.01
+
+
+def test_checks_across_sections_run_when_the_config_loads() -> None:
+    with pytest.raises(ConfigError, match=r"shards.seq_len=100000 exceeds train.model.max_seq_len=512"):
+        load_config(TINY, ["shards.seq_len=100000"])
+    with pytest.raises(ConfigError, match=r"vocab_size=256 leaves no room for merges: .* 400 reserved sentinels already take 664"):
+        load_config(TINY, ["tokenizer.vocab_size=256", "tokenizer.reserved_sentinels=400"])
+    assert load_config(TINY, ["shards.seq_len=512"]).shards.seq_len == 512  # equal is fine

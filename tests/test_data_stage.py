@@ -227,3 +227,19 @@ def test_git_tree_snapshot_follows_commits_and_edits_and_ignores_ignored_files(t
     assert [f.path for f in git_files(repo / "fresh", "fresh/", "fresh")] == ["fresh/b.py"]
     ignored = tree_snapshot(TreeSourceConfig(paths=[str(repo / "build")]))["repos"][0]
     assert "listing" in ignored and "head" not in ignored
+
+
+def test_a_source_that_yields_no_kept_file_fails_the_stage_in_one_line(spark, tmp_path: Path, monkeypatch) -> None:
+    from lathe.core.errors import InputError
+    from tests.conftest import write
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tree = tmp_path / "binaries"
+    write(tree / "blob.py", b"\x00\x01 not text")
+    cfg = tree_config(tree, tmp_path / "runs")
+    with pytest.raises(InputError, match=r"source tree yielded no kept file \(1 in\); fix data.sources"):
+        run_pipeline(cfg, ["data"], console=Console(quiet=True))
+    assert not (tmp_path / "runs" / "fixture" / "data" / MANIFEST).exists()
+    warned = load_config(None, [f"run.runs_dir={tmp_path / 'runs'}", "profile=fixture", "data.on_empty_source=warn",
+                                f"data.sources=[{{kind: tree, paths: [{tree}]}}]", "data.partitions=2"])
+    assert run_pipeline(warned, ["data"], console=Console(quiet=True))[0].manifest["counts"]["kept"] == 0

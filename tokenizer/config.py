@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from lathe.core.config import Strict
 
@@ -35,6 +35,20 @@ class TokenizerConfig(Strict):
     def _round_to_64(cls, v: int) -> int:
         # Embedding and LM-head matmuls are fastest when the vocabulary is a multiple of 64.
         return -(-v // 64) * 64
+
+    @model_validator(mode="after")
+    def _room_for_merges(self) -> "TokenizerConfig":
+        # Byte-level BPE starts from the 256 bytes plus the special tokens; merges fill the rest.
+        from lathe.tokenizer.special import BASE_SPECIAL_TOKENS
+
+        floor = 256 + len(BASE_SPECIAL_TOKENS) + self.reserved_sentinels
+        if self.vocab_size <= floor:
+            raise ValueError(
+                f"vocab_size={self.vocab_size} leaves no room for merges: the 256 bytes, {len(BASE_SPECIAL_TOKENS)} special "
+                f"tokens and {self.reserved_sentinels} reserved sentinels already take {floor}; raise tokenizer.vocab_size "
+                "or lower tokenizer.reserved_sentinels"
+            )
+        return self
 
 
 class ShardsConfig(Strict):
