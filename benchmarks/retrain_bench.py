@@ -2,9 +2,10 @@
 
 Run by `make bench` (never by tests: timings on shared 2-core machines are noisy):
 
-    .venv/bin/python benchmarks/retrain_bench.py [--work runs/bench/retrain] [--batches 40]
+    .venv/bin/python benchmarks/retrain_bench.py [--mb 3] [--growth 0.1] [--batches 40] [--work runs/bench/retrain]
 
-A `tree` source of standard-library packages grows by ~10% of its files between two days.
+A `tree` source of Python files (the stdlib and the venv's site-packages, a fixed shuffled
+sample of --mb MB) grows by --growth of its files between two days.
 
 1. Wall time per stage on day 1 (full) and day 2 (incremental: only the new files are
    cleaned, the vocabulary is kept, training continues from the day-1 model holding
@@ -18,6 +19,7 @@ A `tree` source of standard-library packages grows by ~10% of its files between 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import shutil
 import sys
 import sysconfig
@@ -33,26 +35,29 @@ from lathe.core.models import PRODUCTION, ModelRegistry  # noqa: E402
 from lathe.pipelines.config import load_config  # noqa: E402
 from lathe.pipelines.runner import run_pipeline  # noqa: E402
 
-STDLIB = Path(sysconfig.get_paths()["stdlib"])
-# ~3.3 MB of Python on day 1; day 2 adds ~10% of the files.
-DAY_ONE = ["email", "importlib", "concurrent", "json", "asyncio", "logging", "unittest", "xml", "urllib", "http",
-           "multiprocessing", "collections", "encodings", "sqlite3", "tomllib", "zoneinfo", "wsgiref", "ctypes"]
-DAY_TWO = ["lib2to3", "pydoc_data", "curses", "dbm"]
+ROOTS = {"stdlib": Path(sysconfig.get_paths()["stdlib"]), "site-packages": Path(sysconfig.get_paths()["purelib"])}
 QUIET = Console(quiet=True)
 
 
-def copy_packages(names: list[str], tree: Path) -> int:
-    """Copy stdlib packages' .py files (tests left out) into the source tree; the number copied."""
-    count = 0
-    for name in names:
-        for src in (STDLIB / name).rglob("*.py"):
-            if {"test", "tests"} & set(src.parts):
+def candidates() -> list[tuple[str, Path]]:
+    """Python files of the stdlib and the venv's site-packages (tests left out), in a fixed shuffled order."""
+    found = []
+    for prefix, root in ROOTS.items():
+        for path in root.rglob("*.py"):
+            rel = path.relative_to(root)
+            if {"test", "tests", "site-packages"} & set(rel.parts[:-1]) or path.is_symlink():
                 continue
-            dst = tree / name / src.relative_to(STDLIB / name)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst)
-            count += 1
-    return count
+            found.append((f"{prefix}/{rel}", path))
+    return sorted(found, key=lambda item: hashlib.sha256(item[0].encode()).hexdigest())
+
+
+def copy_files(files: list[tuple[str, Path]], tree: Path) -> int:
+    """Copy files into the source tree under their dataset paths; the number copied."""
+    for rel, src in files:
+        dst = tree / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+    return len(files)
 
 
 def config(tree: Path, runs: Path, batches: int, *extra: str):
@@ -73,17 +78,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("runs/bench/retrain"))
     parser.add_argument("--batches", type=int, default=40, help="training steps per day (tiny's model, 4,096 tokens a step)")
+    parser.add_argument("--mb", type=float, default=3.0, help="day 1's corpus (stdlib + site-packages .py files), MB on disk")
+    parser.add_argument("--growth", type=float, default=0.1, help="day 2's new files as a share of day 1's")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/retrain_bench.json"))
     args = parser.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     tree, runs = args.work / "src", args.work / "runs"
-    day_one_files = copy_packages(DAY_ONE, tree)
+    pool, budget, day_one = candidates(), args.mb * 1e6, []
+    while pool and sum(p.stat().st_size for _, p in day_one) < budget:
+        day_one.append(pool.pop(0))
+    day_two = pool[: max(1, round(len(day_one) * args.growth))]
+    day_one_files = copy_files(day_one, tree)
     cfg = config(tree, runs, args.batches)
     stages = ["data", "tokenizer", "shards", "train"]
 
     day1 = timed(cfg, stages)
     ModelRegistry(cfg.train.registered_model).set_alias(PRODUCTION, "1")
-    added = copy_packages(DAY_TWO, tree)
+    added = copy_files(day_two, tree)
     day2 = timed(cfg, stages)
     profile = runs / cfg.profile
     continued = _summary(profile)
@@ -99,6 +110,7 @@ def main() -> None:
 
     emit({
         "day1_files": day_one_files,
+        "day1_mb": round(sum(p.stat().st_size for _, p in day_one) / 1e6, 1),
         "day2_new_files": added,
         "day2_new_share": round(added / day_one_files, 3),
         **{f"day1_{k}_s": v for k, v in day1.items()},

@@ -59,29 +59,17 @@ class ModelRegistry:
         An alias that points at a version that does not exist is an error, never "none": a gate
         must not compare a candidate with nothing because production's entry was lost.
         """
-        from mlflow.exceptions import MlflowException
-
         version = self.aliases().get(alias)
         if version is None:
             return None
-        try:
-            self.client.get_model_version(self.name, version)
-        except MlflowException:
+        if not self.exists(version):
             raise LatheError(f"the `{alias}` alias of {self.name} points at version {version}, which does not exist; "
-                             f"point it at a registered version (`lathe promote` for `{PRODUCTION}`) or delete the alias") from None
+                             f"point it at a registered version (`lathe promote` for `{PRODUCTION}`) or delete the alias")
         return version
 
     def dangling(self) -> dict[str, str]:
         """Aliases that point at versions that do not exist (alias -> version)."""
-        from mlflow.exceptions import MlflowException
-
-        missing = {}
-        for alias, version in self.aliases().items():
-            try:
-                self.client.get_model_version(self.name, version)
-            except MlflowException:
-                missing[alias] = version
-        return missing
+        return {alias: version for alias, version in self.aliases().items() if not self.exists(version)}
 
     def version_of(self, alias: str) -> str:
         """The version holding ``alias``; one clear line when none does."""
@@ -90,6 +78,16 @@ class ModelRegistry:
             raise LatheError(f"no version of {self.name} holds the `{alias}` alias; the gate sets `{STAFF}` "
                              f"(`lathe run eval`), `lathe promote` sets `{PRODUCTION}`")
         return version
+
+    def exists(self, version: str) -> bool:
+        """Whether ``version`` of this model is registered (the store may have been lost or pruned)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_model_version(self.name, version)
+        except MlflowException:
+            return False
+        return True
 
     def set_alias(self, alias: str, version: str) -> None:
         """Point ``alias`` at ``version``."""

@@ -118,6 +118,9 @@ class Stage(Generic[C]):
     # Resumable stages keep an unfinished output directory of the same fingerprint
     # (checkpoints) so a rerun continues; others start from an empty directory.
     resumable: bool = False
+    # For a finished stage about to be skipped: what, outside its folder, it made and still needs
+    # (a registered model version); a problem line makes the runner rerun the stage instead.
+    verify: Callable[[dict[str, Any], dict[str, Upstream]], str | None] | None = None
     # Incremental stages get their last finished run (ctx.previous) when they rerun with a new
     # fingerprint, to carry work over (the data stage's per-file pool); --force starts from nothing.
     incremental: bool = False

@@ -27,9 +27,13 @@ def observe_sources(cfg: DataSections) -> dict[str, str]:
     return {"snapshot": snapshot_sources(cfg.data.sources)[0]}
 
 
-def _cleaning_config(manifest_config: dict[str, Any]) -> dict[str, Any]:
-    """The data section without its sources: what the per-file work in the pool depends on."""
-    return {k: v for k, v in manifest_config.items() if k != "sources"}
+# Settings of the data section the pool's per-file work does not depend on.
+_NOT_PER_FILE = ("sources", "partitions", "on_empty_source")
+
+
+def _cleaning_config(section: dict[str, Any]) -> dict[str, Any]:
+    """The data section without what the per-file work in the pool does not depend on."""
+    return {k: v for k, v in section.items() if k not in _NOT_PER_FILE}
 
 
 def reusable_pool(ctx: StageContext[DataSections]) -> Path | None:

@@ -7,7 +7,7 @@ import json
 from typing import Any, Protocol
 
 from lathe.core.models import PRODUCTION, ModelRegistry
-from lathe.core.stage import Stage, StageContext, StageResult, json_summary
+from lathe.core.stage import Stage, StageContext, StageResult, Upstream, json_summary
 from lathe.core.tracking import figure_name, mlflow_key
 from lathe.eval.config import EvalConfig
 from lathe.eval.evaluate import evaluate_model, print_eval, write_report
@@ -56,6 +56,15 @@ def run_eval(ctx: StageContext[EvalSections]) -> StageResult:
     )
 
 
+def verify_gated(manifest: dict[str, Any], inputs: dict[str, Upstream]) -> str | None:
+    """A finished eval counts only for the version train registered now (train reran: gate the new one)."""
+    gate = (manifest.get("details") or {}).get("gate") or {}
+    current = inputs["train"].details.get("model_version")
+    if gate and current and str(gate.get("candidate_version")) != str(current):
+        return f"it gated version {gate.get('candidate_version')}, but train registered version {current}"
+    return None
+
+
 def eval_headline(manifest: dict[str, Any]) -> str:
     """pass@k and the gate's verdict."""
     ks = ", ".join(f"{figure_name(k)} {v:.3f}" for k, v in manifest["metrics"].items() if k.startswith("pass"))
@@ -72,4 +81,5 @@ EVAL: Stage[Any] = Stage(
     outputs={"report": "report.md", "results": "results.json", "samples": "samples.jsonl"},
     summarize=json_summary("results.json", print_eval),
     headline=eval_headline,
+    verify=verify_gated,
 )

@@ -194,14 +194,18 @@ def _run_locked(
             if observed:
                 console.print("observed: " + ", ".join(f"{k}={v or '(none)'}" for k, v in observed.items()), highlight=False)
             done = read_manifest(out_dir)
-            if done and done.get("fingerprint") == fp and stage.name not in forced:
+            inputs = {d: upstream[d] for d in stage.inputs}
+            problem = stage.verify(done, inputs) if done and stage.verify else None
+            if problem:
+                console.print(f"[yellow]rerunning[/] {stage.name}: {problem}")
+            if done and done.get("fingerprint") == fp and stage.name not in forced and not problem:
                 console.print(f"[green]skipped[/]: {stage.name} is done ({out_dir / MANIFEST})")
                 if stage.summarize:
                     stage.summarize(out_dir, console)
                 upstream[stage.name] = stage.upstream(out_dir, done)
                 outcomes.append(StageOutcome(stage.name, "skipped", fp, out_dir, 0.0, done))
                 continue
-            run = _StageRun(stage, fp, observed, out_dir, {d: upstream[d] for d in stage.inputs}, stage.name in forced)
+            run = _StageRun(stage, fp, observed, out_dir, inputs, stage.name in forced or bool(problem))
             outcome = _run_stage(run, cfg, fingerprints, parent.info.run_id, console)
             upstream[stage.name] = stage.upstream(out_dir, outcome.manifest)
             outcomes.append(outcome)

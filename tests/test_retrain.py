@@ -110,6 +110,14 @@ def test_a_retrain_learns_the_new_files_and_continues_from_production(spark, tmp
     assert gate["production"]["val_loss"] == pytest.approx(trained["initial_val_loss"])
     assert gate["candidate"]["val_loss"] == pytest.approx(trained["final_val_loss"])
 
+    # The registry lost the version train registered: train is not "done" any more, and eval gates the new one.
+    registry.client.delete_model_version("lathe-code", version)
+    outcomes = {o.name: o for o in run_pipeline(cfg, ["eval"], console=QUIET)}
+    assert outcomes["train"].status == "ran" and outcomes["eval"].status == "ran"
+    remade = outcomes["train"].manifest["details"]["model_version"]
+    assert remade != version and registry.exists(remade)
+    assert outcomes["eval"].manifest["details"]["gate"]["candidate_version"] == remade
+
     # A new vocabulary cannot continue the old model: with tokenizer.retrain it trains from scratch.
     retrained = retrain_config(tree, runs, "tokenizer.retrain=true", "tokenizer.vocab_size=448")
     outcomes = {o.name: o for o in run_pipeline(retrained, ["train"], console=QUIET)}

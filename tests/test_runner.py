@@ -27,7 +27,7 @@ class Calls:
         self.seen: list[str] = []  # what `second` read from `first`
 
 
-def make_registry(calls: Calls) -> Registry[Stage]:
+def make_registry(calls: Calls, verify=None) -> Registry[Stage]:
     def runner(name: str):
         def run(ctx: StageContext) -> StageResult:
             calls.ran.append(name)
@@ -46,7 +46,7 @@ def make_registry(calls: Calls) -> Registry[Stage]:
 
     reg: Registry[Stage] = Registry("stage")
     reg.register("first")(Stage("first", (), lambda c: c.data.quality, runner("first"), outputs={"out": "out.txt"},
-                                headline=lambda m: f"{m['counts']['kept']} kept"))
+                                headline=lambda m: f"{m['counts']['kept']} kept", verify=verify))
     reg.register("second")(Stage("second", ("first",), lambda c: c.data.dedup, runner("second"),
                                  outputs={"out": "out.txt", "report": "report.json"}, observe=lambda c: dict(calls.observed)))
     return reg
@@ -221,3 +221,17 @@ def test_runs_left_running_by_a_killed_run_are_marked_killed(setup, tmp_path: Pa
     assert client.get_run(orphan.info.run_id).info.status == "KILLED"
     assert client.get_run(other.info.run_id).info.status == "RUNNING"
     assert {r.info.status for r in client.search_runs([experiment], "tags.`lathe.profile` = 'adhoc'")} == {"FINISHED", "KILLED"}
+
+
+def test_a_done_stage_whose_external_outputs_are_gone_reruns(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    gone = {"now": False}
+    reg = make_registry(Calls(), verify=lambda manifest, inputs: "its registered entry is gone" if gone["now"] else None)
+    cfg = load_config(None, [f"run.runs_dir={tmp_path / 'runs'}"])
+
+    def go() -> list[str]:
+        return [o.status for o in run_pipeline(cfg, registry=reg, console=Console(quiet=True))]
+
+    assert go() == ["ran", "ran"] and go() == ["skipped", "skipped"]
+    gone["now"] = True
+    assert go() == ["ran", "skipped"]  # same fingerprint, but what it made outside its folder must be remade

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from lathe.core.errors import InputError
 from lathe.core.models import ModelRegistry, ModelSource, resolve_source
-from lathe.core.stage import Stage, StageContext, StageResult, json_summary
+from lathe.core.stage import Stage, StageContext, StageResult, Upstream, json_summary
 from lathe.tokenizer.config import ShardsConfig, TokenizerConfig
 from lathe.tokenizer.vocab import vocabulary_hash
 from lathe.training.config import TrainConfig
@@ -141,6 +141,15 @@ def print_train(summary: dict[str, Any], console: Console) -> None:
         console.print(f"W&B offline run: {path} (upload with `wandb sync {path}`)")
 
 
+def verify_registered(manifest: dict[str, Any], inputs: dict[str, Upstream]) -> str | None:
+    """A finished train stage still counts only while the version it registered exists."""
+    details = manifest.get("details") or {}
+    name, version = details.get("registered_model"), details.get("model_version")
+    if name and version and not ModelRegistry(name).exists(str(version)):
+        return f"version {version} of {name} it registered is gone from the model registry"
+    return None
+
+
 def train_headline(manifest: dict[str, Any]) -> str:
     """Model size, tokens trained and the validation loss before and after."""
     counts, m = manifest["counts"], manifest["metrics"]
@@ -156,5 +165,6 @@ TRAIN: Stage[Any] = Stage(
     outputs={"model": MODEL_DIR, "summary": SUMMARY, "metrics": METRICS},
     summarize=json_summary(SUMMARY, print_train),
     headline=train_headline,
+    verify=verify_registered,
     resumable=True,
 )
