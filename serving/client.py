@@ -85,6 +85,15 @@ def _inputs(grpc: Any, prompt: str, params: dict[str, Any]) -> list[Any]:
     return tensors
 
 
+def _speaks_http(url: str) -> bool:
+    """Whether ``url`` answers Triton's HTTP health endpoint (a gRPC client pointed at the HTTP port)."""
+    try:
+        with urllib.request.urlopen(f"http://{url}/v2/health/live", timeout=5) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+        return False
+
+
 def stream_completion(url: str, prompt: str, model: str = MODEL_NAME, timeout_s: float = 120.0, **params: Any) -> Iterator[Chunk]:
     """Stream one completion over gRPC; yields chunks as the server makes them.
 
@@ -104,6 +113,9 @@ def stream_completion(url: str, prompt: str, model: str = MODEL_NAME, timeout_s:
         try:
             client.is_server_live()
         except InferenceServerException as exc:
+            if _speaks_http(url):
+                raise LatheError(f"{url} is Triton's HTTP port, not its gRPC one; point --url at the gRPC port "
+                                 "(8001 by default)") from None
             raise LatheError(f"no Triton server at {url} ({exc.message()}); start one with `lathe serve`") from None
         try:
             client.start_stream(callback=on_response, stream_timeout=timeout_s)

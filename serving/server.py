@@ -34,7 +34,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _port_busy(port: int) -> bool:
+def port_busy(port: int) -> bool:
+    """Whether something holds ``port`` on the loopback interface."""
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -50,6 +51,41 @@ def _pytriton_root() -> Path:
     except ImportError:
         raise LatheError("nvidia-pytriton is not installed; run `make setup`") from None
     return Path(pytriton.__file__).parent / "tritonserver"
+
+
+# Run as the server's parent-to-be: ask the kernel to SIGTERM this process when the thread that
+# started it dies (a `lathe serve` killed with -9 must not leave Triton answering on its ports),
+# then become tritonserver. A parent that died before prctl ran is caught by the ppid check.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(1)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def port_holder(port: int) -> str | None:
+    """Who listens on a loopback ``port``: a lathe tritonserver named by pid and repository, another
+    process by pid and name, or None when nobody does (or it cannot be seen)."""
+    import psutil
+
+    try:
+        listening = [c for c in psutil.net_connections(kind="tcp") if c.laddr and c.laddr.port == port
+                     and c.status == psutil.CONN_LISTEN and c.pid]
+    except psutil.AccessDenied:
+        return None
+    for conn in listening:
+        try:
+            cmdline = psutil.Process(conn.pid).cmdline()
+        except psutil.Error:
+            continue
+        if cmdline and cmdline[0].endswith("tritonserver"):
+            repo = next((a.split("=", 1)[1] for a in cmdline if a.startswith("--model-repository=")), "?")
+            return (f"a tritonserver left running (pid {conn.pid}, repository {repo}), probably by a killed "
+                    f"`lathe serve` (`kill {conn.pid}` stops it)")
+        return f"pid {conn.pid} ({' '.join(cmdline)[:80]})"
+    return None
 
 
 def backend_directory(dest: Path) -> Path:
@@ -78,7 +114,9 @@ class TritonServer:
     """A `tritonserver` process over one model repository, in its own session (process group).
 
     Use as a context manager, or ``start()`` / ``stop()``; ``stop`` sends SIGTERM to the group,
-    then SIGKILL after ``stop_timeout_s``.
+    then SIGKILL after ``stop_timeout_s``. The server also gets SIGTERM from the kernel when the
+    thread that started it dies (``PR_SET_PDEATHSIG``), so a killed parent leaves no server behind:
+    start it from a thread that lives as long as the server should.
     """
 
     def __init__(self, repository: Path, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
@@ -124,15 +162,18 @@ class TritonServer:
         if not self.repository.is_dir():
             raise InputError(f"model repository {self.repository} not found; run `lathe run package` first")
         for name, port in self.ports.items():
-            if _port_busy(port):
-                raise InputError(f"{name} port {port} is in use; stop what listens there or pass --{name}-port")
+            if port_busy(port):
+                holder = port_holder(port)
+                by = f" by {holder}" if holder else ""
+                raise InputError(f"{name} port {port} is in use{by}; stop it or pass another --{name}-port")
         self._scratch = Path(tempfile.mkdtemp(prefix="lathe-triton-"))
         backends = backend_directory(self._scratch / "backends")
         log = self.log_file or self._scratch / "tritonserver.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         self._log_path = log
         with open(log, "ab") as out:
-            self.process = subprocess.Popen(self.command(backends), stdout=out, stderr=subprocess.STDOUT,
+            launch = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *self.command(backends)]
+            self.process = subprocess.Popen(launch, stdout=out, stderr=subprocess.STDOUT,
                                             env=self.environment(), start_new_session=True)
         try:
             self.wait_ready()

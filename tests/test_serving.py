@@ -19,7 +19,7 @@ from lathe.serving.config import ServeConfig
 from lathe.serving.engine import Engine, RequestError
 from lathe.serving.loadtest import grpc_sender, run_load
 from lathe.serving.package import build_repositories, check_repository, parse_model_config
-from lathe.serving.server import TritonServer, free_port
+from lathe.serving.server import TritonServer, port_busy, free_port
 
 VERSION = 3
 PROMPT = "def fibonacci(n):\n    "
@@ -219,6 +219,27 @@ def test_lathe_complete_streams_from_the_cli(server: TritonServer) -> None:
     port = free_port()
     gone = subprocess.run([*lathe, "complete", "x", "--url", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=120)
     assert gone.returncode == 2 and f"no Triton server at 127.0.0.1:{port}" in gone.stderr
+    http = subprocess.run([*lathe, "complete", "x", "--url", server.endpoints.http], capture_output=True, text=True, timeout=120)
+    assert http.returncode == 2 and f"{server.endpoints.http} is Triton's HTTP port, not its gRPC one" in http.stderr
+
+
+def test_a_killed_lathe_serve_takes_its_server_with_it(repository: dict[str, Path]) -> None:
+    import psutil
+
+    ports = [free_port() for _ in range(3)]
+    lathe = [sys.executable, "-m", "lathe.pipelines.cli", "serve", "--repository", str(repository["python"]),
+             "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])]
+    proc = subprocess.Popen(lathe, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        assert any("serving" in proc.stdout.readline() for _ in range(50)), "lathe serve did not come up"
+        triton = [c for c in psutil.Process(proc.pid).children(recursive=True) if c.name() == "tritonserver"]
+        assert len(triton) == 1
+        proc.kill()  # kill -9: no handler runs, the kernel's parent-death signal must stop the server
+        proc.wait()
+        gone, alive = psutil.wait_procs(triton, timeout=60)
+        assert alive == [] and not any(port_busy(p) for p in ports)
+    finally:
+        proc.kill()
 
 
 def _group_alive(pgid: int) -> list[str]:
@@ -237,7 +258,9 @@ def test_clean_shutdown_leaves_nothing_behind(repository: dict[str, Path], tmp_p
 
 
 def test_busy_port_and_missing_repository_fail_in_one_line(repository: dict[str, Path], server: TritonServer, tmp_path: Path) -> None:
-    with pytest.raises(InputError, match=f"grpc port {server.ports['grpc']} is in use"):
+    with pytest.raises(InputError, match=rf"grpc port {server.ports['grpc']} is in use by a tritonserver left running "
+                                         rf"\(pid {server.process.pid}, repository .*\), probably by a killed `lathe serve` "
+                                         rf"\(`kill {server.process.pid}` stops it\); stop it or pass another --grpc-port"):
         TritonServer(repository["python"], 0, server.ports["grpc"], 0).start()
     with pytest.raises(InputError, match="run `lathe run package` first"):
         TritonServer(tmp_path / "nothing").start()
