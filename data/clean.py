@@ -128,14 +128,13 @@ class CleanResult:
     delta: Delta | None = None  # set when the run continued from a previous pool
 
 
-def build_pool(df: DataFrame, cfg: DataConfig, previous_pool: Path | None) -> tuple[DataFrame, DataFrame]:
-    """Every input row annotated (filters, PII) with its dedup features: reused from ``previous_pool``
-    for rows whose ``row_key`` it holds, computed for the others. Returns (pool, processed row keys)."""
-    keyed = with_keys(df)
+def build_pool(keyed: DataFrame, cfg: DataConfig, previous_pool: Path | None) -> tuple[DataFrame, DataFrame]:
+    """Every input row (``with_keys`` applied) annotated (filters, PII) with its dedup features: reused from
+    ``previous_pool`` for rows whose ``row_key`` it holds, computed for the others. Returns (pool, processed keys)."""
     if previous_pool is None:
         fresh, reused = keyed, None
     else:
-        previous = df.sparkSession.read.parquet(str(previous_pool)).dropDuplicates(["row_key"])
+        previous = keyed.sparkSession.read.parquet(str(previous_pool)).dropDuplicates(["row_key"])
         fresh = keyed.join(previous.select("row_key"), "row_key", "left_anti")
         # ids come from this snapshot (a parquet source may renumber unchanged rows)
         reused = previous.drop("id").join(keyed.select("row_key", "id"), "row_key").select(*POOL_SCHEMA.fieldNames())
@@ -176,7 +175,8 @@ def clean_dataset(df: DataFrame, cfg: DataConfig, output: Path, previous_pool: P
     """
     spark = df.sparkSession
     input_rows = df.count()
-    pool, processed = build_pool(df, cfg, previous_pool)
+    keyed = with_keys(df)
+    pool, processed = build_pool(keyed, cfg, previous_pool)
     pool.write.mode("overwrite").parquet(str(output / "pool"))
     pool = spark.read.parquet(str(output / "pool")).persist(StorageLevel.MEMORY_AND_DISK)
     if pool.count() != input_rows:
@@ -232,7 +232,7 @@ def clean_dataset(df: DataFrame, cfg: DataConfig, output: Path, previous_pool: P
     redactions = {c.removeprefix("pii_"): int(sums[c] or 0) for c in PII_COLUMNS}
     delta = None
     if previous_pool is not None:
-        delta = _delta(final, processed, file_changes(with_keys(df), previous_pool))
+        delta = _delta(final, processed, file_changes(keyed, previous_pool))
     return CleanResult(input_rows, kept_rows, dropped_rows, dict(sorted(reasons.items())), redactions, iterations, final, delta)
 
 

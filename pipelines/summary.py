@@ -34,13 +34,13 @@ def summary_rows(profile_dir: Path, stages: Registry[Stage[Any]] | None = None) 
 def print_summary(profile_dir: Path, console: Console, extra: list[tuple[str, str, str]] | None = None,
                   stages: Registry[Stage[Any]] | None = None) -> None:
     """The table, then the canary's completion."""
+    stages = stages or pipeline_stages()
     table = Table(title=f"lathe: {profile_dir.name}", show_lines=False)
     for col in ("stage", "result", "artifacts"):
         table.add_column(col, overflow="fold")
     for row in [*summary_rows(profile_dir, stages), *(extra or [])]:
         table.add_row(*row)
     console.print(table)
-    stages = stages or pipeline_stages()
     canary = read_manifest(profile_dir / "canary") if "canary" in stages else None
     if canary:
         report = Path(stages.get("canary").upstream(profile_dir / "canary", canary).uri("report"))

@@ -48,15 +48,17 @@ class TokenizerSections(Protocol):
 def run_tokenizer(ctx: StageContext[TokenizerSections]) -> StageResult:
     """Train the vocabulary (and the ablation sizes) and write the report."""
     cfg = ctx.config.tokenizer
+    # the model a retrain continues from, when it carries a vocabulary to keep (a checkpoint file has none)
     parent = None if cfg.retrain else resolve_source(ctx.config.train.init_from, ctx.out_dir / "parent")
-    reuse = parent is not None and (parent.path / "tokenizer.json").is_file()
+    if parent is not None and not (parent.path / "tokenizer.json").is_file():
+        parent = None
+    reuse = parent is not None
     spark = spark_session(ctx.config.spark, "lathe-tokenizer")
     texts, heldout = draw_sample(read_clean(spark, ctx.inputs["data"].path("clean")), cfg, training=not reuse)
     if not heldout:
         raise InputError("no held-out files for the tokenizer report; raise tokenizer.heldout_fraction")
-    if reuse:
+    if parent is not None:
         # The model training continues from keeps its token ids: copy its vocabulary, train none.
-        assert parent is not None
         copy_tokenizer(parent.path, ctx.out_dir)
         shutil.rmtree(ctx.out_dir / "parent")
         tok = load_tokenizer(ctx.out_dir)
@@ -103,8 +105,8 @@ def run_tokenizer(ctx: StageContext[TokenizerSections]) -> StageResult:
         },
         artifacts=[*files, ctx.out_dir / "report.json", *plots],
         details={"tokenizer": str(ctx.out_dir / "tokenizer.json"), "vocabulary": vocabulary_hash(ctx.out_dir),
-                 "reused_from": parent.ref if reuse and parent else None,
-                 "parent_version": parent.version if reuse and parent else ""},
+                 "reused_from": parent.ref if parent else None,
+                 "parent_version": parent.version if parent else ""},
     )
 
 
