@@ -10,7 +10,7 @@ SET ?=
 SET_FLAGS := $(foreach s,$(SET),--set $(s))
 STAMP := $(VENV)/.lathe-installed
 
-.PHONY: setup system-deps lock airflow-setup all data tokenizer shards train eval package serve promote deploy summary k8s-validate dag-test test bench clean-runs
+.PHONY: setup system-deps lock airflow-setup all data tokenizer shards train eval package serve promote deploy summary k8s-validate dag-test test bench chaos clean-runs
 
 ## setup: system packages + .venv with the exact pinned environment + Airflow's own .venv-airflow (idempotent)
 setup: system-deps $(STAMP) airflow-setup
@@ -39,7 +39,7 @@ $(AIRFLOW_STAMP): requirements/airflow.txt
 	$(AIRFLOW_VENV)/bin/pip install -q -r requirements/airflow.txt
 	touch $@
 
-## dag-test: dag.test() of raw_to_production end to end on a small profile (real stages through the CLI; ~5 min)
+## dag-test: a dag.test() backfill of raw_to_production over three days of a growing git repository (real stages through the CLI)
 dag-test: setup
 	AIRFLOW__CORE__LOAD_EXAMPLES=false $(AIRFLOW_VENV)/bin/python tests/airflow/run_dag.py
 
@@ -112,7 +112,7 @@ promote: setup
 
 ## test: the whole test suite (unit tests beside integration tests with real Spark and MLflow)
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 ## bench: side-by-side measurements against peers (never part of tests)
 bench: setup
@@ -124,6 +124,11 @@ bench: setup
 	$(BIN)/lathe run package --config $(CONFIG)
 	$(BIN)/python benchmarks/serve_bench.py --package runs/$$(basename $(CONFIG) .yaml)/package
 	$(BIN)/python benchmarks/retrain_bench.py
+
+## chaos: kill stages, the training launcher and the server at random points for SECONDS_CHAOS, then check what held (never part of tests)
+SECONDS_CHAOS ?= 600
+chaos: setup
+	$(BIN)/python benchmarks/chaos.py --seconds $(SECONDS_CHAOS)
 
 clean-runs:
 	rm -rf runs

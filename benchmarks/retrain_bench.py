@@ -11,9 +11,11 @@ sample of --mb MB) grows by --growth of its files between two days.
    cleaned, the vocabulary is kept, training continues from the day-1 model holding
    `production`), and the data stage's day-2 time as a ratio of a full rebuild of the same
    day-2 snapshot (goal: at most 0.3 at +10%).
-2. Validation loss on day 2's validation split, side by side: the production model (the
-   continued run's loss before its first step), the continued model, and a model trained
-   from scratch on the same token budget, vocabulary and shards.
+2. Validation loss on day 2's new documents (the new stream's validation split), side by
+   side: the production model (the continued run's loss before its first step), the
+   continued model, and a model trained from scratch on the same token budget, vocabulary
+   and mixture (the new stream plus train.mixture.replay of day 1's); and the same three on
+   day 1's validation data, which shows what continuing forgot.
 """
 
 from __future__ import annotations
@@ -121,7 +123,15 @@ def main() -> None:
         "val_loss_production_model": round(continued["initial_val_loss"], 4),
         "val_loss_continued_model": round(continued["final_val_loss"], 4),
         "val_loss_scratch_model": round(scratch["final_val_loss"], 4),
+        # on day 1's validation data (the earlier stream): what continuing forgot
+        "replay_val_loss_production_model": _rounded(continued.get("initial_replay_val_loss")),
+        "replay_val_loss_continued_model": _rounded(continued.get("final_replay_val_loss")),
+        "replay_val_loss_scratch_model": _rounded(scratch.get("final_replay_val_loss")),
     }, args.out)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def _summary(profile: Path) -> dict:

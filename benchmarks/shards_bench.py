@@ -69,7 +69,7 @@ def main() -> None:
     frame.count()
     t0 = time.perf_counter()
     stats = write_parts(tokenize(frame, tok.to_str(), cfg), str(work), cfg, tok.get_vocab_size(), tok.token_to_id(PAD))
-    merge_split_indexes(str(work))
+    merge_split_indexes(str(work), ["train", "val"])
     spark_s = time.perf_counter() - t0
     totals = summarize_parts(stats)
     spark_tokens = sum(t.tokens for t in totals.values())

@@ -19,7 +19,9 @@ Where tasks run is configuration, never an edit of this file. Airflow Variables 
 Each stage's output is an Airflow Asset (data snapshot, tokenizer, shards, model), so DAGs
 downstream of them (an offline-eval DAG, a data-quality report) run when they change.
 The runner's fingerprints make every task idempotent: a retry or a rerun of a finished
-stage is a skip.
+stage is a skip. Each run passes its data interval's end as ``run.as_of``: the sources are read
+as they were then, so a run is one snapshot and a backfill over past intervals retrains once
+per interval, each continuing from the production model the interval before promoted.
 """
 
 from __future__ import annotations
@@ -59,9 +61,15 @@ def asset(stage: str) -> Asset:
     return Asset(name=f"lathe-{PROFILE}-{stage}", uri=f"lathe://{PROFILE}/{stage}")
 
 
+# Each run reads the sources as they were at its data interval's end (a manual run without one: when
+# it was triggered), so a run is one snapshot and a backfill replays each interval's state. Every task
+# passes it: a task checks its upstream stages against the same snapshot.
+AS_OF = "run.as_of={{ (data_interval_end or dag_run.run_after).isoformat() }}"
+
+
 def lathe_args(*args: str) -> list[str]:
-    """A `lathe` command line with the DAG's config and overrides."""
-    sets = [item for o in OVERRIDES for item in ("--set", o)]
+    """A `lathe` command line with the DAG's config, overrides and the run's data interval."""
+    sets = [item for o in [*OVERRIDES, AS_OF] for item in ("--set", o)]
     return [*args, "--config", CONFIG, *sets]
 
 

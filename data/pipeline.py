@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
@@ -17,12 +18,12 @@ from lathe.data.sources import INGEST_SCHEMA, SOURCES
 from lathe.data.xray import print_summary, write_xray
 
 
-def ingest(spark: SparkSession, cfg: DataConfig, staging: Path) -> DataFrame:
-    """Union every configured source into the canonical schema, ids filled in."""
+def ingest(spark: SparkSession, cfg: DataConfig, staging: Path, as_of: datetime | None = None) -> DataFrame:
+    """Union every configured source (as it was at ``as_of``, when given) into the canonical schema, ids filled in."""
     frames = []
     for i, source in enumerate(cfg.sources):
         build = SOURCES.get(source.kind)
-        frames.append(build(spark, source, cfg.max_file_bytes, cfg.partitions, staging / f"source-{i}"))
+        frames.append(build(spark, source, cfg.max_file_bytes, cfg.partitions, staging / f"source-{i}", as_of))
     df = frames[0]
     for other in frames[1:]:
         df = df.unionByName(other)

@@ -9,6 +9,9 @@ fingerprint: unchanged sources skip, changed ones run. Each kind says it in its 
 - ``parquet``: the file listing with sizes and modification times (object stores: ETags).
 - ``stack``: the dataset revision (a local copy: its file listing).
 - ``embedded``: the sampled file list.
+
+A scheduled run passes its data interval's end (``run.as_of``): the snapshot is then what the
+sources held at that time, so a backfill of past intervals sees each interval's state.
 """
 
 from __future__ import annotations
@@ -17,13 +20,23 @@ import hashlib
 import json
 import os
 import subprocess
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from lathe.core.errors import InputError
 from lathe.core.registry import Registry
 from lathe.data.config import EmbeddedSourceConfig, ParquetSourceConfig, SourceConfig, StackSourceConfig, TreeSourceConfig
-from lathe.data.sources import expand_parquet_paths, git_toplevel, sample_embedded, tree_roots, walk_code_files
+from lathe.data.sources import (
+    commit_as_of,
+    expand_parquet_paths,
+    git_toplevel,
+    modified_by,
+    sample_embedded,
+    subtree_at,
+    tree_roots,
+    walk_code_files,
+)
 
 Snapshot = dict[str, Any]
 SNAPSHOTS: Registry[Callable[[Any], Snapshot]] = Registry("source kind")
@@ -68,23 +81,28 @@ def git_state(root: Path) -> Snapshot:
 
 
 @SNAPSHOTS.register("tree")
-def tree_snapshot(cfg: TreeSourceConfig) -> Snapshot:
-    """Per directory: git state in a work tree, else the listing digest."""
+def tree_snapshot(cfg: TreeSourceConfig, as_of: datetime | None = None) -> Snapshot:
+    """Per directory: git state in a work tree, else the listing digest; with ``as_of``, what
+    ingest reads then (the last commit by that time; the files modified by then)."""
     repos = []
     for root, repo in tree_roots(cfg):
-        if git_toplevel(root):
+        if git_toplevel(root) and as_of is not None:
+            commit = commit_as_of(root, as_of)
+            repos.append({"path": str(root), "repo": repo, "head": commit, "tree": subtree_at(root, commit), "dirty": ""})
+        elif git_toplevel(root):
             repos.append({"path": str(root), "repo": repo, **git_state(root)})
         else:
-            listing = ((f.path, _stat(Path(f.abs_path))) for f in walk_code_files(root, f"{repo}/", lambda _rel: repo))
+            listing = ((f.path, _stat(Path(f.abs_path))) for f in walk_code_files(root, f"{repo}/", lambda _rel: repo)
+                       if modified_by(f.abs_path, as_of))
             repos.append({"path": str(root), "repo": repo, "listing": digest(listing)})
     return {"kind": "tree", "repos": repos}
 
 
 @SNAPSHOTS.register("parquet")
-def parquet_snapshot(cfg: ParquetSourceConfig) -> Snapshot:
-    """Every parquet file with its size and mtime (local) or ETag (object stores)."""
+def parquet_snapshot(cfg: ParquetSourceConfig, as_of: datetime | None = None) -> Snapshot:
+    """Every parquet file (written by ``as_of``) with its size and mtime (local) or ETag (object stores)."""
     files = []
-    for f in expand_parquet_paths(cfg.paths):
+    for f in expand_parquet_paths(cfg.paths, as_of):
         if "://" in f and not f.startswith("file://"):
             files.append((f, _remote_version(f)))
         else:
@@ -106,7 +124,7 @@ def _remote_version(uri: str) -> str:
 
 
 @SNAPSHOTS.register("stack")
-def stack_snapshot(cfg: StackSourceConfig) -> Snapshot:
+def stack_snapshot(cfg: StackSourceConfig, as_of: datetime | None = None) -> Snapshot:
     """The dataset revision: pinned in the config, a local copy's listing, or the Hub's current commit."""
     base = {"kind": "stack", "dataset": cfg.dataset, "languages": cfg.languages, "max_rows": cfg.max_rows_per_language}
     local = Path(cfg.dataset)
@@ -126,13 +144,13 @@ def stack_snapshot(cfg: StackSourceConfig) -> Snapshot:
 
 
 @SNAPSHOTS.register("embedded")
-def embedded_snapshot(cfg: EmbeddedSourceConfig) -> Snapshot:
+def embedded_snapshot(cfg: EmbeddedSourceConfig, as_of: datetime | None = None) -> Snapshot:
     """The sampled files with their sizes (the sample is what ingest reads)."""
     files = sample_embedded(cfg)
     return {"kind": "embedded", "files": digest((f.path, f.size_bytes) for f in files), "count": len(files)}
 
 
-def snapshot_sources(sources: list[SourceConfig]) -> tuple[str, list[Snapshot]]:
-    """The snapshot id of all sources together, and each source's snapshot."""
-    snapshots = [SNAPSHOTS.get(s.kind)(s) for s in sources]
+def snapshot_sources(sources: list[SourceConfig], as_of: datetime | None = None) -> tuple[str, list[Snapshot]]:
+    """The snapshot id of all sources together (as of ``as_of``, when given), and each source's snapshot."""
+    snapshots = [SNAPSHOTS.get(s.kind)(s, as_of) for s in sources]
     return digest(snapshots), snapshots

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sysconfig
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -137,7 +138,8 @@ def _files_dataframe(
     return df.mapInPandas(read, INGEST_SCHEMA)
 
 
-SourceBuilder = Callable[[SparkSession, Any, int, int, Path], DataFrame]
+# (spark, source config, max_file_bytes, partitions, staging folder, as_of) -> canonical rows
+SourceBuilder = Callable[[SparkSession, Any, int, int, Path, "datetime | None"], DataFrame]
 SOURCES: Registry[SourceBuilder] = Registry("source kind")
 
 
@@ -168,6 +170,40 @@ def git_files(root: Path, prefix: str, repo: str) -> Iterator[ListedFile]:
         yield ListedFile(str(full), f"{prefix}{rel}", repo, full.stat().st_size)
 
 
+def commit_as_of(root: Path, as_of: datetime) -> str:
+    """The last commit of HEAD's history made at or before ``as_of`` ('' when there is none)."""
+    done = subprocess.run(["git", "-C", str(root), "rev-list", "-1", f"--before={as_of.isoformat()}", "HEAD"],
+                          capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def subtree_at(root: Path, commit: str) -> str:
+    """The tree object of directory ``root`` in ``commit`` ('' when the directory did not exist then)."""
+    prefix = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-prefix"], capture_output=True, text=True).stdout.strip()
+    done = subprocess.run(["git", "-C", str(root), "rev-parse", "-q", "--verify", f"{commit}:{prefix}"], capture_output=True, text=True)
+    return done.stdout.strip() if commit and done.returncode == 0 else ""
+
+
+def git_files_at(root: Path, commit: str, prefix: str, repo: str, dest: Path) -> list[ListedFile]:
+    """The files of directory ``root`` as ``commit`` holds them, extracted under ``dest`` for the
+    executors to read (a work tree only holds its latest state)."""
+    tree = subtree_at(root, commit)
+    if not tree:
+        return []
+    dest.mkdir(parents=True, exist_ok=True)
+    top = git_toplevel(root) or str(root)  # archive refuses to run from a subdirectory it does not track
+    archive = subprocess.Popen(["git", "-C", top, "archive", "--format=tar", tree], stdout=subprocess.PIPE)
+    untar = subprocess.run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout, capture_output=True, text=True)
+    if archive.wait() != 0 or untar.returncode != 0:
+        raise InputError(f"cannot extract {root} at commit {commit[:12]} ({untar.stderr.strip()[:200]}); check the repository")
+    return list(walk_code_files(dest, prefix, lambda _rel: repo))
+
+
+def modified_by(path: str, as_of: datetime | None) -> bool:
+    """Whether a file existed in its current state at ``as_of`` (always, without one)."""
+    return as_of is None or os.path.getmtime(path) <= as_of.timestamp()
+
+
 def tree_roots(cfg: TreeSourceConfig) -> list[tuple[Path, str]]:
     """Each directory of a ``tree`` source and its repo name; one clear line for a missing one."""
     roots = []
@@ -180,15 +216,24 @@ def tree_roots(cfg: TreeSourceConfig) -> list[tuple[Path, str]]:
 
 
 @SOURCES.register("tree")
-def tree_source(spark: SparkSession, cfg: TreeSourceConfig, max_bytes: int, partitions: int, staging: Path) -> DataFrame:
+def tree_source(
+    spark: SparkSession, cfg: TreeSourceConfig, max_bytes: int, partitions: int, staging: Path, as_of: datetime | None = None
+) -> DataFrame:
     """Directories of source files; each given directory is a repo. In a git work tree, the files
-    git tracks or would track (ignored files are build outputs, not the repository's code)."""
+    git tracks or would track (ignored files are build outputs, not the repository's code).
+
+    ``as_of`` (a scheduled run's data interval end): a git work tree is read at its last commit
+    at or before it (uncommitted changes wait for a later run); a plain directory, without
+    history, leaves out the files modified after it.
+    """
     files: list[ListedFile] = []
-    for root, repo in tree_roots(cfg):
-        if git_toplevel(root):
+    for i, (root, repo) in enumerate(tree_roots(cfg)):
+        if git_toplevel(root) and as_of is not None:
+            files += git_files_at(root, commit_as_of(root, as_of), f"{repo}/", repo, staging / f"tree-{i}")
+        elif git_toplevel(root):
             files += git_files(root, f"{repo}/", repo)
         else:
-            files += walk_code_files(root, f"{repo}/", lambda _rel, repo=repo: repo)
+            files += (f for f in walk_code_files(root, f"{repo}/", lambda _rel, repo=repo: repo) if modified_by(f.abs_path, as_of))
     return _files_dataframe(spark, files, "tree", cfg.license, max_bytes, partitions)
 
 
@@ -231,14 +276,16 @@ def sample_embedded(cfg: EmbeddedSourceConfig) -> list[ListedFile]:
 
 @SOURCES.register("embedded")
 def embedded_source(
-    spark: SparkSession, cfg: EmbeddedSourceConfig, max_bytes: int, partitions: int, staging: Path
+    spark: SparkSession, cfg: EmbeddedSourceConfig, max_bytes: int, partitions: int, staging: Path, as_of: datetime | None = None
 ) -> DataFrame:
-    """The Python standard library plus site-packages: real code on every machine."""
+    """The Python standard library plus site-packages: real code on every machine (installed
+    files, so ``as_of`` does not apply)."""
     return _files_dataframe(spark, sample_embedded(cfg), "embedded", "PSF-2.0 and package licenses", max_bytes, partitions)
 
 
-def expand_parquet_paths(paths: list[str]) -> list[str]:
-    """Local paths, directories and globs -> parquet files; object-store URIs pass through."""
+def expand_parquet_paths(paths: list[str], as_of: datetime | None = None) -> list[str]:
+    """Local paths, directories and globs -> parquet files (those written by ``as_of`` when given);
+    object-store URIs pass through."""
     out: list[str] = []
     for p in paths:
         if "://" in p and not p.startswith("file://"):
@@ -256,7 +303,7 @@ def expand_parquet_paths(paths: list[str]) -> list[str]:
                 out += found
             else:
                 out.append(m)
-    return out
+    return [f for f in out if "://" in f or modified_by(f, as_of)]
 
 
 def check_parquet_files(files: list[str]) -> set[str]:
@@ -276,9 +323,11 @@ def check_parquet_files(files: list[str]) -> set[str]:
     return columns or set()
 
 
-def parquet_dataframe(spark: SparkSession, paths: list[str], source: str) -> DataFrame:
+def parquet_dataframe(spark: SparkSession, paths: list[str], source: str, as_of: datetime | None = None) -> DataFrame:
     """Read parquet in The Stack's schema or the canonical one and map it to canonical."""
-    files = expand_parquet_paths(paths)
+    files = expand_parquet_paths(paths, as_of)
+    if not files:
+        return spark.createDataFrame([], INGEST_SCHEMA)
     local_columns = check_parquet_files(files)
     df = spark.read.parquet(*files)
     cols = set(df.columns)
@@ -314,10 +363,11 @@ def parquet_dataframe(spark: SparkSession, paths: list[str], source: str) -> Dat
 
 @SOURCES.register("parquet")
 def parquet_source(
-    spark: SparkSession, cfg: ParquetSourceConfig, max_bytes: int, partitions: int, staging: Path
+    spark: SparkSession, cfg: ParquetSourceConfig, max_bytes: int, partitions: int, staging: Path, as_of: datetime | None = None
 ) -> DataFrame:
-    """Parquet files or globs (local or object store) in The Stack's or the canonical schema."""
-    return parquet_dataframe(spark, cfg.paths, cfg.name)
+    """Parquet files or globs (local or object store) in The Stack's or the canonical schema; with
+    ``as_of``, the local files written by then (a file is a batch of rows, added once)."""
+    return parquet_dataframe(spark, cfg.paths, cfg.name, as_of)
 
 
 def _hub_error(dataset: str, exc: Exception) -> InputError:
@@ -330,8 +380,11 @@ def _hub_error(dataset: str, exc: Exception) -> InputError:
 
 
 @SOURCES.register("stack")
-def stack_source(spark: SparkSession, cfg: StackSourceConfig, max_bytes: int, partitions: int, staging: Path) -> DataFrame:
-    """The Stack through `datasets`, staged as parquet and read like the `parquet` source.
+def stack_source(
+    spark: SparkSession, cfg: StackSourceConfig, max_bytes: int, partitions: int, staging: Path, as_of: datetime | None = None
+) -> DataFrame:
+    """The Stack through `datasets`, staged as parquet and read like the `parquet` source (a
+    dataset revision is its own snapshot, so ``as_of`` does not apply).
 
     Staging through local parquet suits samples and single-language subsets; at full
     scale, point the `parquet` source at the dataset's parquet files on object storage.

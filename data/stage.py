@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -15,16 +17,23 @@ from lathe.data.snapshot import snapshot_sources
 from lathe.data.xray import print_summary
 
 
+class AsOf(Protocol):
+    """The part of the `run` section the data stage reads."""
+
+    as_of: datetime | None  # read the sources as they were then (a scheduled run's data interval end)
+
+
 class DataSections(Protocol):
     """The config sections the data stage reads."""
 
     data: DataConfig
     spark: SparkConfig
+    run: AsOf
 
 
 def observe_sources(cfg: DataSections) -> dict[str, str]:
     """The sources' snapshot id: a changed source reruns the stage, an unchanged one skips it."""
-    return {"snapshot": snapshot_sources(cfg.data.sources)[0]}
+    return {"snapshot": snapshot_sources(cfg.data.sources, cfg.run.as_of)[0]}
 
 
 # Settings of the data section the pool's per-file work does not depend on.
@@ -54,25 +63,29 @@ def run_data(ctx: StageContext[DataSections]) -> StageResult:
     """Ingest the configured sources, clean and deduplicate them (only new and changed files when a
     previous run's pool can be reused), write the x-ray."""
     cfg = ctx.config.data
-    snapshot_id, snapshots = snapshot_sources(cfg.sources)
+    as_of = ctx.config.run.as_of
+    snapshot_id, snapshots = snapshot_sources(cfg.sources, as_of)
     if ctx.observed and snapshot_id != ctx.observed["snapshot"]:
         raise LatheError(f"the sources changed while the data stage started (snapshot {ctx.observed['snapshot']} -> "
                          f"{snapshot_id}); rerun `lathe run data` once they are quiet")
-    Path(ctx.outputs["snapshot"]).write_text(json.dumps({"snapshot": snapshot_id, "sources": snapshots}, indent=2))
-    ctx.console.print(f"sources snapshot {snapshot_id}")
+    Path(ctx.outputs["snapshot"]).write_text(json.dumps(
+        {"snapshot": snapshot_id, "as_of": as_of.isoformat() if as_of else None, "sources": snapshots}, indent=2))
+    ctx.console.print(f"sources snapshot {snapshot_id}" + (f" as of {as_of.isoformat()}" if as_of else ""))
     spark = spark_session(ctx.config.spark, "lathe-data")
     ingested_dir = ctx.out_dir / "ingested"
     ctx.console.print(f"ingest: {', '.join(s.kind for s in cfg.sources)} -> {ingested_dir}")
     (
-        ingest(spark, cfg, ctx.out_dir / "staging")
+        ingest(spark, cfg, ctx.out_dir / "staging", as_of)
         .repartition("lang")
         .sortWithinPartitions("id")
         .write.mode("overwrite")
         .parquet(str(ingested_dir))
     )
+    shutil.rmtree(ctx.out_dir / "staging", ignore_errors=True)  # extracted commits, staged downloads: read into ingested/
     ingested = spark.read.parquet(str(ingested_dir))
     _, result = clean_and_report(ingested, cfg, ctx.out_dir, ctx.console, reusable_pool(ctx))
     result.details["snapshot"] = snapshot_id
+    result.details["as_of"] = as_of.isoformat() if as_of else None
     empty = empty_sources(cfg, json.loads(Path(ctx.outputs["xray"]).read_text()))
     if empty and cfg.on_empty_source == "fail":
         raise InputError("; ".join(empty) + "; fix data.sources (or set data.on_empty_source=warn)")

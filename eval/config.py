@@ -48,6 +48,10 @@ class GateConfig(Strict):
     max_val_loss_increase: float = Field(
         0.0, description="Candidate validation loss must be <= production's + this (decides for models that solve nothing)."
     )
+    max_replay_val_loss_increase: float = Field(
+        0.05, description="On the earlier snapshots' validation data, candidate loss must be <= production's + this: "
+        "a retrain may trade a little of the old code for the new, not forget it.",
+    )
 
 
 class EvalConfig(Strict):

@@ -1,7 +1,7 @@
 """The promotion gate over the MLflow Model Registry's aliases.
 
 A candidate that beats the `production` version (pass@1, and validation loss for models
-too small to solve HumanEval) gets the `staff` alias: the internal rollout. `lathe promote`
+too small to solve HumanEval, on the new data and on the earlier snapshots' data) gets the `staff` alias: the internal rollout. `lathe promote`
 moves `production` to the version staff has tried. A failing candidate is tagged with the
 reason and no alias moves.
 """
@@ -45,7 +45,13 @@ def decide(
         if "pass@1" in theirs and figures["pass@1"] < theirs["pass@1"] + cfg.min_pass_at_1_gain:
             reasons.append(f"pass@1 {figures['pass@1']:.4f} < production {theirs['pass@1']:.4f} + {cfg.min_pass_at_1_gain}")
         if "val_loss" in theirs and figures.get("val_loss", float("inf")) > theirs["val_loss"] + cfg.max_val_loss_increase:
-            reasons.append(f"val_loss {figures.get('val_loss'):.4f} > production {theirs['val_loss']:.4f} + {cfg.max_val_loss_increase}")
+            reasons.append(f"val_loss {figures.get('val_loss', float('inf')):.4f} > production {theirs['val_loss']:.4f} + "
+                           f"{cfg.max_val_loss_increase}")
+        # Only a candidate that replayed earlier data has a figure on it (a model trained from scratch has none).
+        replay = figures.get("replay_val_loss")
+        if replay is not None and "replay_val_loss" in theirs and replay > theirs["replay_val_loss"] + cfg.max_replay_val_loss_increase:
+            reasons.append(f"replay_val_loss {replay:.4f} > production {theirs['replay_val_loss']:.4f} + "
+                           f"{cfg.max_replay_val_loss_increase} (it forgot the earlier code)")
         decision = Decision(not reasons, "; ".join(reasons) or "matches or beats production", figures, theirs, prod)
     registry.set_tags(version, {"gate": "passed" if decision.passed else f"failed: {decision.reason}"})
     if decision.passed:

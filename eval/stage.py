@@ -20,13 +20,19 @@ class EvalSections(Protocol):
     eval: EvalConfig
 
 
+# The gate's loss figures and the train summary fields they come from (before training: the parent's).
+LOSS_FIGURES = {"val_loss": ("initial_val_loss", "final_val_loss"),
+                "replay_val_loss": ("initial_replay_val_loss", "final_replay_val_loss")}
+
+
 def production_on_this_split(trained: dict[str, Any], registry: ModelRegistry) -> dict[str, float] | None:
-    """Production's validation loss on this candidate's validation split, when the candidate continued
-    from production: its loss before the first step is exactly that (same batches, same tokens)."""
-    parent, before = trained.get("parent_version"), trained.get("initial_val_loss")
-    if parent and before is not None and registry.find(PRODUCTION) == parent:
-        return {"val_loss": float(before)}
-    return None
+    """Production's validation losses on this candidate's validation splits (new data, earlier data), when
+    the candidate continued from production: its losses before the first step are exactly those."""
+    parent = trained.get("parent_version")
+    if not parent or registry.find(PRODUCTION) != parent:
+        return None
+    here = {k: float(trained[before]) for k, (before, _) in LOSS_FIGURES.items() if trained.get(before) is not None}
+    return here or None
 
 
 def run_eval(ctx: StageContext[EvalSections]) -> StageResult:
@@ -36,8 +42,7 @@ def run_eval(ctx: StageContext[EvalSections]) -> StageResult:
     trained = json.loads(train.path("summary").read_text())
     report = evaluate_model(str(train.path("model")), cfg, ctx.out_dir)
     figures = {k: v for k, v in report.items() if k.startswith("pass@")}
-    if trained.get("final_val_loss") is not None:
-        figures["val_loss"] = float(trained["final_val_loss"])
+    figures.update({k: float(trained[after]) for k, (_, after) in LOSS_FIGURES.items() if trained.get(after) is not None})
     name, version = trained.get("registered_model"), trained.get("model_version")
     if name and version:
         registry = ModelRegistry(name)

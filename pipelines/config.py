@@ -7,11 +7,12 @@ line that names the offending key path.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from lathe.core.config import Strict
 from lathe.core.errors import ConfigError
@@ -33,6 +34,17 @@ class RunConfig(Strict):
         description="MLflow store; default sqlite:///<runs_dir>/mlflow.db. MLFLOW_TRACKING_URI overrides both.",
     )
     experiment: str = Field("lathe", description="MLflow experiment name.")
+    as_of: datetime | None = Field(
+        None,
+        description="Read the sources as they were at this time (ISO 8601; naive = UTC): a git tree at its last commit "
+        "by then, files modified by then. The DAG passes its data interval's end, so each scheduled run (and each "
+        "backfilled interval) is one snapshot. Unset: as they are now.",
+    )
+
+    @field_validator("as_of")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:
+        return v.replace(tzinfo=timezone.utc) if v is not None and v.tzinfo is None else v
 
 
 class LatheConfig(Strict):

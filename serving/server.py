@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lathe.core.errors import InputError, LatheError
+from lathe.core.process import dying_with_this_thread
 
 
 def free_port() -> int:
@@ -51,18 +52,6 @@ def _pytriton_root() -> Path:
     except ImportError:
         raise LatheError("nvidia-pytriton is not installed; run `make setup`") from None
     return Path(pytriton.__file__).parent / "tritonserver"
-
-
-# Run as the server's parent-to-be: ask the kernel to SIGTERM this process when the thread that
-# started it dies (a `lathe serve` killed with -9 must not leave Triton answering on its ports),
-# then become tritonserver. A parent that died before prctl ran is caught by the ppid check.
-_DIE_WITH_PARENT = (
-    "import ctypes, os, signal, sys\n"
-    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
-    "if os.getppid() != int(sys.argv[1]):\n"
-    "    sys.exit(1)\n"
-    "os.execv(sys.argv[2], sys.argv[2:])\n"
-)
 
 
 def port_holder(port: int) -> str | None:
@@ -172,8 +161,8 @@ class TritonServer:
         log.parent.mkdir(parents=True, exist_ok=True)
         self._log_path = log
         with open(log, "ab") as out:
-            launch = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *self.command(backends)]
-            self.process = subprocess.Popen(launch, stdout=out, stderr=subprocess.STDOUT,
+            # a `lathe serve` killed with -9 must not leave Triton answering on its ports
+            self.process = subprocess.Popen(dying_with_this_thread(self.command(backends)), stdout=out, stderr=subprocess.STDOUT,
                                             env=self.environment(), start_new_session=True)
         try:
             self.wait_ready()

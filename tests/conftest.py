@@ -52,6 +52,12 @@ def shards_pipeline(spark, tmp_path_factory):
     return root / "runs" / "small", cfg, outcomes
 
 
+def only_stream(profile_dir: Path) -> Path:
+    """The one stream a first shards run writes: mds/<stream>/ holding train/, val/ and docs/."""
+    (stream,) = [p for p in (profile_dir / "shards" / "mds").iterdir() if p.is_dir()]
+    return stream
+
+
 PY_FUNC = '''
 def {name}(values, scale=2):
     """Scale every value and keep the positive ones."""

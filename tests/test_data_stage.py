@@ -229,6 +229,58 @@ def test_git_tree_snapshot_follows_commits_and_edits_and_ignores_ignored_files(t
     assert "listing" in ignored and "head" not in ignored
 
 
+def test_a_source_as_of_a_past_time_is_read_as_it_was_then(spark, tmp_path: Path) -> None:
+    """A scheduled run's data interval end: a git tree at its last commit by then, a plain
+    directory without the files modified after it."""
+    import os
+    import subprocess
+    from datetime import datetime, timezone
+
+    from lathe.data.config import TreeSourceConfig
+    from lathe.data.snapshot import tree_snapshot
+    from lathe.data.sources import tree_source
+
+    repo = tmp_path / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    git = ["git", "-C", str(repo), "-c", "user.email=t@example.org", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+
+    def commit(day: int, files: dict[str, str]) -> None:
+        for name, text in files.items():
+            (repo / "pkg" / name).write_text(text)
+        stamp = f"2026-01-0{day}T12:00:00+00:00"
+        subprocess.run([*git, "add", "-A"], check=True)
+        subprocess.run([*git, "commit", "-qm", f"day {day}"], check=True, env={**os.environ, "GIT_COMMITTER_DATE": stamp,
+                                                                              "GIT_AUTHOR_DATE": stamp})
+
+    commit(1, {"a.py": "A = 1\n"})
+    commit(2, {"a.py": "A = 2\n", "b.py": "B = 2\n"})
+    (repo / "pkg" / "c.py").write_text("C = 3\n")  # uncommitted: no scheduled run reads it
+    cfg = TreeSourceConfig(paths=[str(repo / "pkg")], repo="pkg")
+    day = [datetime(2026, 1, d, tzinfo=timezone.utc) for d in (1, 2, 3)]
+
+    def files(as_of: datetime | None) -> dict[str, str]:
+        rows = tree_source(spark, cfg, 10_000, 2, tmp_path / f"staging-{as_of and as_of.day}", as_of).collect()
+        return {r["path"]: r["content"] for r in rows}
+
+    assert files(day[0]) == {}  # before the first commit
+    assert files(day[0].replace(hour=13)) == {"pkg/a.py": "A = 1\n"}
+    assert files(day[2]) == {"pkg/a.py": "A = 2\n", "pkg/b.py": "B = 2\n"}
+    assert files(None) == {"pkg/a.py": "A = 2\n", "pkg/b.py": "B = 2\n", "pkg/c.py": "C = 3\n"}  # the work tree now
+    snaps = [tree_snapshot(cfg, d)["repos"][0] for d in (day[0].replace(hour=13), day[2], day[2].replace(day=9))]
+    assert snaps[1] == snaps[2] != snaps[0] and snaps[1]["dirty"] == ""  # nothing committed after day 2
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name, day_of in (("old.py", 1), ("new.py", 3)):
+        (plain / name).write_text("x = 1\n")
+        os.utime(plain / name, (day[day_of - 1].timestamp(),) * 2)
+    listing = TreeSourceConfig(paths=[str(plain)], repo="plain")
+    rows = tree_source(spark, listing, 10_000, 2, tmp_path / "staging-plain", day[1]).collect()
+    assert [r["path"] for r in rows] == ["plain/old.py"]
+    assert tree_snapshot(listing, day[1]) != tree_snapshot(listing, day[2])
+
+
 def test_a_source_that_yields_no_kept_file_fails_the_stage_in_one_line(spark, tmp_path: Path, monkeypatch) -> None:
     from lathe.core.errors import InputError
     from tests.conftest import write

@@ -63,6 +63,19 @@ def test_production_measured_on_the_candidates_split_replaces_its_old_figures(re
     assert registry.figures("1")["val_loss"] == 2.0  # production's recorded figures are left as they were
 
 
+def test_a_candidate_that_forgot_the_earlier_code_fails(registry: ModelRegistry) -> None:
+    cfg = GateConfig(min_pass_at_1_gain=0.0, max_val_loss_increase=0.0, max_replay_val_loss_increase=0.05)
+    decide(registry, "1", {"pass@1": 0.0, "val_loss": 2.0}, cfg)
+    registry.promote()
+    production = {"val_loss": 2.7, "replay_val_loss": 2.0}  # production on the new split and on the earlier one
+    forgot = decide(registry, "2", {"pass@1": 0.0, "val_loss": 2.4, "replay_val_loss": 2.3}, cfg, production_here=production)
+    assert not forgot.passed and forgot.reason == "replay_val_loss 2.3000 > production 2.0000 + 0.05 (it forgot the earlier code)"
+    kept = decide(registry, "3", {"pass@1": 0.0, "val_loss": 2.4, "replay_val_loss": 2.04}, cfg, production_here=production)
+    assert kept.passed  # better on the new code, within the allowance on the old
+    # a model trained from scratch on a new vocabulary has no earlier data to be compared on
+    assert decide(registry, "4", {"pass@1": 0.0, "val_loss": 1.9}, cfg).passed
+
+
 def test_promote_without_staff_is_one_clear_error(registry: ModelRegistry) -> None:
     with pytest.raises(LatheError, match="no version of lathe-code holds the `staff` alias"):
         registry.promote()

@@ -7,12 +7,14 @@ data snapshot and its vocabulary. Real Spark, Composer, MLflow registry (micro m
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
 import sysconfig
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from rich.console import Console
 
@@ -65,6 +67,11 @@ def manifest(profile: Path, stage: str) -> dict:
     return json.loads((profile / stage / MANIFEST).read_text())
 
 
+def digest_tree(root: Path) -> dict[str, str]:
+    """Relative path -> SHA-256 of every file under ``root``."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def test_a_retrain_learns_the_new_files_and_continues_from_production(spark, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     tree, runs = tmp_path / "src", tmp_path / "runs"
@@ -79,6 +86,8 @@ def test_a_retrain_learns_the_new_files_and_continues_from_production(spark, tmp
     assert first["init_from"] is None and first["model_version"] == "1"
     assert registry.lineage("1")["lathe.method"] == "pretrain" and registry.lineage("1")["lathe.parent_version"] == ""
     vocabulary = manifest(profile, "tokenizer")["details"]["vocabulary"]
+    (day_one,) = manifest(profile, "shards")["details"]["streams"]
+    day_one_files = digest_tree(Path(day_one["uri"]))
     registry.set_alias(PRODUCTION, "1")  # what `lathe promote` does after staff tried it
 
     # Nothing changed: the whole chain skips (the snapshot is the same).
@@ -93,7 +102,18 @@ def test_a_retrain_learns_the_new_files_and_continues_from_production(spark, tmp
     assert data["counts"]["files.unchanged"] == data["counts"]["input"] - added
     tokenizer = outcomes["tokenizer"].manifest["details"]
     assert tokenizer["vocabulary"] == vocabulary and tokenizer["reused_from"] == "models:/lathe-code@production"
+    # The new documents are a new stream; day 1's stream is kept byte for byte and replayed.
+    shards = outcomes["shards"].manifest["details"]
+    earlier, new = shards["streams"]
+    assert earlier == day_one and shards["new_stream"] == new["name"] != earlier["name"]
+    assert digest_tree(Path(earlier["uri"])) == day_one_files
+    ledgers = [set(pd.read_parquet(Path(s["uri"]) / "docs")["id"]) for s in (earlier, new)]
+    assert not ledgers[0] & ledgers[1] and ledgers[0] | ledgers[1] == set(pd.read_parquet(profile / "data" / "kept")["id"])
     trained = outcomes["train"].manifest["details"]
+    mixture = {d["role"]: d for d in trained["mixture"]}
+    assert mixture["new"]["choose"] == new["train_samples"]
+    assert mixture["replay"]["choose"] == round(new["train_samples"] * 0.25 / 0.75)  # train.mixture.replay = 0.25
+    assert trained["validation"] == {"val": [new["uri"]], "replay_val": [earlier["uri"]]}
     assert trained["init_from"] == "models:/lathe-code@production" and trained["parent_version"] == "1"
     # The parent's weights were loaded: before any step, it already beats an untrained model (~ln 512).
     assert trained["initial_val_loss"] < math.log(512) - 0.5
@@ -109,6 +129,9 @@ def test_a_retrain_learns_the_new_files_and_continues_from_production(spark, tmp
     assert gate["candidate_version"] == version and gate["production_version"] == "1"
     assert gate["production"]["val_loss"] == pytest.approx(trained["initial_val_loss"])
     assert gate["candidate"]["val_loss"] == pytest.approx(trained["final_val_loss"])
+    # ... and on day 1's validation data, so forgetting the old code would show
+    assert gate["production"]["replay_val_loss"] == pytest.approx(trained["initial_replay_val_loss"])
+    assert gate["candidate"]["replay_val_loss"] == pytest.approx(trained["final_replay_val_loss"])
 
     # The registry lost the version train registered: train is not "done" any more, and eval gates the new one.
     registry.client.delete_model_version("lathe-code", version)

@@ -19,7 +19,7 @@ from lathe.serving.config import ServeConfig
 from lathe.serving.engine import Engine, RequestError
 from lathe.serving.loadtest import grpc_sender, run_load
 from lathe.serving.package import build_repositories, check_repository, parse_model_config
-from lathe.serving.server import TritonServer, port_busy, free_port
+from lathe.serving.server import TritonServer, free_port, port_busy
 
 VERSION = 3
 PROMPT = "def fibonacci(n):\n    "

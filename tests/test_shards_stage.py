@@ -23,6 +23,7 @@ from lathe.tokenizer.stage import SHARDS, TOKENIZER, run_shards
 
 STAGES = {s.name: s for s in (DATA, TOKENIZER)}
 from lathe.tokenizer.vocab import load_tokenizer
+from tests.conftest import only_stream
 
 pytestmark = pytest.mark.spark
 QUIET = Console(quiet=True)
@@ -61,7 +62,7 @@ def test_shards_read_back_with_every_token(pipeline) -> None:
     tok = load_tokenizer(out / "tokenizer")
     eos, pad, fim = tok.token_to_id(EOS), tok.token_to_id(PAD), tok.token_to_id(FIM_PREFIX)
     for split in ("train", "val"):
-        ds = StreamingDataset(local=str(out / "shards" / "mds" / split), shuffle=False, batch_size=1)
+        ds = StreamingDataset(local=str(only_stream(out) / split), shuffle=False, batch_size=1)
         arrays = [ds[i]["tokens"] for i in range(len(ds))]
         assert len(arrays) == counts[f"{split}.samples"]
         flat = np.concatenate(arrays)
@@ -82,9 +83,21 @@ def test_split_is_a_stable_hash_of_the_id(pipeline) -> None:
 
 def test_same_inputs_give_the_same_samples_in_the_same_order(pipeline) -> None:
     out, cfg, _ = pipeline
-    before = sample_hashes(out / "shards" / "mds" / "train")
+    before = sample_hashes(only_stream(out) / "train")
     assert [o.status for o in run_pipeline(cfg, ["shards"], force=True, console=QUIET)] == ["skipped", "skipped", "ran"]
-    assert sample_hashes(out / "shards" / "mds" / "train") == before
+    assert sample_hashes(only_stream(out) / "train") == before
+
+
+def test_reading_a_split_back_leaves_no_lock_files_behind(pipeline, tmp_path: Path) -> None:
+    import tempfile
+
+    from lathe.tokenizer.shards import read_back
+
+    out, _, _ = pipeline
+    locks = lambda: set(Path(tempfile.gettempdir()).glob("*_filelock"))  # noqa: E731
+    before = locks()
+    samples, _, _ = read_back(str(only_stream(out) / "val"), tmp_path)
+    assert samples > 0 and locks() - before == set()  # Streaming made two; both are gone
 
 
 def test_dataloader_resumes_exactly_from_its_state_dict(pipeline) -> None:
@@ -92,7 +105,7 @@ def test_dataloader_resumes_exactly_from_its_state_dict(pipeline) -> None:
     from streaming.base.util import clean_stale_shared_memory
 
     out, _, _ = pipeline
-    local = str(out / "shards" / "mds" / "train")
+    local = str(only_stream(out) / "train")
 
     def loader() -> StreamingDataLoader:
         ds = StreamingDataset(local=local, shuffle=True, shuffle_seed=7, batch_size=4)

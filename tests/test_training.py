@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,16 +18,18 @@ import torch
 from rich.console import Console
 
 from lathe.core.errors import InputError
-from lathe.core.stage import MANIFEST
+from lathe.core.stage import MANIFEST, read_manifest
 from lathe.pipelines.config import load_config
 from lathe.pipelines.runner import run_pipeline
+from lathe.tokenizer.streams import StreamInfo
 from lathe.training.callbacks import SpikeDetector
 from lathe.training.config import LossSpikeConfig
 from lathe.training.data import collate
 from lathe.training.job import TrainJob
+from lathe.training.mixture import plan_mixture
 from lathe.training.optim import DecoupledLionW
 from lathe.training.trainer import preflight
-from tests.conftest import SMALL_PIPELINE
+from tests.conftest import SMALL_PIPELINE, only_stream
 
 QUIET = Console(quiet=True)
 MICRO = [
@@ -84,11 +87,13 @@ def test_collate_masks_padding_in_labels() -> None:
 def job_for(pipeline, out: Path, extra: list[str], run_name: str = "micro") -> TrainJob:
     profile_dir, _, _ = pipeline
     cfg = load_config(None, [f"run.runs_dir={profile_dir.parent}", *SMALL_PIPELINE, *MICRO, *extra])
+    (stream,) = [StreamInfo.model_validate(s) for s in read_manifest(profile_dir / "shards")["details"]["streams"]]
     out.mkdir(parents=True, exist_ok=True)
     return TrainJob(
         train=cfg.train,
         seq_len=cfg.shards.seq_len,
-        shards=str(profile_dir / "shards" / "mds"),
+        streams=plan_mixture([stream], stream.name, cfg.train.mixture.replay),
+        validation={"val": [stream.uri]},
         tokenizer=str(profile_dir / "tokenizer"),
         out_dir=str(out),
         run_name=run_name,
@@ -203,12 +208,16 @@ def test_spike_is_logged_with_samples_that_replay_exactly(shards_pipeline, tmp_p
     profile_dir, _, _ = shards_pipeline
     sensitive = ["train.loss_spike={window: 2, sigmas: 0.0, min_ratio: 1.0, action: skip}", "train.max_duration=12ba",
                  "train.wandb.enabled=false"]
+    locks = lambda: set(Path(tempfile.gettempdir()).glob("*_filelock"))  # noqa: E731
+    before = locks()
     run_training(job_for(shards_pipeline, tmp_path, sensitive, "spiky"))
+    assert locks() - before == set()  # the train and val datasets' Streaming lock files are removed
     record = read_spike(tmp_path / "loss_spikes.jsonl")
     assert record["action"] == "skip" and len(record["samples"]) == 4
-    assert all(s["shard"].startswith("part-") and ".mds" in s["shard"] and s["position"] >= 0 for s in record["samples"])
+    assert all(s["stream"] == 0 and s["shard"].startswith("part-") and ".mds" in s["shard"] and s["position"] >= 0
+               for s in record["samples"])
     pad = load_tokenizer(profile_dir / "tokenizer").token_to_id(PAD)
-    batch = load_batch(str(profile_dir / "shards" / "mds" / "train"), record, pad)  # digests checked inside
+    batch = load_batch([str(only_stream(profile_dir) / "train")], record, pad, tmp_path / "cache")  # digests checked inside
     assert batch["input_ids"].shape == (4, 128)
     assert math.isfinite(replay_loss(tmp_path / "hf_model", batch))
 
@@ -222,8 +231,9 @@ def test_bad_input_fails_before_compute(shards_pipeline, tmp_path: Path) -> None
     with pytest.raises(InputError, match=r"checkpoint folder /proc/lathe-ckpt is not writable"):
         preflight(job_for(shards_pipeline, tmp_path / "b", ["train.save_folder=/proc/lathe-ckpt"]))
     copy = tmp_path / "mds"
-    shutil.copytree(profile_dir / "shards" / "mds", copy)
-    job = job_for(shards_pipeline, tmp_path / "c", []).model_copy(update={"shards": str(copy)})
+    shutil.copytree(only_stream(profile_dir), copy)
+    job = job_for(shards_pipeline, tmp_path / "c", [])
+    job = job.model_copy(update={"streams": [job.streams[0].model_copy(update={"uri": str(copy)})], "validation": {"val": [str(copy)]}})
     (copy / "val" / "index.json").write_text("{not json")
     with pytest.raises(InputError, match=r"MDS index .*val/index.json is corrupt"):
         preflight(job)
@@ -232,7 +242,7 @@ def test_bad_input_fails_before_compute(shards_pipeline, tmp_path: Path) -> None
         preflight(job)
     shard = next((copy / "train").glob("part-*/shard.*.mds.zstd"))
     shard.write_bytes(shard.read_bytes()[:10])
-    shutil.copytree(profile_dir / "shards" / "mds" / "val", copy / "val")
+    shutil.copytree(only_stream(profile_dir) / "val", copy / "val")
     with pytest.raises(InputError, match=r"MDS shard .* is missing or truncated"):
         preflight(job)
 

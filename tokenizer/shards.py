@@ -9,14 +9,13 @@ tokenizer and config give the same samples in the same order on any cluster.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from rich.console import Console
@@ -27,6 +26,7 @@ from lathe.tokenizer.config import ShardsConfig
 from lathe.tokenizer.fim import SpecialIds, encode_documents
 from lathe.tokenizer.pack import Packer, token_dtype
 from lathe.tokenizer.splits import stable_fraction_col
+from lathe.tokenizer.streams import LEDGER, StreamInfo, prune_root, release_filelocks
 
 SPLITS = ("train", "val")
 VAL_SALT = "shards-val"
@@ -143,6 +143,24 @@ def write_parts(tokenized: DataFrame, out_root: str, cfg: ShardsConfig, vocab_si
     return [r.asDict() for r in ordered.mapInPandas(write, STATS_SCHEMA).collect()]
 
 
+def with_digest(docs: DataFrame) -> DataFrame:
+    """The clean rows with a content digest: a changed file is a new document even under its old id."""
+    return docs.withColumn("digest", F.sha2(F.col("content"), 256))
+
+
+def new_documents(spark: SparkSession, docs: DataFrame, earlier: list[StreamInfo]) -> DataFrame:
+    """The clean documents (with ``digest``) that no earlier stream holds."""
+    if not earlier:
+        return docs
+    held = spark.read.parquet(*[f"{s.uri}/{LEDGER}" for s in earlier]).select("id", "digest")
+    return docs.join(held, ["id", "digest"], "left_anti")
+
+
+def write_ledger(docs: DataFrame, stream_uri: str) -> None:
+    """Record which documents the stream holds (for the next run's delta)."""
+    docs.select("id", "digest").coalesce(1).write.mode("overwrite").parquet(f"{stream_uri}/{LEDGER}")
+
+
 @dataclass
 class ShardSummary:
     """Totals of one split as written."""
@@ -166,16 +184,16 @@ def summarize_parts(stats: list[dict]) -> dict[str, ShardSummary]:
     return out
 
 
-def merge_split_indexes(out_root: str) -> None:
-    """Write ``<split>/index.json`` over the split's part directories (local or remote)."""
+def merge_split_indexes(stream_uri: str, splits: list[str]) -> None:
+    """Write ``<split>/index.json`` over each split's part directories (local or remote)."""
     import logging
 
     from streaming.base.util import merge_index
 
     # merge_index warns that the (expected) part folders exist; keep real errors only.
     logging.getLogger("streaming.base.storage.upload").setLevel(logging.ERROR)
-    for split in SPLITS:
-        merge_index(f"{out_root.rstrip('/')}/{split}", keep_local=True)
+    for split in splits:
+        merge_index(f"{stream_uri.rstrip('/')}/{split}", keep_local=True)
 
 
 def read_back(split_uri: str, cache: Path) -> tuple[int, int, np.ndarray]:
@@ -190,27 +208,29 @@ def read_back(split_uri: str, cache: Path) -> tuple[int, int, np.ndarray]:
     else:
         ds = StreamingDataset(local=split_uri, shuffle=False, batch_size=1)
     samples, tokens, first = 0, 0, None
-    for sample in ds:
-        arr = sample["tokens"]
-        first = arr if first is None else first
-        samples += 1
-        tokens += int(arr.size)
+    try:
+        for sample in ds:
+            arr = sample["tokens"]
+            first = arr if first is None else first
+            samples += 1
+            tokens += int(arr.size)
+    finally:
+        release_filelocks(ds)
     return samples, tokens, first if first is not None else np.zeros(0, dtype=np.int64)
 
 
-def prepare_output(out_root: str) -> None:
-    """Start from an empty local output (no stale parts); fail early if it is not writable."""
-    if "://" in out_root:
+def prepare_output(root: str, keep: list[str]) -> None:
+    """A local stream root holding only the streams kept (no stale ones); fail early if it is not writable."""
+    if "://" in root:
         return  # object stores: the writers create it; credentials are checked on first write
-    path = Path(out_root)
+    path = Path(root)
     try:
-        if path.exists():
-            shutil.rmtree(path)
-        path.mkdir(parents=True)
+        path.mkdir(parents=True, exist_ok=True)
+        prune_root(root, keep)
         (path / ".write-test").write_text("ok")
         (path / ".write-test").unlink()
     except OSError as exc:
-        raise InputError(f"shards output {out_root} is not writable ({exc.strerror}); fix shards.output") from None
+        raise InputError(f"shards output {root} is not writable ({exc.strerror}); fix shards.output") from None
 
 
 def print_shards(totals: dict[str, ShardSummary], cfg: ShardsConfig, sample: str, console: Console) -> None:

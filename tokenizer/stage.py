@@ -19,14 +19,18 @@ from lathe.tokenizer.corpus import draw_sample, read_clean
 from lathe.tokenizer.report import evaluate, plot_report, print_report
 from lathe.tokenizer.shards import (
     merge_split_indexes,
+    new_documents,
     prepare_output,
     print_shards,
     read_back,
     summarize_parts,
     tokenize,
+    with_digest,
+    write_ledger,
     write_parts,
 )
 from lathe.tokenizer.special import PAD
+from lathe.tokenizer.streams import StreamInfo, carry_over, previous_streams, print_streams, stream_name
 from lathe.tokenizer.vocab import copy_tokenizer, load_tokenizer, save_tokenizer, train_bpe, vocabulary_hash
 
 
@@ -130,41 +134,62 @@ TOKENIZER: Stage[Any] = Stage(
 
 
 def run_shards(ctx: StageContext[TokenizerSections]) -> StageResult:
-    """Tokenize, FIM-transform and pack the clean data into train/val MDS shards, then read them back."""
+    """Tokenize, FIM-transform and pack the documents no earlier stream holds into a new stream of
+    train/val MDS shards beside the earlier ones, then read it back."""
     cfg = ctx.config.shards
-    tok = load_tokenizer(ctx.inputs["tokenizer"].path("tokenizer"), ctx.config.tokenizer.vocab_size)
-    out_root = cfg.output or ctx.outputs["mds"]
-    prepare_output(out_root)
+    tokenizer_dir = ctx.inputs["tokenizer"].path("tokenizer")
+    tok = load_tokenizer(tokenizer_dir, ctx.config.tokenizer.vocab_size)
+    vocabulary = vocabulary_hash(tokenizer_dir)
+    root = (cfg.output or ctx.outputs["mds"]).rstrip("/")
+    earlier, why_not = previous_streams(ctx.previous, vocabulary, cfg.model_dump(mode="json"), SHARDS.version)
+    prepare_output(root, keep=[s.name for s in earlier])
+    earlier = carry_over(earlier, root)
+    ctx.console.print(f"{len(earlier)} earlier stream(s) kept" if earlier else f"one stream of every document ({why_not})")
     spark = spark_session(ctx.config.spark, "lathe-shards")
-    docs = read_clean(spark, ctx.inputs["data"].path("clean"))
-    pad_id = tok.token_to_id(PAD)
-    stats = write_parts(tokenize(docs, tok.to_str(), cfg), out_root, cfg, tok.get_vocab_size(), pad_id)
-    totals = summarize_parts(stats)
-    for split, total in totals.items():
-        if total.docs == 0:
-            raise InputError(f"the {split} split is empty; add data or change shards.val_fraction")
-    merge_split_indexes(out_root)
-
-    first = np.zeros(0)
-    for split, total in totals.items():
-        samples, tokens, head = read_back(f"{out_root.rstrip('/')}/{split}", ctx.out_dir / "cache" / split)
-        if (samples, tokens) != (total.samples, total.tokens + total.padding):
-            raise LatheError(
-                f"{split} shards read back {samples} samples / {tokens} tokens but {total.samples} / "
-                f"{total.tokens + total.padding} were written; rerun `lathe run shards --force`"
-            )
-        first = head if split == "train" else first
+    docs = new_documents(spark, with_digest(read_clean(spark, ctx.inputs["data"].path("clean"))), earlier).localCheckpoint()
+    snapshot = ctx.inputs["data"].details.get("snapshot")
+    new = stream_name(len(earlier), ctx.fingerprint or "manual") if docs.limit(1).count() else None
+    streams, totals, first = list(earlier), summarize_parts([]), np.zeros(0)
+    if new is not None:
+        uri = f"{root}/{new}"
+        stats = write_parts(tokenize(docs, tok.to_str(), cfg), uri, cfg, tok.get_vocab_size(), tok.token_to_id(PAD))
+        totals = summarize_parts(stats)
+        if totals["train"].docs == 0 and not earlier:
+            raise InputError("the train split is empty; add data or lower shards.val_fraction")
+        merge_split_indexes(uri, [split for split, t in totals.items() if t.docs])
+        for split, total in totals.items():
+            if not total.docs:
+                continue
+            samples, tokens, head = read_back(f"{uri}/{split}", ctx.out_dir / "cache" / new / split)
+            if (samples, tokens) != (total.samples, total.tokens + total.padding):
+                raise LatheError(
+                    f"{split} shards of stream {new} read back {samples} samples / {tokens} tokens but {total.samples} / "
+                    f"{total.tokens + total.padding} were written; rerun `lathe run shards --force`"
+                )
+            first = head if split == "train" else first
+        write_ledger(docs, uri)
+        streams.append(StreamInfo(name=new, uri=uri, snapshot=snapshot, docs=totals["train"].docs + totals["val"].docs,
+                                  train_samples=totals["train"].samples, train_tokens=totals["train"].tokens,
+                                  val_samples=totals["val"].samples, val_tokens=totals["val"].tokens))
+    else:
+        ctx.console.print("no document is new since the earlier streams: no new stream")
+    if not any(s.val_samples for s in streams):
+        raise InputError("the val split is empty; add data or raise shards.val_fraction")
     sample_text = tok.decode(first.tolist(), skip_special_tokens=False)
-    print_shards(totals, cfg, sample_text, ctx.console)
+    print_streams(streams, new, ctx.console)
+    if new is not None:
+        print_shards(totals, cfg, sample_text, ctx.console)
     counts = {f"{s}.{k}": int(getattr(t, k)) for s, t in totals.items() for k in ("docs", "fim_docs", "samples", "tokens", "padding")}
+    counts.update({"streams": len(streams), "all.train.tokens": sum(s.train_tokens for s in streams),
+                   "all.val.tokens": sum(s.val_tokens for s in streams)})
     return StageResult(
         counts=counts,
         metrics={"fim_share": sum(t.fim_docs for t in totals.values()) / max(sum(t.docs for t in totals.values()), 1)},
-        details={"output": out_root, "seq_len": cfg.seq_len, "vocab_size": tok.get_vocab_size(), "sample": sample_text[:1000],
-                 "data_snapshot": ctx.inputs["data"].details.get("snapshot"),
-                 "vocabulary": vocabulary_hash(ctx.inputs["tokenizer"].path("tokenizer")),
-                 "parts": sorted(stats, key=lambda r: (r["split"], r["part"]))},
-        outputs={"mds": out_root},
+        details={"output": root, "seq_len": cfg.seq_len, "vocab_size": tok.get_vocab_size(), "sample": sample_text[:1000],
+                 "data_snapshot": snapshot, "vocabulary": vocabulary, "new_stream": new,
+                 "streams": [s.model_dump(mode="json") for s in streams],
+                 "parts": sorted(stats, key=lambda r: (r["split"], r["part"])) if new else []},
+        outputs={"mds": root},
     )
 
 
@@ -173,12 +198,18 @@ def summarize_shards_stage(out_dir: Path, console: Console) -> None:
     manifest = json.loads((out_dir / "manifest.json").read_text())
     cfg = ShardsConfig.model_validate(manifest["config"])
     totals = summarize_parts(manifest["details"]["parts"])
-    print_shards(totals, cfg, manifest["details"]["sample"], console)
+    details = manifest["details"]
+    print_streams([StreamInfo.model_validate(s) for s in details.get("streams", [])], details.get("new_stream"), console)
+    if details.get("new_stream"):
+        print_shards(totals, cfg, details["sample"], console)
 
 
 def shards_headline(manifest: dict[str, Any]) -> str:
-    """Token counts per split."""
-    return ", ".join(f"{k} {v:,}" for k, v in manifest["counts"].items() if "token" in k) or "written"
+    """The new stream's tokens per split, and the streams in all."""
+    c = manifest["counts"]
+    new = (manifest.get("details") or {}).get("new_stream")
+    head = f"new stream {new}: train {c.get('train.tokens', 0):,}, val {c.get('val.tokens', 0):,} tokens" if new else "no new stream"
+    return f"{head}; {c.get('streams', 1)} stream(s), {c.get('all.train.tokens', 0):,} train tokens in all"
 
 
 SHARDS: Stage[Any] = Stage(
@@ -186,7 +217,9 @@ SHARDS: Stage[Any] = Stage(
     inputs=("data", "tokenizer"),
     section=lambda cfg: cfg.shards,
     run=run_shards,
-    outputs={"mds": "mds"},  # mds/train and mds/val; shards.output puts them elsewhere (an object store)
+    outputs={"mds": "mds"},  # mds/<stream>/{train,val}; shards.output puts them elsewhere (an object store)
     summarize=summarize_shards_stage,
     headline=shards_headline,
+    version="2",  # 2: one stream per data snapshot
+    incremental=True,  # the earlier streams are kept and a new one holds the new documents
 )

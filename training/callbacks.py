@@ -57,7 +57,7 @@ class SpikeDetector:
 
 
 class LossSpikeMonitor(Callback):
-    """Detects loss spikes, logs the offending batch's sample indices (shard, position), and
+    """Detects loss spikes, logs the offending batch's sample indices (stream, shard, position), and
     optionally skips that batch's optimizer step or stops training.
 
     The decision uses the loss averaged over every rank, so all ranks agree on it.
@@ -96,9 +96,9 @@ class LossSpikeMonitor(Callback):
                 "window_std": verdict.std,
                 "action": action,
                 "samples": [
-                    {"index": i, "shard": s, "position": p, "sha1": digest}
+                    {"index": i, "stream": st, "shard": s, "position": p, "sha1": digest}
                     for i, digest in gathered
-                    for s, p in [self.dataset.locate(i)]
+                    for st, s, p in [self.dataset.locate(i)]
                 ],
             }
             with self.log_path.open("a") as fh:

@@ -62,6 +62,16 @@ class ContinueConfig(Strict):
     warmup: str = Field("5ba", description="Re-warm from 0 to lr: a cold optimizer at full rate on shifted data spikes the loss.")
 
 
+class MixtureConfig(Strict):
+    """What a retrain trains on: the newest snapshot's stream and a replay share of the earlier ones."""
+
+    replay: float = Field(
+        0.25, ge=0, lt=1,
+        description="Share of each epoch's samples drawn from earlier snapshots' streams (in proportion to their size), "
+        "so continued training does not forget old code; the rest is the newest stream, seen once per epoch.",
+    )
+
+
 class TrainConfig(Strict):
     """The Composer trainer.
 
@@ -104,3 +114,4 @@ class TrainConfig(Strict):
         "alias yet: train from scratch), models:/<name>/<version>, an HF model directory, or a Composer checkpoint file.",
     )
     continued: ContinueConfig = Field(default_factory=ContinueConfig)
+    mixture: MixtureConfig = Field(default_factory=MixtureConfig)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 from composer.core import DataSpec
-from streaming import StreamingDataLoader, StreamingDataset
+from streaming import Stream, StreamingDataLoader, StreamingDataset
 
 from lathe.core.errors import InputError
 
@@ -21,10 +21,10 @@ class IndexedStreamingDataset(StreamingDataset):
         sample = super().get_item(sample_id, retry=retry)
         return {"tokens": sample["tokens"], "sample_idx": sample_id}
 
-    def locate(self, sample_id: int) -> tuple[str, int]:
-        """(shard file, position in shard) of a global sample index."""
+    def locate(self, sample_id: int) -> tuple[int, str, int]:
+        """(stream, shard file, position in shard) of a global sample index."""
         shard_id, offset = self.spanner[sample_id]
-        return self.shards[shard_id].raw_data.basename, int(offset)
+        return int(self.stream_per_shard[shard_id]), self.shards[shard_id].raw_data.basename, int(offset)
 
 
 def check_split(uri: str) -> dict[str, Any]:
@@ -63,14 +63,23 @@ def tokens_in_batch(batch: dict[str, torch.Tensor]) -> int:
     return int((batch["labels"] != -100).sum())
 
 
+def streams_of(splits: list[tuple[str, int | None]], cache: Path) -> list[Stream]:
+    """Streaming streams over split roots, each with its draw per epoch (None: every sample once);
+    a remote split is cached under ``cache``."""
+    from streaming import Stream
+
+    out = []
+    for i, (uri, choose) in enumerate(splits):
+        where = {"remote": uri, "local": str(cache / f"{i:03d}")} if "://" in uri else {"local": uri}
+        out.append(Stream(**where, choose=choose))
+    return out
+
+
 def build_dataloader(
-    uri: str, cache: Path, batch_size: int, shuffle: bool, seed: int, pad_id: int, num_workers: int
+    splits: list[tuple[str, int | None]], cache: Path, batch_size: int, shuffle: bool, seed: int, pad_id: int, num_workers: int
 ) -> tuple[DataSpec, IndexedStreamingDataset]:
-    """A DataSpec over one split; each rank reads its own part of the stream."""
-    if "://" in uri:
-        dataset = IndexedStreamingDataset(remote=uri, local=str(cache), shuffle=shuffle, shuffle_seed=seed, batch_size=batch_size)
-    else:
-        dataset = IndexedStreamingDataset(local=uri, shuffle=shuffle, shuffle_seed=seed, batch_size=batch_size)
+    """A DataSpec over split roots mixed by their draws; each rank reads its own part of the stream."""
+    dataset = IndexedStreamingDataset(streams=streams_of(splits, cache), shuffle=shuffle, shuffle_seed=seed, batch_size=batch_size)
     loader = StreamingDataLoader(
         dataset, batch_size=batch_size, collate_fn=collate(pad_id), num_workers=num_workers, drop_last=shuffle
     )

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from lathe.core.config import Strict
 from lathe.training.config import TrainConfig
+from lathe.training.mixture import StreamDraw
 
 # What a run writes into its out_dir (the train stage declares them as its outputs).
 MODEL_DIR, SUMMARY, METRICS, SPIKES = "hf_model", "train_summary.json", "metrics.jsonl", "loss_spikes.jsonl"
@@ -20,7 +21,10 @@ class TrainJob(Strict):
 
     train: TrainConfig = Field(description="The `train` section of the run's config.")
     seq_len: int = Field(gt=0, description="Tokens per sample in the shards (shards.seq_len).")
-    shards: str = Field(description="Root of the MDS splits (train/, val/): local path or URI.")
+    streams: list[StreamDraw] = Field(description="The training mixture: each stream's root (train/, val/) and draw per epoch.")
+    validation: dict[str, list[str]] = Field(
+        description="Evaluator label -> the stream roots whose val splits it reads (`val`: the new data; `replay_val`: earlier data)."
+    )
     tokenizer: str = Field(description="Directory of the trained tokenizer.")
     out_dir: str = Field(description="The stage's output directory.")
     run_name: str = Field(description="Stable across restarts: autoresume finds checkpoints by it.")

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from lathe.core.errors import InputError
+from lathe.tokenizer.streams import release_filelocks
 from lathe.training.callbacks import sample_digest
 
 
@@ -24,20 +25,26 @@ def read_spike(spikes_file: Path, step: int | None = None) -> dict[str, Any]:
     raise InputError(f"no spike at step {step} in {spikes_file}; logged steps: {[r['step'] for r in records]}")
 
 
-def load_batch(train_split: str, record: dict[str, Any], pad_id: int) -> dict[str, torch.Tensor]:
-    """The exact samples of a spike record, checked against the digests logged in training."""
+def load_batch(train_splits: list[str], record: dict[str, Any], pad_id: int, cache: Path) -> dict[str, torch.Tensor]:
+    """The exact samples of a spike record from the train splits of the run's mixture (in its order),
+    checked against the digests logged in training."""
     from streaming import StreamingDataset
 
-    dataset = StreamingDataset(local=train_split, shuffle=False, batch_size=1)
+    from lathe.training.data import streams_of
+
+    dataset = StreamingDataset(streams=streams_of([(s, None) for s in train_splits], cache), shuffle=False, batch_size=1)
     rows = []
-    for sample in record["samples"]:
-        tokens = dataset[sample["index"]]["tokens"]
-        if sample_digest(tokens) != sample["sha1"]:
-            raise InputError(
-                f"sample {sample['index']} ({sample['shard']}:{sample['position']}) differs from the one trained on; "
-                "the shards were rewritten since"
-            )
-        rows.append(np.asarray(tokens, dtype=np.int64))
+    try:
+        for sample in record["samples"]:
+            tokens = dataset[sample["index"]]["tokens"]
+            if sample_digest(tokens) != sample["sha1"]:
+                raise InputError(
+                    f"sample {sample['index']} ({sample['shard']}:{sample['position']}) differs from the one trained on; "
+                    "the shards were rewritten since"
+                )
+            rows.append(np.asarray(tokens, dtype=np.int64))
+    finally:
+        release_filelocks(dataset)
     ids = torch.from_numpy(np.stack(rows))
     return {"input_ids": ids, "labels": ids.masked_fill(ids == pad_id, -100)}
 

@@ -12,10 +12,12 @@ from lathe.core.errors import InputError
 from lathe.core.models import ModelRegistry, ModelSource, resolve_source
 from lathe.core.stage import Stage, StageContext, StageResult, Upstream, json_summary
 from lathe.tokenizer.config import ShardsConfig, TokenizerConfig
+from lathe.tokenizer.streams import StreamInfo
 from lathe.tokenizer.vocab import vocabulary_hash
 from lathe.training.config import TrainConfig
 from lathe.training.job import METRICS, MODEL_DIR, SPIKES, SUMMARY, TrainJob
 from lathe.training.launcher import launch
+from lathe.training.mixture import StreamDraw, plan_mixture, print_mixture, run_samples, validation_roles
 
 
 class TrainSections(Protocol):
@@ -56,6 +58,15 @@ def initial_weights(cfg: TrainSections, cache: Path, vocabulary: str, console: C
     return init
 
 
+def training_mixture(shards: Upstream, cfg: TrainSections) -> list[StreamDraw]:
+    """The shards' streams mixed for this run: the new snapshot's and a replay share of earlier ones."""
+    details = shards.details
+    streams = [StreamInfo.model_validate(s) for s in details["streams"]]
+    epoch = sum(s.train_samples for s in streams)  # for `ep` durations, before the mixture is known; close enough
+    budget = run_samples(cfg.train.max_duration, cfg.train.global_train_batch_size, cfg.shards.seq_len, epoch)
+    return plan_mixture(streams, details.get("new_stream"), cfg.train.mixture.replay, budget)
+
+
 def run_train(ctx: StageContext[TrainSections]) -> StageResult:
     """Train from the shards, export a HF checkpoint and register it in MLflow."""
     import mlflow
@@ -67,10 +78,13 @@ def run_train(ctx: StageContext[TrainSections]) -> StageResult:
     tokenizer = ctx.inputs["tokenizer"].path("tokenizer")
     vocabulary = vocabulary_hash(tokenizer)
     init = initial_weights(cfg, ctx.out_dir / "init", vocabulary, ctx.console)
+    draws = training_mixture(ctx.inputs["shards"], cfg)
+    print_mixture(draws, cfg.shards.seq_len, ctx.console)
     job = TrainJob(
         train=cfg.train,
         seq_len=cfg.shards.seq_len,
-        shards=ctx.inputs["shards"].uri("mds"),
+        streams=draws,
+        validation=validation_roles(draws),
         tokenizer=str(tokenizer),
         out_dir=str(ctx.out_dir.resolve()),
         run_name=f"{cfg.profile}-train-{ctx.fingerprint}",
@@ -105,6 +119,8 @@ def run_train(ctx: StageContext[TrainSections]) -> StageResult:
         }
         version = ModelRegistry(cfg.train.registered_model).register(hf_dir, run.info.run_id, lineage)
     summary.update(
+        mixture=[d.model_dump(mode="json") for d in draws],
+        validation=job.validation,
         registered_model=cfg.train.registered_model,
         model_version=version,
         tokens_per_s=_last(metrics_file, "throughput/tokens_per_sec"),
@@ -116,7 +132,8 @@ def run_train(ctx: StageContext[TrainSections]) -> StageResult:
     artifacts = [p for p in (metrics_file, ctx.out_dir / SPIKES, summary_file) if p.is_file()]
     return StageResult(
         counts={"batches": summary["batches"], "tokens": summary["tokens"], "parameters": summary["parameters"]},
-        metrics={k: float(summary[k]) for k in ("initial_val_loss", "final_val_loss", "tokens_per_s") if summary.get(k) is not None},
+        metrics={k: float(summary[k]) for k in ("initial_val_loss", "final_val_loss", "initial_replay_val_loss",
+                                                  "final_replay_val_loss", "tokens_per_s") if summary.get(k) is not None},
         artifacts=artifacts,
         details=summary,
     )
@@ -133,6 +150,10 @@ def print_train(summary: dict[str, Any], console: Console) -> None:
     if final is not None:
         start = f"{initial:.3f} -> " if initial is not None else ""
         console.print(f"validation loss {start}{final:.3f} (perplexity {summary['final_val_perplexity']:.1f})")
+    if summary.get("final_replay_val_loss") is not None:
+        before = summary.get("initial_replay_val_loss")
+        console.print(f"earlier snapshots' validation loss {'' if before is None else f'{before:.3f} -> '}"
+                      f"{summary['final_replay_val_loss']:.3f}")
     if summary.get("tokens_per_s"):
         console.print(f"throughput {summary['tokens_per_s']:,.0f} tokens/s; loss spikes: {summary['loss_spikes']}")
     if summary.get("model_version"):

@@ -24,6 +24,7 @@ from composer.utils import dist, get_device, reproducibility
 from lathe.core.errors import InputError
 from lathe.core.models import ModelSource
 from lathe.tokenizer.special import EOS, PAD
+from lathe.tokenizer.streams import release_filelocks
 from lathe.tokenizer.vocab import copy_tokenizer, load_tokenizer
 from lathe.training.callbacks import JsonlLogger, LossSpikeMonitor, MLflowRunLogger
 from lathe.training.data import build_dataloader, check_split
@@ -43,7 +44,14 @@ def preflight(job: TrainJob) -> dict[str, Any]:
             f"train.model.vocab_size={tc.model.vocab_size} but the tokenizer has {vocab} tokens; "
             "unset train.model.vocab_size or retrain the tokenizer"
         )
-    meta = {split: check_split(f"{job.shards.rstrip('/')}/{split}") for split in ("train", "val")}
+    for draw in job.streams:
+        if draw.choose:
+            check_split(f"{draw.uri}/train")
+    if not job.validation.get("val"):
+        raise InputError("no stream has validation samples; raise shards.val_fraction")
+    for uris in job.validation.values():
+        for uri in uris:
+            check_split(f"{uri}/val")
     seq_len = job.seq_len
     if seq_len > tc.model.max_seq_len:
         raise InputError(f"shards.seq_len={seq_len} exceeds train.model.max_seq_len={tc.model.max_seq_len}")
@@ -60,7 +68,7 @@ def preflight(job: TrainJob) -> dict[str, Any]:
     if job.init_weights:  # the parent's shape must be the configured one
         check_architecture(ModelSource(job.init_ref or job.init_weights, Path(job.init_weights)),
                            llama_config(tc.model, vocab, eos_id, pad_id))
-    return {"vocab_size": vocab, "pad_id": pad_id, "eos_id": eos_id, "seq_len": seq_len, "meta": meta}
+    return {"vocab_size": vocab, "pad_id": pad_id, "eos_id": eos_id, "seq_len": seq_len}
 
 
 def _wandb_logger(job: TrainJob) -> Any:
@@ -105,11 +113,15 @@ def run_training(job: TrainJob) -> dict[str, Any]:
     per_rank = tc.global_train_batch_size // world
     cache = out / "stream-cache"
     train_spec, train_ds = build_dataloader(
-        f"{job.shards.rstrip('/')}/train", cache / "train", per_rank, True, tc.seed, facts["pad_id"], tc.num_workers
+        [(f"{d.uri}/train", d.choose) for d in job.streams if d.choose], cache / "train", per_rank, True, tc.seed,
+        facts["pad_id"], tc.num_workers,
     )
-    val_spec, _ = build_dataloader(
-        f"{job.shards.rstrip('/')}/val", cache / "val", per_rank, False, tc.seed, facts["pad_id"], tc.num_workers
-    )
+    datasets, evaluators = [train_ds], []
+    for label, uris in job.validation.items():
+        spec, dataset = build_dataloader(
+            [(f"{u}/val", None) for u in uris], cache / label, per_rank, False, tc.seed, facts["pad_id"], tc.num_workers)
+        evaluators.append(Evaluator(label=label, dataloader=spec, metric_names=["LanguageCrossEntropy", "LanguagePerplexity"]))
+        datasets.append(dataset)
     # Seed before building the model: its initial weights must not depend on what ran before.
     reproducibility.seed_all(tc.seed)
     model = build_model(tc.model, facts["vocab_size"], facts["eos_id"], facts["pad_id"], facts["seq_len"])
@@ -141,7 +153,7 @@ def run_training(job: TrainJob) -> dict[str, Any]:
     trainer = Trainer(
         model=model,
         train_dataloader=train_spec,
-        eval_dataloader=Evaluator(label="val", dataloader=val_spec, metric_names=["LanguageCrossEntropy", "LanguagePerplexity"]),
+        eval_dataloader=evaluators,
         max_duration=tc.max_duration,
         optimizers=build_optimizer(model.parameters(), optimizer),
         schedulers=CosineAnnealingWithWarmupScheduler(t_warmup=warmup, alpha_f=tc.alpha_f),
@@ -164,10 +176,10 @@ def run_training(job: TrainJob) -> dict[str, Any]:
         log_to_console=False,
     )
     resumed_at = int(trainer.state.timestamp.batch)
-    initial_val = None
+    initial: dict[str, float | None] = {}
     if resumed_at == 0:
-        trainer.eval()  # the untrained model's validation loss: the baseline training must beat
-        initial_val = _val_loss(trainer)
+        trainer.eval()  # the starting model's validation losses: the baseline training must beat
+        initial = _val_losses(trainer)
     max_duration = trainer.state.max_duration
     assert max_duration is not None
     if trainer.state.timestamp.get(max_duration.unit).value < max_duration.value:
@@ -175,15 +187,19 @@ def run_training(job: TrainJob) -> dict[str, Any]:
     else:
         # Killed after the last batch but before the export: only the export is left to do.
         trainer.eval()
-    final_val = _val_loss(trainer)
+    final = _val_losses(trainer)
+    final_val = final.get("val")
     summary = {
         "run_name": job.run_name,
         "resumed_at_batch": resumed_at,
         "batches": int(trainer.state.timestamp.batch),
         "tokens": int(trainer.state.timestamp.token),
-        "initial_val_loss": initial_val,
+        "initial_val_loss": initial.get("val"),
         "final_val_loss": final_val,
         "final_val_perplexity": math.exp(final_val) if final_val is not None else None,
+        # the earlier snapshots' validation data (present when the run replays earlier streams)
+        "initial_replay_val_loss": initial.get("replay_val"),
+        "final_replay_val_loss": final.get("replay_val"),
         "parameters": parameter_count(model.model),
         "world_size": world,
         "loss_spikes": next(c.spikes for c in callbacks if isinstance(c, LossSpikeMonitor)),
@@ -200,12 +216,15 @@ def run_training(job: TrainJob) -> dict[str, Any]:
         export_model(model.model, Path(job.tokenizer), out / MODEL_DIR, state_dict)
         (out / SUMMARY).write_text(json.dumps(summary, indent=2))
     trainer.close()
+    for dataset in datasets:
+        release_filelocks(dataset)
     return summary
 
 
-def _val_loss(trainer: Trainer) -> float | None:
-    metric = trainer.state.eval_metrics.get("val", {}).get("LanguageCrossEntropy")
-    return float(metric.compute()) if metric is not None else None
+def _val_losses(trainer: Trainer) -> dict[str, float]:
+    """The last evaluation's cross-entropy per evaluator label."""
+    return {label: float(m["LanguageCrossEntropy"].compute()) for label, m in trainer.state.eval_metrics.items()
+            if "LanguageCrossEntropy" in m}
 
 
 def export_model(

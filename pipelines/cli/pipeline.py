@@ -87,7 +87,7 @@ def replay_spike(
     config: Path = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
     step: Optional[int] = typer.Option(None, "--step", help="Spike step (default: the first logged)."),
-    shards: Optional[str] = typer.Option(None, "--shards", help="Train split; default the train split of the shards it trained on."),
+    shards: Optional[list[str]] = typer.Option(None, "--shards", help="Train split(s), in mixture order; default the ones it trained on."),
 ) -> None:
     """Reload a logged loss-spike batch from the shards and score it with the exported model."""
     from lathe.pipelines.runner import finished
@@ -99,9 +99,9 @@ def replay_spike(
     cfg = load(config, set_)
     trained = finished("train", run_dir or Path(cfg.run.runs_dir) / cfg.profile / "train")
     record = read_spike(trained.dir / SPIKES, step)
-    split = shards or f"{finished('shards', Path(trained.manifest['inputs']['shards']['path'])).uri('mds').rstrip('/')}/train"
+    splits = shards or [f"{d['uri']}/train" for d in trained.details.get("mixture", []) if d["choose"]]
     model = trained.path("model")
-    batch = load_batch(split, record, load_tokenizer(model).token_to_id(PAD))
+    batch = load_batch(splits, record, load_tokenizer(model).token_to_id(PAD), trained.dir / "stream-cache" / "replay")
     loss = replay_loss(model, batch)
     console.print(json.dumps({"step": record["step"], "logged_loss": record["loss"], "replayed_loss_final_model": loss,
-                              "samples": [(s["shard"], s["position"]) for s in record["samples"]]}))
+                              "samples": [(s.get("stream", 0), s["shard"], s["position"]) for s in record["samples"]]}))
