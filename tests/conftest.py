@@ -11,6 +11,28 @@ from lathe.core.spark import SparkConfig
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The Airflow backfill's test runs last: its run starts in the background at collection
+    (tests/backfill.py), and the rest of the suite runs while it does."""
+    from tests.backfill import TEST_ID
+
+    items.sort(key=lambda item: item.nodeid == TEST_ID)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the backfill now if the session will run its test (after -k and -m selected)."""
+    from tests.backfill import TEST_ID, start
+
+    if not session.config.option.collectonly and any(item.nodeid == TEST_ID for item in session.items):
+        start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    from tests.backfill import stop
+
+    stop()
+
+
 @pytest.fixture(scope="session")
 def spark():
     """A real local Spark (starting one takes ~13 s on 2 cores, so it is shared)."""

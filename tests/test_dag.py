@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests import backfill
+
 ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW_PYTHON = ROOT / ".venv-airflow" / "bin" / "python"
 CHAIN = ["data", "tokenizer", "shards", "train", "eval", "gate", "package", "canary", "deploy_staff",
@@ -54,18 +56,18 @@ def test_same_dag_on_kubernetes_by_configuration(tmp_path: Path) -> None:
     assert tasks["train"]["outlets"] == ["lathe://gpu-1b/model"]
 
 
-def test_a_backfill_of_three_intervals_retrains_three_chained_versions(tmp_path: Path) -> None:
+def test_a_backfill_of_three_intervals_retrains_three_chained_versions() -> None:
     """`make dag-test`: dag.test() over three daily intervals of a git source that gains code each day,
     every stage run for real through the CLI on a small profile, each run approved and promoted."""
     from lathe.core.models import ModelRegistry
 
-    env = {**os.environ, "AIRFLOW__CORE__LOAD_EXAMPLES": "false", "LATHE_DAG_TEST_DIR": str(tmp_path)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    done = subprocess.run([str(AIRFLOW_PYTHON), str(ROOT / "tests" / "airflow" / "run_dag.py")], env=env,
-                          capture_output=True, text=True, timeout=1500, cwd=ROOT)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-    assert "ran raw -> production end to end for 3 intervals" in done.stdout
-    registry = ModelRegistry("lathe-code", MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"))
+    run = backfill.start()  # started at collection; this waits for it
+    if run is None:
+        pytest.fail(f"{AIRFLOW_PYTHON} not found; run `make setup` (it installs Airflow in its own venv)")
+    code, output = run.wait()
+    assert code == 0, output[-3000:]
+    assert "ran raw -> production end to end for 3 intervals" in output
+    registry = ModelRegistry("lathe-code", MlflowClient(f"sqlite:///{run.scratch / 'runs' / 'mlflow.db'}"))
     chain = registry.lineage_chain("3")
     assert [link["version"] for link in chain] == ["3", "2", "1"]  # each interval continued from the one before
     tags = [registry.lineage(v) for v in ("1", "2", "3")]

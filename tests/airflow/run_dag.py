@@ -35,7 +35,7 @@ SMALL = [f"run.runs_dir={scratch / 'runs'}", f"data.sources=[{{kind: tree, paths
          "tokenizer.reserved_sentinels=4", "shards.seq_len=128", "shards.val_fraction=0.1",
          "train.model={d_model: 64, n_layers: 2, n_heads: 2, max_seq_len: 128}", "train.max_duration=8ba",
          "train.warmup=2ba", "train.eval_interval=8ba", "train.save_interval=8ba", "train.global_train_batch_size=4",
-         "train.device_train_microbatch_size=4", "eval.ks=[1]", "eval.generation={limit: 2, n: 1, max_new_tokens: 8}",
+         "train.device_train_microbatch_size=4", "train.wandb.enabled=false", "eval.ks=[1]", "eval.generation={limit: 2, n: 1, max_new_tokens: 8}",
          "serve.canary_load={clients: 2, seconds: 2, max_tokens: 4}",
          # the backfill is about the chain of versions, so the gate lets a tiny model's noise through
          "eval.gate={max_val_loss_increase: 10, max_replay_val_loss_increase: 10}"]
