@@ -132,9 +132,13 @@ def free_port() -> int:
 
 
 def port_free(port: int) -> bool:
+    """Whether a new server could listen on ``port``: bound as servers bind (SO_REUSEADDR), so the
+    killed server's closed connections waiting out TIME_WAIT do not count as holding it."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
+            s.listen()
         except OSError:
             return False
     return True
