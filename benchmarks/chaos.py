@@ -157,7 +157,7 @@ def inject(target: Target, sets: list[str], rng: random.Random, log: Path, repor
     port = 0
     if target.serve:
         port = free_port()
-        extra = ["--http-port", str(port), "--grpc-port", str(free_port()), "--metrics-port", str(free_port())]
+        extra = ["--http-port", str(port), "--grpc-port", str(free_port()), "--metrics-port", str(free_port()), "--api-port", str(free_port())]
     proc = lathe([*target.args, *extra], sets, log)
     delay = rng.uniform(1.0, target.seconds)
     deadline = time.monotonic() + delay

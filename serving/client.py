@@ -14,7 +14,7 @@ import numpy as np
 
 from lathe.core.errors import LatheError
 from lathe.core.models import MODEL_NAME
-from lathe.serving.protocol import FINISH, PARAMETERS, PROMPT, TEXT, TOKEN_IDS
+from lathe.serving.protocol import FINISH, PARAMETERS, PROMPT, PROMPT_TOKENS, TEXT, TOKEN_IDS
 
 _DONE = object()
 
@@ -27,6 +27,8 @@ class Chunk:
     token_ids: list[int]
     finish: str | None
     at: float  # time.perf_counter() when it arrived
+    prompt_tokens: int = 0  # the prompt's length as the model saw it (FIM layout, after cuts)
+    model_version: str = ""  # the served version that made it
 
 
 @dataclass
@@ -47,6 +49,11 @@ class Completion:
         return [t for c in self.chunks for t in c.token_ids]
 
     @property
+    def prompt_tokens(self) -> int:
+        """The prompt's token count as the model saw it."""
+        return self.chunks[0].prompt_tokens
+
+    @property
     def first_token_s(self) -> float:
         """Time to first token: request sent to first chunk."""
         return self.chunks[0].at - self.started
@@ -61,8 +68,9 @@ class RequestFailed(LatheError):
     """The server answered with an error (a bad request, or a failed generation)."""
 
 
-def _inputs(grpc: Any, prompt: str, params: dict[str, Any]) -> list[Any]:
-    """Triton input tensors for a prompt and its parameters (batch dimension of 1)."""
+def infer_inputs(grpc: Any, prompt: str, params: dict[str, Any]) -> list[Any]:
+    """Triton input tensors for a prompt and its parameters (batch dimension of 1); ``grpc`` is
+    ``tritonclient.grpc`` or its ``aio`` module (they share ``InferInput``)."""
     from tritonclient.utils import triton_to_np_dtype
 
     fields = {f.name: f for f in PARAMETERS}
@@ -76,13 +84,26 @@ def _inputs(grpc: Any, prompt: str, params: dict[str, Any]) -> list[Any]:
     add(PROMPT.name, np.array([[prompt.encode("utf-8")]], dtype=np.object_), PROMPT.dtype)
     for name, value in params.items():
         field = fields.get(name)
+        if value is None:
+            continue
         if field is not None and field.kind is list:
             add(name, np.array([[s.encode("utf-8") for s in value]], dtype=np.object_), field.dtype)
+        elif field is not None and field.kind is str:
+            add(name, np.array([[value.encode("utf-8")]], dtype=np.object_), field.dtype)
         elif field is not None:
             add(name, np.array([[value]], dtype=triton_to_np_dtype(field.dtype)), field.dtype)
         else:  # let the server name it in its error: an unknown input is refused there, not dropped here
             add(name, np.array([[str(value).encode()]], dtype=np.object_), "BYTES")
     return tensors
+
+
+def chunk_of(result: Any) -> Chunk:
+    """One streamed gRPC response (``InferResult``) as a ``Chunk``, stamped with its arrival time."""
+    at = time.perf_counter()
+    finish = result.as_numpy(FINISH.name).reshape(-1)[0].decode() or None
+    text = result.as_numpy(TEXT.name).reshape(-1)[0].decode("utf-8")
+    return Chunk(text, result.as_numpy(TOKEN_IDS.name).reshape(-1).tolist(), finish, at,
+                 int(result.as_numpy(PROMPT_TOKENS.name).reshape(-1)[0]), result.get_response().model_version)
 
 
 def _speaks_http(url: str) -> bool:
@@ -119,7 +140,7 @@ def stream_completion(url: str, prompt: str, model: str = MODEL_NAME, timeout_s:
             raise LatheError(f"no Triton server at {url} ({exc.message()}); start one with `lathe serve`") from None
         try:
             client.start_stream(callback=on_response, stream_timeout=timeout_s)
-            client.async_stream_infer(model, _inputs(grpc, prompt, {**params, "stream": True}))
+            client.async_stream_infer(model, infer_inputs(grpc, prompt, {**params, "stream": True}))
         except InferenceServerException as exc:
             raise LatheError(f"no Triton server at {url} ({exc.message()}); start one with `lathe serve`") from None
         deadline = time.monotonic() + timeout_s
@@ -128,13 +149,11 @@ def stream_completion(url: str, prompt: str, model: str = MODEL_NAME, timeout_s:
                 item = arrivals.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 raise LatheError(f"no response from {url} within {timeout_s:.0f}s") from None
-            at = time.perf_counter()
             if isinstance(item, InferenceServerException):
                 raise RequestFailed(item.message() or str(item))
-            finish = item.as_numpy(FINISH.name).reshape(-1)[0].decode() or None
-            text = item.as_numpy(TEXT.name).reshape(-1)[0].decode("utf-8")
-            yield Chunk(text, item.as_numpy(TOKEN_IDS.name).reshape(-1).tolist(), finish, at)
-            if finish:
+            chunk = chunk_of(item)
+            yield chunk
+            if chunk.finish:
                 return
     finally:
         client.stop_stream(cancel_requests=True)

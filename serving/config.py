@@ -28,6 +28,20 @@ class LoadConfig(Strict):
     max_tokens: int = Field(16, gt=0, description="Tokens each request asks for.")
 
 
+class GatewayConfig(Strict):
+    """The OpenAI-compatible HTTP gateway in front of Triton (`/v1/completions`, `/v1/models`, `/v1/events`)."""
+
+    host: str = Field("127.0.0.1", description="Address the gateway binds; beyond loopback it needs API keys or allow_unauthenticated.")
+    port: int = Field(8080, ge=0, le=65535, description="The gateway's HTTP port (`lathe serve --api-port`; 0 = any free port).")
+    triton_url: str = Field("127.0.0.1:8001", description="Triton's gRPC address when the gateway runs alone (`lathe gateway`).")
+    api_keys_file: str | None = Field(None, description="File of SHA-256 hex digests of accepted API keys, one per line (# comments).")
+    api_keys_env: str = Field("LATHE_API_KEY_HASHES", description="Environment variable with comma-separated SHA-256 digests of keys.")
+    allow_unauthenticated: bool = Field(False, description="Serve without keys on a non-loopback address (behind another auth layer).")
+    max_n: int = Field(8, gt=0, description="Most completions one request may ask for (`n`).")
+    max_body_bytes: int = Field(1 << 20, gt=0, description="Larger request bodies are refused with 413.")
+    request_timeout_s: float = Field(120.0, gt=0, description="A completion that takes longer is cancelled with 504.")
+
+
 class ServeConfig(Strict):
     """Triton model repository and server settings."""
 
@@ -52,3 +66,4 @@ class ServeConfig(Strict):
     canary_prompt: str = Field("def fibonacci(n):\n", description="The completion the `canary` stage asks the served model for.")
     canary_load: LoadConfig = Field(default_factory=LoadConfig, description="The canary's short load test (latency for the summary).")
     vllm: VllmConfig = Field(default_factory=VllmConfig)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)

@@ -4,6 +4,11 @@ This module depends on torch, transformers, the standard library and ``protocol.
 because it is copied into the Triton model repository beside ``model.py`` and must run in
 any Triton image (where lathe itself is not installed). It is tested without Triton.
 
+A request with a ``suffix`` (an editor's cursor in the middle of a file) is laid out as a
+fill-in-the-middle prompt by the function the shards stage trained with, prefix and suffix cut
+from their far ends to leave room for ``max_tokens``; its completion ends at ``<|endoftext|>``
+or ``<fim_pad>``.
+
 One ``Engine.generate`` call serves the requests Triton's dynamic batcher handed to one
 ``execute``: prompts of different lengths are left-padded into one batch, each row has
 its own sampling parameters, generator and stop sequences, and rows leave the batch (and
@@ -19,8 +24,11 @@ from typing import Any, Iterator
 import torch
 
 try:
+    from lathe.core.fim import FIM_MIDDLE, FIM_PAD, FIM_PREFIX, FIM_SUFFIX, FimIds, fim_prompt, fit_context
+
     from .protocol import PARAMETER_TYPES, PROMPT
-except ImportError:  # copied into a Triton model repository as lathe_engine.py, beside lathe_protocol.py
+except ImportError:  # copied into a Triton model repository as lathe_engine.py, beside lathe_protocol.py and lathe_fim.py
+    from lathe_fim import FIM_MIDDLE, FIM_PAD, FIM_PREFIX, FIM_SUFFIX, FimIds, fim_prompt, fit_context  # type: ignore[no-redef]
     from lathe_protocol import PARAMETER_TYPES, PROMPT  # type: ignore[no-redef]
 
 
@@ -48,6 +56,7 @@ class GenRequest:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     stream: bool = False  # one response per chunk (gRPC streaming, generate_stream) or one in all
+    fim: bool = False  # laid out as prefix/suffix around the cursor
 
 
 @dataclass
@@ -95,6 +104,25 @@ class Engine:
         self.context = int(self.model.config.max_position_embeddings)
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+        vocab = self.tokenizer.get_vocab()
+        # a FIM completion is over when the model closes the middle: <|endoftext|>, or <fim_pad> where the vocabulary has it
+        self.end_ids = {self.eos_id, *([vocab[FIM_PAD]] if FIM_PAD in vocab else [])}
+        self.fim_ids = FimIds(vocab[FIM_PREFIX], vocab[FIM_MIDDLE], vocab[FIM_SUFFIX]) if {FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX} <= vocab.keys() else None
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of request text; special-token names in it stay text, so code cannot inject control tokens."""
+        return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
+
+    def fim_prompt_ids(self, prefix: str, suffix: str, max_tokens: int) -> list[int]:
+        """The PSM prompt for the code around a cursor, cut to leave ``max_tokens`` of the context for the middle."""
+        if self.fim_ids is None:
+            raise RequestError(f"this model's vocabulary has no {FIM_PREFIX}/{FIM_SUFFIX}/{FIM_MIDDLE} tokens; send no suffix")
+        try:
+            kept_prefix, kept_suffix = fit_context(self.encode(prefix), self.encode(suffix), self.context - max_tokens)
+        except ValueError:
+            raise RequestError(f"max_tokens {max_tokens} leaves no room for the prompt in the model's context of {self.context}; "
+                               f"ask for at most {self.context - 4}") from None
+        return fim_prompt(kept_prefix, kept_suffix, self.fim_ids, "psm")
 
     def parse(self, prompt: str, params: dict[str, Any]) -> GenRequest:
         """Validate one request; raises ``RequestError`` naming the field and the fix."""
@@ -108,14 +136,19 @@ class Engine:
                 ok = True
             if not ok:
                 raise RequestError(f"{name} must be {want.__name__}, got {type(value).__name__} {value!r}")
-        if not prompt:
+        suffix = params.get("suffix")
+        if not prompt and suffix is None:
             raise RequestError("text_input is empty; send the code to complete")
-        ids = self.tokenizer.encode(prompt, add_special_tokens=False)
-        if len(ids) >= self.context:
-            raise RequestError(f"text_input is {len(ids)} tokens; the model's context is {self.context}: send at most {self.context - 1}")
         max_tokens = params.get("max_tokens", self.limits.default_max_tokens)
         if not 1 <= max_tokens <= self.limits.max_tokens_limit:
             raise RequestError(f"max_tokens must be between 1 and {self.limits.max_tokens_limit}, got {max_tokens}")
+        if suffix is not None:  # an editor's cursor: even an empty suffix (the end of a file) asks for a middle
+            ids = self.fim_prompt_ids(prompt, suffix, max_tokens)
+        else:
+            ids = self.encode(prompt)
+            if len(ids) >= self.context:
+                raise RequestError(f"text_input is {len(ids)} tokens; the model's context is {self.context}: send at most "
+                                   f"{self.context - 1}, or send a suffix to have prefix and suffix cut to fit")
         temperature = float(params.get("temperature", 0.0))
         if not 0.0 <= temperature <= 10.0:
             raise RequestError(f"temperature must be between 0 and 10, got {temperature}")
@@ -125,7 +158,7 @@ class Engine:
         stop = params.get("stop", [])
         if len(stop) > self.limits.max_stop_sequences or not all(isinstance(s, str) and s for s in stop):
             raise RequestError(f"stop must be at most {self.limits.max_stop_sequences} non-empty strings")
-        return GenRequest(ids, max_tokens, temperature, top_p, list(stop), params.get("seed"), params.get("stream", False))
+        return GenRequest(ids, max_tokens, temperature, top_p, list(stop), params.get("seed"), params.get("stream", False), suffix is not None)
 
     def _pick(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
         """Next token per row: argmax for greedy rows, temperature + nucleus sampling for the rest."""
@@ -148,7 +181,7 @@ class Engine:
         """Add one token to a row; the event carries the text that is now safe to send (maybe none)."""
         r = row.request
         finish = None
-        if token == self.eos_id:
+        if token in self.end_ids:
             finish = "eos"
         else:
             row.ids.append(token)
@@ -160,7 +193,7 @@ class Engine:
             finish = "length"
         upto = len(text) if finish else len(text) - _held_back(text, r.stop)
         delta, row.sent = text[row.sent : upto], max(row.sent, upto)
-        return Event(row.index, delta, [token] if token != self.eos_id else [], finish)
+        return Event(row.index, delta, [token] if token not in self.end_ids else [], finish)
 
     @torch.inference_mode()
     def generate(self, requests: list[GenRequest]) -> Iterator[Event]:

@@ -31,7 +31,18 @@ HERE = Path(__file__).parent
 VLLM_ARCHITECTURES = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "GPTBigCodeForCausalLM", "Starcoder2ForCausalLM"}
 
 # Files copied into each version directory of the Python-backend model, under the names model.py imports.
-MODEL_FILES = {"triton_model.py": "model.py", "engine.py": "lathe_engine.py", "protocol.py": "lathe_protocol.py"}
+MODEL_FILES = {HERE / "triton_model.py": "model.py", HERE / "engine.py": "lathe_engine.py", HERE / "protocol.py": "lathe_protocol.py",
+               HERE.parent / "core" / "fim.py": "lathe_fim.py"}
+
+
+def model_code_digest() -> str:
+    """A digest of the code copied into the repository: a repository built by older code is stale."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for source, name in sorted(MODEL_FILES.items(), key=lambda item: item[1]):
+        digest.update(name.encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def checkpoint_dir(root: Path, name: str, version: int) -> Path:
@@ -106,7 +117,7 @@ def build_repositories(model_dir: Path, version: int, out_dir: Path, cfg: ServeC
     vdir = model_root / str(version)
     _place_checkpoint(model_dir, checkpoint_dir(roots["python"], cfg.model_name, version))
     for source, name in MODEL_FILES.items():
-        shutil.copy2(HERE / source, vdir / name)
+        shutil.copy2(source, vdir / name)
     (model_root / "config.pbtxt").write_text(text_format.MessageToString(python_model_config(cfg, version)))
 
     archs = set(hf.get("architectures") or [])

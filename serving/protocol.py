@@ -32,10 +32,12 @@ PARAMETERS: tuple[Field, ...] = (
     Field("seed", "INT64", int),
     Field("stream", "BOOL", bool),
     Field("stop", "BYTES", list, dims=(-1,)),  # stop sequences: ragged across a batch
+    Field("suffix", "BYTES", str),  # the code after the cursor: text_input is then the prefix of a FIM prompt
 )
 INPUTS: tuple[Field, ...] = (PROMPT, *PARAMETERS)
 TEXT = Field("text_output", "BYTES", str, optional=False)  # the new text of this response
 TOKEN_IDS = Field("token_ids", "INT32", list, dims=(-1,), optional=False)  # the tokens that made it
 FINISH = Field("finish_reason", "BYTES", str, optional=False)  # "stop", "eos" or "length" on the last response; else ""
-OUTPUTS: tuple[Field, ...] = (TEXT, TOKEN_IDS, FINISH)
+PROMPT_TOKENS = Field("prompt_tokens", "INT32", int, optional=False)  # the prompt as the model saw it (FIM layout, after cuts)
+OUTPUTS: tuple[Field, ...] = (TEXT, TOKEN_IDS, FINISH, PROMPT_TOKENS)
 PARAMETER_TYPES: dict[str, type] = {f.name: f.kind for f in PARAMETERS}

@@ -15,7 +15,7 @@ from lathe.core.models import ModelRegistry, resolve_model
 from lathe.core.stage import Stage, StageContext, StageResult, json_summary
 from lathe.serving.canary import canary, print_canary
 from lathe.serving.config import ServeConfig
-from lathe.serving.package import build_repositories, publish
+from lathe.serving.package import build_repositories, model_code_digest, publish
 from lathe.training.config import TrainConfig
 
 
@@ -95,7 +95,8 @@ PACKAGE: Stage[Any] = Stage(
     section=lambda cfg: cfg.serve,
     run=run_package,
     outputs={"repository": "triton", "vllm_repository": "triton-vllm", "info": "package.json"},
-    version="2",  # 2: fingerprinted by the version the track's alias holds
+    # 2: fingerprinted by the version the track's alias holds; the served code's digest, so new model code repackages
+    version=f"2-{model_code_digest()}",
     summarize=json_summary("package.json", print_package),
     headline=package_headline,
     observe=observe_track,

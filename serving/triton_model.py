@@ -7,9 +7,9 @@ HTTP ``generate`` alike. The requests of one ``execute`` call (what the dynamic 
 gathered) are generated as one batch. A bad request gets an error response naming the
 field and the fix; the others in its batch are served.
 
-It imports only torch, transformers, numpy, ``lathe_engine`` and ``lathe_protocol``
-(serving/engine.py and serving/protocol.py, copied beside it), so the repository runs in a
-stock Triton image.
+It imports only torch, transformers, numpy, ``lathe_engine``, ``lathe_protocol`` and ``lathe_fim``
+(serving/engine.py, serving/protocol.py and core/fim.py, copied beside it), so the repository
+runs in a stock Triton image.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import triton_python_backend_utils as pb_utils  # provided by Triton's Python ba
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lathe_engine import Engine, GenRequest, Limits, RequestError  # noqa: E402
-from lathe_protocol import FINISH, PARAMETERS, PROMPT, TEXT, TOKEN_IDS  # noqa: E402
+from lathe_protocol import FINISH, PARAMETERS, PROMPT, PROMPT_TOKENS, TEXT, TOKEN_IDS  # noqa: E402
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -44,8 +44,11 @@ def _request_params(request: Any) -> tuple[str, dict[str, Any]]:
         if t is None:
             continue
         values = t.as_numpy().reshape(-1)
-        # lists (stop sequences) arrive as ragged string tensors; scalars as one value
-        params[field.name] = [_text(v) for v in values] if field.kind is list else field.kind(values[0])
+        # lists (stop sequences) arrive as ragged string tensors; strings as bytes; other scalars as one value
+        if field.kind is list:
+            params[field.name] = [_text(v) for v in values]
+        else:
+            params[field.name] = _text(values[0]) if field.kind is str else field.kind(values[0])
     # HTTP `generate` turns JSON keys that are not inputs into request parameters: they are
     # refused by the engine (a misspelled `max_token` must not silently mean the default).
     extra = json.loads(request.parameters() or "{}")
@@ -57,11 +60,12 @@ def _text(raw: Any) -> str:
     return raw.decode("utf-8", errors="strict") if isinstance(raw, bytes) else str(raw)
 
 
-def _response(text: str, token_ids: list[int], finish: str | None) -> Any:
+def _response(text: str, token_ids: list[int], finish: str | None, prompt_tokens: int) -> Any:
     return pb_utils.InferenceResponse(output_tensors=[
         pb_utils.Tensor(TEXT.name, np.array([[text.encode("utf-8")]], dtype=np.object_)),
         pb_utils.Tensor(TOKEN_IDS.name, np.array([token_ids], dtype=np.int32)),
         pb_utils.Tensor(FINISH.name, np.array([[(finish or "").encode()]], dtype=np.object_)),
+        pb_utils.Tensor(PROMPT_TOKENS.name, np.array([[prompt_tokens]], dtype=np.int32)),
     ])
 
 
@@ -108,7 +112,8 @@ class TritonPythonModel:
                 ids[i] += event.token_ids
                 # a stream sends whenever there is text (tokens that made none ride with the next chunk)
                 if event.finish or (batch[i].stream and event.text):
-                    senders[i].send(_response("".join(text[i]), ids[i], event.finish), flags=FINAL if event.finish else 0)
+                    senders[i].send(_response("".join(text[i]), ids[i], event.finish, len(batch[i].prompt_ids)),
+                                    flags=FINAL if event.finish else 0)
                     text[i], ids[i] = [], []
                 if event.finish:
                     done.add(i)

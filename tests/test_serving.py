@@ -6,12 +6,10 @@ import json
 import re
 import subprocess
 import sys
-import sysconfig
 import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
 
 from lathe.core.errors import InputError, LatheError
 from lathe.serving.client import RequestFailed, complete, http_generate
@@ -20,57 +18,7 @@ from lathe.serving.engine import Engine, RequestError
 from lathe.serving.loadtest import grpc_sender, run_load
 from lathe.serving.package import build_repositories, check_repository, parse_model_config
 from lathe.serving.server import TritonServer, free_port, port_busy
-
-VERSION = 3
-PROMPT = "def fibonacci(n):\n    "
-
-
-@pytest.fixture(scope="module")
-def hf_model(tmp_path_factory) -> Path:
-    """A randomly initialised micro Llama with a BPE vocabulary trained on a few stdlib files.
-
-    Random weights make varied, non-repeating text: a good probe for streaming and stops.
-    """
-    from lathe.tokenizer.special import EOS, PAD
-    from lathe.tokenizer.vocab import save_tokenizer, train_bpe
-    from lathe.training.config import ModelConfig
-    from lathe.training.model import build_model
-
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    texts = [(stdlib / name).read_text() for name in ("textwrap.py", "heapq.py", "bisect.py", "fnmatch.py")]
-    tok = train_bpe(texts, vocab_size=512, reserved_sentinels=4, min_frequency=2)
-    out = tmp_path_factory.mktemp("served") / "hf_model"
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(d_model=64, n_layers=2, n_heads=2, max_seq_len=128), tok.get_vocab_size(),
-                        tok.token_to_id(EOS), tok.token_to_id(PAD), 128)
-    model.model.save_pretrained(out)
-    save_tokenizer(tok, out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def engine(hf_model: Path) -> Engine:
-    return Engine(hf_model)
-
-
-@pytest.fixture(scope="module")
-def repository(hf_model: Path, tmp_path_factory) -> dict[str, Path]:
-    return build_repositories(hf_model, VERSION, tmp_path_factory.mktemp("package"), ServeConfig(max_batch_size=8))
-
-
-@pytest.fixture(scope="module")
-def server(repository: dict[str, Path], tmp_path_factory):
-    with TritonServer(repository["python"], 0, 0, 0, log_file=tmp_path_factory.mktemp("log") / "triton.log") as s:
-        yield s
-
-
-def reference(engine: Engine, prompt: str, max_tokens: int) -> list[int]:
-    """transformers' own greedy generate: the ground truth for every served greedy completion."""
-    enc = engine.tokenizer(prompt, return_tensors="pt", add_special_tokens=False, return_token_type_ids=False)
-    out = engine.model.generate(**enc, max_new_tokens=max_tokens, do_sample=False, pad_token_id=engine.pad_id,
-                                eos_token_id=engine.eos_id)
-    return [t for t in out[0, enc.input_ids.shape[1]:].tolist() if t != engine.eos_id]
-
+from tests.served import PROMPT, VERSION, reference
 
 # --- the engine, without Triton -------------------------------------------------------------
 
@@ -228,7 +176,7 @@ def test_a_killed_lathe_serve_takes_its_server_with_it(repository: dict[str, Pat
 
     ports = [free_port() for _ in range(3)]
     lathe = [sys.executable, "-m", "lathe.pipelines.cli", "serve", "--repository", str(repository["python"]),
-             "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])]
+             "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]), "--api-port", "-1"]
     proc = subprocess.Popen(lathe, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         assert any("serving" in proc.stdout.readline() for _ in range(50)), "lathe serve did not come up"

@@ -2,10 +2,8 @@
 
 Following Bavarian et al. (2022) and StarCoder: with probability ``rate`` a document is
 split at two uniformly random character positions into (prefix, middle, suffix) and
-emitted as
-
-- PSM: ``<fim_prefix> prefix <fim_suffix> suffix <fim_middle> middle``
-- SPM: ``<fim_prefix> <fim_suffix> suffix <fim_middle> prefix middle`` (StarCoder's variant)
+emitted in the layout of :func:`lathe.core.fim.fim_prompt` (PSM or SPM) followed by the
+middle and ``<|endoftext|>``; the served model builds its prompts with the same function.
 
 Every decision is drawn from a generator seeded by (seed, document id), so the result
 depends on the document alone, not on partitioning or order.
@@ -17,6 +15,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable
 
+from lathe.core.fim import FimIds, fim_prompt
 from lathe.tokenizer.special import EOS, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 
 Encode = Callable[[str], list[int]]
@@ -63,9 +62,8 @@ class SpecialIds:
 
 
 def _assemble(cut: FimSplit, prefix: list[int], middle: list[int], suffix: list[int], ids: SpecialIds) -> list[int]:
-    if cut.mode == "psm":
-        return [ids.prefix, *prefix, ids.suffix, *suffix, ids.middle, *middle, ids.eos]
-    return [ids.prefix, ids.suffix, *suffix, ids.middle, *prefix, *middle, ids.eos]
+    """The training example: the served model's prompt layout, then the middle and the end."""
+    return [*fim_prompt(prefix, suffix, FimIds(ids.prefix, ids.middle, ids.suffix), cut.mode), *middle, ids.eos]
 
 
 def encode_documents(

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+# the FIM tokens are named where the FIM layout is defined (shared with the served model)
+from lathe.core.fim import FIM_MIDDLE, FIM_PAD, FIM_PREFIX, FIM_SUFFIX
+
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
-FIM_PREFIX = "<fim_prefix>"
-FIM_MIDDLE = "<fim_middle>"
-FIM_SUFFIX = "<fim_suffix>"
-FIM_PAD = "<fim_pad>"
 FILENAME = "<filename>"
 REPONAME = "<reponame>"
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
@@ -14,6 +15,10 @@ from rich.console import Console
 from lathe.core.errors import LatheError
 from lathe.core.models import MODEL_NAME
 from lathe.pipelines.cli.app import ConfigOpt, SetOpt, app, console, load
+
+if TYPE_CHECKING:
+    from lathe.serving.config import ServeConfig
+    from lathe.serving.server import TritonServer
 
 
 @app.command()
@@ -24,10 +29,12 @@ def serve(
     http_port: Optional[int] = typer.Option(None, "--http-port", help="HTTP port (default serve.http_port, 8000; 0 = free)."),
     grpc_port: Optional[int] = typer.Option(None, "--grpc-port", help="gRPC port (default serve.grpc_port, 8001; 0 = free)."),
     metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Prometheus port (default serve.metrics_port, 8002)."),
+    api_port: Optional[int] = typer.Option(None, "--api-port", help="OpenAI-compatible gateway port (default serve.gateway.port, "
+                                                                  "8080; 0 = free; -1 = Triton alone)."),
 ) -> None:
-    """Serve the packaged model with tritonserver in the foreground until Ctrl-C."""
+    """Serve the packaged model in the foreground until Ctrl-C: tritonserver and the OpenAI-compatible gateway in front of it."""
     from lathe.pipelines.runner import finished
-    from lathe.serving.server import TritonServer
+    from lathe.serving.server import TritonServer, free_port, port_busy
 
     cfg = load(config, set_)
     s = cfg.serve
@@ -38,6 +45,11 @@ def serve(
             raise LatheError("no packaged model repository; run `lathe run package` (or `make package`) first, or pass --repository") from None
     if not repository.is_dir():
         raise LatheError(f"model repository {repository} not found; run `lathe run package` (or `make package`) first")
+    api = s.gateway.port if api_port is None else api_port
+    if api == 0:
+        api = free_port()
+    if api > 0 and port_busy(api):
+        raise LatheError(f"gateway port {api} is in use; stop what holds it or pass another --api-port")
     server = TritonServer(repository, s.http_port if http_port is None else http_port, s.grpc_port if grpc_port is None else grpc_port,
                           s.metrics_port if metrics_port is None else metrics_port, ready_timeout_s=s.ready_timeout_s,
                           stop_timeout_s=s.stop_timeout_s)
@@ -46,18 +58,49 @@ def serve(
     def on_signal(signum: int, frame: object) -> None:  # Ctrl-C or SIGTERM: leave the loop, then stop the server
         stop["now"] = True
 
+    # installed before the gateway runs: uvicorn restores these and hands them the signal it caught
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     with server:
         e = server.endpoints
         console.print(f"[bold]serving[/] {s.model_name} from {repository}\n  HTTP    {e.http}  (POST /v2/models/{s.model_name}/generate)\n"
-                      f"  gRPC    {e.grpc}  (lathe complete \"def f(\" --url {e.grpc})\n  metrics {e.metrics}\nCtrl-C stops it.")
-        while not stop["now"] and server.process is not None and server.process.poll() is None:
-            time.sleep(0.2)
-        died = server.process is not None and server.process.poll() is not None
+                      f"  gRPC    {e.grpc}  (lathe complete \"def f(\" --url {e.grpc})\n  metrics {e.metrics}")
+        if api > 0:
+            died = _run_gateway(cfg.serve, server, api, stop)
+        else:
+            console.print("Ctrl-C stops it.")
+            while not stop["now"] and not _exited(server):
+                time.sleep(0.2)
+            died = _exited(server)
     if died:
         raise LatheError("tritonserver exited on its own; rerun `lathe serve` and check the ports and the repository")
-    console.print("tritonserver stopped")
+    console.print("stopped")
+
+
+def _exited(server: "TritonServer") -> bool:
+    return server.process is not None and server.process.poll() is not None
+
+
+def _run_gateway(s: "ServeConfig", server: "TritonServer", port: int, stop: dict[str, bool]) -> bool:
+    """The gateway in the foreground until a signal or Triton's death; returns whether Triton died."""
+    from lathe.serving.gateway import serve_gateway
+
+    gateway = serve_gateway(s.gateway, server.endpoints.grpc, s.model_name, port)
+    died = threading.Event()
+
+    def watch() -> None:  # a dead Triton leaves the gateway nothing to serve: take it down too
+        while not gateway.should_exit:
+            if _exited(server):
+                died.set()
+                gateway.should_exit = True
+            time.sleep(0.2)
+
+    console.print(f"  API     http://{s.gateway.host}:{port}/v1  (OpenAI-compatible: /v1/completions, /v1/models)\nCtrl-C stops it.")
+    threading.Thread(target=watch, name="triton-watch", daemon=True).start()
+    if not stop["now"]:
+        gateway.run()
+    gateway.should_exit = True
+    return died.is_set()
 
 
 @app.command()
@@ -70,6 +113,7 @@ def complete(
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass."),
     stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop sequence (repeatable)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed."),
+    suffix: Optional[str] = typer.Option(None, "--suffix", help="The code after the cursor: the model fills in the middle."),
 ) -> None:
     """Stream a completion from a running server over gRPC, printing tokens as they arrive."""
     from lathe.serving.client import stream_completion
@@ -79,10 +123,50 @@ def complete(
         params["stop"] = list(stop)
     if seed is not None:
         params["seed"] = seed
+    if suffix is not None:
+        params["suffix"] = suffix
     finish = None
     for i, chunk in enumerate(stream_completion(url, prompt, model, **params)):
         sys.stdout.write((prompt if i == 0 else "") + chunk.text)
         sys.stdout.flush()
         finish = chunk.finish
-    sys.stdout.write("\n")
+    sys.stdout.write((suffix or "") + "\n")
     Console(stderr=True).print(f"[dim]finish: {finish}[/]")
+
+
+@app.command()
+def gateway(
+    config: Path = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    triton_url: Optional[str] = typer.Option(None, "--triton-url", help="Triton gRPC address (default serve.gateway.triton_url)."),
+    host: Optional[str] = typer.Option(None, "--host", help="Address to bind (default serve.gateway.host)."),
+    port: Optional[int] = typer.Option(None, "--port", help="Port (default serve.gateway.port, 8080)."),
+) -> None:
+    """The OpenAI-compatible gateway alone, in front of a Triton server elsewhere (its own Deployment in Kubernetes)."""
+    from lathe.serving.gateway import serve_gateway
+
+    s = load(config, set_).serve
+    g = s.gateway.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
+    url = triton_url or g.triton_url
+    console.print(f"[bold]gateway[/] http://{g.host}:{g.port}/v1 -> Triton {url} ({s.model_name})")
+    serve_gateway(g, url, s.model_name).run()
+
+
+api_key = typer.Typer(help="API keys of the gateway (stored as SHA-256 digests).", no_args_is_help=True)
+app.add_typer(api_key, name="api-key")
+
+
+@api_key.command("new")
+def api_key_new(file: Path = typer.Option(..., "--file", help="Key file to append the new key's digest to (serve.gateway.api_keys_file)."),
+                name: str = typer.Option("", "--name", help="A label stored beside the digest (who the key is for).")) -> None:
+    """Make a new API key: its digest is appended to FILE, the key itself is printed once and stored nowhere."""
+    import secrets
+
+    from lathe.serving.gateway import key_digest
+
+    key = f"lathe-{secrets.token_urlsafe(24)}"
+    file.parent.mkdir(parents=True, exist_ok=True)
+    with open(file, "a") as out:
+        out.write(f"{key_digest(key)}  # {name}\n" if name else f"{key_digest(key)}\n")
+    file.chmod(0o600)
+    print(key)
