@@ -50,7 +50,10 @@ class ServeConfig(Strict):
     publish_uri: str | None = Field(
         None, description="Object store the repositories are copied to (<uri>/<name>/<version>/triton/): the k8s MODEL_BUCKET."
     )
-    max_batch_size: int = Field(8, gt=0, description="Most requests one execute() generates together.")
+    engine: Literal["batch", "continuous"] = Field(
+        "batch", description="batch: each execute() generates its requests as one batch (a later request waits for it); "
+                             "continuous: one generation loop admits new requests at every decode step.")
+    max_batch_size: int = Field(8, gt=0, description="Most requests one execute() generates together (continuous: rows in flight).")
     dynamic_batching: bool = Field(True, description="Gather concurrent requests into batches (off: one request per execute).")
     max_queue_delay_us: int = Field(0, ge=0, description="How long the batcher waits to fill a batch; it adds to a lone request's latency.")
     instance_kind: Literal["cpu", "gpu"] = Field("cpu", description="Where the Python-backend instances run.")
