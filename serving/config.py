@@ -28,6 +28,23 @@ class LoadConfig(Strict):
     max_tokens: int = Field(16, gt=0, description="Tokens each request asks for.")
 
 
+class AbConfig(Strict):
+    """Which users a request's track is: staff, a candidate's share of everyone else, or production."""
+
+    staff_users: list[str] = Field(default_factory=list, description="User ids served by the `staff` track.")
+    candidate_share: float = Field(0.0, ge=0, le=1, description="Share of non-staff users on `candidate` (0 = no A/B).")
+    salt: str = Field("lathe-ab", description="Mixed into the user hash; a new salt reshuffles users between arms.")
+    min_shown: int = Field(100, gt=0, description="Shown suggestions per arm before `lathe ab report` names a winner.")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the report's two-proportion test.")
+
+
+class TrackUpstream(Strict):
+    """Where one track's model is served."""
+
+    triton_url: str = Field(description="Triton's gRPC address for this track (e.g. the track's Service in Kubernetes).")
+    model: str = Field(MODEL_NAME, description="The Triton model name there.")
+
+
 class GatewayConfig(Strict):
     """The OpenAI-compatible HTTP gateway in front of Triton (`/v1/completions`, `/v1/models`, `/v1/events`)."""
 
@@ -40,6 +57,14 @@ class GatewayConfig(Strict):
     max_n: int = Field(8, gt=0, description="Most completions one request may ask for (`n`).")
     max_body_bytes: int = Field(1 << 20, gt=0, description="Larger request bodies are refused with 413.")
     request_timeout_s: float = Field(120.0, gt=0, description="A completion that takes longer is cancelled with 504.")
+    user_header: str = Field("x-lathe-user", description="Header with a stable user id (routing, telemetry); else the body's `user`.")
+    tracks: dict[str, TrackUpstream] = Field(
+        default_factory=dict, description="Upstream per track (staff, production, candidate); a track not listed is served by "
+                                          "triton_url (or the local server under `lathe serve`).")
+    ab: AbConfig = Field(default_factory=AbConfig)
+    telemetry_url: str | None = Field(None, description="SQLAlchemy URL of the telemetry store (postgresql+psycopg://...); "
+                                                        "default sqlite under runs/<profile>/serve/telemetry.db.")
+    store_text: bool = Field(True, description="Keep prompts and completions in the telemetry store (needed by `lathe feedback export`).")
 
 
 class ServeConfig(Strict):

@@ -26,15 +26,17 @@ import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Literal
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lathe.core.errors import ConfigError
+from lathe.serving.ab import route
 from lathe.serving.client import Chunk, chunk_of, infer_inputs
 from lathe.serving.config import GatewayConfig
+from lathe.serving.telemetry import Served, TelemetryStore, UnknownCompletion, language_of
 
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}  # the model's reasons in OpenAI's words
 
@@ -74,6 +76,9 @@ class CompletionRequest(BaseModel):
     stream: bool = Field(False, description="Send server-sent events as text is generated.")
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, description="The end user's id (routing and telemetry read the header first).")
+    # lathe's extensions (the openai client sends them with extra_body): what the acceptance rate is split by
+    language: str | None = Field(None, description="The file's language, e.g. python; else guessed from filename.")
+    filename: str | None = Field(None, description="The file being edited (its extension names the language).")
     # OpenAI fields lathe does not implement: accepted at their no-op value, refused otherwise (see `unsupported`).
     echo: bool | None = None
     logprobs: int | None = None
@@ -81,6 +86,18 @@ class CompletionRequest(BaseModel):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, int] | None = None
+
+
+class EventRequest(BaseModel):
+    """A Tabby-style editor event about one choice of a completion."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    type: Literal["view", "select", "dismiss"] = Field(description="view: shown; select: accepted; dismiss: rejected.")
+    completion_id: str = Field(description="The `id` of the /v1/completions answer.")
+    choice_index: int = Field(0, description="Which of its choices.")
+    elapsed: int | None = Field(None, description="Milliseconds the suggestion was on screen.")
+    select_kind: str | None = Field(None, description="How it was accepted (e.g. line); stored as given.")
+    view_id: str | None = None
 
 
 def unsupported(request: CompletionRequest) -> ApiError | None:
@@ -92,12 +109,17 @@ def unsupported(request: CompletionRequest) -> ApiError | None:
     return None
 
 
-def parse_request(body: bytes, max_n: int) -> CompletionRequest:
-    """The request in ``body``, or an ``ApiError`` whose message names the field and the fix."""
+def parse_body(body: bytes, schema: type[BaseModel]) -> Any:
+    """``body`` parsed strictly as ``schema``, or an ``ApiError`` whose message names the field and the fix."""
     try:
-        request = CompletionRequest.model_validate_json(body)
+        return schema.model_validate_json(body)
     except ValidationError as exc:
-        raise _validation_error(exc) from None
+        raise _validation_error(exc, schema) from None
+
+
+def parse_request(body: bytes, max_n: int) -> CompletionRequest:
+    """The completion request in ``body``, or an ``ApiError`` whose message names the field and the fix."""
+    request: CompletionRequest = parse_body(body, CompletionRequest)
     if not 1 <= request.n <= max_n:
         raise ApiError(400, f"n must be between 1 and {max_n}, got {request.n}", "n")
     refusal = unsupported(request)
@@ -106,20 +128,20 @@ def parse_request(body: bytes, max_n: int) -> CompletionRequest:
     return request
 
 
-def _validation_error(exc: ValidationError) -> ApiError:
+def _validation_error(exc: ValidationError, schema: type[BaseModel]) -> ApiError:
     error = exc.errors()[0]
     loc = [str(part) for part in error["loc"]]
     kind = error["type"]
     if kind == "json_invalid":
         return ApiError(400, f"the request body is not valid JSON ({error.get('ctx', {}).get('error', error['msg'])}); send a JSON object")
     if not loc:
-        return ApiError(400, "the request body must be a JSON object such as {\"model\": \"...\", \"prompt\": \"def f(\"}, "
+        return ApiError(400, f"the request body must be a JSON object with the fields {', '.join(schema.model_fields)}; "
                              f"got {type(error.get('input')).__name__}")
     param = loc[0]
     if kind == "missing":
         return ApiError(400, f"{param} is required; send it in the request body", param)
     if kind == "extra_forbidden":
-        accepted = ", ".join(CompletionRequest.model_fields)
+        accepted = ", ".join(schema.model_fields)
         return ApiError(400, f"unknown field {'.'.join(loc)}; accepted fields: {accepted}", param)
     return ApiError(400, f"{param}: {error['msg'].lower()}, got {error.get('input')!r}", param)
 
@@ -244,8 +266,9 @@ def _params(request: CompletionRequest, index: int) -> dict[str, Any]:
 class Completions:
     """Runs one request's ``n`` completions against the upstream, whole or as server-sent events."""
 
-    def __init__(self, upstream: Upstream, request: CompletionRequest, timeout_s: float) -> None:
-        self.upstream, self.request, self.timeout_s = upstream, request, timeout_s
+    def __init__(self, upstream: Upstream, request: CompletionRequest, timeout_s: float,
+                 on_done: Callable[["Completions"], Awaitable[None]]) -> None:
+        self.upstream, self.request, self.timeout_s, self.on_done = upstream, request, timeout_s, on_done
         self.id = f"cmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.choices = [Choice(i) for i in range(request.n)]
@@ -268,6 +291,11 @@ class Completions:
         completion = sum(c.tokens for c in self.choices)
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion, "total_tokens": self.prompt_tokens + completion}
 
+    @property
+    def latency_s(self) -> float:
+        """Seconds from the request to now."""
+        return time.perf_counter() - self.started
+
     def _envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.request.model,
                 "system_fingerprint": f"{self.upstream.model}:{self.model_version}", "choices": choices}
@@ -279,6 +307,7 @@ class Completions:
                 self._note(index, chunk)
 
         await self._bounded(asyncio.gather(*(run(i) for i in range(self.request.n))))
+        await self.on_done(self)
         choices = [{"index": c.index, "text": "".join(c.text), "finish_reason": c.finish, "logprobs": None} for c in self.choices]
         return {**self._envelope(choices), "usage": self.usage()}
 
@@ -334,6 +363,7 @@ class Completions:
                 self._note(index, item)
                 choice = {"index": index, "text": item.text, "finish_reason": self.choices[index].finish, "logprobs": None}
                 yield f"data: {json.dumps(self._envelope([choice]))}\n\n"
+            await self.on_done(self)  # recorded before the client sees the end, so its events find the completion
             if self.request.stream_options and self.request.stream_options.include_usage:
                 yield f"data: {json.dumps({**self._envelope([]), 'usage': self.usage()})}\n\n"
             yield "data: [DONE]\n\n"
@@ -344,22 +374,62 @@ class Completions:
             await asyncio.gather(*(s.aclose() for s in streams), return_exceptions=True)
 
 
-def create_app(cfg: GatewayConfig, triton_url: str, model: str) -> Any:
-    """The FastAPI application: ``/v1/completions``, ``/v1/models``, ``/health``, ``/health/ready``."""
+class GatewayMetrics:
+    """The gateway's Prometheus metrics (its own registry, so several apps can live in one process)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.registry = CollectorRegistry()
+        labels = ("track", "model_version", "language")
+        self.completions = Counter("lathe_completions", "Completion requests served.", labels, registry=self.registry)
+        self.events = {kind: Counter(f"lathe_suggestions_{name}", f"Suggestions {name} (editor `{kind}` events).", labels,
+                                     registry=self.registry)
+                       for kind, name in (("view", "shown"), ("select", "accepted"), ("dismiss", "dismissed"))}
+        self.rejected_events = Counter("lathe_events_rejected", "Editor events refused, by reason.", ("reason",), registry=self.registry)
+        self.errors = Counter("lathe_request_errors", "Requests answered with an error, by status.", ("status",), registry=self.registry)
+        buckets = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+        self.latency = Histogram("lathe_completion_latency_seconds", "Request to last token.", ("track", "model_version"),
+                                 buckets=buckets, registry=self.registry)
+        self.first_token = Histogram("lathe_first_token_seconds", "Request to first token.", ("track", "model_version"),
+                                     buckets=buckets, registry=self.registry)
+
+
+def user_of(request: Request, body_user: str | None, header: str) -> str:
+    """The stable user id: the configured header, else the body's ``user``, else ``anonymous``."""
+    return request.headers.get(header) or body_user or "anonymous"
+
+
+def create_app(cfg: GatewayConfig, triton_url: str, model: str, store: TelemetryStore) -> FastAPI:
+    """The FastAPI application: ``/v1/completions``, ``/v1/models``, ``/v1/events``, ``/metrics``, ``/health``, ``/health/ready``.
+
+    ``triton_url``/``model`` serve every track that ``cfg.tracks`` does not list.
+    """
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
     hashes = load_key_hashes(cfg)
     check_exposure(cfg, hashes)
-    upstream = Upstream(triton_url, model)
+    if cfg.ab.candidate_share > 0 and "candidate" not in cfg.tracks:
+        raise ConfigError("serve.gateway.ab.candidate_share is set but no candidate is served; set serve.gateway.tracks.candidate "
+                          "({triton_url: ..., model: ...}) or the share to 0")
+    default = Upstream(triton_url, model)
+    upstreams = {track: Upstream(t.triton_url, t.model) for track, t in cfg.tracks.items()}
+    models = sorted({default.model, *(u.model for u in upstreams.values())})
+    metrics = GatewayMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        upstream.connect()
+        for upstream in (default, *upstreams.values()):
+            upstream.connect()
         yield
-        await upstream.close()
+        for upstream in (default, *upstreams.values()):
+            await upstream.close()
 
     app = FastAPI(title="lathe", summary="OpenAI-compatible code completion in front of Triton", lifespan=lifespan)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        metrics.errors.labels(str(exc.status)).inc()
         return JSONResponse(exc.body(), status_code=exc.status)
 
     def authorize(request: Request) -> None:
@@ -369,43 +439,77 @@ def create_app(cfg: GatewayConfig, triton_url: str, model: str) -> Any:
         if scheme.lower() != "bearer" or key_digest(key.strip()) not in hashes:
             raise ApiError(401, "missing or unknown API key; send the header Authorization: Bearer <key>", kind="authentication_error")
 
+    async def body_of(request: Request) -> bytes:
+        authorize(request)
+        body = await request.body()
+        if len(body) > cfg.max_body_bytes:
+            raise ApiError(413, f"the request body is {len(body):,} bytes; the limit is {cfg.max_body_bytes:,} (serve.gateway.max_body_bytes)")
+        return body
+
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/health/ready")
     async def ready() -> JSONResponse:
-        ok = await upstream.ready()
+        ok = await default.ready()
         return JSONResponse({"status": "ready" if ok else f"Triton at {triton_url} is not ready"}, status_code=200 if ok else 503)
 
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/v1/models")
-    async def models(request: Request) -> dict[str, Any]:
+    async def list_models(request: Request) -> dict[str, Any]:
         authorize(request)
-        return {"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": "lathe"}]}
+        return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "lathe"} for m in models]}
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
-        authorize(request)
-        body = await request.body()
-        if len(body) > cfg.max_body_bytes:
-            raise ApiError(413, f"the request body is {len(body):,} bytes; the limit is {cfg.max_body_bytes:,} (serve.gateway.max_body_bytes)")
-        parsed = parse_request(body, cfg.max_n)
-        if parsed.model != model:
-            raise ApiError(404, f"model {parsed.model!r} is not served here; use {model!r} (GET /v1/models lists them)", "model",
-                           kind="not_found_error")
-        run = Completions(upstream, parsed, cfg.request_timeout_s)
+        parsed = parse_request(await body_of(request), cfg.max_n)
+        if parsed.model not in models:
+            raise ApiError(404, f"model {parsed.model!r} is not served here; use {' or '.join(map(repr, models))} "
+                                "(GET /v1/models lists them)", "model", kind="not_found_error")
+        user = user_of(request, parsed.user, cfg.user_header)
+        track = route(user, cfg.ab)
+        language = language_of(parsed.language, parsed.filename)
+
+        async def done(run: Completions) -> None:
+            version = run.model_version
+            metrics.completions.labels(track, version, language).inc()
+            metrics.latency.labels(track, version).observe(run.latency_s)
+            metrics.first_token.labels(track, version).observe(run.first_token_s or run.latency_s)
+            served = Served(run.id, user, track, run.upstream.model, version, language, parsed.prompt, parsed.suffix,
+                            ["".join(c.text) for c in run.choices], [c.finish for c in run.choices], run.prompt_tokens,
+                            run.usage()["completion_tokens"], run.latency_s, run.first_token_s or run.latency_s,
+                            _params(parsed, 0) | {"n": parsed.n})
+            await asyncio.to_thread(store.record, served)
+
+        run = Completions(upstreams.get(track, default), parsed, cfg.request_timeout_s, done)
+        headers = {"x-lathe-track": track}
         if parsed.stream:
-            return StreamingResponse(await run.events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        return await run.whole()
+            return StreamingResponse(await run.events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", **headers})
+        return JSONResponse(await run.whole(), headers=headers)
+
+    @app.post("/v1/events")
+    async def events(request: Request) -> dict[str, Any]:
+        event: EventRequest = parse_body(await body_of(request), EventRequest)
+        try:
+            labels = await asyncio.to_thread(store.event, event.completion_id, event.choice_index, event.type, event.elapsed)
+        except UnknownCompletion as exc:
+            metrics.rejected_events.labels("unknown_completion").inc()
+            raise ApiError(404, str(exc), "completion_id", kind="not_found_error") from None
+        metrics.events[event.type].labels(labels.track, labels.model_version, labels.language).inc()
+        return {"status": "recorded"}
 
     return app
 
 
-def serve_gateway(cfg: GatewayConfig, triton_url: str, model: str, port: int | None = None) -> Any:
+def serve_gateway(cfg: GatewayConfig, triton_url: str, model: str, telemetry_url: str, port: int | None = None) -> Any:
     """A uvicorn server for the gateway (not started): ``.run()`` serves until SIGINT/SIGTERM or ``should_exit``."""
     import uvicorn
 
-    app = create_app(cfg, triton_url, model)
+    app = create_app(cfg, triton_url, model, TelemetryStore(telemetry_url, cfg.store_text))
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port if port is None else port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=5)
     return uvicorn.Server(config)

@@ -26,10 +26,10 @@ from tests.served import PROMPT, reference
 MODEL = "lathe-code"
 
 
-def start_gateway(cfg: GatewayConfig, triton_url: str) -> tuple[Any, threading.Thread, str]:
+def start_gateway(cfg: GatewayConfig, triton_url: str, store_url: str) -> tuple[Any, threading.Thread, str]:
     """A real uvicorn server in a thread; returns it, its thread and its /v1 URL once it accepts connections."""
     port = free_port()
-    server = serve_gateway(cfg, triton_url, MODEL, port)
+    server = serve_gateway(cfg, triton_url, MODEL, store_url, port)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -40,8 +40,13 @@ def start_gateway(cfg: GatewayConfig, triton_url: str) -> tuple[Any, threading.T
 
 
 @pytest.fixture(scope="module")
-def gateway(server: TritonServer) -> Iterator[str]:
-    gw, thread, url = start_gateway(GatewayConfig(), server.endpoints.grpc)
+def store_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('telemetry') / 'telemetry.db'}"
+
+
+@pytest.fixture(scope="module")
+def gateway(server: TritonServer, store_url: str) -> Iterator[str]:
+    gw, thread, url = start_gateway(GatewayConfig(), server.endpoints.grpc, store_url)
     yield url
     gw.should_exit = True
     thread.join(10)
@@ -134,9 +139,9 @@ def test_malformed_json_and_oversized_bodies(gateway: str) -> None:
     assert code == 413 and "serve.gateway.max_body_bytes" in answer["error"]["message"]
 
 
-def test_triton_unreachable_is_a_503_naming_it() -> None:
+def test_triton_unreachable_is_a_503_naming_it(store_url: str) -> None:
     dead = f"127.0.0.1:{free_port()}"
-    gw, thread, url = start_gateway(GatewayConfig(), dead)
+    gw, thread, url = start_gateway(GatewayConfig(), dead, store_url)
     try:
         code, answer = post(f"{url}/completions", json.dumps({"model": MODEL, "prompt": "x"}).encode())
         assert code == 503 and f"Triton at {dead} is unreachable" in answer["error"]["message"]
@@ -148,7 +153,7 @@ def test_triton_unreachable_is_a_503_naming_it() -> None:
         thread.join(10)
 
 
-def test_api_keys(server: TritonServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_api_keys(server: TritonServer, store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     keys = tmp_path / "keys"
     made = subprocess.run([sys.executable, "-m", "lathe.pipelines.cli", "api-key", "new", "--file", str(keys), "--name", "ci"],
                           capture_output=True, text=True, timeout=60)
@@ -156,7 +161,7 @@ def test_api_keys(server: TritonServer, tmp_path: Path, monkeypatch: pytest.Monk
     assert made.returncode == 0 and key_digest(key) in keys.read_text() and key not in keys.read_text()
     other = "lathe-from-the-environment"
     monkeypatch.setenv("LATHE_API_KEY_HASHES", key_digest(other))
-    gw, thread, url = start_gateway(GatewayConfig(api_keys_file=str(keys)), server.endpoints.grpc)
+    gw, thread, url = start_gateway(GatewayConfig(api_keys_file=str(keys)), server.endpoints.grpc, store_url)
     try:
         with pytest.raises(openai.AuthenticationError, match="missing or unknown API key"):
             openai.OpenAI(base_url=url, api_key="wrong", max_retries=0).completions.create(model=MODEL, prompt="x", max_tokens=1)
@@ -167,17 +172,18 @@ def test_api_keys(server: TritonServer, tmp_path: Path, monkeypatch: pytest.Monk
         thread.join(10)
     monkeypatch.delenv("LATHE_API_KEY_HASHES")
     with pytest.raises(ConfigError, match="would listen on 0.0.0.0 with no API keys"):
-        serve_gateway(GatewayConfig(host="0.0.0.0"), server.endpoints.grpc, MODEL)
+        serve_gateway(GatewayConfig(host="0.0.0.0"), server.endpoints.grpc, MODEL, store_url)
     monkeypatch.setenv("LATHE_API_KEY_HASHES", "not-a-digest")
     with pytest.raises(ConfigError, match="must be SHA-256 hex"):
-        serve_gateway(GatewayConfig(), server.endpoints.grpc, MODEL)
+        serve_gateway(GatewayConfig(), server.endpoints.grpc, MODEL, store_url)
 
 
-def test_lathe_serve_runs_triton_and_the_gateway_and_a_kill_takes_both(repository: dict[str, Path]) -> None:
+def test_lathe_serve_runs_triton_and_the_gateway_and_a_kill_takes_both(repository: dict[str, Path], tmp_path: Path) -> None:
     import psutil
 
     ports = [free_port() for _ in range(4)]
     lathe = [sys.executable, "-m", "lathe.pipelines.cli", "serve", "--repository", str(repository["python"]),
+             "--set", f"serve.gateway.telemetry_url=sqlite:///{tmp_path / 'telemetry.db'}",
              "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]), "--api-port", str(ports[3])]
     proc = subprocess.Popen(lathe, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
@@ -191,3 +197,58 @@ def test_lathe_serve_runs_triton_and_the_gateway_and_a_kill_takes_both(repositor
         assert alive == [] and not any(port_busy(p) for p in ports)
     finally:
         proc.kill()
+
+
+def test_events_are_stored_counted_and_survive_a_restart(server: TritonServer, gateway: str, client: openai.OpenAI,
+                                                          store_url: str) -> None:
+    raw = client.completions.with_raw_response.create(model=MODEL, prompt=PROMPT, max_tokens=4, n=2, temperature=1.0, seed=3,
+                                                      extra_headers={"x-lathe-user": "bob"}, extra_body={"filename": "app.py"})
+    completion = raw.parse()
+    assert raw.headers["x-lathe-track"] == "production"
+    for kind, index in (("view", 0), ("select", 0), ("view", 1), ("dismiss", 1)):
+        code, answer = post(f"{gateway}/events", json.dumps({"type": kind, "completion_id": completion.id, "choice_index": index,
+                                                             "elapsed": 900}).encode())
+        assert code == 200 and answer == {"status": "recorded"}
+    for body, status, message in (
+        ({"type": "select", "completion_id": "cmpl-nope"}, 404, "completion_id 'cmpl-nope' is unknown"),
+        ({"type": "select", "completion_id": completion.id, "choice_index": 5}, 404, "choice_index 5 is out of range"),
+        ({"type": "accept", "completion_id": completion.id}, 400, "type: input should be 'view', 'select' or 'dismiss'"),
+    ):
+        code, answer = post(f"{gateway}/events", json.dumps(body).encode())
+        assert code == status and message in answer["error"]["message"], answer
+    with urllib.request.urlopen(gateway.removesuffix("/v1") + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    labels = 'language="python",model_version="3",track="production"'
+    for line in (f"lathe_suggestions_shown_total{{{labels}}} 2.0", f"lathe_suggestions_accepted_total{{{labels}}} 1.0",
+                 f"lathe_suggestions_dismissed_total{{{labels}}} 1.0", 'lathe_events_rejected_total{reason="unknown_completion"} 2.0'):
+        assert line in text, line
+    assert 'lathe_completion_latency_seconds_count{model_version="3",track="production"}' in text
+    # a new gateway over the same store: the completion is still known
+    gw, thread, url = start_gateway(GatewayConfig(), server.endpoints.grpc, store_url)
+    try:
+        code, _ = post(f"{url}/events", json.dumps({"type": "view", "completion_id": completion.id}).encode())
+        assert code == 200
+    finally:
+        gw.should_exit = True
+        thread.join(10)
+
+
+def test_users_are_routed_to_tracks(server: TritonServer, store_url: str) -> None:
+    from lathe.serving.ab import route
+    from lathe.serving.config import AbConfig, TrackUpstream
+
+    ab = AbConfig(staff_users=["alice"], candidate_share=0.5)
+    cfg = GatewayConfig(ab=ab, tracks={"candidate": TrackUpstream(triton_url=server.endpoints.grpc)})
+    gw, thread, url = start_gateway(cfg, server.endpoints.grpc, store_url)
+    try:
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+        users = ["alice", *(f"user{i}" for i in range(8))]
+        for user in users:
+            raw = client.completions.with_raw_response.create(model=MODEL, prompt="x", max_tokens=1, extra_headers={"x-lathe-user": user})
+            assert raw.headers["x-lathe-track"] == route(user, ab)
+        assert {route(u, ab) for u in users} == {"staff", "production", "candidate"}
+    finally:
+        gw.should_exit = True
+        thread.join(10)
+    with pytest.raises(ConfigError, match="no candidate is served"):
+        serve_gateway(GatewayConfig(ab=ab), server.endpoints.grpc, MODEL, store_url)

@@ -17,6 +17,7 @@ from lathe.core.models import MODEL_NAME
 from lathe.pipelines.cli.app import ConfigOpt, SetOpt, app, console, load
 
 if TYPE_CHECKING:
+    from lathe.pipelines.config import LatheConfig
     from lathe.serving.config import ServeConfig
     from lathe.serving.server import TritonServer
 
@@ -66,7 +67,7 @@ def serve(
         console.print(f"[bold]serving[/] {s.model_name} from {repository}\n  HTTP    {e.http}  (POST /v2/models/{s.model_name}/generate)\n"
                       f"  gRPC    {e.grpc}  (lathe complete \"def f(\" --url {e.grpc})\n  metrics {e.metrics}")
         if api > 0:
-            died = _run_gateway(cfg.serve, server, api, stop)
+            died = _run_gateway(cfg.serve, server, api, telemetry_url(cfg), stop)
         else:
             console.print("Ctrl-C stops it.")
             while not stop["now"] and not _exited(server):
@@ -77,15 +78,21 @@ def serve(
     console.print("stopped")
 
 
+def telemetry_url(cfg: "LatheConfig") -> str:
+    """The telemetry store's URL: serve.gateway.telemetry_url, else SQLite in the profile's runs directory."""
+    path = (Path(cfg.run.runs_dir) / cfg.profile / "serve" / "telemetry.db").resolve()
+    return cfg.serve.gateway.telemetry_url or f"sqlite:///{path}"
+
+
 def _exited(server: "TritonServer") -> bool:
     return server.process is not None and server.process.poll() is not None
 
 
-def _run_gateway(s: "ServeConfig", server: "TritonServer", port: int, stop: dict[str, bool]) -> bool:
+def _run_gateway(s: "ServeConfig", server: "TritonServer", port: int, telemetry_url: str, stop: dict[str, bool]) -> bool:
     """The gateway in the foreground until a signal or Triton's death; returns whether Triton died."""
     from lathe.serving.gateway import serve_gateway
 
-    gateway = serve_gateway(s.gateway, server.endpoints.grpc, s.model_name, port)
+    gateway = serve_gateway(s.gateway, server.endpoints.grpc, s.model_name, telemetry_url, port)
     died = threading.Event()
 
     def watch() -> None:  # a dead Triton leaves the gateway nothing to serve: take it down too
@@ -145,11 +152,12 @@ def gateway(
     """The OpenAI-compatible gateway alone, in front of a Triton server elsewhere (its own Deployment in Kubernetes)."""
     from lathe.serving.gateway import serve_gateway
 
-    s = load(config, set_).serve
+    cfg = load(config, set_)
+    s = cfg.serve
     g = s.gateway.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
     url = triton_url or g.triton_url
     console.print(f"[bold]gateway[/] http://{g.host}:{g.port}/v1 -> Triton {url} ({s.model_name})")
-    serve_gateway(g, url, s.model_name).run()
+    serve_gateway(g, url, s.model_name, telemetry_url(cfg)).run()
 
 
 api_key = typer.Typer(help="API keys of the gateway (stored as SHA-256 digests).", no_args_is_help=True)
@@ -170,3 +178,51 @@ def api_key_new(file: Path = typer.Option(..., "--file", help="Key file to appen
         out.write(f"{key_digest(key)}  # {name}\n" if name else f"{key_digest(key)}\n")
     file.chmod(0o600)
     print(key)
+
+
+ab = typer.Typer(help="A/B between served versions, from the gateway's acceptance telemetry.", no_args_is_help=True)
+app.add_typer(ab, name="ab")
+
+
+@ab.command("report")
+def ab_report(config: Path = ConfigOpt, set_: Optional[list[str]] = SetOpt,
+              url: Optional[str] = typer.Option(None, "--url", help="Telemetry store URL (default the profile's).")) -> None:
+    """Acceptance rate per arm and language, with 95% intervals and a two-proportion test, and which arm is ahead."""
+    from rich.table import Table
+
+    from lathe.serving.ab import compare, tally, wilson
+    from lathe.serving.telemetry import TelemetryStore
+
+    cfg = load(config, set_)
+    store = TelemetryStore(url or telemetry_url(cfg))
+    cells = tally(store.outcomes())
+    if not cells:
+        raise LatheError(f"no editor events in {store.engine.url.render_as_string(hide_password=True)} yet; "
+                         "editors report them to the gateway's /v1/events")
+    table = Table(title="acceptance by track and language (accepted / shown suggestions)")
+    for column in ("track", "versions", "language", "shown", "accepted", "rate", "95% interval"):
+        table.add_column(column, justify="right" if column in ("shown", "accepted", "rate", "95% interval") else "left")
+    for (track, language), cell in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1] != "all", kv[0][1])):
+        lo, hi = wilson(cell.accepted, cell.shown)
+        table.add_row(track, ",".join(sorted(cell.versions)), language, str(cell.shown), str(cell.accepted), f"{cell.rate:.1%}",
+                      f"{lo:.1%} - {hi:.1%}")
+    console.print(table)
+    for comparison in compare(cells, cfg.serve.gateway.ab.min_shown, cfg.serve.gateway.ab.alpha):
+        console.print(f"[bold]{comparison.language}[/]: {comparison.verdict}")
+
+
+feedback = typer.Typer(help="Editor feedback as training data.", no_args_is_help=True)
+app.add_typer(feedback, name="feedback")
+
+
+@feedback.command("export")
+def feedback_export(output: Path = typer.Option(..., "--output", help="Directory for pairs.jsonl and labelled.jsonl."),
+                    config: Path = ConfigOpt, set_: Optional[list[str]] = SetOpt,
+                    url: Optional[str] = typer.Option(None, "--url", help="Telemetry store URL (default the profile's).")) -> None:
+    """Accepted and dismissed completions as preference data: chosen/rejected pairs per prompt, and labelled rows."""
+    from lathe.serving.telemetry import TelemetryStore, export_preferences
+
+    cfg = load(config, set_)
+    counts = export_preferences(TelemetryStore(url or telemetry_url(cfg)), output)
+    console.print(f"{counts['pairs']} preference pair(s) -> {output / 'pairs.jsonl'}; "
+                  f"{counts['labelled']} labelled completion(s) -> {output / 'labelled.jsonl'}")
