@@ -15,11 +15,12 @@ STAMP := $(VENV)/.lathe-installed
 ## setup: system packages + .venv with the exact pinned environment + Airflow's own .venv-airflow (idempotent)
 setup: system-deps $(STAMP) airflow-setup
 
-## system-deps: bubblewrap, the sandbox for model-written code (Debian package; needs root or sudo)
+## system-deps: bubblewrap (the sandbox for model-written code) and postgresql (the telemetry store's tests);
+##              Debian packages, needs root or sudo
 system-deps:
-	@command -v bwrap >/dev/null || { \
+	@{ command -v bwrap >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq bubblewrap; }
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq bubblewrap postgresql; }
 
 $(STAMP): requirements/lock.txt requirements/no-deps.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
