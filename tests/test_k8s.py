@@ -42,6 +42,41 @@ def test_overlays_differ_where_they_should() -> None:
     assert job["completionMode"] == "Indexed" and job["template"]["spec"]["subdomain"] == "lathe-train"
 
 
+def test_the_gateway_is_deployed_beside_triton_and_its_dashboard_plots_real_metrics() -> None:
+    import json
+    import re
+
+    from lathe.serving.gateway import GatewayMetrics
+
+    for overlay in OVERLAYS:
+        docs = {f"{d['kind']}/{d['metadata']['name']}": d for d in render(overlay)}
+        container = docs["Deployment/gateway"]["spec"]["template"]["spec"]["containers"][0]
+        assert "--triton-url triton:8001" in container["args"][0] and docs["Service/triton"]["spec"]["ports"][1]["port"] == 8001
+        assert docs["HorizontalPodAutoscaler/gateway"]["spec"]["scaleTargetRef"]["name"] == "gateway"
+        assert {"Service/gateway", "PodDisruptionBudget/gateway", "PodMonitor/gateway"} <= docs.keys()
+        dashboards = [d for k, d in docs.items() if k.startswith("ConfigMap/lathe-grafana-dashboard")]
+        assert len(dashboards) == 1 and dashboards[0]["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert docs["Deployment/gateway"]["spec"]["replicas"] == 2  # keda: the base's
+    staff = {f"{d['kind']}/{d['metadata']['name']}": d for d in render("staff")}
+    assert staff["HorizontalPodAutoscaler/gateway"]["spec"]["maxReplicas"] == 2
+    # every series the dashboard queries is one the gateway exports
+    dashboard = json.loads((DEFAULT_MANIFESTS / "base" / "gateway" / "grafana-dashboard.json").read_text())
+    queried = {m for p in dashboard["panels"] for target in p["targets"] for m in re.findall(r"\b(lathe_[a-z_]+)", target["expr"])}
+    from prometheus_client import generate_latest
+
+    metrics = GatewayMetrics()
+    metrics.completions.labels("production", "3", "python").inc()
+    metrics.latency.labels("production", "3").observe(0.1)
+    metrics.first_token.labels("production", "3").observe(0.1)
+    for counter in metrics.events.values():
+        counter.labels("production", "3", "python").inc()
+    metrics.errors.labels("503").inc()
+    metrics.rejected_events.labels("unknown_completion").inc()
+    exported = set(re.findall(r"^(lathe_[a-z_]+)", generate_latest(metrics.registry).decode(), re.M))
+    assert queried and queried <= exported, queried - exported
+    assert {"lathe_suggestions_accepted_total", "lathe_suggestions_shown_total", "lathe_completion_latency_seconds_bucket"} <= queried
+
+
 def _broken(tmp_path: Path, edit) -> Path:
     """A copy of k8s/ with one file edited; returns the staff overlay inside it."""
     copy_root = tmp_path / "k8s"
