@@ -2,10 +2,15 @@
 
 ``/v1/completions`` takes OpenAI's completion request (``prompt``, ``suffix`` for fill-in-the-middle,
 ``max_tokens``, ``temperature``, ``top_p``, ``stop``, ``n``, ``seed``, ``stream`` as server-sent
-events, ``stream_options.include_usage``) and answers in OpenAI's shape with ``usage``; ``/v1/models``
-lists the served model. Each completion is one gRPC stream to Triton (``tritonclient.grpc.aio``),
-so the ``n`` choices of a request and the requests of many clients are batched by Triton, and a
-client that goes away cancels its streams.
+events, ``stream_options.include_usage``; lathe's ``language``/``filename``) and answers in OpenAI's
+shape with ``usage``; ``/v1/models`` lists the served models. Each completion is one gRPC stream to
+Triton (``tritonclient.grpc.aio``), so the ``n`` choices of a request and the requests of many
+clients are batched by Triton, and a client that goes away cancels its streams.
+
+Each user (the ``x-lathe-user`` header) is routed by a stable hash to a track (``ab.py``): staff,
+production or a candidate, each with its own upstream. Every completion is stored with its id,
+track, model version, language and latency, and ``/v1/events`` takes Tabby-style ``view`` /
+``select`` / ``dismiss`` events about it (``telemetry.py``); ``/metrics`` exports both for Prometheus.
 
 The gateway checks only the shape of a request (types, unknown fields, ``n``, sizes); the model
 checks the values (``max_tokens`` over the limit, ``top_p`` range, context) and its message comes
@@ -21,6 +26,7 @@ import asyncio
 import hashlib
 import ipaddress
 import os
+import re
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -33,6 +39,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lathe.core.errors import ConfigError
+from lathe.core.fim import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 from lathe.serving.ab import route
 from lathe.serving.client import Chunk, chunk_of, infer_inputs
 from lathe.serving.config import GatewayConfig
@@ -117,9 +124,25 @@ def parse_body(body: bytes, schema: type[BaseModel]) -> Any:
         raise _validation_error(exc, schema) from None
 
 
+# A prompt an editor already laid out StarCoder-style (llm-vscode's `fillInTheMiddle` setting).
+CLIENT_FIM = re.compile(re.escape(FIM_PREFIX) + "(.*)" + re.escape(FIM_SUFFIX) + "(.*)" + re.escape(FIM_MIDDLE), re.DOTALL)
+
+
+def server_side_fim(request: CompletionRequest) -> CompletionRequest:
+    """A client-side FIM prompt (``<fim_prefix>p<fim_suffix>s<fim_middle>``) as ``prompt=p, suffix=s``.
+
+    The server lays out FIM itself with the model's own token ids and cuts to fit; typed token
+    names are otherwise plain text (they cannot inject control tokens), so they are recognised here.
+    """
+    match = CLIENT_FIM.fullmatch(request.prompt) if request.suffix is None else None
+    if match is None:
+        return request
+    return request.model_copy(update={"prompt": match.group(1), "suffix": match.group(2)})
+
+
 def parse_request(body: bytes, max_n: int) -> CompletionRequest:
     """The completion request in ``body``, or an ``ApiError`` whose message names the field and the fix."""
-    request: CompletionRequest = parse_body(body, CompletionRequest)
+    request: CompletionRequest = server_side_fim(parse_body(body, CompletionRequest))
     if not 1 <= request.n <= max_n:
         raise ApiError(400, f"n must be between 1 and {max_n}, got {request.n}", "n")
     refusal = unsupported(request)

@@ -89,6 +89,14 @@ def test_a_suffix_makes_a_fim_prompt(client: openai.OpenAI, engine: Engine) -> N
     assert long.usage.prompt_tokens == engine.context - 8
 
 
+def test_a_client_side_fim_prompt_is_laid_out_by_the_server(client: openai.OpenAI) -> None:
+    """llm-vscode sends `<fim_prefix>p<fim_suffix>s<fim_middle>` as the prompt: served exactly as prompt=p, suffix=s."""
+    prefix, suffix = "def area(r):\n    return ", "\n\nprint(area(2))\n"
+    templated = client.completions.create(model=MODEL, prompt=f"<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>", max_tokens=10)
+    direct = client.completions.create(model=MODEL, prompt=prefix, suffix=suffix, max_tokens=10)
+    assert templated.choices[0].text == direct.choices[0].text and templated.usage.prompt_tokens == direct.usage.prompt_tokens
+
+
 def test_streaming_sends_the_same_text_in_pieces(client: openai.OpenAI) -> None:
     whole = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=24).choices[0].text
     chunks = list(client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=24, stream=True,
