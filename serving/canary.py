@@ -1,5 +1,7 @@
 """The canary: the packaged model served by a real tritonserver answers one greedy completion that
-matches local generation token for token, then holds a short load with zero failures."""
+matches local generation token for token, the OpenAI-compatible gateway in front of it answers a
+fill-in-the-middle request exactly as local generation does, then the server holds a short load
+with zero failures."""
 
 from __future__ import annotations
 
@@ -29,11 +31,35 @@ def canary(repository: Path, version: int, cfg: ServeConfig, log_file: Path) -> 
         got = complete(server.endpoints.grpc, cfg.canary_prompt, cfg.model_name, max_tokens=max_tokens)
         if got.token_ids != expected_ids:
             raise LatheError(f"served greedy completion {got.token_ids} differs from local generation {expected_ids}")
+        fim = _fim_through_gateway(engine, server.endpoints.grpc, cfg, log_file.parent / "canary-telemetry.db")
         load = run_load(grpc_sender(server.endpoints.grpc, cfg.model_name, max_tokens), cfg.canary_load.clients, cfg.canary_load.seconds)
     if load.failures:
         raise LatheError(f"{load.failures} of {load.requests + load.failures} canary requests failed: {load.errors}")
     return {"version": version, "prompt": cfg.canary_prompt, "completion": got.text, "token_ids": got.token_ids,
-            "first_token_s": got.first_token_s, "latency_s": got.latency_s, "load": load.as_dict()}
+            "first_token_s": got.first_token_s, "latency_s": got.latency_s, "fim": fim, "load": load.as_dict()}
+
+
+def _fim_through_gateway(engine: Any, triton_url: str, cfg: ServeConfig, telemetry: Path) -> dict[str, Any]:
+    """A FIM completion asked of the gateway, as an editor would, checked against local generation."""
+    import httpx
+
+    from lathe.serving.gateway import running_gateway
+
+    max_tokens = cfg.canary_load.max_tokens
+    request = engine.parse(cfg.canary_prompt, {"suffix": cfg.canary_suffix, "max_tokens": max_tokens})
+    expected = "".join(event.text for event in engine.generate([request]))
+    telemetry.unlink(missing_ok=True)
+    with running_gateway(cfg.gateway, triton_url, cfg.model_name, f"sqlite:///{telemetry.resolve()}") as url:
+        answer = httpx.post(f"{url}/completions", json={"model": cfg.model_name, "prompt": cfg.canary_prompt, "suffix": cfg.canary_suffix,
+                                                        "max_tokens": max_tokens}, timeout=cfg.ready_timeout_s)
+    if answer.status_code != 200:
+        raise LatheError(f"the gateway refused the canary's FIM request ({answer.status_code}): {answer.text[:300]}")
+    body = answer.json()
+    text = body["choices"][0]["text"]
+    if text != expected or body["usage"]["prompt_tokens"] != len(request.prompt_ids):
+        raise LatheError(f"the gateway's FIM completion {text!r} ({body['usage']['prompt_tokens']} prompt tokens) differs from "
+                         f"local generation {expected!r} ({len(request.prompt_ids)})")
+    return {"suffix": cfg.canary_suffix, "completion": text, "prompt_tokens": body["usage"]["prompt_tokens"]}
 
 
 def print_canary(report: dict[str, Any], console: Console) -> None:
@@ -41,6 +67,9 @@ def print_canary(report: dict[str, Any], console: Console) -> None:
     load = report["load"]
     console.print(f"[bold]canary[/]: Triton served {report['model']} v{report['version']}: "
                   f"{report['prompt']!r} -> {report['completion']!r}")
+    if "fim" in report:
+        console.print(f"  gateway (OpenAI API), FIM: {report['prompt']!r} + <middle> + {report['fim']['suffix']!r} -> "
+                      f"{report['fim']['completion']!r}")
     console.print(f"  {load['clients']} clients x {load['seconds']:.0f}s: {load['requests']} requests, {load['failures']} failed, "
                   f"p50 {load['p50_s'] * 1000:.0f} ms, p95 {load['p95_s'] * 1000:.0f} ms, "
                   f"first token p50 {load['ttft_p50_s'] * 1000:.0f} ms, {load['tokens_per_s']:.0f} tokens/s")

@@ -92,6 +92,8 @@ class ServeConfig(Strict):
     ready_timeout_s: float = Field(180.0, gt=0, description="How long to wait for /v2/health/ready.")
     stop_timeout_s: float = Field(15.0, gt=0, description="SIGTERM grace period before SIGKILL.")
     canary_prompt: str = Field("def fibonacci(n):\n", description="The completion the `canary` stage asks the served model for.")
+    canary_suffix: str = Field("\n\nprint(fibonacci(10))\n", description="The code after the cursor in the canary's FIM request "
+                                                                     "(through the gateway).")
     canary_load: LoadConfig = Field(default_factory=LoadConfig, description="The canary's short load test (latency for the summary).")
     vllm: VllmConfig = Field(default_factory=VllmConfig)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)

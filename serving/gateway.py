@@ -29,16 +29,16 @@ import os
 import re
 import time
 import uuid
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Literal
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from lathe.core.errors import ConfigError
+from lathe.core.errors import ConfigError, LatheError
 from lathe.core.fim import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 from lathe.serving.ab import route
 from lathe.serving.client import Chunk, chunk_of, infer_inputs
@@ -536,3 +536,26 @@ def serve_gateway(cfg: GatewayConfig, triton_url: str, model: str, telemetry_url
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port if port is None else port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=5)
     return uvicorn.Server(config)
+
+
+@contextmanager
+def running_gateway(cfg: GatewayConfig, triton_url: str, model: str, telemetry_url: str) -> Iterator[str]:
+    """The gateway served from a background thread on a free port while the block runs; yields its ``/v1`` URL."""
+    import threading
+
+    from lathe.serving.server import free_port
+
+    port = free_port()
+    server = serve_gateway(cfg.model_copy(update={"host": "127.0.0.1"}), triton_url, model, telemetry_url, port)
+    thread = threading.Thread(target=server.run, name="lathe-gateway", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise LatheError(f"the gateway did not start on port {port}")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(10)

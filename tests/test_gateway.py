@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,24 +17,11 @@ from lathe.core.errors import ConfigError
 from lathe.serving.client import complete
 from lathe.serving.config import GatewayConfig
 from lathe.serving.engine import Engine
-from lathe.serving.gateway import key_digest, serve_gateway
+from lathe.serving.gateway import key_digest, running_gateway, serve_gateway
 from lathe.serving.server import TritonServer, free_port, port_busy
 from tests.served import PROMPT, reference
 
 MODEL = "lathe-code"
-
-
-def start_gateway(cfg: GatewayConfig, triton_url: str, store_url: str) -> tuple[Any, threading.Thread, str]:
-    """A real uvicorn server in a thread; returns it, its thread and its /v1 URL once it accepts connections."""
-    port = free_port()
-    server = serve_gateway(cfg, triton_url, MODEL, store_url, port)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the gateway did not start"
-        time.sleep(0.05)
-    return server, thread, f"http://127.0.0.1:{port}/v1"
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +31,8 @@ def store_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def gateway(server: TritonServer, store_url: str) -> Iterator[str]:
-    gw, thread, url = start_gateway(GatewayConfig(), server.endpoints.grpc, store_url)
-    yield url
-    gw.should_exit = True
-    thread.join(10)
+    with running_gateway(GatewayConfig(), server.endpoints.grpc, MODEL, store_url) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -149,16 +132,12 @@ def test_malformed_json_and_oversized_bodies(gateway: str) -> None:
 
 def test_triton_unreachable_is_a_503_naming_it(store_url: str) -> None:
     dead = f"127.0.0.1:{free_port()}"
-    gw, thread, url = start_gateway(GatewayConfig(), dead, store_url)
-    try:
+    with running_gateway(GatewayConfig(), dead, MODEL, store_url) as url:
         code, answer = post(f"{url}/completions", json.dumps({"model": MODEL, "prompt": "x"}).encode())
         assert code == 503 and f"Triton at {dead} is unreachable" in answer["error"]["message"]
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(url.removesuffix("/v1") + "/health/ready", timeout=10)
         assert err.value.code == 503
-    finally:
-        gw.should_exit = True
-        thread.join(10)
 
 
 def test_api_keys(server: TritonServer, store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -169,15 +148,11 @@ def test_api_keys(server: TritonServer, store_url: str, tmp_path: Path, monkeypa
     assert made.returncode == 0 and key_digest(key) in keys.read_text() and key not in keys.read_text()
     other = "lathe-from-the-environment"
     monkeypatch.setenv("LATHE_API_KEY_HASHES", key_digest(other))
-    gw, thread, url = start_gateway(GatewayConfig(api_keys_file=str(keys)), server.endpoints.grpc, store_url)
-    try:
+    with running_gateway(GatewayConfig(api_keys_file=str(keys)), server.endpoints.grpc, MODEL, store_url) as url:
         with pytest.raises(openai.AuthenticationError, match="missing or unknown API key"):
             openai.OpenAI(base_url=url, api_key="wrong", max_retries=0).completions.create(model=MODEL, prompt="x", max_tokens=1)
         for good in (key, other):
             assert openai.OpenAI(base_url=url, api_key=good, max_retries=0).completions.create(model=MODEL, prompt="x", max_tokens=1).choices
-    finally:
-        gw.should_exit = True
-        thread.join(10)
     monkeypatch.delenv("LATHE_API_KEY_HASHES")
     with pytest.raises(ConfigError, match="would listen on 0.0.0.0 with no API keys"):
         serve_gateway(GatewayConfig(host="0.0.0.0"), server.endpoints.grpc, MODEL, store_url)
@@ -232,13 +207,9 @@ def test_events_are_stored_counted_and_survive_a_restart(server: TritonServer, g
         assert line in text, line
     assert 'lathe_completion_latency_seconds_count{model_version="3",track="production"}' in text
     # a new gateway over the same store: the completion is still known
-    gw, thread, url = start_gateway(GatewayConfig(), server.endpoints.grpc, store_url)
-    try:
+    with running_gateway(GatewayConfig(), server.endpoints.grpc, MODEL, store_url) as url:
         code, _ = post(f"{url}/events", json.dumps({"type": "view", "completion_id": completion.id}).encode())
         assert code == 200
-    finally:
-        gw.should_exit = True
-        thread.join(10)
 
 
 def test_users_are_routed_to_tracks(server: TritonServer, store_url: str) -> None:
@@ -247,16 +218,12 @@ def test_users_are_routed_to_tracks(server: TritonServer, store_url: str) -> Non
 
     ab = AbConfig(staff_users=["alice"], candidate_share=0.5)
     cfg = GatewayConfig(ab=ab, tracks={"candidate": TrackUpstream(triton_url=server.endpoints.grpc)})
-    gw, thread, url = start_gateway(cfg, server.endpoints.grpc, store_url)
-    try:
+    with running_gateway(cfg, server.endpoints.grpc, MODEL, store_url) as url:
         client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
         users = ["alice", *(f"user{i}" for i in range(8))]
         for user in users:
             raw = client.completions.with_raw_response.create(model=MODEL, prompt="x", max_tokens=1, extra_headers={"x-lathe-user": user})
             assert raw.headers["x-lathe-track"] == route(user, ab)
         assert {route(u, ab) for u in users} == {"staff", "production", "candidate"}
-    finally:
-        gw.should_exit = True
-        thread.join(10)
     with pytest.raises(ConfigError, match="no candidate is served"):
         serve_gateway(GatewayConfig(ab=ab), server.endpoints.grpc, MODEL, store_url)

@@ -311,6 +311,7 @@ def test_package_and_canary_serve_the_staff_version(trained, shards_pipeline) ->
     assert client.get_model_version("lathe-code", str(staff.version)).tags["triton_repository"].endswith("package/triton")
     canary = json.loads((profile_dir / "canary" / "canary.json").read_text())
     assert canary["load"]["failures"] == 0 and canary["load"]["requests"] > 0 and canary["version"] == int(staff.version)
+    assert canary["fim"]["prompt_tokens"] > 3 and canary["fim"]["suffix"] == "\n\nprint(fibonacci(10))\n"  # the gateway's FIM answer
 
     # The package stage is fingerprinted by the version the alias holds: unmoved, it skips ...
     assert {o.name: o.status for o in run_pipeline(cfg, ["package"], console=QUIET)}["package"] == "skipped"
