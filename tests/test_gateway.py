@@ -227,3 +227,11 @@ def test_users_are_routed_to_tracks(server: TritonServer, store_url: str) -> Non
         assert {route(u, ab) for u in users} == {"staff", "production", "candidate"}
     with pytest.raises(ConfigError, match="no candidate is served"):
         serve_gateway(GatewayConfig(ab=ab), server.endpoints.grpc, MODEL, store_url)
+
+
+def test_lathe_complete_fills_in_the_middle(server: TritonServer, engine: Engine) -> None:
+    prefix, suffix = "def area(r):\n    return ", "\n\nprint(area(2))\n"
+    done = subprocess.run([sys.executable, "-m", "lathe.pipelines.cli", "complete", prefix, "--suffix", suffix, "--max-tokens", "6",
+                           "--url", server.endpoints.grpc], capture_output=True, text=True, timeout=120)
+    middle = engine.tokenizer.decode(reference(engine, engine.fim_prompt_ids(prefix, suffix, 6), 6), skip_special_tokens=True)
+    assert done.returncode == 0 and done.stdout == prefix + middle + suffix + "\n"
