@@ -1,6 +1,7 @@
-"""Serving latency and throughput: Triton with dynamic batching, Triton without it, and the
-minimal single-request server a user would otherwise write (stdlib HTTP + `generate`, one
-request at a time), all over the same packaged model, at several concurrencies.
+"""Serving latency and throughput: Triton with dynamic batching (each execute() one batch), Triton
+with the continuous engine (one running batch that requests join at every decode step), Triton
+without batching, and the minimal single-request server a user would otherwise write (stdlib
+HTTP + `generate`, one request at a time), all over the same packaged model, at several concurrencies.
 
     .venv/bin/python benchmarks/serve_bench.py --package runs/tiny/package [--seconds 8] [--concurrency 1 8 32]
 
@@ -73,6 +74,17 @@ def baseline_sender(url: str) -> Send:
     return send
 
 
+PER_BATCH, CONTINUOUS = "triton, dynamic batching", "triton, continuous batching"
+# The Triton servers compared: each execute() as one batch, one running batch joined at every step, one request at a time.
+SERVERS = {PER_BATCH: ServeConfig(max_batch_size=32, engine="batch"),
+           CONTINUOUS: ServeConfig(max_batch_size=32, engine="continuous"),
+           "triton, no batching": ServeConfig(max_batch_size=32, engine="batch", dynamic_batching=False)}
+
+
+def _ratio(a: object, b: object) -> float:
+    return round(float(a) / max(float(b), 1e-9), 2)
+
+
 def row(name: str, r: LoadReport) -> str:
     ms = lambda s: f"{s * 1000:.0f}"  # noqa: E731
     return (f"| {name} | {r.clients} | {r.requests} | {r.failures} | {ms(r.p50_s)} | {ms(r.p95_s)} | {ms(r.p99_s)} | "
@@ -94,9 +106,8 @@ def main() -> None:
              "|---|---|---|---|---|---|---|---|---|---|"]
     work = Path(tempfile.mkdtemp(prefix="lathe-serve-bench-"))
     try:
-        for name, batching in (("triton, dynamic batching", True), ("triton, no batching", False)):
-            roots = build_repositories(model_dir, int(info["version"]), work / name.replace(" ", "").replace(",", "-"),
-                                       ServeConfig(dynamic_batching=batching, max_batch_size=32))
+        for name, cfg in SERVERS.items():
+            roots = build_repositories(model_dir, int(info["version"]), work / name.replace(" ", "").replace(",", "-"), cfg)
             with TritonServer(roots["python"], 0, 0, 0, log_file=work / "triton.log") as server:
                 send = grpc_sender(server.endpoints.grpc, info["triton_model"], args.max_tokens)
                 send("warm up")
@@ -117,8 +128,13 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     for c in args.concurrency:
-        a, b = results[f"triton, dynamic batching @{c}"], results[f"single-request server @{c}"]
-        results[f"throughput ratio triton-batched/single-request @{c}"] = round(float(a["tokens_per_s"]) / max(float(b["tokens_per_s"]), 1e-9), 2)
+        batched, continuous = results[f"{PER_BATCH} @{c}"], results[f"{CONTINUOUS} @{c}"]
+        single = results[f"single-request server @{c}"]
+        results[f"throughput ratio triton-batched/single-request @{c}"] = _ratio(batched["tokens_per_s"], single["tokens_per_s"])
+        results[f"throughput ratio continuous/per-batch @{c}"] = _ratio(continuous["tokens_per_s"], batched["tokens_per_s"])
+        # the issue's latency goal: first token at c clients against 1 client
+        results[f"first-token p50 ratio continuous @{c}/@{args.concurrency[0]}"] = _ratio(
+            continuous["ttft_p50_s"], results[f"{CONTINUOUS} @{args.concurrency[0]}"]["ttft_p50_s"])
     print("\n".join(lines))
     emit(results, args.out)
 

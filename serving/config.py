@@ -76,7 +76,7 @@ class ServeConfig(Strict):
         None, description="Object store the repositories are copied to (<uri>/<name>/<version>/triton/): the k8s MODEL_BUCKET."
     )
     engine: Literal["batch", "continuous"] = Field(
-        "batch", description="batch: each execute() generates its requests as one batch (a later request waits for it); "
+        "continuous", description="batch: each execute() generates its requests as one batch (a later request waits for it); "
                              "continuous: one generation loop admits new requests at every decode step.")
     max_batch_size: int = Field(8, gt=0, description="Most requests one execute() generates together (continuous: rows in flight).")
     dynamic_batching: bool = Field(True, description="Gather concurrent requests into batches (off: one request per execute).")

@@ -9,17 +9,23 @@ fill-in-the-middle prompt by the function the shards stage trained with, prefix 
 from their far ends to leave room for ``max_tokens``; its completion ends at ``<|endoftext|>``
 or ``<fim_pad>``.
 
-One ``Engine.generate`` call serves the requests Triton's dynamic batcher handed to one
-``execute``: prompts of different lengths are left-padded into one batch, each row has
-its own sampling parameters, generator and stop sequences, and rows leave the batch (and
-the KV cache) as soon as they finish, so a short request never pays for a long one.
+``ContinuousBatcher`` owns a running batch and its KV cache: prompts of different lengths
+are left-padded into one batch, each row has its own sampling parameters, generator and
+stop sequences, rows leave the batch (and the KV cache) as soon as they finish, so a short
+request never pays for a long one, and new requests join the running batch at every decode
+step (the Triton model's ``engine: continuous``). ``Engine.generate`` runs one fixed set of
+requests through it (``engine: batch``: the requests Triton's dynamic batcher handed to one
+``execute``).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 import torch
 
@@ -30,6 +36,9 @@ try:
 except ImportError:  # copied into a Triton model repository as lathe_engine.py, beside lathe_protocol.py and lathe_fim.py
     from lathe_fim import FIM_MIDDLE, FIM_PAD, FIM_PREFIX, FIM_SUFFIX, FimIds, fim_prompt, fit_context  # type: ignore[no-redef]
     from lathe_protocol import PARAMETER_TYPES, PROMPT  # type: ignore[no-redef]
+
+
+_log = logging.getLogger(__name__)
 
 
 class RequestError(ValueError):
@@ -66,7 +75,7 @@ class Event:
     index: int
     text: str
     token_ids: list[int]
-    finish: str | None = None  # "stop" (a stop sequence), "eos", "length"
+    finish: str | None = None  # "stop" (a stop sequence), "eos", "length", "cancelled" (the client went away)
 
 
 def _held_back(text: str, stops: list[str]) -> int:
@@ -87,6 +96,7 @@ class _Row:
     request: GenRequest
     index: int
     generator: torch.Generator | None
+    sink: Sink
     ids: list[int] = field(default_factory=list)
     sent: int = 0  # characters of the decoded text already emitted
 
@@ -195,43 +205,253 @@ class Engine:
         delta, row.sent = text[row.sent : upto], max(row.sent, upto)
         return Event(row.index, delta, [token] if token not in self.end_ids else [], finish)
 
-    @torch.inference_mode()
-    def generate(self, requests: list[GenRequest]) -> Iterator[Event]:
-        """Generate for all requests together; yields events as tokens are made, each request ends with ``finish``."""
-        rows = []
-        for i, r in enumerate(requests):
-            gen = None
-            if r.temperature > 0:
-                gen = torch.Generator(device=self.device)
-                gen.manual_seed(r.seed if r.seed is not None else int(torch.randint(0, 2**31, ()).item()))
-            rows.append(_Row(r, i, gen))
+    def _row(self, request: GenRequest, index: int, sink: Sink) -> _Row:
+        """A request's row: sampled rows get their own generator, seeded by the request or at random."""
+        gen = None
+        if request.temperature > 0:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(request.seed if request.seed is not None else int(torch.randint(0, 2**31, ()).item()))
+        return _Row(request, index, gen, sink)
+
+    def _prefill(self, requests: list[GenRequest]) -> _Batch:
+        """Run the prompts through the model together, left-padded so that every prompt ends where generation starts."""
         width = max(len(r.prompt_ids) for r in requests)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(requests):  # left padding: every prompt ends where generation starts
+        ids = torch.full((len(requests), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(requests), width), dtype=torch.long)
+        for i, r in enumerate(requests):
             ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
             mask[i, width - len(r.prompt_ids) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1, :]
-        while rows:
-            picks = self._pick(logits, rows)
-            keep: list[int] = []
-            for i, (row, token) in enumerate(zip(rows, picks)):
-                event = self._advance(row, token)
-                yield event
-                if event.finish is None:
-                    keep.append(i)
-            if not keep:
-                return
-            if len(keep) < len(rows):  # finished rows leave the batch and the cache
-                cache.batch_select_indices(torch.tensor(keep, device=self.device))
-                mask, positions = mask[keep], positions[keep]
-                rows = [rows[i] for i in keep]
-                picks = [picks[i] for i in keep]
-            step = torch.tensor(picks, device=self.device).unsqueeze(-1)
-            mask = torch.cat([mask, torch.ones_like(step)], dim=-1)
-            positions = positions[:, -1:] + 1
-            out = self.model(input_ids=step, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
-            cache, logits = out.past_key_values, out.logits[:, -1, :]
+        return _Batch(out.past_key_values, out.logits[:, -1, :], mask, positions[:, -1:])
+
+    def generate(self, requests: list[GenRequest]) -> Iterator[Event]:
+        """Generate for all requests together; yields events as tokens are made, each request ends with ``finish``.
+
+        Event ``index`` is the request's place in ``requests``.
+        """
+        events: list[Event] = []
+        batcher = ContinuousBatcher(self, max_rows=len(requests))
+        for r in requests:
+            batcher.submit(r, _Collect(events))
+        while batcher.busy:
+            batcher.step()
+            yield from events
+            events.clear()
+
+
+class Sink(Protocol):
+    """Where a request's events go, and how the scheduler learns that its client went away."""
+
+    def event(self, event: Event) -> None:
+        """One step of the request; the last has ``finish`` set."""
+
+    def cancelled(self) -> bool:
+        """Whether the client gave up: its row is dropped at the next step (with a ``cancelled`` finish event)."""
+
+    def failed(self, exc: BaseException) -> None:
+        """Generation failed for every open request: close this one with an error."""
+
+
+@dataclass
+class _Collect:
+    """A sink that appends events to a list (``Engine.generate``: nothing is cancelled, failures propagate)."""
+
+    events: list[Event]
+
+    def event(self, event: Event) -> None:
+        self.events.append(event)
+
+    def cancelled(self) -> bool:
+        return False
+
+    def failed(self, exc: BaseException) -> None:
+        pass
+
+
+@dataclass
+class _Batch:
+    """Rows that share a KV cache: right-aligned, each row's tokens after its left padding (``mask`` 0)."""
+
+    cache: Any  # transformers' DynamicCache: per layer, keys and values of shape (rows, heads, width, head_dim)
+    logits: torch.Tensor  # (rows, vocab): the next token's logits of each row
+    mask: torch.Tensor  # (rows, width): 1 where the cache holds a real token
+    positions: torch.Tensor  # (rows, 1): the position of each row's last token (its own count, padding excluded)
+
+    def select(self, keep: list[int]) -> None:
+        """Keep only these rows, then drop the leading columns that are padding in every remaining row."""
+        index = torch.tensor(keep, device=self.mask.device)
+        self.cache.batch_select_indices(index)
+        self.logits, self.mask, self.positions = self.logits[index], self.mask[index], self.positions[index]
+        # without this a long-lived batch would keep the columns of rows long gone, and grow without end
+        first = int(self.mask.any(0).to(torch.int8).argmax())
+        if first:
+            self.mask = self.mask[:, first:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[..., first:, :], layer.values[..., first:, :]
+
+    def merge(self, other: _Batch) -> None:
+        """Append ``other``'s rows, left-padding whichever cache is shorter so that all rows stay right-aligned."""
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            mine.keys = torch.cat([_left_pad(mine.keys, width, -2), _left_pad(theirs.keys, width, -2)])
+            mine.values = torch.cat([_left_pad(mine.values, width, -2), _left_pad(theirs.values, width, -2)])
+        self.mask = torch.cat([_left_pad(self.mask, width, -1), _left_pad(other.mask, width, -1)])
+        self.logits = torch.cat([self.logits, other.logits])
+        self.positions = torch.cat([self.positions, other.positions])
+
+
+def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """``t`` with zeros before its entries along ``dim`` (a negative dim) up to ``width``."""
+    return torch.nn.functional.pad(t, [0, 0] * (-dim - 1) + [width - t.shape[dim], 0])
+
+
+def _live(rows: list[_Row]) -> list[int]:
+    """Indices of the rows whose clients are still there; each of the others gets its ``cancelled`` finish event."""
+    live = []
+    for i, row in enumerate(rows):
+        if row.sink.cancelled():
+            row.sink.event(Event(row.index, "", [], "cancelled"))
+        else:
+            live.append(i)
+    return live
+
+
+class ContinuousBatcher:
+    """Continuous batching: one running batch and its KV cache, which requests join at every decode step.
+
+    ``submit`` may be called from any thread; ``step`` (or the loop thread of ``start``) from one.
+    Each step drops cancelled rows, prefills the waiting requests that fit under ``max_rows``
+    (together) and merges them into the running batch, picks one token per row, sends each
+    row's event to its sink, lets finished rows leave, and runs one decode step for the rest.
+    A request therefore waits at most one step to start, never for a whole batch to end.
+    """
+
+    def __init__(self, engine: Engine, max_rows: int) -> None:
+        self.engine = engine
+        self.max_rows = max_rows
+        self._rows: list[_Row] = []
+        self._batch: _Batch | None = None
+        self._waiting: deque[_Row] = deque()
+        self._submitted = 0
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def busy(self) -> bool:
+        """Whether any request is running or waiting."""
+        return bool(self._rows or self._waiting)
+
+    @property
+    def running(self) -> int:
+        """Rows in the running batch."""
+        return len(self._rows)
+
+    @property
+    def width(self) -> int:
+        """Columns of the KV cache (the longest running row, once padding is trimmed)."""
+        return 0 if self._batch is None else int(self._batch.mask.shape[1])
+
+    def submit(self, request: GenRequest, sink: Sink) -> int:
+        """Queue a request; its events go to ``sink``. Returns its index (the order of submission)."""
+        with self._wake:
+            row = self.engine._row(request, self._submitted, sink)
+            self._submitted += 1
+            self._waiting.append(row)
+            self._wake.notify()
+        return row.index
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        """One token for every running row, after dropping cancelled rows and admitting waiting ones."""
+        engine = self.engine
+        self._keep(_live(self._rows))
+        self._admit()
+        if not self._rows:
+            return
+        picks = engine._pick(self._batch.logits, self._rows)
+        keep: list[int] = []
+        for i, (row, token) in enumerate(zip(self._rows, picks)):
+            event = engine._advance(row, token)
+            row.sink.event(event)
+            if event.finish is None:
+                keep.append(i)
+        self._keep(keep)
+        if not self._rows:
+            return
+        batch = self._batch
+        batch.mask = torch.cat([batch.mask, torch.ones_like(batch.mask[:, :1])], dim=-1)
+        batch.positions = batch.positions + 1
+        step = torch.tensor([picks[i] for i in keep], device=engine.device).unsqueeze(-1)
+        out = engine.model(input_ids=step, attention_mask=batch.mask, position_ids=batch.positions, past_key_values=batch.cache,
+                           use_cache=True)
+        batch.cache, batch.logits = out.past_key_values, out.logits[:, -1, :]
+
+    def _keep(self, keep: list[int]) -> None:
+        """Only these running rows stay (finished and cancelled rows leave the batch and the cache at once)."""
+        if len(keep) == len(self._rows):
+            return
+        self._rows = [self._rows[i] for i in keep]
+        if not keep:
+            self._batch = None
+        else:
+            self._batch.select(keep)
+
+    def _admit(self) -> None:
+        """Prefill the waiting requests that fit (in one forward) and merge them into the running batch."""
+        new: list[_Row] = []
+        with self._wake:
+            while self._waiting and len(self._rows) + len(new) < self.max_rows:
+                new.append(self._waiting.popleft())
+        new = [new[i] for i in _live(new)]
+        if not new:
+            return
+        try:
+            batch = self.engine._prefill([r.request for r in new])
+        except BaseException:
+            with self._wake:  # back in the queue, so that ``abort`` closes them too
+                self._waiting.extendleft(reversed(new))
+            raise
+        if self._batch is None:
+            self._batch = batch
+        else:
+            self._batch.merge(batch)
+        self._rows += new
+
+    def abort(self, exc: BaseException) -> None:
+        """Close every running and waiting request with ``exc`` and start afresh with an empty batch."""
+        with self._wake:
+            rows = self._rows + list(self._waiting)
+            self._rows, self._batch = [], None
+            self._waiting.clear()
+        for row in rows:
+            row.sink.failed(exc)
+
+    def start(self) -> None:
+        """Run ``step`` in a loop thread whenever there is work, until ``stop``."""
+        self._thread = threading.Thread(target=self._serve, name="lathe-continuous-batcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """End the loop thread; requests still open are closed with an error."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        self.abort(RuntimeError("the model is shutting down"))
+
+    def _serve(self) -> None:
+        while True:
+            with self._wake:
+                while not self.busy and not self._stopping:
+                    self._wake.wait()
+                if self._stopping:
+                    return
+            try:
+                self.step()
+            except Exception as exc:  # a failed step must close its clients' streams, not hang them; later requests still run
+                _log.exception("generation step failed")
+                self.abort(exc)

@@ -71,7 +71,7 @@ def python_model_config(cfg: ServeConfig, version: int) -> mc.ModelConfig:
     config.instance_group.add(count=cfg.instance_count, kind=kind)
     config.version_policy.specific.versions.append(version)
     for key, value in {"default_max_tokens": cfg.default_max_tokens, "max_tokens_limit": cfg.max_tokens_limit,
-                       "torch_threads": cfg.torch_threads}.items():
+                       "torch_threads": cfg.torch_threads, "engine": cfg.engine}.items():
         config.parameters[key].string_value = str(value)
     return config
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lathe.core.errors import InputError, LatheError
-from lathe.core.process import dying_with_this_thread
+from lathe.core.process import supervised
 
 
 def free_port() -> int:
@@ -161,9 +161,10 @@ class TritonServer:
         log.parent.mkdir(parents=True, exist_ok=True)
         self._log_path = log
         with open(log, "ab") as out:
-            # a `lathe serve` killed with -9 must not leave Triton answering on its ports
-            self.process = subprocess.Popen(dying_with_this_thread(self.command(backends)), stdout=out, stderr=subprocess.STDOUT,
-                                            env=self.environment(), start_new_session=True)
+            # a `lathe serve` killed with -9 must leave neither Triton answering on its ports nor its
+            # Python-backend stubs, even when killed while Triton loads models and does not yet stop
+            self.process = subprocess.Popen(supervised(self.command(backends), self.stop_timeout_s), stdout=out,
+                                            stderr=subprocess.STDOUT, env=self.environment(), start_new_session=True)
         try:
             self.wait_ready()
         except BaseException:

@@ -3,9 +3,10 @@
 Decoupled: every request gets one response per chunk of text as it is generated
 (``stream`` true) or a single response with the whole completion (the default), each
 ending with the FINAL flag, so it serves gRPC streaming, HTTP ``generate_stream`` and
-HTTP ``generate`` alike. The requests of one ``execute`` call (what the dynamic batcher
-gathered) are generated as one batch. A bad request gets an error response naming the
-field and the fix; the others in its batch are served.
+HTTP ``generate`` alike. With ``engine: batch`` the requests of one ``execute`` call (what
+the dynamic batcher gathered) are generated as one batch; with ``engine: continuous`` they
+join one running batch at its next decode step. A bad request gets an error response
+naming the field and the fix; the others in its batch are served.
 
 It imports only torch, transformers, numpy, ``lathe_engine``, ``lathe_protocol`` and ``lathe_fim``
 (serving/engine.py, serving/protocol.py and core/fim.py, copied beside it), so the repository
@@ -23,7 +24,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils  # provided by Triton's Python backend
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lathe_engine import Engine, GenRequest, Limits, RequestError  # noqa: E402
+from lathe_engine import ContinuousBatcher, Engine, Event, GenRequest, Limits, RequestError  # noqa: E402
 from lathe_protocol import FINISH, PARAMETERS, PROMPT, PROMPT_TOKENS, TEXT, TOKEN_IDS  # noqa: E402
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -69,10 +70,64 @@ def _response(text: str, token_ids: list[int], finish: str | None, prompt_tokens
     ])
 
 
+class _Stream:
+    """One request's response sender (an engine ``Sink``): sends its chunks, or its whole text at the end, then FINAL once."""
+
+    def __init__(self, request: Any, sender: Any, gen: GenRequest) -> None:
+        self.request = request  # held until the last response: the sender belongs to it
+        self.sender = sender
+        self.gen = gen
+        self.text: list[str] = []  # not yet sent: all of it for a non-streaming request
+        self.ids: list[int] = []
+        self.generated = 0  # tokens made so far (sent or not)
+        self.open = True
+
+    def event(self, event: Event) -> None:
+        """Send what the event makes sendable; a stream sends whenever there is text (tokens that made none ride with the next chunk)."""
+        if event.finish == "cancelled":
+            # a line in the server log: what an operator (and the tests) see of a freed row
+            pb_utils.Logger.log_info(f"lathe: request cancelled by its client after {self.generated} of {self.gen.max_tokens} tokens; "
+                                     "row freed")
+            error = pb_utils.TritonError("request cancelled", pb_utils.TritonError.CANCELLED)
+            self._send(pb_utils.InferenceResponse(error=error), FINAL)
+            return
+        self.text.append(event.text)
+        self.ids += event.token_ids
+        self.generated += len(event.token_ids)
+        if event.finish or (self.gen.stream and event.text):
+            self._send(_response("".join(self.text), self.ids, event.finish, len(self.gen.prompt_ids)), FINAL if event.finish else 0)
+            self.text, self.ids = [], []
+
+    def cancelled(self) -> bool:
+        """The client cancelled, or its stream is gone (a send failed)."""
+        return not self.open or self.sender.is_cancelled()
+
+    def failed(self, exc: BaseException) -> None:
+        """Close the request with a server error, unless it already ended."""
+        self._send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"generation failed: {exc}")), FINAL)
+
+    def _send(self, response: Any, flags: int) -> None:
+        if not self.open:
+            return
+        try:
+            self.sender.send(response, flags=flags)
+        except pb_utils.TritonModelException:
+            self.open = False  # the client is gone: the continuous engine drops its row at the next step
+        if flags == FINAL:
+            self.open = False
+
+
 class TritonPythonModel:
-    """Loads the HF checkpoint in ``<version>/hf_model`` and generates for each batch of requests."""
+    """Loads the HF checkpoint in ``<version>/hf_model`` and generates for the requests it is handed.
+
+    Model config parameter ``engine``: ``batch`` generates the requests of one
+    ``execute`` together and returns when all are done; ``continuous`` (`serve.engine`'s default) hands them to one
+    generation loop thread (``ContinuousBatcher``) and returns at once, so a request joins
+    the running batch at its next decode step instead of waiting for it to end.
+    """
 
     def initialize(self, args: dict[str, str]) -> None:
+        """Load the model; start the generation loop for ``engine: continuous``."""
         import torch
 
         config = json.loads(args["model_config"])
@@ -85,41 +140,40 @@ class TritonPythonModel:
                         max_tokens_limit=int(params.get("max_tokens_limit", 1024)))
         model_dir = os.path.join(args["model_repository"], args["model_version"], "hf_model")
         self.engine = Engine(model_dir, device=device, limits=limits)
+        self.batcher: ContinuousBatcher | None = None
+        if params.get("engine", "batch") == "continuous":
+            self.batcher = ContinuousBatcher(self.engine, max_rows=max(1, int(config.get("max_batch_size", 1))))
+            self.batcher.start()
 
     def execute(self, requests: list[Any]) -> None:
-        """Validate each request, generate the valid ones together, stream responses back."""
-        batch: list[GenRequest] = []
-        senders: list[Any] = []
-        for request in requests:
-            sender = request.get_response_sender()
-            try:
-                prompt, params = _request_params(request)
-                batch.append(self.engine.parse(prompt, params))
-                senders.append(sender)
-            except (RequestError, UnicodeDecodeError, ValueError, TypeError) as exc:
-                # INVALID_ARG: HTTP 400 / gRPC INVALID_ARGUMENT, the client's fault (not a 500)
-                error = pb_utils.TritonError(f"bad request: {exc}", pb_utils.TritonError.INVALID_ARG)
-                sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
-        if not batch:
+        """Validate each request; generate the valid ones (together, or in the running batch), streaming responses back."""
+        streams = [s for s in map(self._accept, requests) if s is not None]
+        if self.batcher is not None:
+            for stream in streams:
+                self.batcher.submit(stream.gen, stream)
             return None
-        text: list[list[str]] = [[] for _ in batch]  # not yet sent: all of it for non-streaming requests
-        ids: list[list[int]] = [[] for _ in batch]
-        done: set[int] = set()
         try:
-            for event in self.engine.generate(batch):
-                i = event.index
-                text[i].append(event.text)
-                ids[i] += event.token_ids
-                # a stream sends whenever there is text (tokens that made none ride with the next chunk)
-                if event.finish or (batch[i].stream and event.text):
-                    senders[i].send(_response("".join(text[i]), ids[i], event.finish, len(batch[i].prompt_ids)),
-                                    flags=FINAL if event.finish else 0)
-                    text[i], ids[i] = [], []
-                if event.finish:
-                    done.add(i)
+            for event in self.engine.generate([s.gen for s in streams]):
+                streams[event.index].event(event)
         except Exception as exc:  # a failure mid-generation must still close every open stream
-            for i, sender in enumerate(senders):
-                if i not in done:
-                    sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"generation failed: {exc}")), flags=FINAL)
+            for stream in streams:
+                stream.failed(exc)
             raise
         return None
+
+    def _accept(self, request: Any) -> _Stream | None:
+        """The request's stream, or None after answering a bad request with its error."""
+        sender = request.get_response_sender()
+        try:
+            prompt, params = _request_params(request)
+            return _Stream(request, sender, self.engine.parse(prompt, params))
+        except (RequestError, UnicodeDecodeError, ValueError, TypeError) as exc:
+            # INVALID_ARG: HTTP 400 / gRPC INVALID_ARGUMENT, the client's fault (not a 500)
+            error = pb_utils.TritonError(f"bad request: {exc}", pb_utils.TritonError.INVALID_ARG)
+            sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
+            return None
+
+    def finalize(self) -> None:
+        """Stop the generation loop (requests still open get an error)."""
+        if self.batcher is not None:
+            self.batcher.stop()

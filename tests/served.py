@@ -6,7 +6,9 @@ Registered in conftest.py, so the serving and gateway tests share one server (it
 from __future__ import annotations
 
 import sysconfig
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -48,14 +50,27 @@ def engine(hf_model: Path) -> Engine:
     return Engine(hf_model)
 
 
+def served_repositories(hf_model: Path, tmp_path_factory, cfg: ServeConfig) -> dict[str, Path]:
+    """Both repositories of the micro model, packaged with ``cfg``."""
+    return build_repositories(hf_model, VERSION, tmp_path_factory.mktemp("package"), cfg)
+
+
+@contextmanager
+def running_server(repository: dict[str, Path], tmp_path_factory) -> Iterator[TritonServer]:
+    """A tritonserver on free ports serving the Python-backend repository, its log in a fresh folder."""
+    with TritonServer(repository["python"], 0, 0, 0, log_file=tmp_path_factory.mktemp("log") / "triton.log") as s:
+        yield s
+
+
 @pytest.fixture(scope="session")
 def repository(hf_model: Path, tmp_path_factory) -> dict[str, Path]:
-    return build_repositories(hf_model, VERSION, tmp_path_factory.mktemp("package"), ServeConfig(max_batch_size=8))
+    # the per-execute engine here; the continuous engine (the default) has its own server in test_serving.py
+    return served_repositories(hf_model, tmp_path_factory, ServeConfig(max_batch_size=8, engine="batch"))
 
 
 @pytest.fixture(scope="session")
 def server(repository: dict[str, Path], tmp_path_factory):
-    with TritonServer(repository["python"], 0, 0, 0, log_file=tmp_path_factory.mktemp("log") / "triton.log") as s:
+    with running_server(repository, tmp_path_factory) as s:
         yield s
 
 

@@ -6,6 +6,8 @@ import json
 import re
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -14,11 +16,11 @@ import pytest
 from lathe.core.errors import InputError, LatheError
 from lathe.serving.client import RequestFailed, complete, http_generate
 from lathe.serving.config import ServeConfig
-from lathe.serving.engine import Engine, RequestError
+from lathe.serving.engine import ContinuousBatcher, Engine, Event, RequestError
 from lathe.serving.loadtest import grpc_sender, run_load
 from lathe.serving.package import build_repositories, check_repository, parse_model_config
 from lathe.serving.server import TritonServer, free_port, port_busy
-from tests.served import PROMPT, VERSION, reference
+from tests.served import PROMPT, VERSION, reference, running_server, served_repositories
 
 # --- the engine, without Triton -------------------------------------------------------------
 
@@ -46,6 +48,93 @@ def test_engine_sampling_is_seeded(engine: Engine) -> None:
         return [t for e in engine.generate([r]) for t in e.token_ids]
 
     assert sample(7) == sample(7) and sample(7) != sample(8)
+
+
+class _Sink:
+    """Collects one request's events; ``cancel`` makes it report its client gone."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.cancel = False
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+    def event(self, event: Event) -> None:
+        self.events.append(event)
+        if event.finish:
+            self.done.set()
+
+    def cancelled(self) -> bool:
+        return self.cancel
+
+    def failed(self, exc: BaseException) -> None:
+        self.error = exc
+        self.done.set()
+
+    @property
+    def token_ids(self) -> list[int]:
+        return [t for e in self.events for t in e.token_ids]
+
+
+def test_continuous_greedy_matches_generate_alone_and_admitted_mid_batch(engine: Engine) -> None:
+    long_prompt = "class Heap:\n    def push(self, item):\n        "
+    batcher = ContinuousBatcher(engine, max_rows=3)
+    alone = _Sink()
+    batcher.submit(engine.parse(PROMPT, {"max_tokens": 20}), alone)
+    while batcher.busy:
+        batcher.step()
+    # a long row runs; a short prompt joins it (padded), then a prompt longer than the running cache (the running rows padded)
+    plan = [(long_prompt, 40, 0), ("import os", 12, 3), ("x = 1\n" * 12 + "def f():\n", 24, 5), (PROMPT, 30, 6)]
+    sinks = [_Sink() for _ in plan]
+    steps, widths = 0, []
+    while steps == 0 or batcher.busy:
+        for (prompt, n, at), sink in zip(plan, sinks):
+            if at == steps:
+                batcher.submit(engine.parse(prompt, {"max_tokens": n}), sink)
+        batcher.step()
+        steps += 1
+        assert batcher.running <= 3  # the fourth waited in the queue for a free row
+        widths.append(batcher.width)
+    assert alone.token_ids == reference(engine, PROMPT, 20)
+    for (prompt, n, _), sink in zip(plan, sinks):
+        assert sink.token_ids == reference(engine, prompt, n), prompt
+        assert sink.events[-1].finish in ("length", "eos") and [e.finish for e in sink.events[:-1]] == [None] * (len(sink.events) - 1)
+    # the cache never outgrew its longest row: padding columns left with the rows that needed them
+    assert max(widths) < engine.context and batcher.width == 0
+
+
+def test_continuous_cancelled_row_leaves_and_a_waiting_request_takes_its_place(engine: Engine) -> None:
+    batcher = ContinuousBatcher(engine, max_rows=1)
+    first, second = _Sink(), _Sink()
+    batcher.submit(engine.parse(PROMPT, {"max_tokens": 60}), first)
+    batcher.submit(engine.parse("import os", {"max_tokens": 10}), second)
+    batcher.step()
+    batcher.step()
+    assert batcher.running == 1 and not second.events
+    first.cancel = True
+    batcher.step()
+    assert first.events[-1].finish == "cancelled" and len(first.events) == 3
+    while batcher.busy:
+        batcher.step()
+    assert second.token_ids == reference(engine, "import os", 10)
+
+
+def test_continuous_loop_closes_every_open_request_when_a_step_fails(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    batcher = ContinuousBatcher(engine, max_rows=4)
+    batcher.start()
+    try:
+        monkeypatch.setattr(engine, "_prefill", lambda requests: 1 / 0)
+        broken = [_Sink(), _Sink()]
+        for sink in broken:
+            batcher.submit(engine.parse(PROMPT, {"max_tokens": 8}), sink)
+        assert all(sink.done.wait(30) for sink in broken)
+        assert all(isinstance(sink.error, ZeroDivisionError) for sink in broken)
+        monkeypatch.undo()
+        later = _Sink()  # the loop survived the failure
+        batcher.submit(engine.parse(PROMPT, {"max_tokens": 8}), later)
+        assert later.done.wait(30) and later.token_ids == reference(engine, PROMPT, 8)
+    finally:
+        batcher.stop()
 
 
 @pytest.mark.parametrize("prompt, params, message", [
@@ -156,6 +245,73 @@ def test_concurrent_clients_are_batched_with_zero_failures(server: TritonServer,
     assert a == complete(server.endpoints.grpc, PROMPT, max_tokens=12, temperature=0.9, seed=5).token_ids
 
 
+# --- a real tritonserver with the continuous engine -----------------------------------------
+
+@pytest.fixture(scope="module")
+def continuous_server(hf_model: Path, tmp_path_factory):
+    repository = served_repositories(hf_model, tmp_path_factory, ServeConfig(max_batch_size=8, engine="continuous"))
+    assert parse_model_config(repository["python"] / "lathe-code" / "config.pbtxt").parameters["engine"].string_value == "continuous"
+    with running_server(repository, tmp_path_factory) as s:
+        yield s
+
+
+def test_continuous_served_greedy_completion_equals_local_generate(continuous_server: TritonServer, engine: Engine) -> None:
+    got = complete(continuous_server.endpoints.grpc, PROMPT, max_tokens=24)
+    assert got.token_ids == reference(engine, PROMPT, 24) and len(got.chunks) > 1
+    answer = http_generate(continuous_server.endpoints.http, PROMPT, max_tokens=24)  # not streamed: one final response
+    assert answer["text_output"] == got.text and answer["finish_reason"] == "length"
+    with pytest.raises(RequestFailed, match="max_tokens must be between 1 and 1024"):
+        complete(continuous_server.endpoints.grpc, PROMPT, max_tokens=10**6)
+
+
+def test_continuous_concurrent_clients_with_zero_failures(continuous_server: TritonServer, engine: Engine) -> None:
+    report = run_load(grpc_sender(continuous_server.endpoints.grpc, max_tokens=8), clients=8, seconds=4)
+    assert report.failures == 0 and report.requests >= 8, report.errors
+    assert complete(continuous_server.endpoints.grpc, PROMPT, max_tokens=16).token_ids == reference(engine, PROMPT, 16)
+
+
+def test_continuous_cancelled_stream_frees_its_row(continuous_server: TritonServer, engine: Engine) -> None:
+    import queue
+
+    import tritonclient.grpc as grpc
+
+    from lathe.serving.client import infer_inputs
+
+    url, max_tokens = continuous_server.endpoints.grpc, 100  # a long completion: cancelled long before its end
+    for _ in range(9):  # more cancelled streams than rows: each must have left its row
+        arrived: queue.Queue = queue.Queue()
+        client = grpc.InferenceServerClient(url=url)
+        client.start_stream(callback=lambda result, error: arrived.put(error or result))
+        client.async_stream_infer("lathe-code", infer_inputs(grpc, PROMPT, {"max_tokens": max_tokens, "stream": True}))
+        assert not isinstance(arrived.get(timeout=60), Exception)
+        client.stop_stream(cancel_requests=True)
+        client.close()
+    assert complete(url, "import os", max_tokens=8).token_ids == reference(engine, "import os", 8)
+    log = continuous_server.log_file.read_text()
+    freed = [int(n) for n in re.findall(rf"request cancelled by its client after (\d+) of {max_tokens} tokens; row freed", log)]
+    assert len(freed) == 9 and max(freed) < max_tokens, freed
+
+
+def test_an_editor_that_disconnects_from_the_gateway_frees_its_row(continuous_server: TritonServer, tmp_path: Path) -> None:
+    """Through the OpenAI-compatible gateway: a client that closes its event stream cancels the request in Triton."""
+    import httpx
+
+    from lathe.serving.config import GatewayConfig
+    from lathe.serving.gateway import running_gateway
+
+    before = continuous_server.log_file.read_text().count("row freed")
+    with running_gateway(GatewayConfig(), continuous_server.endpoints.grpc, "lathe-code", f"sqlite:///{tmp_path / 't.db'}") as url:
+        body = {"model": "lathe-code", "prompt": PROMPT, "max_tokens": 100, "stream": True}
+        with httpx.stream("POST", f"{url}/completions", json=body, timeout=60) as response:
+            assert response.status_code == 200
+            assert next(response.iter_lines()).startswith("data: ")  # the first chunk, then the editor moves on
+        deadline = time.monotonic() + 30
+        while continuous_server.log_file.read_text().count("row freed") == before and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert re.search(r"cancelled by its client after (\d+) of 100 tokens; row freed", continuous_server.log_file.read_text())
+    assert continuous_server.log_file.read_text().count("row freed") == before + 1
+
+
 def test_lathe_complete_streams_from_the_cli(server: TritonServer) -> None:
     lathe = [sys.executable, "-m", "lathe.pipelines.cli"]
     ok = subprocess.run([*lathe, "complete", PROMPT, "--url", server.endpoints.grpc, "--max-tokens", "8"],
@@ -206,9 +362,12 @@ def test_clean_shutdown_leaves_nothing_behind(repository: dict[str, Path], tmp_p
 
 
 def test_busy_port_and_missing_repository_fail_in_one_line(repository: dict[str, Path], server: TritonServer, tmp_path: Path) -> None:
+    import psutil
+
+    [triton] = [c.pid for c in psutil.Process(server.process.pid).children() if c.name() == "tritonserver"]  # under its supervisor
     with pytest.raises(InputError, match=rf"grpc port {server.ports['grpc']} is in use by a tritonserver left running "
-                                         rf"\(pid {server.process.pid}, repository .*\), probably by a killed `lathe serve` "
-                                         rf"\(`kill {server.process.pid}` stops it\); stop it or pass another --grpc-port"):
+                                         rf"\(pid {triton}, repository .*\), probably by a killed `lathe serve` "
+                                         rf"\(`kill {triton}` stops it\); stop it or pass another --grpc-port"):
         TritonServer(repository["python"], 0, server.ports["grpc"], 0).start()
     with pytest.raises(InputError, match="run `lathe run package` first"):
         TritonServer(tmp_path / "nothing").start()
