@@ -16,8 +16,6 @@ from typing import Any, Iterable
 
 from lathe.serving.config import AbConfig
 
-ARMS = ("production", "candidate")
-
 
 def route(user: str, cfg: AbConfig) -> str:
     """The track that serves ``user``: staff, candidate (a stable ``candidate_share`` of users) or production."""

@@ -103,7 +103,8 @@ class EventRequest(BaseModel):
     completion_id: str = Field(description="The `id` of the /v1/completions answer.")
     choice_index: int = Field(0, description="Which of its choices.")
     elapsed: int | None = Field(None, description="Milliseconds the suggestion was on screen.")
-    select_kind: str | None = Field(None, description="How it was accepted (e.g. line); stored as given.")
+    # Tabby's clients send these too: accepted so their events are not refused, not stored
+    select_kind: str | None = Field(None, description="How it was accepted (e.g. line).")
     view_id: str | None = None
 
 

@@ -26,7 +26,7 @@ from sqlalchemy import (
     create_engine,
     select,
 )
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from lathe.core.errors import InputError
@@ -176,10 +176,6 @@ class TelemetryStore:
                                         f"{len(completion.choices)} choice(s)")
             session.add(EventRow(created_at=datetime.now(timezone.utc), completion_id=completion_id, choice_index=choice_index,
                                  kind=kind, elapsed_ms=elapsed_ms))
-            try:
-                session.flush()
-            except IntegrityError:  # the completion was deleted meanwhile
-                raise UnknownCompletion(f"completion_id {completion_id!r} is unknown") from None
             return Labels(completion.model_version, completion.track, completion.language)
 
     def outcomes(self) -> Iterator[dict[str, Any]]:
