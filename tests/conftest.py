@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,16 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     from tests.backfill import stop
 
     stop()
+
+
+@pytest.fixture
+def private_tempdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This process's temp folder, apart from the shared one: Streaming's lock files land here, and the
+    ones concurrent processes (the background Airflow backfill) make in the shared folder do not count."""
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    return private
 
 
 @pytest.fixture(scope="session")

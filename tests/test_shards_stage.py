@@ -88,16 +88,12 @@ def test_same_inputs_give_the_same_samples_in_the_same_order(pipeline) -> None:
     assert sample_hashes(only_stream(out) / "train") == before
 
 
-def test_reading_a_split_back_leaves_no_lock_files_behind(pipeline, tmp_path: Path) -> None:
-    import tempfile
-
+def test_reading_a_split_back_leaves_no_lock_files_behind(pipeline, tmp_path: Path, private_tempdir: Path) -> None:
     from lathe.tokenizer.shards import read_back
 
     out, _, _ = pipeline
-    locks = lambda: set(Path(tempfile.gettempdir()).glob("*_filelock"))  # noqa: E731
-    before = locks()
     samples, _, _ = read_back(str(only_stream(out) / "val"), tmp_path)
-    assert samples > 0 and locks() - before == set()  # Streaming made two; both are gone
+    assert samples > 0 and list(private_tempdir.glob("*_filelock")) == []  # Streaming made two there; both are gone
 
 
 def test_dataloader_resumes_exactly_from_its_state_dict(pipeline) -> None:

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -199,7 +198,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(shards_pipeline, tmp_p
     assert after and all(b[s] == pytest.approx(a[s], abs=1e-5) for s in after), [(s, a[s], b[s]) for s in after]
 
 
-def test_spike_is_logged_with_samples_that_replay_exactly(shards_pipeline, tmp_path: Path) -> None:
+def test_spike_is_logged_with_samples_that_replay_exactly(shards_pipeline, tmp_path: Path, private_tempdir: Path) -> None:
     from lathe.tokenizer.special import PAD
     from lathe.tokenizer.vocab import load_tokenizer
     from lathe.training.replay import load_batch, read_spike, replay_loss
@@ -208,10 +207,8 @@ def test_spike_is_logged_with_samples_that_replay_exactly(shards_pipeline, tmp_p
     profile_dir, _, _ = shards_pipeline
     sensitive = ["train.loss_spike={window: 2, sigmas: 0.0, min_ratio: 1.0, action: skip}", "train.max_duration=12ba",
                  "train.wandb.enabled=false"]
-    locks = lambda: set(Path(tempfile.gettempdir()).glob("*_filelock"))  # noqa: E731
-    before = locks()
     run_training(job_for(shards_pipeline, tmp_path, sensitive, "spiky"))
-    assert locks() - before == set()  # the train and val datasets' Streaming lock files are removed
+    assert list(private_tempdir.glob("*_filelock")) == []  # the train and val datasets' Streaming lock files are removed
     record = read_spike(tmp_path / "loss_spikes.jsonl")
     assert record["action"] == "skip" and len(record["samples"]) == 4
     assert all(s["stream"] == 0 and s["shard"].startswith("part-") and ".mds" in s["shard"] and s["position"] >= 0
