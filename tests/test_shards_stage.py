@@ -145,3 +145,12 @@ def test_bad_input_is_one_clear_error_before_work(pipeline, spark, tmp_path: Pat
     with pytest.raises(InputError, match=r"clean data .*kept is empty"):
         run_shards(ctx)
     assert not (tmp_path / "shards" / MANIFEST).exists()
+
+
+def test_every_part_is_its_own_spark_task(pipeline) -> None:
+    out, cfg, _ = pipeline
+    parts = json.loads((out / "shards" / MANIFEST).read_text())["details"]["parts"]
+    written = {(p["split"], p["part"]) for p in parts}
+    assert written == {(s, p) for s in ("train", "val") for p in range(cfg.shards.partitions)}
+    assert len({p["task"] for p in parts}) == len(parts)  # hash routing put no two parts in one task
+    assert all(p["seconds"] > 0 for p in parts)

@@ -1,14 +1,22 @@
-"""The shards job: tokenize (+FIM) with Spark, pack, write MosaicML Streaming MDS shards.
+"""The shards job: tokenize (+FIM), pack and write MosaicML Streaming MDS shards, in one Spark stage.
 
 Order is fixed by the data, not by Spark: each document gets a seeded stable hash
 ``order`` in [0, 1); writer partition ``p`` of ``N`` holds the documents with
 ``order`` in [p/N, (p+1)/N), sorted by ``order``, and writes its own MDS sub-directory
-``part-0000p``. The merged index lists the parts in order, so the same clean data,
+``part-0000p``. The split's index lists the parts in order, so the same clean data,
 tokenizer and config give the same samples in the same order on any cluster.
+
+Each (split, part) is one Spark task from raw text to shard files: the documents are
+shuffled once (as text) to their writer, which tokenizes, packs and writes them, so every
+core tokenizes and no token arrays cross the network.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -21,9 +29,10 @@ from pyspark.sql import types as T
 from rich.console import Console
 from rich.table import Table
 
-from lathe.core.errors import InputError
+from lathe.core.errors import InputError, LatheError
 from lathe.tokenizer.config import ShardsConfig
 from lathe.tokenizer.fim import SpecialIds, encode_documents
+from lathe.tokenizer.mds import INDEX, Codec, ShardWriter, under, upload_folder, write_index
 from lathe.tokenizer.pack import Packer, token_dtype
 from lathe.tokenizer.splits import stable_fraction_col
 from lathe.tokenizer.streams import LEDGER, StreamInfo, prune_root, release_filelocks
@@ -31,15 +40,6 @@ from lathe.tokenizer.streams import LEDGER, StreamInfo, prune_root, release_file
 SPLITS = ("train", "val")
 VAL_SALT = "shards-val"
 
-TOKENIZED_SCHEMA = T.StructType(
-    [
-        T.StructField("split", T.StringType()),
-        T.StructField("part", T.IntegerType()),
-        T.StructField("order", T.DoubleType()),
-        T.StructField("tokens", T.BinaryType()),  # int32 ids
-        T.StructField("fim", T.BooleanType()),
-    ]
-)
 STATS_SCHEMA = T.StructType(
     [
         T.StructField("split", T.StringType()),
@@ -49,98 +49,133 @@ STATS_SCHEMA = T.StructType(
         T.StructField("samples", T.LongType()),
         T.StructField("tokens", T.LongType()),
         T.StructField("padding", T.LongType()),
+        T.StructField("task", T.IntegerType()),  # the Spark partition that wrote it
+        T.StructField("seconds", T.DoubleType()),  # that task's time from its first row to its last shard
+        T.StructField("shards", T.StringType()),  # JSON: the part's MDS index entries
     ]
 )
 
 
-def mds_columns(seq_len: int, vocab_size: int) -> dict[str, str]:
-    """MDS column spec: one fixed-shape token array per sample."""
-    return {"tokens": f"ndarray:{token_dtype(vocab_size).name}:{seq_len}"}
+def slot_keys(spark: SparkSession, slots: int) -> list[int]:
+    """For each writer slot, an int key that Spark's hash partitioning sends to partition ``slot`` of ``slots``.
+
+    ``repartition(n, col)`` places a row in ``pmod(hash(col), n)``; on the raw slot numbers two
+    slots often share a partition while another stays empty (one core idle). Evaluated by
+    Spark's own ``hash`` on a local relation, so no job runs and the placement is exact.
+    """
+    candidates = spark.createDataFrame([(k,) for k in range(slots * 64)], "k int")
+    placed = candidates.select("k", F.pmod(F.hash("k"), F.lit(slots)).alias("p")).collect()
+    first: dict[int, int] = {}
+    for row in placed:
+        first.setdefault(int(row.p), int(row.k))
+    if len(first) < slots:
+        raise LatheError(f"no hash key found for {slots - len(first)} of {slots} writer slots")  # 64 tries each: never seen
+    return [first[p] for p in range(slots)]
 
 
-def tokenize(docs: DataFrame, tokenizer_json: str, cfg: ShardsConfig) -> DataFrame:
-    """(split, part, order, tokens, fim) per document; the tokenizer is broadcast once."""
+def write_stream(docs: DataFrame, tokenizer_json: str, out_root: str, cfg: ShardsConfig, vocab_size: int, pad_id: int) -> list[dict]:
+    """Tokenize (+FIM), pack and write each (split, part) as an MDS sub-directory in one Spark stage.
+
+    Each of the ``2 x partitions`` writer slots is one task on its own core; within a slot
+    the documents are sorted by their seeded ``order`` before tokenizing, so the samples do
+    not depend on the cluster. Returns one stats row per written part (with its task's time
+    and its shard entries, from which :func:`write_split_indexes` builds the split indexes).
+    """
     spark = docs.sparkSession
     shared = spark.sparkContext.broadcast(tokenizer_json)
-    seed, rate, spm_rate = cfg.seed, cfg.fim_rate, cfg.fim_spm_rate
+    seed, rate, spm_rate, seq_len, size_limit = cfg.seed, cfg.fim_rate, cfg.fim_spm_rate, cfg.seq_len, cfg.shard_size_limit
+    codec = Codec.parse(cfg.compression)  # fail in the driver, before any task starts
+    dtype = token_dtype(vocab_size)
+    slots = cfg.partitions * len(SPLITS)
     order = stable_fraction_col(F.col("id"), f"shards-order-{cfg.seed}")
-    keyed = docs.select(
-        "id",
-        "content",
-        F.when(stable_fraction_col(F.col("id"), VAL_SALT) < cfg.val_fraction, "val").otherwise("train").alias("split"),
-        order.alias("order"),
-        F.least(F.floor(order * cfg.partitions), F.lit(cfg.partitions - 1)).cast("int").alias("part"),
-    )
+    split = F.when(stable_fraction_col(F.col("id"), VAL_SALT) < cfg.val_fraction, "val").otherwise("train")
+    part = F.least(F.floor(order * cfg.partitions), F.lit(cfg.partitions - 1)).cast("int")
+    keyed = docs.select("id", "content", split.alias("split"), part.alias("part"), order.alias("order"))
+    slot = F.when(F.col("split") == SPLITS[0], 0).otherwise(cfg.partitions) + F.col("part")
+    keys = F.array(*[F.lit(k) for k in slot_keys(spark, slots)])
+    routed = keyed.withColumn("slot", slot).withColumn("route", keys[F.col("slot")])
+    ordered = routed.repartition(slots, "route").sortWithinPartitions("slot", "order").drop("route")
 
-    def encode(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def write(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from pyspark import TaskContext
         from tokenizers import Tokenizer
 
+        started = time.perf_counter()
+        task = TaskContext.get().partitionId()
         tok = Tokenizer.from_str(shared.value)
         tok.encode_special_tokens = True  # a file that spells "<|endoftext|>" is text
         ids = SpecialIds.from_vocab(tok.token_to_id)
+        parts: list[dict] = []
+        current: tuple[str, int] | None = None
+        writer, packer, docs, fim_docs = None, None, 0, 0
+        local, remote = None, None
 
         def encode_batch(texts: list[str]) -> list[list[int]]:
             return [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
 
-        for pdf in batches:
-            out = encode_documents(list(zip(pdf["id"], pdf["content"])), encode_batch, ids, seed, rate, spm_rate)
-            yield pd.DataFrame(
-                {
-                    "split": pdf["split"],
-                    "part": pdf["part"].astype("int32"),
-                    "order": pdf["order"],
-                    "tokens": [np.asarray(t, dtype=np.int32).tobytes() for t, _ in out],
-                    "fim": [f for _, f in out],
-                }
-            )
-
-    return keyed.mapInPandas(encode, TOKENIZED_SCHEMA)
-
-
-def write_parts(tokenized: DataFrame, out_root: str, cfg: ShardsConfig, vocab_size: int, pad_id: int) -> list[dict]:
-    """Pack each (split, part) in order and write it as an MDS sub-directory; return stats rows."""
-    seq_len, compression, size_limit = cfg.seq_len, cfg.compression, cfg.shard_size_limit
-    columns = mds_columns(seq_len, vocab_size)
-    dtype = token_dtype(vocab_size)
-
-    def write(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from streaming import MDSWriter
-
-        stats: list[dict] = []
-        current: tuple[str, int] | None = None
-        writer, packer, docs, fim_docs = None, None, 0, 0
-
         def close() -> None:
             assert writer is not None and packer is not None and current is not None
             for sample in packer.finish():
-                writer.write({"tokens": sample})
-            writer.finish()
-            samples = (packer.tokens + packer.padding) // seq_len
-            stats.append(dict(split=current[0], part=current[1], docs=docs, fim_docs=fim_docs,
-                              samples=samples, tokens=packer.tokens, padding=packer.padding))
+                writer.write(sample)
+            shards = writer.finish()
+            if remote is not None:
+                upload_folder(local, remote)
+            parts.append(dict(split=current[0], part=current[1], docs=docs, fim_docs=fim_docs,
+                              samples=(packer.tokens + packer.padding) // seq_len, tokens=packer.tokens,
+                              padding=packer.padding, task=task, shards=json.dumps(shards)))
 
         for pdf in batches:
-            for split, part, tokens, fim in zip(pdf["split"], pdf["part"], pdf["tokens"], pdf["fim"]):
-                key = (split, int(part))
+            encoded = encode_documents(list(zip(pdf["id"], pdf["content"])), encode_batch, ids, seed, rate, spm_rate)
+            for key_split, key_part, (tokens, fim) in zip(pdf["split"], pdf["part"], encoded):
+                key = (key_split, int(key_part))
                 if key != current:
                     if current is not None:
                         close()
                     current = key
-                    out = f"{out_root.rstrip('/')}/{split}/part-{part:05d}"
-                    writer = MDSWriter(out=out, columns=columns, compression=compression, size_limit=size_limit)
+                    out = f"{out_root.rstrip('/')}/{key_split}/part-{key_part:05d}"
+                    # An object store gets each part from a local folder once it is complete.
+                    local, remote = (tempfile.mkdtemp(prefix="lathe-mds-"), out) if "://" in out else (out, None)
+                    writer = ShardWriter(local, "tokens", dtype, seq_len, codec, size_limit)
                     packer, docs, fim_docs = Packer(seq_len, pad_id, dtype), 0, 0
                 docs += 1
                 fim_docs += int(fim)
-                for sample in packer.add(np.frombuffer(tokens, dtype=np.int32).tolist()):
-                    writer.write({"tokens": sample})
+                for sample in packer.add(tokens):
+                    writer.write(sample)
         if current is not None:
             close()
-        yield pd.DataFrame(stats, columns=[f.name for f in STATS_SCHEMA.fields])
+        seconds = time.perf_counter() - started
+        yield pd.DataFrame([{**p, "seconds": seconds} for p in parts], columns=[f.name for f in STATS_SCHEMA.fields])
 
-    ordered = tokenized.repartition(cfg.partitions * len(SPLITS), "split", "part").sortWithinPartitions(
-        "split", "part", "order"
-    )
     return [r.asDict() for r in ordered.mapInPandas(write, STATS_SCHEMA).collect()]
+
+
+def write_split_indexes(stream_uri: str, parts: list[dict]) -> None:
+    """Write ``<split>/index.json`` over each written split's parts, in part order, from the parts'
+    shard entries (no file is read back; an object store gets the index uploaded)."""
+    for split in SPLITS:
+        rows = sorted((r for r in parts if r["split"] == split), key=lambda r: r["part"])
+        if not rows:
+            continue
+        shards = [e for r in rows for e in under(f"part-{r['part']:05d}", json.loads(r["shards"]))]
+        out = f"{stream_uri.rstrip('/')}/{split}"
+        if "://" in out:
+            local = tempfile.mkdtemp(prefix="lathe-mds-index-")
+            write_index(shards, os.path.join(local, INDEX))
+            upload_folder(local, out)
+        else:
+            write_index(shards, os.path.join(out, INDEX))
+
+
+def print_task_balance(parts: list[dict], console: Console) -> None:
+    """Per Spark task: the parts it wrote, its tokens and its time (the balance across cores)."""
+    table = Table(title="shards job: one row per Spark task")
+    for col in ["task", "parts", "tokens", "seconds"]:
+        table.add_column(col, justify="right")
+    for task in sorted({r["task"] for r in parts}):
+        rows = [r for r in parts if r["task"] == task]
+        names = ", ".join(f"{r['split']}/{r['part']}" for r in rows)
+        table.add_row(str(task), names, f"{sum(r['tokens'] for r in rows):,}", f"{rows[0]['seconds']:.2f}")
+    console.print(table)
 
 
 def with_digest(docs: DataFrame) -> DataFrame:
@@ -182,18 +217,6 @@ def summarize_parts(stats: list[dict]) -> dict[str, ShardSummary]:
             split, *(sum(int(r[k]) for r in rows) for k in ("docs", "fim_docs", "samples", "tokens", "padding"))
         )
     return out
-
-
-def merge_split_indexes(stream_uri: str, splits: list[str]) -> None:
-    """Write ``<split>/index.json`` over each split's part directories (local or remote)."""
-    import logging
-
-    from streaming.base.util import merge_index
-
-    # merge_index warns that the (expected) part folders exist; keep real errors only.
-    logging.getLogger("streaming.base.storage.upload").setLevel(logging.ERROR)
-    for split in splits:
-        merge_index(f"{stream_uri.rstrip('/')}/{split}", keep_local=True)
 
 
 def read_back(split_uri: str, cache: Path) -> tuple[int, int, np.ndarray]:

@@ -18,16 +18,16 @@ from lathe.tokenizer.config import ShardsConfig, TokenizerConfig
 from lathe.tokenizer.corpus import draw_sample, read_clean
 from lathe.tokenizer.report import evaluate, plot_report, print_report
 from lathe.tokenizer.shards import (
-    merge_split_indexes,
     new_documents,
     prepare_output,
     print_shards,
+    print_task_balance,
     read_back,
     summarize_parts,
-    tokenize,
     with_digest,
     write_ledger,
-    write_parts,
+    write_split_indexes,
+    write_stream,
 )
 from lathe.tokenizer.special import PAD
 from lathe.tokenizer.streams import StreamInfo, carry_over, previous_streams, print_streams, stream_name
@@ -152,11 +152,13 @@ def run_shards(ctx: StageContext[TokenizerSections]) -> StageResult:
     streams, totals, first = list(earlier), summarize_parts([]), np.zeros(0)
     if new is not None:
         uri = f"{root}/{new}"
-        stats = write_parts(tokenize(docs, tok.to_str(), cfg), uri, cfg, tok.get_vocab_size(), tok.token_to_id(PAD))
-        totals = summarize_parts(stats)
+        written = write_stream(docs, tok.to_str(), uri, cfg, tok.get_vocab_size(), tok.token_to_id(PAD))
+        totals = summarize_parts(written)
         if totals["train"].docs == 0 and not earlier:
             raise InputError("the train split is empty; add data or lower shards.val_fraction")
-        merge_split_indexes(uri, [split for split, t in totals.items() if t.docs])
+        write_split_indexes(uri, written)
+        print_task_balance(written, ctx.console)
+        stats = [{k: v for k, v in r.items() if k != "shards"} for r in written]
         for split, total in totals.items():
             if not total.docs:
                 continue
