@@ -144,6 +144,14 @@ def test_training_lowers_validation_loss_and_tracks_everything(trained) -> None:
     assert offline and offline[0].stat().st_size > 0
 
 
+def test_training_metrics_are_computed_on_log_batches_only(trained) -> None:
+    out, _ = trained
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    with_metrics = {r["step"] for r in rows if "metrics/train/LanguageCrossEntropy" in r}
+    assert with_metrics == {0, 10}  # train.train_metrics_every=10 over 16 batches
+    assert {r["step"] for r in rows if "loss/train/total" in r} == set(range(16))  # the loss is every batch
+
+
 def test_exported_model_loads_and_generates(trained) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

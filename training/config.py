@@ -88,6 +88,9 @@ class TrainConfig(Strict):
         8, description="Samples per forward/backward on one device; `auto` searches the largest that fits (GPU)."
     )
     grad_clip_norm: float = Field(1.0, gt=0)
+    train_metrics_every: int = Field(
+        10, ge=1, description="Compute training metrics over the logits on one batch in this many (1 = every batch); the loss is logged every batch."
+    )
     eval_interval: str = Field("20ba", description="Validation every this often (and at the end).")
     eval_subset_num_batches: int = Field(-1, description="Validation batches per evaluation; -1 = the whole split.")
     precision: Literal["fp32", "amp_bf16", "amp_fp16"] = Field("fp32", description="fp32 on CPU; amp_bf16 on GPU.")

@@ -26,7 +26,7 @@ from lathe.core.models import ModelSource
 from lathe.tokenizer.special import EOS, PAD
 from lathe.tokenizer.streams import release_filelocks
 from lathe.tokenizer.vocab import copy_tokenizer, load_tokenizer
-from lathe.training.callbacks import JsonlLogger, LossSpikeMonitor, MLflowRunLogger
+from lathe.training.callbacks import JsonlLogger, LossSpikeMonitor, MLflowRunLogger, TrainMetricsEvery
 from lathe.training.data import build_dataloader, check_split
 from lathe.training.init import check_architecture, load_initial_weights
 from lathe.training.job import METRICS, MODEL_DIR, SPIKES, SUMMARY, TrainJob, save_folder
@@ -138,6 +138,7 @@ def run_training(job: TrainJob) -> dict[str, Any]:
         SpeedMonitor(window_size=5, gpu_flops_available=tc.peak_flops_per_device),
         LRMonitor(),
         LossSpikeMonitor(tc.loss_spike, out / SPIKES, train_ds),
+        TrainMetricsEvery(tc.train_metrics_every),
     ]
     if device == "gpu":
         callbacks.append(MemoryMonitor())
