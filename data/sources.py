@@ -238,21 +238,26 @@ def tree_source(
 
 
 def embedded_roots(cfg: EmbeddedSourceConfig) -> list[tuple[Path, str]]:
-    """The directories of the embedded corpus and their path prefixes."""
+    """The directories of the embedded corpus and their path prefixes: the stdlib, then each listed package."""
     paths = sysconfig.get_paths()
     roots = []
     if cfg.include_stdlib:
         roots.append((Path(paths["stdlib"]), "stdlib/"))
     if cfg.include_site_packages:
-        roots.append((Path(paths["purelib"]), "site-packages/"))
+        purelib = Path(paths["purelib"])
+        missing = [p for p in cfg.packages if not (purelib / p).is_dir()]
+        if missing:
+            raise InputError(f"embedded source: package(s) {missing} are not installed in {purelib}; "
+                             "remove them from data.sources[].packages or run `make setup`")
+        roots += [(purelib / p, f"site-packages/{p}/") for p in sorted(cfg.packages)]
     return roots
 
 
 def sample_embedded(cfg: EmbeddedSourceConfig) -> list[ListedFile]:
-    """Deterministic sample of the stdlib + site-packages up to ``max_bytes`` (sizes on disk).
+    """Deterministic sample of the stdlib + the listed packages up to ``max_bytes`` (sizes on disk).
 
-    Files are ordered by a seeded hash of their dataset path, so the sample depends only
-    on the installed files (pinned by requirements/lock.txt), the seed and the budget.
+    Files are ordered by a seeded hash of their dataset path, so the sample depends only on
+    the interpreter, the listed packages' pinned versions, the seed and the budget.
     """
     files: list[ListedFile] = []
     for root, prefix in embedded_roots(cfg):
@@ -260,7 +265,7 @@ def sample_embedded(cfg: EmbeddedSourceConfig) -> list[ListedFile]:
             # The interpreter's own site-packages lives inside the stdlib tree; the venv's is sampled instead.
             files += walk_code_files(root, prefix, lambda rel: "cpython", _SKIP_DIRS | {"site-packages", "dist-packages"})
         else:
-            files += walk_code_files(root, prefix, lambda rel: rel.split("/", 1)[0] if "/" in rel else "site-packages")
+            files += walk_code_files(root, prefix, lambda rel, repo=root.name: repo)
 
     def key(f: ListedFile) -> str:
         return hashlib.sha256(f"{cfg.seed}:{f.path}".encode()).hexdigest()
@@ -278,8 +283,8 @@ def sample_embedded(cfg: EmbeddedSourceConfig) -> list[ListedFile]:
 def embedded_source(
     spark: SparkSession, cfg: EmbeddedSourceConfig, max_bytes: int, partitions: int, staging: Path, as_of: datetime | None = None
 ) -> DataFrame:
-    """The Python standard library plus site-packages: real code on every machine (installed
-    files, so ``as_of`` does not apply)."""
+    """The Python standard library plus a fixed list of installed packages: real code on every
+    machine (installed files, so ``as_of`` does not apply)."""
     return _files_dataframe(spark, sample_embedded(cfg), "embedded", "PSF-2.0 and package licenses", max_bytes, partitions)
 
 

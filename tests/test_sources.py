@@ -104,3 +104,21 @@ def test_stack_source_offline_is_one_clear_error(spark, tmp_path: Path, monkeypa
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(InputError, match=r"cannot load bigcode/the-stack-dedup from the Hugging Face Hub.*HF_TOKEN"):
         stack_source(spark, StackSourceConfig(), 1000, 2, tmp_path / "staging")
+
+
+def test_embedded_sample_draws_only_from_the_listed_packages(tmp_path: Path, monkeypatch) -> None:
+    import sysconfig
+
+    purelib = tmp_path / "site-packages"
+    for pkg in ("alpha", "beta", "noise"):
+        for i in range(20):
+            write(purelib / pkg / f"m{i}.py", f"VALUE_{i} = {i!r}\n" * 50)
+    monkeypatch.setattr(sysconfig, "get_paths", lambda: {"stdlib": str(tmp_path / "none"), "purelib": str(purelib)})
+    cfg = EmbeddedSourceConfig(max_bytes=10_000, include_stdlib=False, packages=["alpha", "beta"])
+    before = [f.path for f in sample_embedded(cfg)]
+    assert before and {p.split("/")[1] for p in before} == {"alpha", "beta"}
+    write(purelib / "gamma" / "new.py", "x = 1\n" * 500)  # an unrelated dependency appears
+    write(purelib / "noise" / "extra.py", "y = 2\n" * 500)
+    assert [f.path for f in sample_embedded(cfg)] == before
+    with pytest.raises(InputError, match=r"embedded source: package\(s\) \['delta'\] are not installed in .*; remove them"):
+        sample_embedded(cfg.model_copy(update={"packages": ["alpha", "delta"]}))
