@@ -97,6 +97,29 @@ def finished(name: str, out_dir: Path, registry: Registry[Stage[Any]] | None = N
     return stage.upstream(out_dir, manifest)
 
 
+def planned(cfg: LatheConfig, target: str) -> tuple[dict[str, Upstream], str]:
+    """``target``'s finished inputs and the fingerprint it runs under, without running, locking or
+    tracking anything: for a process that joins a stage another one runs (node k > 0 of a
+    multi-node training job). Every upstream stage must be finished under this config."""
+    *before, stage = select_stages([target])  # the target comes last, after its upstream
+    setup_tracking(Path(cfg.run.runs_dir), cfg.run.mlflow_tracking_uri, cfg.run.experiment)  # observe() may ask the registry
+    profile_dir = Path(cfg.run.runs_dir) / cfg.profile
+    fingerprints: dict[str, str] = {}
+    upstream: dict[str, Upstream] = {}
+
+    def fingerprint_of(s: Stage[Any]) -> str:
+        fingerprints[s.name] = fingerprint(s, cfg, {d: fingerprints[d] for d in s.inputs}, s.observe(cfg) if s.observe else {})
+        return fingerprints[s.name]
+
+    for s in before:
+        fp, done = fingerprint_of(s), read_manifest(profile_dir / s.name)
+        if done is None or done.get("fingerprint") != fp:
+            raise InputError(f"stage {s.name} is not finished under this config in {profile_dir / s.name}; "
+                             f"node 0 runs it first (or run `lathe run {s.name}`)")
+        upstream[s.name] = s.upstream(profile_dir / s.name, done)
+    return {d: upstream[d] for d in stage.inputs}, fingerprint_of(stage)
+
+
 @dataclass
 class StageOutcome:
     """How one stage of a pipeline run ended."""

@@ -171,15 +171,90 @@ def test_second_run_skips_training(trained, shards_pipeline) -> None:
     assert [o.status for o in run_pipeline(cfg, ["train"], console=QUIET)][-1] == "skipped"
 
 
-def test_two_processes_keep_the_global_batch(shards_pipeline, tmp_path: Path) -> None:
-    from lathe.training.launcher import launch
+def lathe_train(runs: Path, extra: list[str], env: dict[str, str], own_machine: bool = False) -> subprocess.Popen:
+    """`lathe train` as an operator (or a Kubernetes pod) runs it, on a copy of the session's upstream stages.
 
-    job = job_for(shards_pipeline, tmp_path, ["train.max_duration=6ba", "train.wandb.enabled=false"], "two-ranks")
-    launch(job, 2, tmp_path)
-    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    ``own_machine``: what a second node has to itself that processes of one host share, made private
+    through bubblewrap: Streaming's shared memory (/dev/shm) and lock files (TMPDIR), and the local
+    disk under train.save_folder, through which Composer stages a bucket's checkpoints (its per-node
+    signal files there would clash in one folder).
+    """
+    node = env.get("NODE_RANK", "single")
+    (runs / "empty.yaml").write_text("{}\n")  # the same config as load_config(None, ...): fingerprints match the copy
+    sets = [f"run.runs_dir={runs}", *SMALL_PIPELINE, *MICRO, "train.max_duration=6ba", "train.wandb.enabled=false",
+            f"train.save_folder={runs / 'checkpoints'}", *extra]
+    cmd = [str(Path(sys.executable).with_name("lathe")), "train", "--config", str(runs / "empty.yaml")]
+    if own_machine:
+        (runs / f"tmp-{node}").mkdir()
+        (runs / "checkpoints").mkdir(exist_ok=True)
+        (runs / f"disk-{node}").mkdir()
+        env = {**env, "TMPDIR": str(runs / f"tmp-{node}")}
+        cmd = ["bwrap", "--dev-bind", "/", "/", "--tmpfs", "/dev/shm", "--bind", str(runs / f"disk-{node}"),
+               str(runs / "checkpoints"), "--die-with-parent", "--", *cmd]
+    return subprocess.Popen([*cmd, *(a for s in sets for a in ("--set", s))], env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+                            stdout=open(runs / f"node-{node}.txt", "w"), stderr=subprocess.STDOUT)
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs(shards_pipeline, tmp_path_factory) -> dict[str, Path]:
+    """The same 6-batch job on two ranks twice: one node of two processes, and two nodes of one process
+    each on loopback (NODE_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT as the Kubernetes Indexed Job sets
+    them). Returns each run's train stage folder."""
+    import shutil
+    import socket
+
+    profile_dir, _, _ = shards_pipeline
+    out = {}
+    for name in ("one_node", "two_nodes"):
+        runs = tmp_path_factory.mktemp(name)
+        for stage in ("data", "tokenizer", "shards"):
+            shutil.copytree(profile_dir / stage, runs / "small" / stage, symlinks=True)
+        out[name] = runs
+    single = lathe_train(out["one_node"], ["train.nproc=2"], {})
+    assert single.wait(timeout=300) == 0, (out["one_node"] / "node-single.txt").read_text()[-3000:]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    nodes = [lathe_train(out["two_nodes"], ["train.nproc=1"], {"NODE_RANK": str(rank), "WORLD_SIZE": "2",
+                                                             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)},
+                        own_machine=rank == 1)
+             for rank in (0, 1)]
+    for rank, node in enumerate(nodes):
+        assert node.wait(timeout=300) == 0, (out["two_nodes"] / f"node-{rank}.txt").read_text()[-3000:]
+    return {name: runs / "small" for name, runs in out.items()}
+
+
+def test_two_processes_keep_the_global_batch(two_rank_runs) -> None:
+    train = two_rank_runs["one_node"] / "train"
+    summary = json.loads((train / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["batches"] == 6
     assert summary["tokens"] > 0 and summary["final_val_loss"] < summary["initial_val_loss"]
-    assert (tmp_path / "logs" / "rank1.stdout.txt").exists()
+    assert (train / "logs" / "rank1.stdout.txt").exists()
+
+
+def test_two_nodes_train_exactly_as_two_processes_on_one(two_rank_runs) -> None:
+    one, two = two_rank_runs["one_node"], two_rank_runs["two_nodes"]
+    summary = json.loads((two / "train" / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["batches"] == 6 and summary["model_version"]  # node 0 registered it
+    assert (two / "train-node1" / "job.json").exists() and not (two / "train-node1" / "hf_model").exists()
+    a, b = train_losses(one / "train"), train_losses(two / "train")
+    assert sorted(a) == sorted(b) == list(range(6))
+    assert all(b[s] == pytest.approx(a[s], abs=1e-5) for s in a), [(s, a[s], b[s]) for s in a]
+
+
+def test_a_joining_node_needs_shared_checkpoints_and_finished_inputs(shards_pipeline, tmp_path: Path, monkeypatch) -> None:
+    from lathe.pipelines.runner import planned
+    from lathe.training.stage import join_training
+
+    profile_dir, _, _ = shards_pipeline
+    monkeypatch.setenv("NODE_RANK", "1")
+    cfg = load_config(None, [f"run.runs_dir={profile_dir.parent}", *SMALL_PIPELINE, *MICRO])
+    inputs, _ = planned(cfg, "train")
+    with pytest.raises(InputError, match="node 1 of a multi-node job: train.save_folder must be an object-store URI every node reads"):
+        join_training(cfg, inputs, "fp", QUIET)
+    other = load_config(None, [f"run.runs_dir={profile_dir.parent}", *SMALL_PIPELINE, *MICRO, "shards.seq_len=64"])
+    with pytest.raises(InputError, match=r"stage shards is not finished under this config in .*; node 0 runs it first"):
+        planned(other, "train")
 
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(shards_pipeline, tmp_path: Path) -> None:

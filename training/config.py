@@ -105,6 +105,10 @@ class TrainConfig(Strict):
     seed: int = 17
     nproc: int = Field(1, ge=1, description="Processes per node (Composer launcher); 1 runs in the lathe process.")
     num_workers: int = Field(0, ge=0, description="DataLoader workers per rank.")
+    num_canonical_nodes: int = Field(
+        8, ge=1, description="Streaming's canonical nodes: the sample order is the same on any node count that divides "
+        "it (or it divides), so a job resumed or rerun on another cluster size sees the same batches.",
+    )
     peak_flops_per_device: float | None = Field(
         None, description="For MFU off-GPU; on GPUs Composer knows the peak of common devices."
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -67,37 +68,85 @@ def training_mixture(shards: Upstream, cfg: TrainSections) -> list[StreamDraw]:
     return plan_mixture(streams, details.get("new_stream"), cfg.train.mixture.replay, budget)
 
 
-def run_train(ctx: StageContext[TrainSections]) -> StageResult:
-    """Train from the shards, export a HF checkpoint and register it in MLflow."""
-    import mlflow
+def node_rank() -> int:
+    """This node's index in a multi-node job (NODE_RANK, as a Kubernetes Indexed Job sets it); 0 alone."""
+    return int(os.environ.get("NODE_RANK") or 0)
 
-    from lathe.training.trainer import preflight, run_training  # torch and Composer: only when training
 
-    cfg = ctx.config
-    run = mlflow.active_run()
-    tokenizer = ctx.inputs["tokenizer"].path("tokenizer")
-    vocabulary = vocabulary_hash(tokenizer)
-    init = initial_weights(cfg, ctx.out_dir / "init", vocabulary, ctx.console)
-    draws = training_mixture(ctx.inputs["shards"], cfg)
-    print_mixture(draws, cfg.shards.seq_len, ctx.console)
+def multi_node(nproc: int) -> bool:
+    """Whether the job spans more ranks than this node runs (WORLD_SIZE counts every node's)."""
+    return int(os.environ.get("WORLD_SIZE") or nproc) > nproc
+
+
+def run_name(cfg: TrainSections, fingerprint: str) -> str:
+    """The Composer / W&B run name: the same on every node of a job (it is the stage's fingerprint)."""
+    return f"{cfg.profile}-train-{fingerprint}"
+
+
+def join_training(cfg: TrainSections, inputs: dict[str, Upstream], fingerprint: str, console: Console) -> Path:
+    """Node k > 0 of a multi-node job: run this node's ranks of the job node 0 runs as the train stage.
+
+    Node 0 alone keeps the stage's books (manifest, MLflow run, export, registry); this node
+    needs the finished tokenizer and shards stages where node 0 sees them (shared storage, as
+    the Kubernetes Job mounts it) and a ``train.save_folder`` in an object store, which every
+    node resumes from. Its logs go to ``<profile>/train-node<k>``. Returns that folder.
+    """
+    from lathe.training.trainer import preflight
+
+    rank = node_rank()
+    if not cfg.train.save_folder:
+        raise InputError(f"node {rank} of a multi-node job: train.save_folder must be an object-store URI every node "
+                         "reads (Composer stages it through each node's disk); set it")
+    out = inputs["shards"].dir.parent / f"train-node{rank}"
+    out.mkdir(parents=True, exist_ok=True)
+    job, _ = build_job(cfg, inputs, out, run_name(cfg, fingerprint), console)
+    preflight(job)
+    console.print(f"node {rank}: {cfg.train.nproc} rank(s) of {job.run_name}; node 0 exports and registers")
+    launch(job, cfg.train.nproc, out)
+    return out
+
+
+def build_job(
+    cfg: TrainSections, inputs: dict[str, Upstream], out_dir: Path, run_name: str, console: Console,
+    mlflow_uri: str = "", mlflow_run_id: str | None = None,
+) -> tuple[TrainJob, list[StreamDraw]]:
+    """The job every rank runs, from the config and the finished tokenizer and shards stages."""
+    tokenizer = inputs["tokenizer"].path("tokenizer")
+    init = initial_weights(cfg, out_dir / "init", vocabulary_hash(tokenizer), console)
+    draws = training_mixture(inputs["shards"], cfg)
     job = TrainJob(
         train=cfg.train,
         seq_len=cfg.shards.seq_len,
         streams=draws,
         validation=validation_roles(draws),
         tokenizer=str(tokenizer),
-        out_dir=str(ctx.out_dir.resolve()),
-        run_name=f"{cfg.profile}-train-{ctx.fingerprint}",
-        mlflow_uri=mlflow.get_tracking_uri(),
-        mlflow_run_id=run.info.run_id if run else None,
+        out_dir=str(out_dir.resolve()),
+        run_name=run_name,
+        mlflow_uri=mlflow_uri,
+        mlflow_run_id=mlflow_run_id,
         init_weights=str(init.path) if init else None,
         init_ref=init.ref if init else None,
         parent_version=init.version if init else "",
     )
+    return job, draws
+
+
+def run_train(ctx: StageContext[TrainSections]) -> StageResult:
+    """Train from the shards, export a HF checkpoint and register it in MLflow (node 0 of a multi-node job)."""
+    import mlflow
+
+    from lathe.training.trainer import preflight, run_training  # torch and Composer: only when training
+
+    cfg = ctx.config
+    run = mlflow.active_run()
+    job, draws = build_job(cfg, ctx.inputs, ctx.out_dir, run_name(cfg, ctx.fingerprint), ctx.console,
+                           mlflow.get_tracking_uri(), run.info.run_id if run else None)
+    init, vocabulary = job.init_ref, vocabulary_hash(Path(job.tokenizer))
+    print_mixture(draws, cfg.shards.seq_len, ctx.console)
     preflight(job)  # bad input fails here, before a process or a batch is spent
     nproc = cfg.train.nproc
     ctx.console.print(f"training {job.run_name}: {nproc} process(es), max_duration {cfg.train.max_duration}")
-    if nproc == 1:
+    if nproc == 1 and not multi_node(nproc):
         run_training(job)
     else:
         launch(job, nproc, ctx.out_dir)

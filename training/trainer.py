@@ -114,12 +114,13 @@ def run_training(job: TrainJob) -> dict[str, Any]:
     cache = out / "stream-cache"
     train_spec, train_ds = build_dataloader(
         [(f"{d.uri}/train", d.choose) for d in job.streams if d.choose], cache / "train", per_rank, True, tc.seed,
-        facts["pad_id"], tc.num_workers,
+        facts["pad_id"], tc.num_workers, tc.num_canonical_nodes,
     )
     datasets, evaluators = [train_ds], []
     for label, uris in job.validation.items():
         spec, dataset = build_dataloader(
-            [(f"{u}/val", None) for u in uris], cache / label, per_rank, False, tc.seed, facts["pad_id"], tc.num_workers)
+            [(f"{u}/val", None) for u in uris], cache / label, per_rank, False, tc.seed, facts["pad_id"], tc.num_workers,
+            tc.num_canonical_nodes)
         evaluators.append(Evaluator(label=label, dataloader=spec, metric_names=["LanguageCrossEntropy", "LanguagePerplexity"]))
         datasets.append(dataset)
     # Seed before building the model: its initial weights must not depend on what ran before.

@@ -35,10 +35,20 @@ def train(
     nproc: Optional[int] = typer.Option(None, "--nproc", help="Processes per node (Composer launcher)."),
     force: bool = typer.Option(False, "--force", help="Retrain from scratch even if done."),
 ) -> None:
-    """Train the model (running the stages it needs first); --nproc N for DDP on N processes."""
-    from lathe.pipelines.runner import run_pipeline
+    """Train the model (running the stages it needs first); --nproc N for DDP on N processes.
+
+    Multi-node: every node runs this command with NODE_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT
+    set (as the Kubernetes Indexed Job does); node 0 runs the stage, the others join its job.
+    """
+    from lathe.pipelines.runner import planned, run_pipeline
+    from lathe.training.stage import join_training, node_rank
 
     cfg = load(config, [*(set_ or []), *([f"train.nproc={nproc}"] if nproc else [])])
+    if node_rank() > 0:
+        inputs, fingerprint = planned(cfg, "train")
+        out = join_training(cfg, inputs, fingerprint, console)
+        console.print(f"node {node_rank()} finished its ranks; logs in {out / 'logs'}")
+        return
     run_pipeline(cfg, ["train"], force=force, console=console)
 
 
