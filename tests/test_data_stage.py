@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -13,7 +15,8 @@ from rich.console import Console
 from lathe.core.stage import MANIFEST
 from lathe.pipelines.config import LatheConfig, load_config
 from lathe.pipelines.runner import run_pipeline
-from tests.conftest import make_code_tree
+from tests.conftest import SMALL_PIPELINE, make_code_tree
+from tests.spark_cluster import standalone_cluster
 
 pytestmark = pytest.mark.spark
 
@@ -295,3 +298,26 @@ def test_a_source_that_yields_no_kept_file_fails_the_stage_in_one_line(spark, tm
     warned = load_config(None, [f"run.runs_dir={tmp_path / 'runs'}", "profile=fixture", "data.on_empty_source=warn",
                                 f"data.sources=[{{kind: tree, paths: [{tree}]}}]", "data.partitions=2"])
     assert run_pipeline(warned, ["data"], console=Console(quiet=True))[0].manifest["counts"]["kept"] == 0
+
+
+@pytest.mark.spark
+def test_a_standalone_cluster_cleans_exactly_as_local_mode(shards_pipeline, tmp_path: Path) -> None:
+    """The data stage on a real Spark standalone cluster (a master and two one-core workers on loopback):
+    the same clean set, the same counts, as the session's `local[2]` run of the same config."""
+    profile_dir, _, _ = shards_pipeline
+    runs, config = tmp_path / "runs", tmp_path / "empty.yaml"
+    config.write_text("{}\n")  # with the overrides below: the same config as the session's run
+    with standalone_cluster(tmp_path / "cluster", workers=2) as master:
+        sets = [f"run.runs_dir={runs}", *SMALL_PIPELINE, f"spark.master={master}",
+                "spark.conf={spark.executor.memory: 768m, spark.cores.max: '2'}"]
+        done = subprocess.run([str(Path(sys.executable).with_name("lathe")), "run", "data", "--config", str(config),
+                               *(a for s in sets for a in ("--set", s))], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    ran = [w for w in (tmp_path / "cluster").glob("worker-*") if any(w.glob("app-*/*/stderr"))]
+    assert len(ran) == 2  # both workers ran an executor of the stage's application
+    columns = ["id", "content", "path"]
+    cluster = pd.read_parquet(runs / "small" / "data" / "kept", columns=columns).sort_values("id", ignore_index=True)
+    local = pd.read_parquet(profile_dir / "data" / "kept", columns=columns).sort_values("id", ignore_index=True)
+    assert len(cluster) > 50 and cluster.equals(local)
+    counts = [json.loads((d / "data" / MANIFEST).read_text())["counts"] for d in (runs / "small", profile_dir)]
+    assert counts[0] == counts[1]
