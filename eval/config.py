@@ -20,6 +20,14 @@ class SandboxConfig(Strict):
     python: str = Field("/usr/bin/python3", description="Interpreter inside the sandbox (world-readable; stdlib only).")
     base_uid: int = Field(61000, gt=0, description="Sandboxes run as uids base_uid .. base_uid + uid_pool - 1 (never root).")
     uid_pool: int = Field(4096, gt=0, description="How many uids the sandboxes rotate through.")
+    fork_server: bool = Field(
+        True, description="Python programs run in long-lived sandboxed workers that fork a fresh process tree with fresh "
+        "namespaces per program (no interpreter start per program); false: one bubblewrap per program, same guarantees, slower.",
+    )
+    worker_runs: int = Field(
+        200, gt=0, description="Programs one fork-server worker runs before a fresh one replaces it "
+        "(a program that leaves its worker in doubt gets it replaced at once).",
+    )
     allow_weak_isolation: bool = Field(
         False, description="Run without namespaces when bubblewrap cannot start. Unsafe: for trusted code only."
     )

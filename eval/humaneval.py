@@ -98,15 +98,17 @@ def score(
     samples = list(samples)
     bench = BENCHMARKS.get(benchmark)
     known = bench.problems()
-    sandbox = Sandbox(cfg.sandbox)
     workers = cfg.workers or os.cpu_count() or 1
-
-    def one(sample: dict[str, str]) -> SampleResult:
-        run = sandbox.run(bench.program(known[sample["task_id"]], sample["completion"]), language=bench.language)
-        return classify(sample["task_id"], run)
-
     results: list[SampleResult] = []
-    with ThreadPoolExecutor(workers) as pool, Progress(disable=not show_progress, transient=True) as progress:
+    # `with`: the fork-server workers end here, not whenever the sandbox is collected.
+    with Sandbox(cfg.sandbox) as sandbox, ThreadPoolExecutor(workers) as pool, Progress(
+        disable=not show_progress, transient=True
+    ) as progress:
+
+        def one(sample: dict[str, str]) -> SampleResult:
+            run = sandbox.run(bench.program(known[sample["task_id"]], sample["completion"]), language=bench.language)
+            return classify(sample["task_id"], run)
+
         task = progress.add_task("scoring in the sandbox", total=len(samples))
         for result in pool.map(one, samples):
             results.append(result)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from lathe.core.errors import InputError
+from lathe.eval.benchmarks import PYTHON
 from lathe.eval.config import EvalConfig, SandboxConfig
 from lathe.eval.humaneval import pass_at_k, problems, program, read_samples, score
 from lathe.eval.sandbox import Sandbox, SandboxUnavailable
@@ -201,3 +205,132 @@ def test_hostile_javascript_is_contained(body: str, status: str) -> None:
     completion = body + problem["canonical_solution"]
     result = score([{"task_id": first, "completion": completion}], FAST, show_progress=False, benchmark="humaneval-js")
     assert result["results"][0]["status"] == status and not Path("/etc/lathe-pwned").exists()
+
+
+# --- the Python fork server: one sandboxed worker per thread, a fresh process tree per program ---
+PROOF = PYTHON.proof
+
+
+def host_processes(text: str) -> list[str]:
+    """Command lines of the host's processes that contain ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue  # not a process, or gone meanwhile
+        if text in cmdline:
+            found.append(cmdline)
+    return found
+
+
+def uid_of(run) -> int:
+    """The uid a probe program printed on its first line (its worker's)."""
+    return int(run.stdout.split()[0])
+
+
+UID = "import os\nprint(os.getuid(), flush=True)\n"
+
+
+def test_fork_server_programs_share_nothing_writable() -> None:
+    writer = UID + (
+        "import ctypes\n"
+        "written = []\n"
+        "for line in open('/proc/self/mountinfo'):\n"
+        "    point, options = line.split()[4], line.split()[5].split(',')\n"
+        "    if 'rw' in options:\n"
+        "        try:\n"
+        "            open(os.path.join(point, 'lathe-marker'), 'w').write('x'); written.append(point)\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "print(sorted(written))\n"
+        "print(ctypes.CDLL(None).shmget(0x1a7e, 4096, 0o1666))\n"  # a System V segment outlives its process
+    )
+    reader = UID + (
+        "import ctypes\n"
+        "points = [line.split()[4] for line in open('/proc/self/mountinfo')]\n"
+        "print([p for p in points if os.path.exists(os.path.join(p, 'lathe-marker'))])\n"
+        "print(ctypes.CDLL(None).shmget(0x1a7e, 0, 0))\n"
+    )
+    with Sandbox(FAST.sandbox) as sandbox:
+        first, second = sandbox.run(writer + PROOF), sandbox.run(reader + PROOF)
+    assert first.completed and second.completed, (first.stderr, second.stderr)
+    assert uid_of(first) == uid_of(second)  # the same worker
+    written, segment = first.stdout.splitlines()[1:]
+    assert {"/tmp", "/dev/shm"} <= set(eval(written)) <= {"/tmp", "/dev/shm"} and int(segment) >= 0
+    assert second.stdout.splitlines()[1:] == ["[]", "-1"]
+
+
+def test_fork_server_program_sees_only_itself() -> None:
+    probe = UID + (
+        "import socket\n"
+        "print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()), os.getpid(), os.getppid(), os.getcwd())\n"
+        "status = dict(line.split(':\\t') for line in open('/proc/self/status').read().splitlines() if ':\\t' in line)\n"
+        "print({k: status[k] for k in ('CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb', 'NoNewPrivs')})\n"
+        "print(sorted(os.environ), socket.if_nameindex())\n"
+        "try:\n"
+        "    open('/dev/lathe-pwned', 'w')\n"
+        "except OSError as e:\n"
+        "    print('dev', e.errno)\n"
+    )
+    run = Sandbox(FAST.sandbox).run(probe + PROOF)
+    assert run.completed, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[1] == "[1, 2] 2 1 /tmp"  # its own PID namespace and /proc: init and itself
+    assert eval(lines[2]) == {"CapInh": "0" * 16, "CapPrm": "0" * 16, "CapEff": "0" * 16, "CapBnd": "0" * 16,
+                              "CapAmb": "0" * 16, "NoNewPrivs": "1"}
+    names, interfaces = lines[3].split("] ")
+    assert set(eval(names + "]")) <= {"PATH", "HOME", "PWD", "LC_CTYPE"} and eval(interfaces) == [(1, "lo")]
+    assert lines[4] == "dev 30"  # EROFS: /dev outlives programs, so it is read-only
+    assert not Path("/dev/lathe-pwned").exists()
+
+
+def test_fork_server_leaves_nothing_running_and_keeps_its_worker() -> None:
+    sleeper = UID + "import subprocess\nsubprocess.Popen(['sleep', '{}'], start_new_session=True)\n"
+    with Sandbox(SandboxConfig(wall_s=1.0, cpu_s=1, memory_mb=512)) as sandbox:
+        done = sandbox.run(sleeper.format(3131) + PROOF)
+        assert done.completed and not host_processes("sleep 3131")
+        stuck = sandbox.run(sleeper.format(3132) + "import time\ntime.sleep(60)\n" + PROOF)
+        assert stuck.timed_out and not stuck.completed and stuck.seconds < 3 and not host_processes("sleep 3132")
+        bomb = sandbox.run(UID + "while True:\n    os.fork()\n")
+        after = sandbox.run(UID + "import subprocess\nfor _ in range(20):\n    subprocess.run(['true'], check=True)\n" + PROOF)
+        assert not bomb.completed and after.completed, after.stderr
+        # a clean timeout or a fork bomb leaves the worker sound: it is kept
+        assert len({uid_of(r) for r in (done, stuck, bomb, after)}) == 1
+
+
+def test_fork_server_recycles_workers_and_closes_them() -> None:
+    with Sandbox(SandboxConfig(wall_s=4.0, worker_runs=2)) as sandbox:
+        uids = [uid_of(sandbox.run(UID + PROOF)) for _ in range(5)]
+    # two programs per worker; the first worker's first was the probe that construction runs
+    assert [len(list(runs)) for _, runs in itertools.groupby(uids)] == [1, 2, 2] and len(set(uids)) == 3
+    assert not [u for u in subprocess.run(["ps", "-eo", "uid="], capture_output=True, text=True).stdout.split() if int(u) in uids]
+
+
+def test_fork_server_replaces_a_worker_that_died() -> None:
+    with Sandbox(FAST.sandbox) as sandbox:
+        first = sandbox.run(UID + PROOF)
+        for pid in subprocess.run(["pgrep", "-u", str(uid_of(first))], capture_output=True, text=True).stdout.split():
+            os.kill(int(pid), signal.SIGKILL)
+        second = sandbox.run(UID + PROOF)
+    assert first.completed and second.completed and uid_of(second) != uid_of(first)
+
+
+@pytest.mark.parametrize(
+    "program",
+    [
+        "def f():\n    return 1 / 0\nf()\n",
+        "import sys\nsys.exit(3)\n",
+        "import sys\nsys.exit('bye')\n",
+        "raise SystemExit\n",
+        "x = (\n",
+        "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n",
+        "import atexit, threading, time\natexit.register(print, 'at exit')\n"
+        "threading.Thread(target=lambda: (time.sleep(0.2), print('thread'))).start()\n",
+        "from dataclasses import dataclass\n@dataclass\nclass A:\n    x: 'int'\nprint(A(1), __name__, __file__)\n",
+    ],
+)
+def test_fork_server_ends_programs_as_an_interpreter_would(program: str) -> None:
+    forked = Sandbox(FAST.sandbox).run(program)
+    fresh = Sandbox(FAST.sandbox.model_copy(update={"fork_server": False})).run(program)
+    assert (forked.returncode, forked.stdout, forked.stderr) == (fresh.returncode, fresh.stdout, fresh.stderr)

@@ -13,9 +13,10 @@ REPO = Path(__file__).resolve().parents[1]
 GROUND = "core"
 COMPONENTS = ("data", "tokenizer", "training", "eval", "serving", "deploy")
 ROOF = "pipelines"
-# Copied into Triton model repositories, where lathe is not installed: they import no lathe
-# module, except each other under the names they are copied as.
-STANDALONE = ("serving/engine.py", "serving/triton_model.py", "serving/protocol.py", "core/fim.py")
+# Run where lathe is not installed (copied into Triton model repositories; the sandbox's
+# fork server, under the sandbox's own interpreter): they import no lathe module, except
+# each other under the names they are copied as.
+STANDALONE = ("serving/engine.py", "serving/triton_model.py", "serving/protocol.py", "core/fim.py", "eval/sandbox_worker.py")
 STANDALONE_IMPORTS = ("lathe.serving.protocol", "lathe.core.fim")
 
 
@@ -60,7 +61,7 @@ def violations(root: Path) -> list[str]:
                     if module.endswith(".stage"):
                         found.append(f"{where}: imports another component's stage module {module}")
                 if where in STANDALONE and module not in STANDALONE_IMPORTS:
-                    found.append(f"{where}: is copied into the Triton repository but imports {module}")
+                    found.append(f"{where}: runs without lathe installed but imports {module}")
 
     def reaches(start: str, goal: str, seen: frozenset[str]) -> bool:
         return any(n == goal or (n not in seen and reaches(n, goal, seen | {n})) for n in edges[start])
@@ -88,7 +89,7 @@ def test_the_check_finds_each_kind_of_violation(tmp_path: Path) -> None:
     assert found == [
         "core/stage.py: the ground floor imports lathe.data.config",
         "eval/gate.py: a component imports the roof (lathe.pipelines.config)",
-        "serving/engine.py: is copied into the Triton repository but imports lathe.core",
+        "serving/engine.py: runs without lathe installed but imports lathe.core",
         "serving/stage.py: imports another component's stage module lathe.eval.stage",
         "eval: its imports lead back to it (a circle)",
         "serving: its imports lead back to it (a circle)",
