@@ -5,15 +5,42 @@ resolved (earliest, then longest wins) and replaced by placeholders, so the outp
 still readable code. Precision matters as much as recall: code is full of things that
 look like PII and are not (version strings, private addresses, hashes, UUIDs,
 decorators, ``@scope/package`` names), and redacting them would teach the model noise.
+
+Secrets are found where repositories leak them: values assigned to names of secrets in
+code and in every config syntax (``.env``, shell, INI, YAML, JSON, HCL, Dockerfile,
+compose, XML), URLs and connection strings, command lines, HTTP ``Authorization``
+headers, Kubernetes Secret manifests, PEM private keys and tokens of known formats.
+A value found there is redacted only when it could be a credential (see
+``_credential_like``): templates, references and placeholders survive.
+benchmarks/pii_bench.py measures both sides on the labelled set in benchmarks/pii/.
 """
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import re
+import string
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Iterator
+
+from detect_secrets.plugins import (
+    aws,
+    discord,
+    github_token,
+    gitlab_token,
+    mailchimp,
+    npm,
+    openai,
+    pypi_token,
+    sendgrid,
+    slack,
+    square_oauth,
+    telegram_token,
+    twilio,
+)
+from detect_secrets.plugins.high_entropy_strings import Base64HighEntropyString, HexHighEntropyString
+from detect_secrets.plugins.keyword import DENYLIST as DS_KEYWORDS
 
 from lathe.data.config import PIIConfig
 
@@ -45,10 +72,16 @@ _FILE_EXTENSIONS = frozenset(
 )
 
 
+# `scheme://user:password@host`: what precedes the `@` is a password, not an address's local part.
+_URL_USERINFO = re.compile(r"://[^\s/@'\"]*:$")
+
+
 def find_emails(text: str) -> Iterator[Span]:
-    """Email addresses (not decorators, ``@scope/pkg``, ``pkg@1.2.3`` or ``icon@2x.png``)."""
+    """Email addresses (not decorators, ``@scope/pkg``, ``pkg@1.2.3``, ``icon@2x.png`` or URL credentials)."""
     for m in _EMAIL.finditer(text):
         if m.group(1).lower() in _FILE_EXTENSIONS:
+            continue
+        if text[m.start() - 1 : m.start()] == ":" and _URL_USERINFO.search(text, max(0, m.start() - 256), m.start()):
             continue
         yield Span(m.start(), m.end(), "email")
 
@@ -102,73 +135,337 @@ def find_ip_addresses(text: str) -> Iterator[Span]:
             yield Span(m.start(), m.end(), "ip_address")
 
 
-# --- keys and passwords -----------------------------------------------------------------
-@lru_cache(maxsize=1)
-def _detect_secrets_patterns() -> list[re.Pattern[str]]:
-    """The denylist regexes of detect-secrets' token-format detectors.
-
-    Only detectors that recognise a token by its format are used; the keyword and
-    entropy detectors flag too much ordinary code (hashes, test vectors) to redact on.
-    Running the compiled regexes over the whole file is ~100x faster than the plugins'
-    per-line ``analyze_line`` under default settings.
-    """
-    from detect_secrets.plugins import (
-        aws,
-        azure_storage_key,
-        discord,
-        github_token,
-        gitlab_token,
-        jwt,
-        mailchimp,
-        npm,
-        openai,
-        pypi_token,
-        sendgrid,
-        slack,
-        square_oauth,
-        stripe,
-        telegram_token,
-        twilio,
-    )
-
-    detectors = [
-        aws.AWSKeyDetector, azure_storage_key.AzureStorageKeyDetector, discord.DiscordBotTokenDetector,
-        github_token.GitHubTokenDetector, gitlab_token.GitLabTokenDetector, jwt.JwtTokenDetector,
-        mailchimp.MailchimpDetector, npm.NpmDetector, openai.OpenAIDetector, pypi_token.PypiTokenDetector,
-        sendgrid.SendGridDetector, slack.SlackDetector, square_oauth.SquareOAuthDetector,
-        stripe.StripeDetector, telegram_token.TelegramBotTokenDetector, twilio.TwilioKeyDetector,
-    ]
-    return [rx for det in detectors for rx in det.denylist]
-
-
-_OWN_KEY_PATTERNS = [
-    re.compile(r"AIza[0-9A-Za-z_-]{35}"),  # Google API key
-    re.compile(r"\bhf_[A-Za-z]{34}\b"),  # Hugging Face token
-    re.compile(r"\bglpat-[0-9A-Za-z_-]{20}\b"),  # GitLab personal access token
-    re.compile(r"\bgithub_pat_[0-9A-Za-z_]{82}\b"),  # GitHub fine-grained token
-]
-_PRIVATE_KEY_BLOCK = re.compile(
-    r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----.*?(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|\Z)",
-    re.DOTALL,
+# --- secrets: is a value a credential? --------------------------------------------------
+# A value is redacted only when it could be a real credential. What survives, and why:
+# - template and reference syntax: the value is filled in elsewhere (`${DB_PASSWORD}`, `$TOKEN`,
+#   `{{ .Values.token }}`, `%s`, `{password}`, `<your-key>`, `%APPDATA%`) or masked (`****`, `xxxx`);
+#   `%` + two hex digits is a URL escape (`p%40ss`), not a format;
+# - placeholders: a value that names itself one (`your-api-key-here`, `changeme`, `REDACTED`), or
+#   whose letters are only default/demo words (`password123`, `admin`, `secret`, `scott`/`tiger`):
+#   such values carry no secret, and code and docs are full of them;
+# - shapes no credential has: too short, no letter, letters only (unless long and random),
+#   few distinct characters or, for hex, entropy under detect-secrets' hex limit (test vectors
+#   such as `000102...0f` and `0b0b0b...`).
+_TEMPLATE = re.compile(
+    r"\$[{(]|\{\{|\}\}|\{%|<%|#\{|(?<![A-Za-z0-9$])\$[A-Za-z_\d]|^%\w+%$|<[^<>]*>|\{[\w.\[\]'\"-]*\}"
+    r"|%(?:\(\w+\))?[sdifr](?![0-9A-Fa-f])|\.\.\.|\u2026|\*\*\*|[xX]{4}|^[xX*#.-]+$"
 )
-# `api_key = "..."`, `"client_secret": "..."`: the value, when it looks like a real secret.
-# No leading `[\w.-]*` for the name's prefix: only the value is replaced, and that prefix
-# made the engine retry at every character of every word (5x slower than all else).
-_KEY_ASSIGNMENT = re.compile(
-    r"(?i)(?:secret|token|api[_-]?key|access[_-]?key|private[_-]?key|auth[_-]?key)[\w-]*['\"]?\s*[:=]\s*(['\"])([^'\"\s]{16,})\1"
+_PLACEHOLDER_WORDS = frozenset(
+    "your yours here replace insert enter placeholder changeme changeit redacted dummy fake example sample todo fixme tbd".split()
 )
-_PASSWORD_ASSIGNMENT = re.compile(r"(?i)(?:password|passwd|pwd)[\w-]*['\"]?\s*[:=]\s*(['\"])([^'\"\s]{6,})\1")
-_URL_PASSWORD = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@'\"]+:([^\s@/'\"]+)@[\w.-]+")
-_PLACEHOLDER_CHARS = re.compile(r"[${}<>%()\[\]]|\.\.\.|^x+$|^\*+$", re.IGNORECASE)
-# Words documentation uses in place of a credential: `user:pass@host`, `username:token@id`.
-_PLACEHOLDER_WORDS = frozenset({"pass", "password", "passwd", "pwd", "pw", "p", "token", "secret", "key", "apikey"})
+_WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])")
+_DEFAULT_LETTERS = re.compile(
+    r"(?:pass(?:word|wd)?|pwd|secret|token|key|api|test|demo|default|admin|root|guest|user|my|super|dev|local|"
+    r"db|postgres|mysql|redis|abc|xyz|qwerty|asdf|foo|bar|baz|none|null|nil|true|false|empty|scott|tiger)+"
+)
+_STRONG_SYMBOL = re.compile(r"[^\w.\-\s]")
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+_HEX_ENTROPY = HexHighEntropyString()
+_B64_ENTROPY = Base64HighEntropyString()
 
 
-def _looks_secret(value: str) -> bool:
-    # A real credential mixes letters and digits and is not a template or a placeholder.
-    if _PLACEHOLDER_CHARS.search(value):
+def _is_placeholder(value: str) -> bool:
+    """Template syntax, a masked value, or a value made of placeholder/default words."""
+    if _TEMPLATE.search(value):
+        return True
+    if any(w.lower() in _PLACEHOLDER_WORDS for w in _WORD.findall(value)):
+        return True
+    letters = "".join(c for c in value.lower() if "a" <= c <= "z")
+    return len(letters) <= 40 and _DEFAULT_LETTERS.fullmatch(letters) is not None
+
+
+def _credential_like(value: str, kind: str) -> bool:
+    """Could ``value`` (quotes removed) be a real password (``kind == "password"``) or key/token?"""
+    if len(value) < (6 if kind == "password" else 12) or any(c.isspace() for c in value):
         return False
-    return any(c.isdigit() for c in value) and any(c.isalpha() for c in value)
+    if not any(c.isalpha() for c in value) or _is_placeholder(value):
+        return False
+    if not any(c.isdigit() for c in value) and not _STRONG_SYMBOL.search(value):
+        # Letters only: a word, an identifier or a name, unless long and random.
+        return value.isalpha() and _B64_ENTROPY.calculate_shannon_entropy(value) > _B64_ENTROPY.entropy_limit
+    if len(value) >= 20 and set(value) <= _HEX_DIGITS:
+        return _HEX_ENTROPY.calculate_shannon_entropy(value) > _HEX_ENTROPY.entropy_limit
+    return len(set(value)) >= 5
+
+
+# Values that are code or names, not credentials: calls, subscripts and comparisons
+# (`get_pw()`, `env["X"]`, `a==0`, `x||y`), escapes (`\u3299`), dotted or underscored names of
+# words (`var.db_password`, `self.token`, `db_password2`), constants (`B2B_GEMM_PASS`) and class
+# names (`V1SecretProjection`: capitalised words, no trailing digits as passwords have).
+_CODE = re.compile(r"[(\[{]|[=!<>]=[^=]|&&|\|\||\\[uUx][0-9a-fA-F]")
+_NAME_PART = re.compile(r"[A-Za-z][a-z]+(?:[A-Z][a-z]+)*\d{0,3}|[A-Z]+\d{0,3}|[a-z]+\d{0,3}")
+_NAME_SEPARATORS = re.compile(r"[._:?]+")  # `?` too: `l?i.secretFields:void` is a minified ternary
+_CONSTANT = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+")
+_CLASS_NAME = re.compile(r"(?:[A-Z]\d*)*[A-Z][a-z]{2,}(?:[A-Z][a-z]{2,}|[A-Z]\d*)*[a-z]")
+
+
+def _is_reference(value: str) -> bool:
+    if _CODE.search(value) or _CONSTANT.fullmatch(value) or _CLASS_NAME.fullmatch(value):
+        return True
+    parts = [p for p in _NAME_SEPARATORS.split(value) if p]
+    return len(parts) >= 2 and all(_NAME_PART.fullmatch(p) for p in parts)
+
+
+# --- secrets: which names hold one ------------------------------------------------------
+# detect-secrets' keyword list (api_key, password, secret, ...) plus the names it lacks:
+# tokens, passphrases, access/secret/signing keys, credentials and `pass` as a name part
+# (`DB_PASS`, `-passin pass:...`); `token`, `secret` and `pass` must end there, so that
+# `tokenizer`, `tokens`, `secretary` and `bypass`/`passthrough` are not names of secrets.
+_PASSWORD_WORDS = ("password", "passwd", "passphrase", "pwd", "db_?pass", "database_?pass", "key_?pass", "contrase(?:ñ|n)a")
+_KEY_WORDS = (
+    *(w for w in DS_KEYWORDS if "pass" not in w and "contrase" not in w and w not in ("pwd", "secret")),
+    "secret(?![a-z])", "secret_?key", "token(?![a-z])", "access_?key", "signing_?key", "encryption_?key", "master_?key",
+    "app_?key", "credentials?(?![a-z])",
+)
+# `_?` of detect-secrets' list becomes `[_-]?`: `api-key`, `client-secret`, `X-API-Key`.
+_KEYWORD = (rf"(?P<pw>{'|'.join(_PASSWORD_WORDS)}|(?<![a-z0-9])pass(?![a-z]))|(?:{'|'.join(_KEY_WORDS)})").replace("_?", "[_-]?")
+# Name parts that make the value something else than the secret: its type, length, location,
+# name, hash, id, or the prompt/field/header that asks for it.
+_NOT_THE_SECRET = frozenset(
+    "type types url uri endpoint length len size min max file path dir name names count env field prompt label header "
+    "regex re pattern policy expires expiry expiration ttl timeout format algorithm algo enabled required hash hashed "
+    "id ids ref provider version mode class kind hasher hashers validator validators backend manager generator store filename "
+    "filepath dict map list mapping schema spec config options option callback handler func fn param params arg args".split()
+)
+_NAME_PREFIXES_NOT_SECRET = frozenset("max min num is has use show enable require no".split())
+_NAME_WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+_KEYWORD_RX = re.compile(_KEYWORD)
+
+
+def _secret_kind(name: str) -> str | None:
+    """``"password"`` or ``"key"`` when ``name`` holds a secret, else None.
+
+    ``DB_PASSWORD``, ``clientSecret``, ``api-key`` hold one; ``token_type``, ``password_file``,
+    ``max_tokens``, ``gpg_key`` do not.
+    """
+    keywords = list(_KEYWORD_RX.finditer(name.lower()))
+    words = [w.lower() for w in _NAME_WORD.findall(name)]
+    if not keywords or not words or words[0] in _NAME_PREFIXES_NOT_SECRET:
+        return None
+    hits = [i for i, w in enumerate(words) if w in ("key", "pass") or _KEYWORD_RX.fullmatch(w)]
+    if hits and any(w in _NOT_THE_SECRET for w in words[hits[-1] + 1 :]):
+        return None
+    return "password" if any(k.group("pw") for k in keywords) else "key"
+
+
+# --- secrets: where they are ------------------------------------------------------------
+# `name = value` in code and config: `.env`, shell, INI, YAML, JSON, TOML, HCL, properties,
+# Dockerfile `ENV`, compose files, connection strings (`Pwd=...;`), query strings
+# (`&password=...`), command-line flags (`--password=...`). Matched in the lower-cased
+# text (same offsets): a case-sensitive search is ~3x faster than `re.IGNORECASE`.
+_ASSIGNMENT = re.compile(
+    rf"(?P<name>(?:{_KEYWORD})[\w.-]*)(?:\[\d*\])?[\"'\]]?[ \t]*"
+    # the operator; `: str =` is a Python annotation, `::` a path and `://` a URL
+    r"(?:=>|:=|\?=|=(?!=)|:(?![:/])(?:[ \t]*[a-z_][\w.\[\]| ,]*?[ \t]*=(?!=))?)[ \t]*"
+    r"(?:[bru@]?(?:\"(?P<dq>[^\"\n]*)\"|'(?P<sq>[^'\n]*)'|`(?P<bq>[^`\n]*)`)|(?P<bare>[^\s\"'`]+))"
+)
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_.-")
+# What may stand before a name that starts a config line: `export X=`, `- X=` (compose),
+# `ENV X=`/`ARG X=` (Dockerfile), `set X=` (batch), a quote (`"x": 1` in JSON).
+_LINE_PREFIX = re.compile(r"[ \t]*(?:export[ \t]+|-[ \t]+|env[ \t]+|arg[ \t]+|set[ \t]+)?[\"']?")
+_LINE_REST = re.compile(r"[ \t]*(?:#.*)?\r?")
+# Where an unquoted value ends inside a line: `Pwd=...;Server=`, `?password=...&`, `f(pw=...)`.
+_INLINE_END = re.compile(r"[;&,)\]}]")
+
+
+def _name_start(low: str, pos: int) -> int:
+    start = pos
+    while start > 0 and pos - start < 64 and low[start - 1] in _NAME_CHARS:
+        start -= 1
+    return start
+
+
+def find_assigned_secrets(text: str, low: str) -> Iterator[Span]:
+    """Values assigned to names of secrets (``DB_PASSWORD=...``, ``"api_key": "..."``, ``token: ...``)."""
+    pos = 0
+    while m := _ASSIGNMENT.search(low, pos):
+        group = next(g for g in ("dq", "sq", "bq", "bare") if m.group(g) is not None)
+        vstart, vend = m.span(group)
+        pos = vstart  # a value may hold the next assignment: `SharedAccessKeyName=x;SharedAccessKey=...`
+        start = _name_start(low, m.start())
+        kind = _secret_kind(text[start : m.end("name")])
+        if kind is None:
+            continue
+        if group == "bare":
+            line_start = low.rfind("\n", 0, start) + 1
+            line_end = low.find("\n", vend)
+            config_line = _LINE_PREFIX.fullmatch(low, line_start, start) and _LINE_REST.fullmatch(
+                low, vend, len(low) if line_end == -1 else line_end
+            )
+            cut = _INLINE_END.search(text, vstart, vend)
+            if cut and (not config_line or text[vend - 1] in ",);"):
+                vend = cut.start()
+        if _credential_like(text[vstart:vend], kind) and not _is_reference(text[vstart:vend]):
+            pos = vend
+            yield Span(vstart, vend, kind)
+
+
+# `scheme://user:password@host`: the password may hold `%`-escapes and punctuation, even an
+# unescaped `@`, `#` or `?` (the host follows the last `@`); `/` ends the authority.
+_URL_CREDENTIALS = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@'\"?#]*:([^\s/'\"]+)@(?=[\w\[.-])")
+
+
+def find_url_passwords(text: str) -> Iterator[Span]:
+    """Passwords in URLs (``postgres://user:p%40ss!word@host``)."""
+    if "://" not in text:
+        return
+    for m in _URL_CREDENTIALS.finditer(text):
+        if _credential_like(m.group(1), "password"):
+            yield Span(m.start(1), m.end(1), "password")
+
+
+# Credentials on command lines, matched in the lower-cased text: the client's own flags
+# (`mysql -pS3cr3t`, glued: `-p DB` is a prompt and a database), `curl -u user:pw`,
+# `sshpass -p`, `docker login -p`, and long options given a separate value (`--password pw`).
+# `[^\n]` or a `\`-continued line: a command may span lines.
+_COMMAND_ARGS = r"(?:[^\n\\]|\\\r?\n)*?[ \t]"
+_COMMAND_LINE_SECRETS: tuple[tuple[tuple[str, ...], re.Pattern[str]], ...] = (
+    (("mysql", "mariadb"), re.compile(rf"\b(?:mysql\w*|mariadb[\w-]*)\b{_COMMAND_ARGS}-p([\"']?)(?P<v>[^\s\"']+)\1")),
+    (("curl",), re.compile(rf"\bcurl\b{_COMMAND_ARGS}(?:-u|--user)[ \t]*([\"']?)[^\s:\"']*:(?P<v>[^\s\"']+)\1")),
+    (("sshpass", "login"), re.compile(rf"\b(?:sshpass|login)\b{_COMMAND_ARGS}(?:-p|--password)[ \t]*([\"']?)(?P<v>[^\s\"'-][^\s\"']*)\1")),
+)
+_LONG_OPTION = re.compile(rf"--(?P<name>[a-z-]*(?:{_KEYWORD})[a-z-]*)[ \t]+([\"']?)(?P<v>[^\s\"'-][^\s\"']*)\2")
+
+
+def find_command_line_secrets(text: str, low: str) -> Iterator[Span]:
+    """Passwords and tokens passed as command-line arguments."""
+    for needles, rx in _COMMAND_LINE_SECRETS:
+        if any(n in low for n in needles):
+            for m in rx.finditer(low):
+                if _credential_like(text[m.start("v") : m.end("v")], "password"):
+                    yield Span(m.start("v"), m.end("v"), "password")
+    if "--" in low:
+        for m in _LONG_OPTION.finditer(low):
+            kind = _secret_kind(text[m.start("name") : m.end("name")])
+            value = text[m.start("v") : m.end("v")]
+            if kind is not None and _credential_like(value, kind) and not _is_reference(value):
+                yield Span(m.start("v"), m.end("v"), kind)
+
+
+# `Authorization: Basic <base64 of user:password>` / `Bearer <token>`, in headers, curl
+# commands and code. Basic's value is decoded, so `user:pass` from the docs survives.
+_AUTH_SCHEME = re.compile(r"\b(basic|bearer)[ \t]+([a-z0-9._~+/-]+=*)")
+
+
+def _basic_credential(value: str) -> str | None:
+    """The password of a Basic credential, or None when ``value`` is not base64 of ``user:password``."""
+    try:
+        decoded = base64.b64decode(value + "=" * (-len(value) % 4), validate=True).decode("ascii")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return decoded.partition(":")[2] if ":" in decoded and decoded.isprintable() else None
+
+
+def find_auth_headers(text: str, low: str) -> Iterator[Span]:
+    """Credentials of HTTP ``Authorization`` schemes (Basic, Bearer)."""
+    if "basic" not in low and "bearer" not in low:
+        return
+    for m in _AUTH_SCHEME.finditer(low):
+        value = text[m.start(2) : m.end(2)]
+        if m.group(1) == "basic":
+            password = _basic_credential(value)
+            if password is not None and _credential_like(password, "password"):
+                yield Span(m.start(2), m.end(2), "password")
+        elif _credential_like(value, "key"):
+            yield Span(m.start(2), m.end(2), "key")
+
+
+# Dockerfile `ENV NAME value` (the legacy form without `=`; `ENV NAME=value` is an assignment).
+_DOCKER_ENV = re.compile(r"^[ \t]*env[ \t]+(?P<name>[a-z_]\w*)[ \t]+([\"']?)(?P<v>[^\s\"'=]+)\2[ \t]*\r?$", re.MULTILINE)
+# XML: `<password>...</password>`, `<add key="ApiKey" value="..."/>`, `<property name="password" value="..."/>`.
+_XML_ELEMENT = re.compile(rf"<(?P<name>[\w:.-]*(?:{_KEYWORD})[\w.-]*)>(?P<v>[^<\s]+)</(?P=name)>")
+_XML_NAME_VALUE = re.compile(r"\b(?:key|name)=[\"'](?P<name>[\w.:-]+)[\"'][ \t]+value=[\"'](?P<v>[^\"'\s]*)[\"']")
+
+
+def find_config_secrets(text: str, low: str) -> Iterator[Span]:
+    """Secrets in Dockerfile ``ENV NAME value`` lines and in XML elements and name/value attributes."""
+    found: list[re.Match[str]] = []
+    if "env" in low:
+        found += _DOCKER_ENV.finditer(low)
+    if "</" in low:
+        found += _XML_ELEMENT.finditer(low)
+    if "value=" in low:
+        found += _XML_NAME_VALUE.finditer(low)
+    for m in found:
+        name, value = text[m.start("name") : m.end("name")], text[m.start("v") : m.end("v")]
+        kind = _secret_kind(name)
+        if kind is not None and _credential_like(value, kind) and not _is_reference(value):
+            yield Span(m.start("v"), m.end("v"), kind)
+
+
+# Kubernetes `kind: Secret`: every value under `data:` (base64) and `stringData:` is a secret
+# by declaration, whatever its name; block scalars (`|`) are left to the other finders.
+_K8S_SECRET = re.compile(r"^kind:[ \t]*[\"']?Secret[\"']?[ \t]*\r?$", re.MULTILINE)
+_K8S_DOCUMENT = re.compile(r"^---[^\n]*\n", re.MULTILINE)
+_K8S_DATA_BLOCK = re.compile(r"^([ \t]*)(?:data|stringData):[ \t]*\r?\n((?:\1[ \t]+\S[^\n]*\n?|[ \t]*\r?\n)*)", re.MULTILINE)
+_K8S_ITEM = re.compile(r"^([ \t]+)[\w.-]+:[ \t]*([\"']?)([^\s\"'|>][^\n]*?)\2[ \t]*\r?$", re.MULTILINE)
+
+
+def find_kubernetes_secret_data(text: str) -> Iterator[Span]:
+    """Values of ``data`` and ``stringData`` in Kubernetes Secret manifests."""
+    if "Secret" not in text or not _K8S_SECRET.search(text):
+        return
+    bounds = [0, *(m.end() for m in _K8S_DOCUMENT.finditer(text)), len(text)]
+    for doc_start, doc_end in zip(bounds, bounds[1:]):
+        if not _K8S_SECRET.search(text, doc_start, doc_end):
+            continue
+        for block in _K8S_DATA_BLOCK.finditer(text, doc_start, doc_end):
+            items = list(_K8S_ITEM.finditer(text, block.start(2), block.end(2)))
+            depth = min((len(m.group(1)) for m in items), default=0)
+            for m in items:
+                if len(m.group(1)) == depth and not _TEMPLATE.search(m.group(3)):
+                    yield Span(m.start(3), m.end(3), "key")
+
+
+# Private keys in PEM armour, also inside JSON strings (`\n` escapes, as in GCP service-account
+# files) and string concatenations. The body must hold base64 (a run of 16+ characters) and no
+# other armour line: code that only tests for the header (`data.startswith("-----BEGIN RSA
+# PRIVATE KEY-----")`) survives, and so does a public key further down.
+_PEM_BODY_CHARS = r"[A-Za-z0-9+/=\s\\\"',:-]"
+_PRIVATE_KEY_BLOCK = re.compile(
+    rf"-----BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?)-----((?:(?!-----){_PEM_BODY_CHARS})*?)(?:-----END \1-----|(?!{_PEM_BODY_CHARS}))"
+)
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{16,}")
+
+
+def find_private_keys(text: str) -> Iterator[Span]:
+    """PEM private key blocks (RSA, EC, DSA, OpenSSH, PKCS#8, PGP)."""
+    if "PRIVATE KEY" not in text:
+        return
+    for m in _PRIVATE_KEY_BLOCK.finditer(text):
+        if _BASE64_RUN.search(m.group(2)):
+            yield Span(m.start(), m.end(), "key")
+
+
+# Tokens recognised by their format: detect-secrets' token detectors plus formats it lacks or
+# matches only in part (Stripe keys are now ~100 characters, a JWT's signature, OpenAI project
+# keys, fine-grained GitHub tokens). Each regex runs only on files holding one of its literals: a substring test
+# costs ~1% of a regex scan, and most files hold none of them.
+_TOKEN_FORMATS: tuple[tuple[tuple[str, ...], tuple[re.Pattern[str], ...]], ...] = (
+    (("A3T", "ABIA", "ACCA", "AKIA", "ASIA"), aws.AWSKeyDetector.denylist[:1]),
+    (("aws", "AWS", "Aws"), aws.AWSKeyDetector.denylist[1:]),  # `aws_secret = "<40 chars>"`
+    (("ghp_", "gho_", "ghu_", "ghs_", "ghr_"), github_token.GitHubTokenDetector.denylist),
+    (("github_pat_",), (re.compile(r"\bgithub_pat_[0-9A-Za-z_]{82}\b"),)),
+    (("gl", "GR1348941"), gitlab_token.GitLabTokenDetector.denylist),
+    (("eyJ",), (re.compile(r"\beyJ[A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]+\.[A-Za-z0-9_=+/-]*"),)),  # JWT, signature included
+    (("xox", "hooks.slack.com"), slack.SlackDetector.denylist),
+    (("k_live_", "k_test_"), (re.compile(r"\b[rs]k_(?:live|test)_[0-9A-Za-z]{16,}"),)),  # `pk_` keys are public
+    (("T3BlbkFJ",), openai.OpenAIDetector.denylist),
+    (("sk-proj-", "sk-svcacct-", "sk-admin-", "sk-ant-"), (re.compile(r"\bsk-(?:proj|svcacct|admin|ant-\w+)-[A-Za-z0-9_-]{32,}"),)),
+    (("_authToken",), npm.NpmDetector.denylist),
+    (("npm_",), (re.compile(r"\bnpm_[A-Za-z0-9]{36}\b"),)),
+    (("pypi-",), pypi_token.PypiTokenDetector.denylist),
+    (("SG.",), sendgrid.SendGridDetector.denylist),
+    (("sq0",), square_oauth.SquareOAuthDetector.denylist),
+    (("-us",), mailchimp.MailchimpDetector.denylist),
+    (("AC", "SK"), twilio.TwilioKeyDetector.denylist),
+    (("AIza",), (re.compile(r"AIza[0-9A-Za-z_-]{35}"),)),  # Google API key
+    (("hf_",), (re.compile(r"\bhf_[A-Za-z]{34}\b"),)),  # Hugging Face token
+    ((":",), telegram_token.TelegramBotTokenDetector.denylist),
+    ((".",), discord.DiscordBotTokenDetector.denylist),
+)
+# A format match with a masked body (`sk_live_xxxxxxxx...`, `ghp_****`) is documentation.
+_MASKED = re.compile(r"[xX]{6}|\*{4}|0{8}|\.\.\.")
 
 
 def _secret_group(m: re.Match[str]) -> tuple[int, int]:
@@ -180,28 +477,33 @@ def _secret_group(m: re.Match[str]) -> tuple[int, int]:
     return m.span(0)
 
 
-def find_keys(text: str) -> Iterator[Span]:
-    """Secret keys and tokens: private key blocks, known token formats, key assignments."""
-    for m in _PRIVATE_KEY_BLOCK.finditer(text):
-        yield Span(m.start(), m.end(), "key")
-    for rx in (*_detect_secrets_patterns(), *_OWN_KEY_PATTERNS):
-        for m in rx.finditer(text):
-            start, end = _secret_group(m)
-            yield Span(start, end, "key")
-    for m in _KEY_ASSIGNMENT.finditer(text):
-        if _looks_secret(m.group(2)):
-            yield Span(m.start(2), m.end(2), "key")
+def find_token_formats(text: str) -> Iterator[Span]:
+    """Keys and tokens of known formats (AWS, GitHub, GitLab, Slack, Stripe, JWT, OpenAI, npm, ...)."""
+    for needles, patterns in _TOKEN_FORMATS:
+        if any(n in text for n in needles):
+            for rx in patterns:
+                for m in rx.finditer(text):
+                    start, end = _secret_group(m)
+                    if not _MASKED.search(text, start, end):
+                        yield Span(start, end, "key")
 
 
-def find_passwords(text: str) -> Iterator[Span]:
-    """Passwords in URLs (``scheme://user:pw@host``) and in ``password = "..."`` assignments."""
-    for m in _URL_PASSWORD.finditer(text):
-        value = m.group(1)
-        if not _PLACEHOLDER_CHARS.search(value) and value.lower() not in _PLACEHOLDER_WORDS:
-            yield Span(m.start(1), m.end(1), "password")
-    for m in _PASSWORD_ASSIGNMENT.finditer(text):
-        if _looks_secret(m.group(2)):
-            yield Span(m.start(2), m.end(2), "password")
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def find_secrets(text: str) -> Iterator[Span]:
+    """Keys (kind ``key``) and passwords (kind ``password``) wherever code and config leak them."""
+    low = text.lower()
+    if len(low) != len(text):  # a few non-ASCII characters change length when lower-cased
+        low = text.translate(_ASCII_LOWER)
+    yield from find_private_keys(text)
+    yield from find_token_formats(text)
+    yield from find_kubernetes_secret_data(text)
+    yield from find_assigned_secrets(text, low)
+    yield from find_url_passwords(text)
+    yield from find_command_line_secrets(text, low)
+    yield from find_auth_headers(text, low)
+    yield from find_config_secrets(text, low)
 
 
 # When spans overlap, the more specific kind wins: `user:pw@host` is a password in a URL,
@@ -212,10 +514,8 @@ _PRIORITY = {"key": 0, "password": 1, "email": 2, "ip_address": 3}
 def find_pii(text: str, cfg: PIIConfig) -> list[Span]:
     """All PII spans of the enabled kinds, non-overlapping, in text order."""
     spans: list[Span] = []
-    if cfg.keys:
-        spans += find_keys(text)
-    if cfg.passwords:
-        spans += find_passwords(text)
+    if cfg.keys or cfg.passwords:
+        spans += (s for s in find_secrets(text) if (cfg.keys if s.kind == "key" else cfg.passwords))
     if cfg.emails:
         spans += find_emails(text)
     if cfg.ip_addresses:

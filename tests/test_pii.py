@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from benchmarks.pii.cases import CASES, TOKENS, Case
+from benchmarks.pii_bench import score_case
 from lathe.data.config import PIIConfig
-from lathe.data.pii import redact
+from lathe.data.pii import find_pii, redact
 
 ALL = PIIConfig()
 
@@ -77,3 +79,102 @@ def test_kinds_can_be_disabled_and_counts_add_up() -> None:
     out, counts = redact(text, PIIConfig(ip_addresses=False))
     assert out == 'a = "<EMAIL>"\nb = "8.8.8.8"\nc = "<EMAIL>"\n'
     assert counts == {"email": 2, "ip_address": 0, "key": 0, "password": 0}
+
+
+# --- secrets in the files real repositories leak: the labelled set of benchmarks/pii/ --------
+@pytest.mark.parametrize("case", [c for c in CASES if not c.is_lookalike], ids=lambda c: f"{c.family}/{c.name}")
+def test_labelled_secrets_are_redacted_and_their_neighbours_kept(case: Case) -> None:
+    figures = score_case(case, find_pii, ALL)
+    assert figures["found"] == figures["secrets"], redact(case.text, ALL)[0]
+    assert figures["kept"] == figures["lookalikes"], redact(case.text, ALL)[0]
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.is_lookalike], ids=lambda c: f"{c.family}/{c.name}")
+def test_labelled_lookalikes_survive_byte_identical(case: Case) -> None:
+    out, counts = red(case.text)
+    assert out == case.text, counts
+
+
+def test_every_family_has_secrets_and_lookalikes() -> None:
+    families = {c.family for c in CASES}
+    assert len(families) >= 12
+    for family in families:
+        cases = [c for c in CASES if c.family == family]
+        assert any(c.secrets for c in cases), family
+        assert any(c.is_lookalike or c.keep for c in cases), family
+
+
+def test_redaction_is_idempotent() -> None:
+    for case in CASES:
+        once = red(case.text)[0]
+        assert red(once)[0] == once, case.name
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # unquoted assignments: .env, shell export, INI, YAML
+        ("DB_PASSWORD=Vq7#kP2!zR9m\nDB_PORT=5432\n", "DB_PASSWORD=<PASSWORD>\nDB_PORT=5432\n"),
+        ("export API_SECRET=d8F3kL9qX2mV7bN4Lw\n", "export API_SECRET=<KEY>\n"),
+        ("[db]\npassword = Bz4!qT8wLm2x ; prod\n", "[db]\npassword = <PASSWORD> ; prod\n"),
+        ("redis:\n  password: Cq2-Vx8Lm4Tz  # rotated\n", "redis:\n  password: <PASSWORD>  # rotated\n"),
+        # URLs with %-escapes and punctuation, even an unescaped `@`
+        ("postgres://user:p%40ss!word@host/db", "postgres://user:<PASSWORD>@host/db"),
+        ("ftp://backup:Bk@2024!x@files.internal/", "ftp://backup:<PASSWORD>@files.internal/"),
+        # connection strings: the value ends at `;`, the next pair is kept
+        ("Server=sql;User Id=sa;Password=Od!9xK2mQ7vL;Encrypt=True;", "Server=sql;User Id=sa;Password=<PASSWORD>;Encrypt=True;"),
+        # command lines
+        ("mysqldump -u root -pS3cr3tR00t! shop", "mysqldump -u root -p<PASSWORD> shop"),
+        ("curl -u deploy:Dp7kQ2xLm9 https://a.internal/", "curl -u deploy:<PASSWORD> https://a.internal/"),
+        ("docker login -u ci --password Rg4!xQ9mL2w registry", "docker login -u ci --password <PASSWORD> registry"),
+        # Authorization: Basic is decoded (deploy:Dp7kQ2xLm9), Bearer is a key
+        ("Authorization: Basic ZGVwbG95OkRwN2tRMnhMbTk=", "Authorization: Basic <PASSWORD>"),
+        ("Authorization: Bearer Tk9xQ2mL7vR4wZ8bN1cY5pH3", "Authorization: Bearer <KEY>"),
+        # Dockerfile's legacy `ENV NAME value`
+        ("ENV API_TOKEN Tz7Qx2Lm9Vt4Rw8Nc1Zb\n", "ENV API_TOKEN <KEY>\n"),
+        # XML
+        ("<password>Mv7!nQ2xLm9w</password>", "<password><PASSWORD></password>"),
+        # a JWT with its signature
+        ("t = '" + TOKENS["JWT"] + "'", "t = '<KEY>'"),
+    ],
+)
+def test_secret_families(text: str, expected: str) -> None:
+    assert red(text)[0] == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "KEY=${VAR}\nAPI_KEY=$API_KEY\n",  # references
+        "PASSWORD=changeme\nSECRET_KEY=your-secret-key-here\nTOKEN=xxxx-xxxx-xxxx\n",  # placeholders
+        'url = "postgres://%s:%s@%s/db" % (u, p, h)',  # templates
+        'url = f"postgres://{user}:{password}@{host}/db"',
+        "DB_PASSWORD=\nDB_PASSWORD_FILE=/run/secrets/db\n",  # empty, a path
+        "mysql -u root -p shop",  # `-p` alone prompts; `shop` is the database
+        "mkdir -p /var/lib/app && docker run -p 8080:80 nginx",
+        'password = getpass.getpass("Password: ")\ntoken = self.token\nsecret = settings.SECRET_KEY\n',
+        "password = var.db_password\nmaster_password = random_password.master.result\n",  # Terraform references
+        'secret = "000102030405060708090a0b0c0d0e0f"',  # a test vector
+        "ENV GPG_KEY A035C8C19219BA821ECEA86B64E628F8D684696D",  # a public key fingerprint
+        "Authorization: Basic dXNlcjpwYXNzd29yZA==",  # user:password
+        'if data.startswith(b"-----BEGIN RSA PRIVATE KEY-----"):\n    load(data)\n',  # a parser
+        "secret: V1SecretProjection\ntoken_type: bearer\nmax_tokens: 4096\n",
+    ],
+)
+def test_secret_lookalikes_are_kept(text: str) -> None:
+    out, counts = red(text)
+    assert out == text, counts
+
+
+def test_kubernetes_secret_values_are_redacted_whatever_their_name() -> None:
+    text = "apiVersion: v1\nkind: Secret\ndata:\n  tls.crt: TFMwdExTMUNS\n  user: b3JkZXJz\n  empty: ''\n"
+    assert red(text)[0] == "apiVersion: v1\nkind: Secret\ndata:\n  tls.crt: <KEY>\n  user: <KEY>\n  empty: ''\n"
+    configmap = text.replace("kind: Secret", "kind: ConfigMap")
+    assert red(configmap)[0] == configmap
+
+
+def test_secret_kinds_follow_the_config() -> None:
+    text = "DB_PASSWORD=Vq7#kP2!zR9m\nAPI_SECRET=d8F3kL9qX2mV7bN4Lw\n"
+    out, counts = redact(text, PIIConfig(passwords=False))
+    assert out == "DB_PASSWORD=Vq7#kP2!zR9m\nAPI_SECRET=<KEY>\n"
+    assert counts["password"] == 0 and counts["key"] == 1
