@@ -10,7 +10,7 @@ SET ?=
 SET_FLAGS := $(foreach s,$(SET),--set $(s))
 STAMP := $(VENV)/.lathe-installed
 
-.PHONY: setup system-deps lock airflow-setup all data tokenizer shards train eval package serve promote deploy summary k8s-validate dag-test test bench chaos clean-runs
+.PHONY: setup system-deps lock airflow-setup all data tokenizer shards train eval package serve promote deploy summary k8s-validate dag-test test bench bench-setup chaos clean-runs
 
 ## setup: system packages + .venv with the exact pinned environment + Airflow's own .venv-airflow (idempotent)
 setup: system-deps $(STAMP) airflow-setup
@@ -115,9 +115,18 @@ promote: setup
 test: setup
 	$(BIN)/python -m pytest -q --durations=15
 
+## bench-setup: the benchmarks' own venv with the peers that must stay out of the product's lock (datatrove)
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.installed: requirements/bench.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q --no-deps -r requirements/bench.txt
+	touch $@
+bench-setup: $(BENCH_VENV)/.installed
+
 ## bench: side-by-side measurements against peers (never part of tests)
-bench: setup
-	$(BIN)/python benchmarks/data_bench.py
+bench: setup bench-setup
+	$(BIN)/python benchmarks/data_bench.py --bench-python $(BENCH_VENV)/bin/python
+	$(BIN)/python benchmarks/pii_bench.py
 	$(BIN)/lathe run shards --config $(CONFIG)
 	$(BIN)/python benchmarks/shards_bench.py --runs runs/$$(basename $(CONFIG) .yaml)
 	$(BIN)/python benchmarks/train_bench.py --runs runs/$$(basename $(CONFIG) .yaml) --config $(CONFIG)

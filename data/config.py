@@ -144,11 +144,27 @@ class DedupConfig(Strict):
 
     exact: bool = True
     near: bool = True
-    num_perm: int = Field(256, gt=0, description="MinHash permutations.")
+    num_perm: int = Field(
+        256, gt=0, description="MinHash permutations available to the LSH bands; only bands x rows of them are computed."
+    )
     ngram: int = Field(5, gt=0, description="Shingle size in tokens.")
     threshold: float = Field(0.7, gt=0, lt=1, description="Jaccard similarity above which files are duplicates.")
+    lsh_recall: float = Field(
+        0.995,
+        gt=0,
+        lt=1,
+        description="Probability that two files at exactly the threshold share an LSH bucket: bands and rows are the "
+        "ones that reach it with the fewest candidate pairs below the threshold (candidates are verified by exact "
+        "Jaccard, so a higher bar costs only verification work).",
+    )
     seed: int = Field(42, description="Seed of the MinHash permutations.")
-    max_iterations: int = Field(30, gt=0, description="Bound on connected-components iterations.")
+    max_driver_pairs: int = Field(
+        1_000_000,
+        ge=0,
+        description="Verified duplicate pairs up to this many are clustered by union-find on the driver (one collect); "
+        "more by connected-components rounds in Spark.",
+    )
+    max_iterations: int = Field(30, gt=0, description="Bound on the Spark connected-components rounds.")
     max_bucket_pairs: int = Field(
         32, ge=2, description="LSH buckets up to this size are verified pairwise; larger ones as a star."
     )

@@ -124,7 +124,9 @@ DATA: Stage[Any] = Stage(
     section=lambda cfg: cfg.data,
     run=run_data,
     outputs={"clean": "kept", "dropped": "dropped", "xray": "xray/xray.json", "pool": "pool", "snapshot": "snapshot.json"},
-    version="3",  # 3: per-file pool (incremental reruns); 2: PII precision fixes (OIDs, section anchors, placeholder credentials)
+    # 4: exact-Jaccard dedup features (shingle hashes), secret families; 3: per-file pool (incremental
+    # reruns); 2: PII precision fixes (OIDs, section anchors, placeholder credentials)
+    version="4",
     summarize=json_summary("xray/xray.json", print_summary),
     headline=data_headline,
     observe=observe_sources,
