@@ -45,6 +45,9 @@ TOKENS: dict[str, str] = {
     "JWT": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9" + ".eyJzdWIiOiI0MjEiLCJyb2xlIjoiYWRtaW4iLCJpYXQiOjE3MDAwMDAwMDB9"
     + ".q3Nf8kR2xT7mW9vB4cL1zY6pH0sD5gJ8aE2uK7iO3wQ",
     "AZURE_KEY": "p9K2mX7qL4vR8tN1wZ6cY3bH5sF0dG2aE7uJ9kT4rQ1xV8nM6pL3oI5uY7tR2eW9qA0sD4fG6hJ8kL1zX3cV5bN7mQ==",
+    "MAILGUN": "key-" + "1c77fc4c011f1bd3" + "8f1f34920fbd01f4",
+    "SHOPIFY": "shpat_" + "0072e3cf34786255" + "4017cdf83fd989e6",
+    "DISCORD": "OTA0NDE3MjY1OTM4MTAyNzg0" + ".GPzEyo." + "L8EsaJd_wyXxQPplH8ACyjkz4jmBQlm7knI4pS",
 }
 
 
@@ -304,6 +307,17 @@ pip install --index-url https://ci:Pz9!kL3mW7@pypi.internal/simple/ billing
     case("url_credentials", "unescaped_at_in_password", """\
 url: ftp://backup:Bk@2024!x@files.internal/nightly
 """, secrets=("Bk@2024!x",), keep=("files.internal/nightly",)),
+    case("url_credentials", "go_dsn", """\
+db, err := sql.Open("mysql", "app:Gd7!xQ2mLv9w@tcp(10.0.3.12:3306)/shop?parseTime=true")
+sock, err := sql.Open("mysql", "app:Gs4#kT9xLq2v@unix(/var/run/mysqld/mysqld.sock)/shop")
+""", secrets=("Gd7!xQ2mLv9w", "Gs4#kT9xLq2v"), keep=("/shop?parseTime=true",)),
+    case("url_credentials", "remotes_and_users", """\
+git clone git@github.com:acme/site.git
+git remote add deploy deploy@build.internal:~/repos/site.git
+git clone https://jdoe@bitbucket.org/acme/site.git
+dsn := fmt.Sprintf("%s:%s@tcp(%s:3306)/%s", user, pass, host, db)
+local := "root:root@tcp(127.0.0.1:3306)/test"
+"""),
     case("url_credentials", "templates", """\
 def dsn(user: str, password: str, host: str) -> str:
     url = "postgresql://%s:%s@%s/app" % (user, password, host)
@@ -329,11 +343,13 @@ IMAGE = "docker.io/library/python@sha256:3f7c2a9e5b1d4c6f8a0b2d4e6f8a0c2e4b6d8f0
 {
   "ConnectionStrings": {
     "Default": "Server=tcp:sql.internal,1433;Database=Orders;User Id=orders_app;Password=Od!9xK2mQ7vL;Encrypt=True;",
-    "Reporting": "Data Source=10.0.3.20;Initial Catalog=Reports;User ID=rep;Pwd=Rp#4kT8wZ2;"
+    "Reporting": "Data Source=10.0.3.20;Initial Catalog=Reports;User ID=rep;Pwd=Rp#4kT8wZ2;",
+    "Ampersand": "Server=sql.internal;Database=Orders;User Id=app;Password=Am&9xK2m,Q7vL;TrustServerCertificate=True;"
   },
   "Logging": { "LogLevel": { "Default": "Information" } }
 }
-""", secrets=("Od!9xK2mQ7vL", "Rp#4kT8wZ2"), keep=("Encrypt=True;", "Initial Catalog=Reports")),
+""", secrets=("Od!9xK2mQ7vL", "Rp#4kT8wZ2", "Am&9xK2m,Q7vL"),
+        keep=("Encrypt=True;", "Initial Catalog=Reports", "TrustServerCertificate=True;")),
     case("connection_strings", "jdbc_and_odbc", """\
 jdbc.url=jdbc:mysql://db.internal:3306/app?user=app&password=Jd8!cQ3xLm&useSSL=true
 odbc = "Driver={ODBC Driver 18 for SQL Server};Server=sql.internal;Uid=etl;Pwd=Et7$Lq2vX9;"
@@ -369,6 +385,23 @@ curl -X POST \\
   -H "Content-Type: application/json" \\
   https://reports.internal/api/run
 """, secrets=("Rp9!xK2mQ7",), keep=('-H "Content-Type: application/json"',)),
+    case("command_line", "clients_and_windows", r"""#!/bin/bash
+redis-cli -h cache.internal -p 6379 -a Rc7!xQ2mLv9w FLUSHALL
+mongo --username admin --password 'Mg4#kT9xLq2v' --authenticationDatabase admin
+sqlplus -s reports/Sq8!lPx2Qm7v@//db.internal:1521/ORCLPDB1 @report.sql
+redis-server --appendonly yes --requirepass Rs3!qV8xLm2k
+net use Z: \\fileserver\share /user:CORP\svc_backup Nu6!sQ2xLm9v /persistent:yes
+""", secrets=("Rc7!xQ2mLv9w", "Mg4#kT9xLq2v", "Sq8!lPx2Qm7v", "Rs3!qV8xLm2k", "Nu6!sQ2xLm9v"),
+        keep=("--authenticationDatabase admin", "@report.sql", "/persistent:yes", "redis-server --appendonly yes")),
+    case("command_line", "client_prompts_and_variables", r"""redis-cli -a "$REDIS_PASSWORD" ping
+redis-cli -a foobared ping
+sqlplus / as sysdba
+sqlplus scott/tiger@orcl @setup.sql
+net use Z: \\fileserver\share /user:CORP\svc_backup *
+net use Z: \\fileserver\share /user:CORP\svc_backup /persistent:yes
+mongo --username admin --password --authenticationDatabase admin
+requirepass foobared
+"""),
     case("command_line", "prompts_and_variables", """\
 mysql -u root -p shop < dump.sql
 mysql -u "$DB_USER" -p"$DB_PASSWORD" -h "$DB_HOST"
@@ -903,4 +936,136 @@ TOKEN = "{token}"
 <property name="password" value="${db.password}"/>
 <tokenEndpoint>https://auth.internal/token</tokenEndpoint>
 """),
+
+    case("xml_config", "attributes_and_named_properties", """\
+<hibernate-configuration>
+  <session-factory>
+    <property name="hibernate.connection.username">orders</property>
+    <property name="hibernate.connection.password">Hb8!nQ2xLm7v</property>
+    <property name="hibernate.dialect">org.hibernate.dialect.PostgreSQLDialect</property>
+  </session-factory>
+</hibernate-configuration>
+<Server>
+  <Host>ftp.internal</Host>
+  <User>deploy</User>
+  <Pass encoding="base64">Rno5IWtRMnhMbTd2</Pass>
+</Server>
+""", secrets=("Hb8!nQ2xLm7v", "Rno5IWtRMnhMbTd2"),
+        keep=('<property name="hibernate.dialect">org.hibernate.dialect.PostgreSQLDialect</property>', "<User>deploy</User>")),
+    case("xml_config", "named_properties_placeholders", """\
+<property name="hibernate.connection.password">${db.password}</property>
+<property name="hibernate.connection.password_file">/run/secrets/db</property>
+<Pass encoding="base64">cGFzc3dvcmQ=</Pass>
+<Pass encoding="base64"></Pass>
+"""),
+
+    # --- secrets passed to calls: setters, constructors, logins, define() ------------------
+    case("code_calls", "setters_and_constructors", """\
+DataSource ds = new DataSource();
+ds.setUsername("orders");
+ds.setPassword("Ds7!nQ2xLm9v");
+ds.setMaxPoolSize(20);
+Authenticator auth = new Authenticator() {
+    protected PasswordAuthentication getPasswordAuthentication() {
+        return new PasswordAuthentication("noreply", "Pa4#uT9xLq2v".toCharArray());
+    }
+};
+var client = new SmtpClient("smtp.internal") { Credentials = new NetworkCredential("alerts", "Nc8!wQ2xLm7v") };
+var stripe = new StripeClient.Builder().apiKey("Bk3Qx9Lm2Vt7Rw4Nc8Zp").build();
+""", secrets=("Ds7!nQ2xLm9v", "Pa4#uT9xLq2v", "Nc8!wQ2xLm7v", "Bk3Qx9Lm2Vt7Rw4Nc8Zp"),
+        keep=('ds.setUsername("orders");', 'new SmtpClient("smtp.internal")', "ds.setMaxPoolSize(20);")),
+    case("code_calls", "logins_and_define", """\
+<?php
+define( 'DB_NAME', 'wordpress' );
+define( 'DB_PASSWORD', 'Wp7!dQ2xLm9v' );
+define( 'AUTH_KEY', 'k#8Q)z2W!m^rL9@xT4(vB&n7Y$c1-Fp6{Hs3]Jd' );
+$config['db_pass'] = 'Ci4#kT9xLq2v';
+?>
+ftp = FTP("files.internal")
+ftp.login("backup", "Ft6!pQ2xLm8v")
+server.login(SENDER, "Sm9#tP2xLq4v")
+User.objects.create_superuser("admin", "", "Su5!pQ8xLm2v")
+app.config["SECRET_KEY"] = "Fk2Qx8Lm4Vt9Rw1Nc7Zb3Hs"
+""", secrets=("Wp7!dQ2xLm9v", "k#8Q)z2W!m^rL9@xT4(vB&n7Y$c1-Fp6{Hs3]Jd", "Ci4#kT9xLq2v", "Ft6!pQ2xLm8v", "Sm9#tP2xLq4v",
+              "Su5!pQ8xLm2v", "Fk2Qx8Lm4Vt9Rw1Nc7Zb3Hs"), keep=("define( 'DB_NAME', 'wordpress' );", 'FTP("files.internal")')),
+    case("code_calls", "ordinary_calls", """\
+ds.setPassword(props.getProperty("db.password"));
+ds.setPassword("");
+String pw = config.getPassword("db.password");
+Mac mac = Mac.getInstance("HmacSHA256");
+SecretKeySpec spec = new SecretKeySpec(secret.getBytes(), "HmacSHA256");
+define('DB_PASSWORD', getenv('DB_PASSWORD'));
+define('AUTH_KEY', 'put your unique phrase here');
+os.getenv("DB_PASSWORD", "postgres")
+ftp.login("anonymous", "guest@")
+ftp.login(user, passwd)
+client.login("admin", "password123")
+User.objects.create_superuser("admin", "admin", "admin123")
+app.config["SECRET_KEY"] = os.environ["SECRET_KEY"]
+tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+user.set_password(form.cleaned_data["password"])
+"""),
+
+    # --- name/value pairs: Kubernetes env lists, ECS, Postman, Docker's config.json ----------
+    case("name_value_pairs", "env_lists_and_collections", """\
+spec:
+  containers:
+    - name: api
+      env:
+        - name: LOG_LEVEL
+          value: info
+        - name: DB_PASSWORD
+          value: "Kv7!nQ2xLm9w"
+        - name: API_TOKEN
+          value: Tk4Qx9Lm2Vt7Rw8Nc1Zb
+""", secrets=("Kv7!nQ2xLm9w", "Tk4Qx9Lm2Vt7Rw8Nc1Zb"), keep=("value: info", "- name: api")),
+    case("name_value_pairs", "json_pairs", """\
+{"auth": {"type": "bearer", "bearer": [{"key": "token", "value": "Pm8Qx2Lm9Vt4Rw7Nc1Zb6Hs3", "type": "string"}]}}
+{"environment": [{"name": "DB_PASSWORD", "value": "Ec5!sQ2xLm8v"}, {"name": "PORT", "value": "8080"}]}
+{"auths": {"registry.internal": {"auth": "Y2ktYm90OlJrOCF2UTJ4TG03dw=="}}}
+""", secrets=("Pm8Qx2Lm9Vt4Rw7Nc1Zb6Hs3", "Ec5!sQ2xLm8v", "Y2ktYm90OlJrOCF2UTJ4TG03dw=="),
+        keep=('{"name": "PORT", "value": "8080"}', '"type": "string"')),
+    case("name_value_pairs", "references_and_placeholders", """\
+env:
+  - name: DB_PASSWORD
+    valueFrom:
+      secretKeyRef:
+        name: db-credentials
+        key: password
+  - name: API_TOKEN
+    value: "${API_TOKEN}"
+  - name: PASSWORD_MIN_LENGTH
+    value: "12"
+{"key": "token", "value": "{{token}}", "type": "string"}
+{"auths": {"registry.internal": {"auth": "dXNlcjpwYXNzd29yZA=="}}}
+{"name": "api_key", "value": "<your-api-key>"}
+"""),
+
+    # --- values whose characters look like code or templates ------------------------------
+    case("generated_values", "random_symbols", """\
+SECRET_KEY=dj8x(k2@m!q9z&w4)r7t^v1%b+n6-c3=p5#h0j$s2e8y*u4i7o
+DB_PASSWORD="E!A#&pu!9fp&%d"
+MAIL_PASSWORD=KyrjH5OKEbpm
+REDIS_PASSWORD='Tiger1981$'
+SMTP_PASSWORD=3NXBE%sM40tMPb
+ADMIN_PASSWORD=Password2024!
+""", secrets=("dj8x(k2@m!q9z&w4)r7t^v1%b+n6-c3=p5#h0j$s2e8y*u4i7o", "E!A#&pu!9fp&%d", "KyrjH5OKEbpm", "Tiger1981$",
+              "3NXBE%sM40tMPb", "Password2024!")),
+    case("generated_values", "code_and_formats", """\
+SECRET_KEY = get_random_secret_key()
+token = base64.b64encode(os.urandom(32))
+password = "%s:%s" % (user, pw)
+PASSWORD_FMT = "db-%d-pass"
+secret_name = "secret_%s_v2" % env
+token_class = OAuth2Session
+ADMIN_PASSWORD=password123
+DB_PASSWORD=admin1234
+"""),
+
+    # --- more vendor token formats --------------------------------------------------------
+    case("vendor_tokens", "mailgun_shopify_discord", """\
+$mg = Mailgun::create('@@MAILGUN@@');
+session = shopify.Session("acme.myshopify.com", "2024-01", "@@SHOPIFY@@")
+client.run("@@DISCORD@@")
+""", secrets=("@@MAILGUN@@", "@@SHOPIFY@@", "@@DISCORD@@"), keep=('"acme.myshopify.com", "2024-01"',)),
 ]
