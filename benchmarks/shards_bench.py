@@ -6,7 +6,9 @@ Run by `make bench` after `make all` (it reads runs/<profile>/data/kept and the 
     .venv/bin/python benchmarks/shards_bench.py [--runs runs/tiny] [--scale 8]
 
 ``--scale N`` repeats the clean documents N times under new ids (tiny's data is 3.6M
-tokens; ``--scale 8`` makes ~29M). The Spark job runs twice: the first pays the Python
+tokens; ``--scale 8`` makes ~29M). The single process runs twice: with `encode_batch` (the
+peer issue 14 names) and with `encode_batch_fast` (what lathe's tasks call: the same ids
+without character offsets). The Spark job runs twice: the first pays the Python
 workers' imports (cold), the second reuses them (warm). The fixed cost is the warm job on
 ten documents.
 """
@@ -37,14 +39,16 @@ from lathe.tokenizer.special import PAD  # noqa: E402
 from lathe.tokenizer.vocab import load_tokenizer  # noqa: E402
 
 
-def single_process(docs: pd.DataFrame, tok, cfg: ShardsConfig) -> tuple[int, float]:
-    """The baseline a user would write: one process, `encode_batch`, the same FIM and packing, no Spark."""
+def single_process(docs: pd.DataFrame, tok, cfg: ShardsConfig, fast: bool) -> tuple[int, float]:
+    """The baseline a user would write: one process, `encode_batch` (``fast``: `encode_batch_fast`,
+    as lathe's tasks call it), the same FIM and packing, no Spark, no writing."""
     ids = SpecialIds.from_vocab(tok.token_to_id)
     t0 = time.perf_counter()
     packer = Packer(cfg.seq_len, tok.token_to_id(PAD), token_dtype(tok.get_vocab_size()))
+    encode = tok.encode_batch_fast if fast else tok.encode_batch
 
     def encode_batch(texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+        return [e.ids for e in encode(texts, add_special_tokens=False)]
 
     encoded = encode_documents(list(zip(docs["id"], docs["content"])), encode_batch, ids, cfg.seed, cfg.fim_rate, cfg.fim_spm_rate)
     for tokens, _ in encoded:
@@ -69,7 +73,8 @@ def main() -> None:
     clean = pd.read_parquet(kept, columns=["id", "content"])
     docs = pd.concat([clean.assign(id=clean["id"] + f"#{i}") for i in range(args.scale)]).sort_values("id")
 
-    base_tokens, base_s = single_process(docs, tok, cfg)
+    base_tokens, base_s = single_process(docs, tok, cfg, fast=False)
+    fast_tokens, fast_s = single_process(docs, tok, cfg, fast=True)
 
     spark = spark_session(SparkConfig(master="local[*]", shuffle_partitions=8), "lathe-shards-bench")
     work = Path(tempfile.mkdtemp(prefix="lathe-shards-bench-"))
@@ -122,6 +127,8 @@ def main() -> None:
         "single_process_tokens_per_s": round(base_tokens / base_s),
         "ratio_spark_over_single_tokens_per_s": round((spark_tokens / spark_s) / (base_tokens / base_s), 2),
         "ratio_cold": round((spark_tokens / cold_s) / (base_tokens / base_s), 2),
+        "single_process_fast_tokens_per_s": round(fast_tokens / fast_s),
+        "ratio_spark_over_single_fast": round((spark_tokens / spark_s) / (fast_tokens / fast_s), 2),
         "streaming_read_tokens_per_s": round(read_tokens / stream_s),
         "memmap_read_tokens_per_s": round(read_tokens / memmap_s),
         "ratio_streaming_over_memmap": round(memmap_s / stream_s, 3),

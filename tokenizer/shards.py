@@ -101,7 +101,12 @@ def write_stream(docs: DataFrame, tokenizer_json: str, out_root: str, cfg: Shard
         from tokenizers import Tokenizer
 
         started = time.perf_counter()
-        task = TaskContext.get().partitionId()
+        context = TaskContext.get()
+        task = context.partitionId()
+        # The Rust tokenizer's thread pool would take every core of the executor, once per
+        # concurrent task; a task owns `spark.task.cpus` of them. Read when the pool starts (the
+        # worker's first batch), so a worker Spark reuses keeps it; an explicit setting wins.
+        os.environ.setdefault("RAYON_NUM_THREADS", str(context.cpus()))
         tok = Tokenizer.from_str(shared.value)
         tok.encode_special_tokens = True  # a file that spells "<|endoftext|>" is text
         ids = SpecialIds.from_vocab(tok.token_to_id)
@@ -111,7 +116,8 @@ def write_stream(docs: DataFrame, tokenizer_json: str, out_root: str, cfg: Shard
         local, remote = None, None
 
         def encode_batch(texts: list[str]) -> list[list[int]]:
-            return [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+            # `_fast`: no character offsets, which packing never reads (~1.5x the throughput).
+            return [e.ids for e in tok.encode_batch_fast(texts, add_special_tokens=False)]
 
         def close() -> None:
             assert writer is not None and packer is not None and current is not None
