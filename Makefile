@@ -125,7 +125,7 @@ bench-setup: $(BENCH_VENV)/.installed
 
 ## bench: side-by-side measurements against peers (never part of tests)
 bench: setup bench-setup
-	$(BIN)/python benchmarks/data_bench.py --bench-python $(BENCH_VENV)/bin/python
+	$(BIN)/python benchmarks/data_bench.py --mb 100 --bench-python $(BENCH_VENV)/bin/python
 	$(BIN)/python benchmarks/pii_bench.py
 	$(BIN)/lathe run shards --config $(CONFIG)
 	$(BIN)/python benchmarks/shards_bench.py --runs runs/$$(basename $(CONFIG) .yaml)
