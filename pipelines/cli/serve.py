@@ -224,5 +224,6 @@ def feedback_export(output: Path = typer.Option(..., "--output", help="Directory
 
     cfg = load(config, set_)
     counts = export_preferences(TelemetryStore(url or telemetry_url(cfg)), output)
+    # soft_wrap: paths stay whole on one line whatever the terminal's width (scripts read this line)
     console.print(f"{counts['pairs']} preference pair(s) -> {output / 'pairs.jsonl'}; "
-                  f"{counts['labelled']} labelled completion(s) -> {output / 'labelled.jsonl'}")
+                  f"{counts['labelled']} labelled completion(s) -> {output / 'labelled.jsonl'}", soft_wrap=True)
