@@ -88,20 +88,27 @@ def _fold(columns: Iterable[np.ndarray]) -> np.ndarray:
 
 
 def shingle_hashes(text: str, ngram: int) -> np.ndarray:
-    """Sorted, distinct 64-bit hashes of the file's :func:`shingles` (empty if it has no words).
-
-    Each distinct word is hashed once (BLAKE2b) and the ``ngram``-word windows are folded
-    from the word hashes in numpy, so the cost per token is a dictionary lookup. Two
-    different shingles collide with probability about 2**-64: the Jaccard similarity of
-    these arrays is the Jaccard similarity of the shingle sets."""
+    """Sorted, distinct 64-bit hashes of the file's :func:`shingles` (empty if it has no words):
+    :func:`window_hashes` of its words. Two different shingles collide with probability about
+    2**-64: the Jaccard similarity of these arrays is the Jaccard similarity of the shingle sets."""
     words = _WORD.findall(text)
     if len(words) < ngram:
         return np.array([_hash64(" ".join(words).encode())] if words else [], dtype=np.uint64)
+    return window_hashes(words, ngram)
+
+
+def window_hashes(words: list[str], n: int) -> np.ndarray:
+    """Sorted, distinct 64-bit hashes of every ``n`` consecutive ``words`` (empty below ``n`` words).
+
+    Each distinct word is hashed once (BLAKE2b) and the windows are folded from the word
+    hashes in numpy, so the cost per word is a dictionary lookup and a few multiplications."""
+    if len(words) < n:
+        return np.empty(0, dtype=np.uint64)
     vocab: dict[str, int] = {}
     ids = np.fromiter((vocab.setdefault(w, len(vocab)) for w in words), dtype=np.int64, count=len(words))
-    word_hashes = np.fromiter((_hash64(w.encode()) for w in vocab), dtype=np.uint64, count=len(vocab))[ids]
-    windows = len(words) - ngram + 1
-    return np.unique(_fold(word_hashes[i : i + windows] for i in range(ngram)))
+    word_hashes = np.fromiter((_hash64(w.encode("utf-8", "surrogatepass")) for w in vocab), dtype=np.uint64, count=len(vocab))[ids]
+    windows = len(words) - n + 1
+    return np.unique(_fold(word_hashes[i : i + windows] for i in range(n)))
 
 
 @lru_cache(maxsize=8)
