@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from lathe.training.dpo import IGNORE, dpo_loss, sequence_logps
+from lathe.training.dpo import dpo_loss, sequence_logps
+from lathe.training.sft_data import IGNORE_INDEX as IGNORE
 
 
 def test_dpo_loss_matches_a_hand_computed_value() -> None:

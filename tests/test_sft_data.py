@@ -121,3 +121,37 @@ def test_encode_pairs_masks_each_prompt_and_merges_every_drop_reason(tmp_path: P
         ([a, b, c, d, e, EOS], [IGNORE_INDEX] * 3 + [d, e, EOS]),
     ]
     assert encode_pairs([], byte_ids, EOS, max_len=8) == ([], {})
+
+
+def test_mds_examples_train_on_the_response_tokens_only(tmp_path: Path) -> None:
+    import torch
+    from streaming import StreamingDataset
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lathe.training.sft_data import collate_examples, write_examples
+
+    rows = [{"prompt": "def f():\n", "response": "    return 1\n"}, {"prompt": "x = ", "response": "2"}]
+    examples, drops = encode_pairs(rows, byte_ids, EOS, max_len=64)
+    assert drops == {} and write_examples(examples, str(tmp_path / "sft")) == 2
+    dataset = StreamingDataset(local=str(tmp_path / "sft"), shuffle=False, batch_size=2)
+    batch = collate_examples(pad_id=300)([dataset[0], dataset[1]])
+    longest = len(examples[0][0])
+    assert batch["input_ids"].shape == (2, longest)  # padded to the longest example, not to a context
+    assert batch["input_ids"][0].tolist() == examples[0][0] and batch["labels"][0].tolist() == examples[0][1]
+    short = len(examples[1][0])
+    assert batch["input_ids"][1, short:].eq(300).all() and batch["labels"][1, short:].eq(IGNORE_INDEX).all()
+    assert batch["attention_mask"].sum(dim=1).tolist() == [longest, short]
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=301, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, max_position_embeddings=64))
+    out = model(**batch)
+    # The model's loss is the mean cross-entropy over the response tokens and EOS, nothing else.
+    logits, labels = out.logits[:, :-1], batch["labels"][:, 1:]
+    response = labels != IGNORE_INDEX
+    assert int(response.sum()) == sum(len(r["response"].encode()) + 1 for r in rows)
+    manual = torch.nn.functional.cross_entropy(logits[response], labels[response])
+    assert out.loss.item() == pytest.approx(manual.item(), rel=1e-5)
+    real = batch["attention_mask"][:, 1:].bool()
+    unmasked = torch.nn.functional.cross_entropy(logits[real], batch["input_ids"][:, 1:][real])
+    assert abs(unmasked.item() - out.loss.item()) > 1e-4  # the prompt tokens would change it

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-IGNORE = -100  # the label of positions that carry no loss (prompt, padding), as in Hugging Face
+from lathe.training.sft_data import IGNORE_INDEX
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -29,7 +29,7 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """
     targets = labels[:, 1:]
     scores = logits[:, :-1].float().log_softmax(dim=-1)
-    mask = targets != IGNORE
+    mask = targets != IGNORE_INDEX
     picked = scores.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (picked * mask).sum(dim=-1)
 

@@ -10,7 +10,10 @@ or dropped with a counted reason:
 - ``too_long``: prompt + response + EOS longer than the context (counted by :func:`encode_pairs`).
 
 Loss is on the response only: labels are ``-100`` (PyTorch's ignore index) on prompt
-positions, as llm-foundry's default ``decoder_only_format`` collator does.
+positions, as llm-foundry's default ``decoder_only_format`` collator does. Encoded examples
+are written as MDS shards (:func:`write_examples`: variable-length ``input_ids`` and
+``labels``) and batched by :func:`collate_examples`, which pads each batch to its longest
+example (padding is masked out of the loss and the attention).
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ import json
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+import torch
 
 from lathe.core.errors import InputError
 
@@ -140,3 +146,39 @@ def encode_pairs(
         else:
             examples.append(example)
     return examples, dict(sorted(counts.items()))
+
+
+# Variable-length int32 arrays: vocabularies stay far below 2**31, and SFT examples vary in length.
+EXAMPLE_COLUMNS = {"input_ids": "ndarray:int32", "labels": "ndarray:int32"}
+
+
+def write_examples(examples: Iterable[tuple[list[int], list[int]]], out: str, compression: str | None = "zstd") -> int:
+    """Write (input_ids, labels) examples as MDS shards under ``out`` (a local folder or an object-store
+    URL, as Streaming's writer takes it); returns how many were written."""
+    from streaming import MDSWriter
+
+    count = 0
+    with MDSWriter(out=out, columns=EXAMPLE_COLUMNS, compression=compression) as writer:
+        for input_ids, labels in examples:
+            writer.write({"input_ids": np.asarray(input_ids, dtype=np.int32), "labels": np.asarray(labels, dtype=np.int32)})
+            count += 1
+    return count
+
+
+def collate_examples(pad_id: int) -> Callable[[list[Mapping[str, Any]]], dict[str, torch.Tensor]]:
+    """Examples -> {input_ids, labels, attention_mask}, right-padded to the batch's longest example:
+    ``pad_id`` in the inputs, ``-100`` in the labels and 0 in the attention mask on padding."""
+
+    def fn(samples: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        longest = max(len(s["input_ids"]) for s in samples)
+        input_ids = torch.full((len(samples), longest), pad_id, dtype=torch.long)
+        labels = torch.full((len(samples), longest), IGNORE_INDEX, dtype=torch.long)
+        attention = torch.zeros((len(samples), longest), dtype=torch.long)
+        for row, sample in enumerate(samples):
+            n = len(sample["input_ids"])
+            input_ids[row, :n] = torch.tensor(np.asarray(sample["input_ids"]), dtype=torch.long)  # a copy: shard arrays are read-only
+            labels[row, :n] = torch.tensor(np.asarray(sample["labels"]), dtype=torch.long)
+            attention[row, :n] = 1
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+
+    return fn
