@@ -72,6 +72,20 @@ class MixtureConfig(Strict):
     )
 
 
+class LoraConfig(Strict):
+    """Low-rank adapters (LoRA, through peft) for parameter-efficient post-training."""
+
+    rank: int = Field(8, gt=0, description="Rank r of each adapter's A (r x in) and B (out x r) matrices.")
+    alpha: float = Field(16.0, gt=0, description="Scale: the adapter adds (alpha / rank) * B A x to the layer's output.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter's input during training.")
+    target_modules: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1,
+        description="Linear layers (by name, as in the Llama checkpoint) that get an adapter: all attention and MLP "
+        "projections by default, which QLoRA found works better than attention alone.",
+    )
+
+
 class TrainConfig(Strict):
     """The Composer trainer.
 
