@@ -6,19 +6,27 @@ completion, the loss is ``-log sigmoid(r(chosen) - r(rejected))``. Label smoothi
 (the "conservative" DPO of Mitchell, 2023) treats each label as flipped with probability
 ``eps``: ``-(1 - eps) log sigmoid(m) - eps log sigmoid(-m)`` for the margin ``m``.
 
-The reference model's log-probabilities are computed once, before training, and stored
-beside the pairs, so training holds one model in memory. Only completion tokens count:
-positions whose label is -100 (the prompt, padding) add nothing to a sequence's log-probability.
+The reference model's log-probabilities are computed once, before training
+(:func:`reference_logps`), and stored beside the pairs, so training holds one model in
+memory. Only completion tokens count: positions whose label is -100 (the prompt, padding)
+add nothing to a sequence's log-probability. :class:`DPOModel` is the Composer model, so
+DPO shares the trainer, loaders, checkpoints, autoresume, logging and FSDP of pretraining.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from composer.models import ComposerModel
+from torchmetrics import MeanMetric, Metric
+from transformers import PreTrainedModel
 
-from lathe.training.sft_data import IGNORE_INDEX
+from lathe.training.sft_data import IGNORE_INDEX, encode_pair, pad_batch
+
+SIDES = ("chosen", "rejected")
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -69,3 +77,101 @@ def dpo_loss(
         margin=margins.detach().mean(),
         accuracy=(margins.detach() > 0).float().mean(),
     )
+
+
+def encode_preference(
+    prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int], eos_id: int, max_len: int
+) -> dict[str, list[int]] | None:
+    """One pair's two sequences (prompt + completion + EOS, labels on the completion only), or None
+    when either is longer than ``max_len`` (dropped as ``too_long`` by the caller)."""
+    chosen = encode_pair(prompt_ids, chosen_ids, eos_id, max_len)
+    rejected = encode_pair(prompt_ids, rejected_ids, eos_id, max_len)
+    if chosen is None or rejected is None:
+        return None
+    return {"chosen_input_ids": chosen[0], "chosen_labels": chosen[1], "rejected_input_ids": rejected[0], "rejected_labels": rejected[1]}
+
+
+def collate_preferences(pad_id: int) -> Callable[[Sequence[Mapping[str, Any]]], dict[str, torch.Tensor]]:
+    """Encoded pairs -> a batch: both sides right-padded to the batch's longest sequence (``pad_id``,
+    labels -100, attention 0), and the stored reference log-probabilities when the pairs have them."""
+
+    def fn(samples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        longest = max(len(s[f"{side}_input_ids"]) for s in samples for side in SIDES)
+        batch: dict[str, torch.Tensor] = {}
+        for side in SIDES:
+            padded = pad_batch([s[f"{side}_input_ids"] for s in samples], [s[f"{side}_labels"] for s in samples], pad_id, longest)
+            batch |= {f"{side}_{name}": tensor for name, tensor in padded.items()}
+            if f"reference_{side}" in samples[0]:
+                batch[f"reference_{side}"] = torch.tensor([float(s[f"reference_{side}"]) for s in samples])
+        return batch
+
+    return fn
+
+
+def _both_sides(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) sequence log-probabilities under ``model``, from one forward pass over both sides."""
+    ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]])
+    attention = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])
+    labels = torch.cat([batch["chosen_labels"], batch["rejected_labels"]])
+    logps = sequence_logps(model(input_ids=ids, attention_mask=attention).logits, labels)
+    chosen, rejected = logps.chunk(2)
+    return chosen, rejected
+
+
+@torch.no_grad()
+def reference_logps(model: PreTrainedModel, samples: list[dict[str, Any]], pad_id: int, batch_size: int = 8) -> None:
+    """Add ``reference_chosen`` and ``reference_rejected`` to each encoded pair: the log-probabilities
+    of its two completions under ``model`` (the policy's starting point), computed once."""
+    was_training = model.training
+    model.eval()
+    collate = collate_preferences(pad_id)
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start : start + batch_size]
+        chosen, rejected = _both_sides(model, collate(chunk))
+        for sample, c, r in zip(chunk, chosen.tolist(), rejected.tolist()):
+            sample["reference_chosen"], sample["reference_rejected"] = c, r
+    model.train(was_training)
+
+
+class PreferenceAccuracy(MeanMetric):
+    """Share of pairs whose chosen completion gets the higher implicit reward."""
+
+
+class RewardMargin(MeanMetric):
+    """Mean implicit reward of the chosen completion minus the rejected one's."""
+
+
+class DPOModel(ComposerModel):
+    """DPO as a Composer model: batches from :func:`collate_preferences` with stored reference
+    log-probabilities; the loss of :func:`dpo_loss`; preference accuracy and reward margin as metrics."""
+
+    def __init__(self, model: PreTrainedModel, beta: float, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.model, self.beta, self.label_smoothing = model, beta, label_smoothing
+        self.train_metrics = {"PreferenceAccuracy": PreferenceAccuracy(), "RewardMargin": RewardMargin()}
+        self.eval_metrics = {"PreferenceAccuracy": PreferenceAccuracy(), "RewardMargin": RewardMargin()}
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chosen, rejected) log-probabilities of the policy."""
+        return _both_sides(self.model, batch)
+
+    def _dpo(self, outputs: tuple[torch.Tensor, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> DPOOutput:
+        return dpo_loss(*outputs, batch["reference_chosen"], batch["reference_rejected"], self.beta, self.label_smoothing)
+
+    def loss(self, outputs: tuple[torch.Tensor, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The batch's mean DPO loss."""
+        return self._dpo(outputs, batch).loss
+
+    def eval_forward(self, batch: Mapping[str, torch.Tensor], outputs: Any | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The policy's log-probabilities (reused from the training forward when given)."""
+        return outputs if outputs is not None else self.forward(batch)
+
+    def get_metrics(self, is_train: bool = False) -> dict[str, Metric]:
+        """Preference accuracy and reward margin (train or eval copies)."""
+        return self.train_metrics if is_train else self.eval_metrics
+
+    def update_metric(self, batch: Mapping[str, torch.Tensor], outputs: Any, metric: Metric) -> None:
+        """Feed each pair's outcome (ordered right, or its reward margin) to ``metric``."""
+        out = self._dpo(outputs, batch)
+        margins = out.chosen_rewards - out.rejected_rewards
+        metric.update((margins > 0).float() if isinstance(metric, PreferenceAccuracy) else margins)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -165,20 +165,25 @@ def write_examples(examples: Iterable[tuple[list[int], list[int]]], out: str, co
     return count
 
 
-def collate_examples(pad_id: int) -> Callable[[list[Mapping[str, Any]]], dict[str, torch.Tensor]]:
-    """Examples -> {input_ids, labels, attention_mask}, right-padded to the batch's longest example:
-    ``pad_id`` in the inputs, ``-100`` in the labels and 0 in the attention mask on padding."""
+def pad_batch(inputs: Sequence[Any], labels: Sequence[Any], pad_id: int, length: int) -> dict[str, torch.Tensor]:
+    """{input_ids, labels, attention_mask} of sequences right-padded to ``length``: ``pad_id`` in the
+    inputs, ``-100`` in the labels and 0 in the attention mask on padding."""
+    input_ids = torch.full((len(inputs), length), pad_id, dtype=torch.long)
+    targets = torch.full((len(inputs), length), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros((len(inputs), length), dtype=torch.long)
+    for row, (ids, labs) in enumerate(zip(inputs, labels)):
+        n = len(ids)
+        input_ids[row, :n] = torch.tensor(np.asarray(ids), dtype=torch.long)  # a copy: shard arrays are read-only
+        targets[row, :n] = torch.tensor(np.asarray(labs), dtype=torch.long)
+        attention[row, :n] = 1
+    return {"input_ids": input_ids, "labels": targets, "attention_mask": attention}
 
-    def fn(samples: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+
+def collate_examples(pad_id: int) -> Callable[[Sequence[Mapping[str, Any]]], dict[str, torch.Tensor]]:
+    """Examples -> :func:`pad_batch` to the batch's longest example."""
+
+    def fn(samples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         longest = max(len(s["input_ids"]) for s in samples)
-        input_ids = torch.full((len(samples), longest), pad_id, dtype=torch.long)
-        labels = torch.full((len(samples), longest), IGNORE_INDEX, dtype=torch.long)
-        attention = torch.zeros((len(samples), longest), dtype=torch.long)
-        for row, sample in enumerate(samples):
-            n = len(sample["input_ids"])
-            input_ids[row, :n] = torch.tensor(np.asarray(sample["input_ids"]), dtype=torch.long)  # a copy: shard arrays are read-only
-            labels[row, :n] = torch.tensor(np.asarray(sample["labels"]), dtype=torch.long)
-            attention[row, :n] = 1
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+        return pad_batch([s["input_ids"] for s in samples], [s["labels"] for s in samples], pad_id, longest)
 
     return fn
