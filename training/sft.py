@@ -1,0 +1,40 @@
+"""Supervised fine-tuning on the pretraining stack: the same Composer model (:class:`CodeLM`),
+trainer and Streaming loaders, over MDS examples whose labels cover the response only.
+
+Full fine-tuning trains every weight; with a :class:`LoraConfig` only the adapters train
+(:mod:`lathe.training.lora`), and Composer saves and restores them like any weights. The
+loss is Hugging Face's causal-LM loss, which skips ``-100`` labels: prompt and padding
+tokens never count.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from composer.core import DataSpec
+from streaming import StreamingDataLoader, StreamingDataset
+from transformers import LlamaForCausalLM
+
+from lathe.training.config import LoraConfig
+from lathe.training.data import streams_of
+from lathe.training.lora import with_adapters
+from lathe.training.model import CodeLM
+from lathe.training.sft_data import collate_examples
+
+
+def real_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Non-padding tokens of a batch (prompt and response): what tokens/s counts."""
+    return int(batch["attention_mask"].sum())
+
+
+def sft_dataloader(split_uri: str, cache: Path, batch_size: int, pad_id: int, shuffle: bool, seed: int) -> DataSpec:
+    """A DataSpec over an SFT split written by :func:`lathe.training.sft_data.write_examples`."""
+    dataset = StreamingDataset(streams=streams_of([(split_uri, None)], cache), shuffle=shuffle, shuffle_seed=seed, batch_size=batch_size)
+    loader = StreamingDataLoader(dataset, batch_size=batch_size, collate_fn=collate_examples(pad_id), drop_last=False)
+    return DataSpec(loader, get_num_tokens_in_batch=real_tokens)
+
+
+def sft_model(model: LlamaForCausalLM, seq_len: int, lora: LoraConfig | None = None) -> CodeLM:
+    """The Composer model to fine-tune: ``model`` itself (full), or with LoRA adapters on it."""
+    return CodeLM(with_adapters(model, lora) if lora is not None else model, seq_len)
