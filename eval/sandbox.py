@@ -57,8 +57,10 @@ from lathe.eval.config import SandboxConfig
 
 WORKER_SOURCE = Path(sandbox_worker.__file__).read_text()
 # How long past the wall clock a worker may take to kill and reap a program before the
-# host gives up on it; a sound worker needs milliseconds.
-WORKER_GRACE_S = 5.0
+# host gives up on it. A sound worker needs milliseconds, but a VM whose CPUs are taken
+# away (steal time) can stall it for seconds: one fresh-clone CI run on a shared 2-core VM
+# saw no answer within 5 s, twice in a row, for a program killed at its 1 s wall clock.
+WORKER_GRACE_S = 15.0
 
 
 class SandboxUnavailable(LatheError):
@@ -308,7 +310,7 @@ class Sandbox:
             result, why = self._attempt(program)
             if result is not None:
                 return result
-        raise SandboxUnavailable(f"the Python fork server could not run a program: {why or 'no answer'}")
+        raise SandboxUnavailable(f"the Python fork server could not run a program: {why}")
 
     def _attempt(self, program: str) -> tuple[RunResult | None, str]:
         """One program in one worker: its result, or None and why when the sandbox (not the program) failed."""
@@ -320,7 +322,8 @@ class Sandbox:
                 reply = worker.run([*fds, proof.result_w, proof.nonce_r], self.cfg.wall_s + WORKER_GRACE_S)
                 proof.handed_over()
                 if reply is None or not reply[2]:  # no answer, or the program never started: in doubt
-                    why = [os.pread(fds[2], 4096, 0).decode("utf-8", "replace").strip(), worker.complaint()]
+                    waited = f"{'no answer' if reply is None else 'the program never started'} after {time.monotonic() - start:.1f} s"
+                    why = [waited, os.pread(fds[2], 4096, 0).decode("utf-8", "replace").strip(), worker.complaint()]
                     worker.close(kill=True)
                     return None, "; ".join(filter(None, why))
                 self._checkin(worker)
