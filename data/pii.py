@@ -273,6 +273,14 @@ def _is_secret(value: str, kind: str, data: bool = True) -> bool:
     return _credential_like(value, kind) and not _is_reference(value, data)
 
 
+def _named_secret(text: str, m: re.Match[str], value: str = "v") -> Span | None:
+    """The span of ``m``'s group ``value`` when ``m``'s group ``name`` names a secret and the value is one."""
+    kind = _secret_kind(text[m.start("name") : m.end("name")])
+    if kind is not None and _is_secret(text[m.start(value) : m.end(value)], kind):
+        return Span(m.start(value), m.end(value), kind)
+    return None
+
+
 # --- secrets: which names hold one ------------------------------------------------------
 # detect-secrets' keyword list (api_key, password, secret, ...) plus the names it lacks:
 # tokens, passphrases, access/secret/signing keys, credentials and `pass` as a name part
@@ -446,9 +454,8 @@ def find_call_secrets(text: str, low: str, keywords: list[int]) -> Iterator[Span
         if kind is not None and _is_secret(text[literal.start("v") : literal.end("v")], kind):
             yield Span(literal.start("v"), literal.end("v"), kind)
     for m in _NAME_THEN_VALUE.finditer(low):
-        kind = _secret_kind(text[m.start("name") : m.end("name")])
-        if kind is not None and _is_secret(text[m.start("v") : m.end("v")], kind):
-            yield Span(m.start("v"), m.end("v"), kind)
+        if span := _named_secret(text, m):
+            yield span
 
 
 # `scheme://user:password@host`: the password may hold `%`-escapes and punctuation, even an
@@ -498,9 +505,8 @@ def find_command_line_secrets(text: str, low: str) -> Iterator[Span]:
                     yield Span(m.start("v"), m.end("v"), "password")
     if "--" in low:
         for m in _LONG_OPTION.finditer(low):
-            kind = _secret_kind(text[m.start("name") : m.end("name")])
-            if kind is not None and _is_secret(text[m.start("v") : m.end("v")], kind):
-                yield Span(m.start("v"), m.end("v"), kind)
+            if span := _named_secret(text, m):
+                yield span
 
 
 # `Authorization: Basic <base64 of user:password>` / `Bearer <token>`, in headers, curl
@@ -513,11 +519,8 @@ _AUTH_FIELD = re.compile(r"(?<![\w-])_?auth[\"']?[ \t]*[:=][ \t]*[\"']?([A-Za-z0
 
 def _basic_credential(value: str) -> str | None:
     """The password of a Basic credential, or None when ``value`` is not base64 of ``user:password``."""
-    try:
-        decoded = base64.b64decode(value + "=" * (-len(value) % 4), validate=True).decode("ascii")
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return decoded.partition(":")[2] if ":" in decoded and decoded.isprintable() else None
+    decoded = _base64_text(value + "=" * (-len(value) % 4))  # headers often drop the padding
+    return decoded.partition(":")[2] if decoded is not None and ":" in decoded else None
 
 
 def find_auth_headers(text: str, low: str) -> Iterator[Span]:
@@ -560,13 +563,13 @@ _NAME_VALUE_PAIR = re.compile(
 )
 
 
-def _base64_text(value: str) -> str:
-    """``value`` decoded when it is base64 of printable text, else ``value`` itself."""
+def _base64_text(value: str) -> str | None:
+    """``value`` decoded when it is base64 of printable ASCII, else None."""
     try:
         decoded = base64.b64decode(value, validate=True).decode("ascii")
     except (ValueError, UnicodeDecodeError):
-        return value
-    return decoded if decoded.isprintable() else value
+        return None
+    return decoded if decoded.isprintable() else None
 
 
 def find_config_secrets(text: str, low: str) -> Iterator[Span]:
@@ -588,7 +591,7 @@ def find_config_secrets(text: str, low: str) -> Iterator[Span]:
         kind = "password" if m.re is _DIRECTIVE and m.group("redis") else _secret_kind(text[m.start("name") : m.end("name")])
         value = text[start:end]
         if m.re is _XML_ELEMENT and m.group("attrs") and "base64" in m.group("attrs"):
-            value = _base64_text(value)  # FileZilla's `<Pass encoding="base64">`: judge the password itself
+            value = _base64_text(value) or value  # FileZilla's `<Pass encoding="base64">`: judge the password itself
         if kind is not None and _is_secret(value, kind):
             yield Span(start, end, kind)
 
