@@ -10,7 +10,7 @@ SET ?=
 SET_FLAGS := $(foreach s,$(SET),--set $(s))
 STAMP := $(VENV)/.lathe-installed
 
-.PHONY: setup system-deps lock airflow-setup all data tokenizer shards train eval package serve promote deploy summary k8s-validate dag-test test bench bench-setup chaos clean-runs
+.PHONY: setup system-deps lock airflow-setup all data tokenizer shards train eval sft dpo package serve promote deploy summary k8s-validate dag-test test bench bench-setup chaos clean-runs
 
 ## setup: system packages + .venv with the exact pinned environment + Airflow's own .venv-airflow (idempotent)
 setup: system-deps $(STAMP) airflow-setup
@@ -85,6 +85,17 @@ train: setup
 ## eval: HumanEval completions from the trained model, scored in the sandbox; the gate sets `staff`
 eval: setup
 	$(BIN)/lathe run eval --config $(CONFIG) $(SET_FLAGS)
+
+## sft: supervised fine-tuning of the production model on pairs mined from the clean data (decontaminated), registered
+##      as a new version and gated like any candidate (LORA=1: LoRA adapters, merged for serving)
+LORA ?=
+lora_flag = $(if $(LORA),--set $(1).lora={})
+sft: setup
+	$(BIN)/lathe run sft_eval --config $(CONFIG) $(SET_FLAGS) $(call lora_flag,sft)
+
+## dpo: DPO of the production model on execution-feedback (and self-play) preference pairs, then the gate (LORA=1 too)
+dpo: setup
+	$(BIN)/lathe run dpo_eval --config $(CONFIG) $(SET_FLAGS) $(call lora_flag,dpo)
 
 ## package: the `staff` version as Triton model repositories (Python backend; vLLM variant for GPUs)
 package: setup

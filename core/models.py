@@ -195,3 +195,13 @@ def resolve_source(ref: str | None, cache: Path, setting: str = "train.init_from
     if path.is_file() or (path / "config.json").is_file():
         return ModelSource(ref, path)
     raise InputError(f"{setting} {ref!r} is not a models:/ URI, an HF model directory or a Composer checkpoint file")
+
+
+def current_version(ref: str | None) -> str:
+    """What a model reference names now, for a stage's fingerprint (``Stage.observe``): the version an
+    alias holds (empty when none does yet), the version of a ``models:/name/N`` URI, else the reference."""
+    if ref and (match := _ALIAS.match(ref)):
+        return ModelRegistry(match["name"]).find(match["alias"]) or ""
+    if ref and (match := _VERSION.match(ref)):
+        return match["version"]
+    return ref or ""

@@ -124,6 +124,9 @@ class Stage(Generic[C]):
     # Incremental stages get their last finished run (ctx.previous) when they rerun with a new
     # fingerprint, to carry work over (the data stage's per-file pool); --force starts from nothing.
     incremental: bool = False
+    # Optional stages (post-training) run only when named, or when a named stage needs them:
+    # `lathe run` without names runs the others.
+    optional: bool = False
 
     def locate_outputs(self, out_dir: Path, written: Mapping[str, str]) -> dict[str, str]:
         """Where each declared output is: its default under ``out_dir`` unless the run said otherwise.

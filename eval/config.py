@@ -70,3 +70,31 @@ class EvalConfig(Strict):
     gate: GateConfig = Field(default_factory=GateConfig)
     workers: int | None = Field(None, gt=0, description="Parallel sandboxes; None = the machine's cores.")
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+
+
+def _sampling() -> GenerationConfig:
+    return GenerationConfig(n=8, temperature=0.8, max_new_tokens=128)
+
+
+class PreferencesConfig(Strict):
+    """Execution-feedback preferences (the `preferences` stage): completions sampled from the model DPO
+    starts from (``dpo.init_from``, so the pairs are on-policy) for the mined problems that have doctests,
+    run in the sandbox; a passing and a failing completion of one prompt make a pair."""
+
+    execution: bool = Field(True, description="Build pairs from execution feedback (off: only the pairs stage's preference files).")
+    max_problems: int | None = Field(None, gt=0, description="Use at most this many problems (by pair id) of those whose own "
+                                        "body passes its tests; None = all.")
+    generation: GenerationConfig = Field(
+        default_factory=_sampling, description="Sampling: n completions per problem; a higher temperature gives more "
+        "problems with both outcomes."
+    )
+    max_pairs_per_problem: int = Field(4, gt=0, description="So one prompt cannot dominate the pairs.")
+    author_solution: bool = Field(
+        True, description="Count the mined function's own body (which passes its tests) as one more passing completion, "
+        "so a problem the model never solves still gives a pair: the author's body chosen over a failing sample.",
+    )
+    workers: int | None = Field(None, gt=0, description="Parallel sandboxes; None = the machine's cores.")
+    self_play: int = Field(
+        0, ge=0, description="Also pair the author's body (chosen) with the model's own completion (rejected) for up to "
+        "this many mined pairs without tests (SPIN-style self-play); 0 = execution feedback only.",
+    )

@@ -29,6 +29,7 @@ class Problem:
     problem_id: str
     prompt: str
     tests: str
+    setup: str = ""  # run before the prompt, never shown to the model (the module's imports)
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,31 @@ class PreferencePair:
 
 
 def program(problem: Problem, completion: str) -> str:
-    """The Python program that decides one completion: prompt, completion, tests, then the proof."""
-    return problem.prompt + completion + "\n\n" + problem.tests + "\n\n" + PYTHON.proof
+    """The Python program that decides one completion: setup, prompt, completion, tests, then the proof."""
+    return problem.setup + problem.prompt + completion + "\n\n" + problem.tests + "\n\n" + PYTHON.proof
+
+
+def guarded_imports(imports: str) -> str:
+    """Import statements (one per line) each wrapped so that one the sandbox cannot resolve is skipped: a body
+    that does not need the missing module still runs, one that does fails on its name."""
+    lines = [line for line in imports.splitlines() if line.strip()]
+    future = [line for line in lines if line.startswith("from __future__ ")]  # must open the file, as they are
+    return "".join(f"{line}\n" for line in future) + "".join(
+        f"try:\n    {line}\nexcept ImportError:\n    pass\n" for line in lines if line not in future)
+
+
+def run_programs(programs: list[str], sandbox_cfg: SandboxConfig, workers: int) -> list[bool]:
+    """Whether each program ran to its end (its proof of completion) in the sandbox, in order."""
+    if not programs:
+        return []
+    with Sandbox(sandbox_cfg) as sandbox, ThreadPoolExecutor(max(1, workers)) as pool:
+        return list(pool.map(lambda code: sandbox.run(code).completed, programs))
+
+
+def own_tests_pass(problems: list[Problem], solutions: dict[str, str], sandbox_cfg: SandboxConfig, workers: int) -> list[bool]:
+    """Whether each problem's tests pass with its own solution (a mined function's own body): a test that
+    fails its own code (an outdated doctest, one that needs files or the network) cannot judge others'."""
+    return run_programs([program(p, solutions[p.problem_id]) for p in problems], sandbox_cfg, workers)
 
 
 def execution_pairs(
@@ -67,8 +91,7 @@ def execution_pairs(
     """
     problems = list(problems)
     jobs = [(p, c) for p in problems for c in completions.get(p.problem_id, [])]
-    with Sandbox(sandbox_cfg) as sandbox, ThreadPoolExecutor(max(1, workers)) as pool:
-        outcomes = list(pool.map(lambda job: sandbox.run(program(*job)).completed, jobs))
+    outcomes = run_programs([program(*job) for job in jobs], sandbox_cfg, workers)
     by_problem: dict[str, tuple[list[str], list[str]]] = {p.problem_id: ([], []) for p in problems}
     for (problem, completion), passed in zip(jobs, outcomes):
         by_problem[problem.problem_id][0 if passed else 1].append(completion)

@@ -1,5 +1,6 @@
 """The `eval` stage: generate HumanEval completions with the trained model, score them in the
-sandbox, write the report, and run the promotion gate."""
+sandbox, write the report, and run the promotion gate. Post-training candidates go through
+the same stage under their own names (`sft_eval`, `dpo_eval`): every registered version is gated alike."""
 
 from __future__ import annotations
 
@@ -35,10 +36,16 @@ def production_on_this_split(trained: dict[str, Any], registry: ModelRegistry) -
     return here or None
 
 
+def candidate(inputs: dict[str, Upstream]) -> Upstream:
+    """The stage that trained and registered the candidate: an eval stage's only input."""
+    (trainer,) = inputs.values()
+    return trainer
+
+
 def run_eval(ctx: StageContext[EvalSections]) -> StageResult:
     """Generate, score, report, gate."""
     cfg = ctx.config.eval
-    train = ctx.inputs["train"]
+    train = candidate(ctx.inputs)
     trained = json.loads(train.path("summary").read_text())
     report = evaluate_model(str(train.path("model")), cfg, ctx.out_dir)
     figures = {k: v for k, v in report.items() if k.startswith("pass@")}
@@ -64,9 +71,9 @@ def run_eval(ctx: StageContext[EvalSections]) -> StageResult:
 def verify_gated(manifest: dict[str, Any], inputs: dict[str, Upstream]) -> str | None:
     """A finished eval counts only for the version train registered now (train reran: gate the new one)."""
     gate = (manifest.get("details") or {}).get("gate") or {}
-    current = inputs["train"].details.get("model_version")
+    current = candidate(inputs).details.get("model_version")
     if gate and current and str(gate.get("candidate_version")) != str(current):
-        return f"it gated version {gate.get('candidate_version')}, but train registered version {current}"
+        return f"it gated version {gate.get('candidate_version')}, but {candidate(inputs).stage} registered version {current}"
     return None
 
 
@@ -78,13 +85,21 @@ def eval_headline(manifest: dict[str, Any]) -> str:
     return f"{ks}; {verdict}"
 
 
-EVAL: Stage[Any] = Stage(
-    name="eval",
-    inputs=("train",),
-    section=lambda cfg: cfg.eval,
-    run=run_eval,
-    outputs={"report": "report.md", "results": "results.json", "samples": "samples.jsonl"},
-    summarize=json_summary("results.json", print_eval),
-    headline=eval_headline,
-    verify=verify_gated,
-)
+def gate_stage(name: str, trainer: str, optional: bool = False) -> Stage[Any]:
+    """The eval stage (HumanEval in the sandbox, then the gate) of the candidate ``trainer`` registers."""
+    return Stage(
+        name=name,
+        inputs=(trainer,),
+        section=lambda cfg: cfg.eval,
+        run=run_eval,
+        outputs={"report": "report.md", "results": "results.json", "samples": "samples.jsonl"},
+        summarize=json_summary("results.json", print_eval),
+        headline=eval_headline,
+        verify=verify_gated,
+        optional=optional,
+    )
+
+
+EVAL = gate_stage("eval", "train")
+SFT_EVAL = gate_stage("sft_eval", "sft", optional=True)
+DPO_EVAL = gate_stage("dpo_eval", "dpo", optional=True)

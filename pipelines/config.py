@@ -17,12 +17,12 @@ from pydantic import Field, ValidationError, field_validator
 from lathe.core.config import Strict
 from lathe.core.errors import ConfigError
 from lathe.core.spark import SparkConfig
-from lathe.data.config import DataConfig
+from lathe.data.config import DataConfig, PairsConfig
 from lathe.deploy.config import DeployConfig
-from lathe.eval.config import EvalConfig
+from lathe.eval.config import EvalConfig, PreferencesConfig
 from lathe.serving.config import ServeConfig
 from lathe.tokenizer.config import ShardsConfig, TokenizerConfig
-from lathe.training.config import TrainConfig
+from lathe.training.config import DPOConfig, SFTConfig, TrainConfig
 
 
 class RunConfig(Strict):
@@ -60,6 +60,11 @@ class LatheConfig(Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
+    # Post-training (optional stages: they run only when named, e.g. `lathe run sft_eval`).
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    preferences: PreferencesConfig = Field(default_factory=PreferencesConfig)
+    dpo: DPOConfig = Field(default_factory=DPOConfig)
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:

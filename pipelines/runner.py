@@ -67,7 +67,9 @@ def _write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
 
 
 def select_stages(requested: list[str] | None, registry: Registry[Stage[Any]] | None = None) -> list[Stage[Any]]:
-    """The requested stages plus everything upstream of them, inputs before the stages using them."""
+    """The requested stages plus everything upstream of them, inputs before the stages using them.
+
+    Nothing requested: every stage that is not optional."""
     registry = registry or pipeline_stages()
     ordered: list[Stage[Any]] = []
     visiting: set[str] = set()
@@ -83,7 +85,7 @@ def select_stages(requested: list[str] | None, registry: Registry[Stage[Any]] | 
             visit(dep)
         ordered.append(stage)
 
-    for name in requested or registry.names():
+    for name in requested or [n for n in registry.names() if not registry.get(n).optional]:
         visit(name)
     return ordered
 

@@ -6,16 +6,20 @@ from typing import Any
 
 from lathe.core.registry import Registry
 from lathe.core.stage import Stage
+from lathe.data.pairs import PAIRS
 from lathe.data.stage import DATA
-from lathe.eval.stage import EVAL
+from lathe.eval.preference_stage import PREFERENCES
+from lathe.eval.stage import DPO_EVAL, EVAL, SFT_EVAL
 from lathe.serving.stage import CANARY, PACKAGE
 from lathe.tokenizer.stage import SHARDS, TOKENIZER
+from lathe.training.posttrain import DPO, SFT
 from lathe.training.stage import TRAIN
 
 
 def pipeline_stages() -> Registry[Stage[Any]]:
-    """raw -> data -> tokenizer -> shards -> train -> eval (+ gate) -> package -> canary, by name."""
+    """raw -> data -> tokenizer -> shards -> train -> eval (+ gate) -> package -> canary, by name; then the
+    optional post-training stages: data -> pairs -> sft -> sft_eval, and pairs -> preferences -> dpo -> dpo_eval."""
     stages: Registry[Stage[Any]] = Registry("stage")
-    for stage in (DATA, TOKENIZER, SHARDS, TRAIN, EVAL, PACKAGE, CANARY):
+    for stage in (DATA, TOKENIZER, SHARDS, TRAIN, EVAL, PACKAGE, CANARY, PAIRS, SFT, SFT_EVAL, PREFERENCES, DPO, DPO_EVAL):
         stages.register(stage.name)(stage)
     return stages

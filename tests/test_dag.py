@@ -46,6 +46,16 @@ def test_dag_imports_with_the_intended_graph_locally(tmp_path: Path) -> None:
     assert "deploy --track staff --dry-run" in tasks["deploy_staff"]["command"]
 
 
+def test_post_training_is_off_by_default_and_chains_between_the_gate_and_package(tmp_path: Path) -> None:
+    tasks = inspect(tmp_path, lathe_posttrain="sft-lora dpo")["tasks"]
+    assert sorted(tasks["gate"]["downstream"]) == ["gate_failed", "sft_lora"]
+    assert tasks["sft_lora"]["downstream"] == ["dpo"] and tasks["dpo"]["downstream"] == ["package"]
+    assert "lathe finetune --method sft-lora --from models:/lathe-code@staff --config configs/tiny.yaml" in tasks["sft_lora"]["command"]
+    assert tasks["dpo"]["outlets"] == ["lathe://tiny/dpo"]
+    # without the variable (the test above) the gate leads straight to package and no post-training task exists
+    assert not {"sft", "sft_lora", "dpo", "dpo_lora"} & set(inspect(tmp_path / "off")["tasks"])
+
+
 def test_same_dag_on_kubernetes_by_configuration(tmp_path: Path) -> None:
     tasks = inspect(tmp_path, lathe_execution="kubernetes", lathe_config="configs/gpu-1b.yaml")["tasks"]
     assert tasks["data"]["type"] == "SparkKubernetesOperator"

@@ -99,3 +99,15 @@ def test_mark_contaminated_keeps_earlier_reasons_and_names_bad_columns(spark) ->
     assert kept.columns == df.columns and [r.id for r in kept.collect()] == ["c"]
     with pytest.raises(InputError, match=r"columns \['text', 'body'\] must name one or more text columns"):
         mark_contaminated(df, index, ["text", "body"])
+
+
+@pytest.mark.spark
+def test_the_xray_reports_pretraining_files_that_overlap_humaneval(spark) -> None:
+    from lathe.data.decontam import contamination_report, humaneval_index
+
+    index = humaneval_index(10)
+    assert len(index) == len(NgramIndex.from_texts(humaneval_texts(problems())))  # the package's own problems, as eval reads them
+    rows = [("b/copy.py", "python", "import math\n" + solution_row()), ("a/clean.py", "python", UNRELATED),
+            ("c/copy.js", "javascript", "// " + solution_row()), ("d/empty.py", "python", None)]
+    report = contamination_report(spark.createDataFrame(rows, "path string, lang string, content string"), index)
+    assert report == {"ngram": 10, "files": 2, "by_language": {"javascript": 1, "python": 1}, "examples": ["b/copy.py", "c/copy.js"]}

@@ -217,3 +217,14 @@ def test_mine_pairs_names_missing_columns(spark) -> None:
     df = spark.createDataFrame([("a", "x")], "id string, content string")
     with pytest.raises(InputError, match=r"needs columns \['path', 'lang'\]"):
         mine_pairs(df)
+
+
+def test_pairs_carry_their_files_absolute_imports_for_running_their_tests() -> None:
+    source = (
+        "from __future__ import annotations\nimport os, sys as system\nfrom . import sibling\nfrom collections import (\n"
+        "    Counter,\n    deque,\n)\n\ndef count(xs):\n    \"\"\"Count.\n\n    >>> count('aab')['a']\n    2\n    \"\"\"\n"
+        "    return Counter(xs)\n"
+    )
+    (pair,) = mine_functions(source)
+    assert pair.imports == "from __future__ import annotations\nimport os, sys as system\nfrom collections import Counter, deque\n"
+    assert pair.tests and pair.prompt.startswith("def count(xs):")  # the prompt stays the function alone

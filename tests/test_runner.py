@@ -235,3 +235,12 @@ def test_a_done_stage_whose_external_outputs_are_gone_reruns(tmp_path: Path, mon
     assert go() == ["ran", "ran"] and go() == ["skipped", "skipped"]
     gone["now"] = True
     assert go() == ["ran", "skipped"]  # same fingerprint, but what it made outside its folder must be remade
+
+
+def test_optional_stages_run_only_when_named_or_needed() -> None:
+    from lathe.pipelines.runner import select_stages
+
+    default = [s.name for s in select_stages(None)]
+    assert default == ["data", "tokenizer", "shards", "train", "eval", "package", "canary"]  # `make all`: no post-training
+    assert [s.name for s in select_stages(["sft_eval"])] == ["data", "pairs", "sft", "sft_eval"]
+    assert [s.name for s in select_stages(["dpo"])] == ["data", "pairs", "preferences", "dpo"]

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from lathe.core.errors import InputError
-from lathe.training.sft_data import IGNORE_INDEX, encode_pair, encode_pairs, read_pairs
+from lathe.data.records import PREFERENCE_FIELDS, read_records
+from lathe.training.sft_data import IGNORE_INDEX, encode_pair, encode_pairs
 
 EOS = 0
 
@@ -56,15 +57,29 @@ def test_jsonl_rows_are_read_and_each_bad_row_is_counted_by_reason(tmp_path: Pat
             json.dumps({"prompt": "", "response": "print(1)\n"}),  # an empty prompt is a valid pair
         ],
     )
-    rows, drops = read_pairs(path)
+    rows, drops = read_records(path)
     assert rows == [{"prompt": "def f():\n", "response": "    return 1\n"}, {"prompt": "", "response": "print(1)\n"}]
     assert drops == {"empty_response": 1, "missing_field": 3, "not_json": 3}
+
+
+def test_preference_records_need_a_prompt_and_two_answers(tmp_path: Path) -> None:
+    path = write_jsonl(
+        tmp_path / "preferences.jsonl",
+        [
+            json.dumps({"prompt": "def f():\n", "chosen": "    return 1\n", "rejected": "    return 2\n", "problem_id": "x"}),
+            json.dumps({"prompt": "def g():\n", "chosen": "    return 1\n"}),
+            json.dumps({"prompt": "def h():\n", "chosen": "    return 1\n", "rejected": "  "}),
+        ],
+    )
+    rows, drops = read_records(path, PREFERENCE_FIELDS)
+    assert rows == [{"prompt": "def f():\n", "chosen": "    return 1\n", "rejected": "    return 2\n"}]
+    assert drops == {"empty_response": 1, "missing_field": 1}
 
 
 def test_parquet_files_and_directories_are_read_with_null_fields_counted(tmp_path: Path) -> None:
     table = pa.table({"prompt": ["def f():\n", "def g():\n", None], "response": ["    return 1\n", "", "    return 3\n"]})
     pq.write_table(table, tmp_path / "pairs.parquet")
-    rows, drops = read_pairs(tmp_path / "pairs.parquet")
+    rows, drops = read_records(tmp_path / "pairs.parquet")
     assert rows == [{"prompt": "def f():\n", "response": "    return 1\n"}]
     assert drops == {"empty_response": 1, "missing_field": 1}
 
@@ -72,31 +87,31 @@ def test_parquet_files_and_directories_are_read_with_null_fields_counted(tmp_pat
     spark_style.mkdir()
     pq.write_table(table.slice(0, 1), spark_style / "part-00000.parquet")
     pq.write_table(table.slice(1), spark_style / "part-00001.parquet")
-    assert read_pairs(spark_style) == (rows, drops)
+    assert read_records(spark_style) == (rows, drops)
 
 
 def test_object_store_urls_are_read_through_fsspec() -> None:
     fs = fsspec.filesystem("memory")
     with fs.open("/sft/pairs.jsonl", "w") as fh:
         fh.write(json.dumps({"prompt": "p", "response": "r"}) + "\nnot json\n")
-    assert read_pairs("memory://sft/pairs.jsonl") == ([{"prompt": "p", "response": "r"}], {"not_json": 1})
+    assert read_records("memory://sft/pairs.jsonl") == ([{"prompt": "p", "response": "r"}], {"not_json": 1})
     with fs.open("/sft/pairs.parquet", "wb") as fh:
         pq.write_table(pa.table({"prompt": ["p"], "response": ["r"]}), fh)
-    assert read_pairs("memory://sft/pairs.parquet") == ([{"prompt": "p", "response": "r"}], {})
+    assert read_records("memory://sft/pairs.parquet") == ([{"prompt": "p", "response": "r"}], {})
 
 
 def test_bad_inputs_fail_with_one_line_naming_the_file_and_the_fix(tmp_path: Path) -> None:
     (tmp_path / "pairs.csv").write_text("prompt,response\n")
     with pytest.raises(InputError, match=r"pairs.csv has an unknown format; use JSONL \(.jsonl\) or parquet"):
-        read_pairs(tmp_path / "pairs.csv")
+        read_records(tmp_path / "pairs.csv")
     with pytest.raises(InputError, match="missing.jsonl not found"):
-        read_pairs(tmp_path / "missing.jsonl")
+        read_records(tmp_path / "missing.jsonl")
     pq.write_table(pa.table({"prompt": ["p"], "completion": ["c"]}), tmp_path / "other.parquet")
     with pytest.raises(InputError, match=r"lack columns \['response'\]"):
-        read_pairs(tmp_path / "other.parquet")
+        read_records(tmp_path / "other.parquet")
     (tmp_path / "corrupt.parquet").write_bytes(b"not parquet at all")
-    with pytest.raises(InputError, match="cannot read parquet pairs .*corrupt.parquet"):
-        read_pairs(tmp_path / "corrupt.parquet")
+    with pytest.raises(InputError, match="cannot read parquet records .*corrupt.parquet"):
+        read_records(tmp_path / "corrupt.parquet")
 
 
 def test_encode_pairs_masks_each_prompt_and_merges_every_drop_reason(tmp_path: Path) -> None:
@@ -111,7 +126,7 @@ def test_encode_pairs_masks_each_prompt_and_merges_every_drop_reason(tmp_path: P
             json.dumps({"prompt": "abc", "response": "de"}),
         ],
     )
-    rows, drops = read_pairs(path)
+    rows, drops = read_records(path)
     examples, counts = encode_pairs(rows, byte_ids, EOS, max_len=8, drops=drops)
     assert counts == {"empty_response": 1, "missing_field": 1, "not_json": 1, "too_long": 1}
     assert len(examples) + sum(counts.values()) == 6  # every record is encoded or dropped with a reason

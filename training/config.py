@@ -86,27 +86,22 @@ class LoraConfig(Strict):
     )
 
 
-class TrainConfig(Strict):
-    """The Composer trainer.
+class ComposerConfig(Strict):
+    """The Composer trainer's settings, shared by pretraining and post-training.
 
     The global batch is fixed; each of the world's ranks takes global / world_size.
     """
 
-    model: ModelConfig = Field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     warmup: str = Field("10ba", description="Linear warmup, Composer time string (ba, tok, dur).")
     alpha_f: float = Field(0.1, ge=0, le=1, description="Cosine decays to alpha_f * lr.")
-    max_duration: str = Field("60ba", description="Training length: batches (ba) or tokens (tok).")
+    max_duration: str = Field("60ba", description="Training length: batches (ba), tokens (tok) or epochs (ep).")
     global_train_batch_size: int = Field(8, gt=0, description="Samples per optimizer step across all ranks.")
     device_train_microbatch_size: int | Literal["auto"] = Field(
         8, description="Samples per forward/backward on one device; `auto` searches the largest that fits (GPU)."
     )
     grad_clip_norm: float = Field(1.0, gt=0)
-    train_metrics_every: int = Field(
-        10, ge=1, description="Compute training metrics over the logits on one batch in this many (1 = every batch); the loss is logged every batch."
-    )
     eval_interval: str = Field("20ba", description="Validation every this often (and at the end).")
-    eval_subset_num_batches: int = Field(-1, description="Validation batches per evaluation; -1 = the whole split.")
     precision: Literal["fp32", "amp_bf16", "amp_fp16"] = Field("fp32", description="fp32 on CPU; amp_bf16 on GPU.")
     fsdp: Literal["FULL_SHARD", "SHARD_GRAD_OP"] | None = Field(
         None, description="FSDP2 sharding: FULL_SHARD ~ ZeRO-3, SHARD_GRAD_OP ~ ZeRO-2; None = DDP."
@@ -119,16 +114,26 @@ class TrainConfig(Strict):
     seed: int = 17
     nproc: int = Field(1, ge=1, description="Processes per node (Composer launcher); 1 runs in the lathe process.")
     num_workers: int = Field(0, ge=0, description="DataLoader workers per rank.")
+    peak_flops_per_device: float | None = Field(
+        None, description="For MFU off-GPU; on GPUs Composer knows the peak of common devices."
+    )
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+    registered_model: str = Field(MODEL_NAME, description="MLflow Model Registry name for the exported model.")
+
+
+class TrainConfig(ComposerConfig):
+    """Pretraining (and continued pretraining) with the Composer trainer."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train_metrics_every: int = Field(
+        10, ge=1, description="Compute training metrics over the logits on one batch in this many (1 = every batch); the loss is logged every batch."
+    )
+    eval_subset_num_batches: int = Field(-1, description="Validation batches per evaluation; -1 = the whole split.")
     num_canonical_nodes: int = Field(
         8, ge=1, description="Streaming's canonical nodes: the sample order is the same on any node count that divides "
         "it (or it divides), so a job resumed or rerun on another cluster size sees the same batches.",
     )
-    peak_flops_per_device: float | None = Field(
-        None, description="For MFU off-GPU; on GPUs Composer knows the peak of common devices."
-    )
     loss_spike: LossSpikeConfig = Field(default_factory=LossSpikeConfig)
-    wandb: WandbConfig = Field(default_factory=WandbConfig)
-    registered_model: str = Field(MODEL_NAME, description="MLflow Model Registry name for the exported model.")
     init_from: str | None = Field(
         None,
         description="Continue from these weights (never optimizer state): models:/<name>@<alias> (no version holds the "
@@ -136,3 +141,36 @@ class TrainConfig(Strict):
     )
     continued: ContinueConfig = Field(default_factory=ContinueConfig)
     mixture: MixtureConfig = Field(default_factory=MixtureConfig)
+
+
+class FinetuneConfig(ComposerConfig):
+    """Post-training of a registered model (the `sft` and `dpo` stages), on the same trainer as pretraining:
+    FSDP, activation checkpointing and CPU offload apply alike."""
+
+    init_from: str = Field(
+        "models:/lathe-code@production",
+        description="The model to tune: models:/<name>@<alias>, models:/<name>/<version> or an HF model directory. "
+        "Its tokenizer and architecture are the tuned model's.",
+    )
+    lora: LoraConfig | None = Field(None, description="Train LoRA adapters only (then merged for serving); None = every weight.")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="Share of the examples held out (by a stable hash of their id).")
+    max_seq_len: int | None = Field(None, gt=0, description="Longest example in tokens (longer ones are dropped as "
+                                    "`too_long`); None = the model's context.")
+    optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(lr=1e-4))
+    warmup: str = Field("0.1dur", description="Linear warmup, Composer time string (ba, tok, dur).")
+    max_duration: str = Field("2ep", description="Training length: epochs (ep), batches (ba) or tokens (tok).")
+    eval_interval: str = Field("1ep", description="Validation every this often (and before and after training).")
+    save_interval: str = Field("1ep", description="Checkpoint every this often (for autoresume).")
+
+
+class SFTConfig(FinetuneConfig):
+    """Supervised fine-tuning on the pairs stage's (prompt, response) pairs; the loss is on the response only."""
+
+
+class DPOConfig(FinetuneConfig):
+    """Direct Preference Optimization on the preferences stage's pairs, against the starting model's
+    log-probabilities (computed once, stored beside the pairs)."""
+
+    optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(lr=5e-5))
+    beta: float = Field(0.1, gt=0, description="Strength of the pull towards the starting model (the KL penalty's weight).")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Conservative DPO: the share of labels assumed flipped; 0 = plain DPO.")

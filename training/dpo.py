@@ -16,8 +16,9 @@ DPO shares the trainer, loaders, checkpoints, autoresume, logging and FSDP of pr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from composer.models import ComposerModel
@@ -133,12 +134,52 @@ def reference_logps(model: PreTrainedModel, samples: list[dict[str, Any]], pad_i
     model.train(was_training)
 
 
+# MDS columns of encoded pairs with their reference log-probabilities (written by write_preferences).
+PREFERENCE_COLUMNS = {**{f"{side}_{name}": "ndarray:int32" for side in SIDES for name in ("input_ids", "labels")},
+                      "reference_chosen": "float64", "reference_rejected": "float64"}
+
+
+def write_preferences(samples: Iterable[Mapping[str, Any]], out: str, compression: str | None = "zstd") -> int:
+    """Write encoded pairs (:func:`encode_preference` + :func:`reference_logps`) as MDS shards under ``out``;
+    returns how many were written."""
+    from streaming import MDSWriter
+
+    count = 0
+    with MDSWriter(out=out, columns=PREFERENCE_COLUMNS, compression=compression) as writer:
+        for sample in samples:
+            writer.write({k: np.asarray(sample[k], dtype=np.int32) if t.startswith("ndarray") else float(sample[k])
+                          for k, t in PREFERENCE_COLUMNS.items()})
+            count += 1
+    return count
+
+
 class PreferenceAccuracy(MeanMetric):
     """Share of pairs whose chosen completion gets the higher implicit reward."""
 
 
 class RewardMargin(MeanMetric):
     """Mean implicit reward of the chosen completion minus the rejected one's."""
+
+
+class ChosenCrossEntropy(Metric):
+    """Per-token cross-entropy of the chosen completions under the policy: the language-model loss the
+    gate watches, so preference training cannot trade away the likelihood of good code unnoticed."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("nll", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("tokens", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, logps: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Add a batch: each chosen completion's log-probability and its number of labelled tokens."""
+        self.nll += -logps.detach().double().sum()
+        self.tokens += tokens.sum()
+
+    def compute(self) -> torch.Tensor:
+        """Mean negative log-likelihood per chosen token."""
+        return self.nll / self.tokens.clamp(min=1)
 
 
 class DPOModel(ComposerModel):
@@ -149,7 +190,8 @@ class DPOModel(ComposerModel):
         super().__init__()
         self.model, self.beta, self.label_smoothing = model, beta, label_smoothing
         self.train_metrics = {"PreferenceAccuracy": PreferenceAccuracy(), "RewardMargin": RewardMargin()}
-        self.eval_metrics = {"PreferenceAccuracy": PreferenceAccuracy(), "RewardMargin": RewardMargin()}
+        self.eval_metrics = {"PreferenceAccuracy": PreferenceAccuracy(), "RewardMargin": RewardMargin(),
+                             "ChosenCrossEntropy": ChosenCrossEntropy()}
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(chosen, rejected) log-probabilities of the policy."""
@@ -172,6 +214,9 @@ class DPOModel(ComposerModel):
 
     def update_metric(self, batch: Mapping[str, torch.Tensor], outputs: Any, metric: Metric) -> None:
         """Feed each pair's outcome (ordered right, or its reward margin) to ``metric``."""
+        if isinstance(metric, ChosenCrossEntropy):
+            metric.update(outputs[0], (batch["chosen_labels"][:, 1:] != IGNORE_INDEX).sum(dim=-1))
+            return
         out = self._dpo(outputs, batch)
         margins = out.chosen_rewards - out.rejected_rewards
         metric.update((margins > 0).float() if isinstance(metric, PreferenceAccuracy) else margins)

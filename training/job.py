@@ -5,11 +5,12 @@ without importing torch or Composer."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
 from lathe.core.config import Strict
-from lathe.training.config import TrainConfig
+from lathe.training.config import FinetuneConfig, TrainConfig
 from lathe.training.mixture import StreamDraw
 
 # What a run writes into its out_dir (the train stage declares them as its outputs).
@@ -35,6 +36,29 @@ class TrainJob(Strict):
     parent_version: str = Field("", description="The registered version the initial weights are (empty: none).")
 
 
-def save_folder(job: TrainJob) -> str:
-    """Where checkpoints go: the configured URI or <stage>/checkpoints."""
-    return job.train.save_folder or str(Path(job.out_dir) / "checkpoints")
+# What a post-training run writes beside MODEL_DIR, SUMMARY and METRICS: the LoRA adapter on its own.
+ADAPTER_DIR = "adapter"
+
+
+class FinetuneJob(Strict):
+    """A post-training run (SFT or DPO) every rank executes, serialisable to JSON for the launcher."""
+
+    method: Literal["sft", "dpo"] = Field(description="Supervised fine-tuning or Direct Preference Optimization.")
+    tune: FinetuneConfig = Field(description="The `sft` or `dpo` section of the run's config.")
+    beta: float = Field(0.1, gt=0, description="DPO's beta (dpo.beta).")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="DPO's label smoothing (dpo.label_smoothing).")
+    base: str = Field(description="Local HF directory of the model to tune (init_from, resolved); its tokenizer is beside it.")
+    base_ref: str = Field(description="init_from as configured (for the summary and lineage).")
+    parent_version: str = Field("", description="The registered version the base is (empty: a directory).")
+    data: str = Field(description="MDS root holding the encoded examples' train/ and val/ splits.")
+    seq_len: int = Field(gt=0, description="Longest example in tokens (for FLOPs per token).")
+    out_dir: str = Field(description="The stage's output directory.")
+    run_name: str = Field(description="Stable across restarts: autoresume finds checkpoints by it.")
+    mlflow_uri: str = ""
+    mlflow_run_id: str | None = None
+
+
+def job_folder(job: TrainJob | FinetuneJob) -> str:
+    """Where a job's checkpoints go: its section's save_folder or <stage>/checkpoints."""
+    section = job.train if isinstance(job, TrainJob) else job.tune
+    return section.save_folder or str(Path(job.out_dir) / "checkpoints")

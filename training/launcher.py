@@ -11,10 +11,10 @@ from pathlib import Path
 
 from lathe.core.errors import LatheError
 from lathe.core.process import dying_with_this_thread
-from lathe.training.job import TrainJob
+from lathe.training.job import FinetuneJob, TrainJob
 
 
-def launch(job: TrainJob, nproc: int, out: Path) -> None:
+def launch(job: TrainJob | FinetuneJob, nproc: int, out: Path) -> None:
     """Run the job on ``nproc`` local ranks with Composer's launcher (DDP: gloo on CPU, NCCL on GPU).
 
     Multi-node: NODE_RANK, WORLD_SIZE (total ranks), MASTER_ADDR and MASTER_PORT in the

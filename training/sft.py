@@ -10,6 +10,7 @@ tokens never count.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from composer.core import DataSpec
@@ -22,17 +23,24 @@ from lathe.training.lora import with_adapters
 from lathe.training.model import CodeLM
 from lathe.training.sft_data import collate_examples
 
+Collate = Callable[[Sequence[Mapping[str, Any]]], dict[str, torch.Tensor]]
+
 
 def real_tokens(batch: dict[str, torch.Tensor]) -> int:
-    """Non-padding tokens of a batch (prompt and response): what tokens/s counts."""
-    return int(batch["attention_mask"].sum())
+    """Non-padding tokens of a batch (prompts and answers; both sides of a preference pair): what tokens/s counts."""
+    return int(sum(t.sum() for k, t in batch.items() if k.endswith("attention_mask")))
+
+
+def examples_dataloader(split_uri: str, cache: Path, batch_size: int, collate: Collate, shuffle: bool, seed: int) -> DataSpec:
+    """A DataSpec over a split of variable-length examples (SFT pairs, DPO preferences), batched by ``collate``."""
+    dataset = StreamingDataset(streams=streams_of([(split_uri, None)], cache), shuffle=shuffle, shuffle_seed=seed, batch_size=batch_size)
+    loader = StreamingDataLoader(dataset, batch_size=batch_size, collate_fn=collate, drop_last=False)
+    return DataSpec(loader, get_num_tokens_in_batch=real_tokens)
 
 
 def sft_dataloader(split_uri: str, cache: Path, batch_size: int, pad_id: int, shuffle: bool, seed: int) -> DataSpec:
     """A DataSpec over an SFT split written by :func:`lathe.training.sft_data.write_examples`."""
-    dataset = StreamingDataset(streams=streams_of([(split_uri, None)], cache), shuffle=shuffle, shuffle_seed=seed, batch_size=batch_size)
-    loader = StreamingDataLoader(dataset, batch_size=batch_size, collate_fn=collate_examples(pad_id), drop_last=False)
-    return DataSpec(loader, get_num_tokens_in_batch=real_tokens)
+    return examples_dataloader(split_uri, cache, batch_size, collate_examples(pad_id), shuffle, seed)
 
 
 def sft_model(model: LlamaForCausalLM, seq_len: int, lora: LoraConfig | None = None) -> CodeLM:

@@ -30,7 +30,8 @@ class TrainSections(Protocol):
     shards: ShardsConfig
 
 
-def _last(metrics_file: Path, key: str) -> float | None:
+def last_metric(metrics_file: Path, key: str) -> float | None:
+    """The last value ``key`` took in a run's metrics.jsonl (None: never logged)."""
     value = None
     if metrics_file.is_file():
         for line in metrics_file.read_text().splitlines():
@@ -172,8 +173,8 @@ def run_train(ctx: StageContext[TrainSections]) -> StageResult:
         validation=job.validation,
         registered_model=cfg.train.registered_model,
         model_version=version,
-        tokens_per_s=_last(metrics_file, "throughput/tokens_per_sec"),
-        mfu=_last(metrics_file, "throughput/device/mfu"),
+        tokens_per_s=last_metric(metrics_file, "throughput/tokens_per_sec"),
+        mfu=last_metric(metrics_file, "throughput/device/mfu"),
         wandb_runs=sorted(str(p) for p in (ctx.out_dir / "wandb").glob("*run-*")),
     )
     summary_file.write_text(json.dumps(summary, indent=2))

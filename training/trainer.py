@@ -12,7 +12,7 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from composer import Evaluator, Trainer
@@ -27,9 +27,10 @@ from lathe.tokenizer.special import EOS, PAD
 from lathe.tokenizer.streams import release_filelocks
 from lathe.tokenizer.vocab import copy_tokenizer, load_tokenizer
 from lathe.training.callbacks import JsonlLogger, LossSpikeMonitor, MLflowRunLogger, TrainMetricsEvery
+from lathe.training.config import ComposerConfig, OptimizerConfig
 from lathe.training.data import build_dataloader, check_split
 from lathe.training.init import check_architecture, load_initial_weights
-from lathe.training.job import METRICS, MODEL_DIR, SPIKES, SUMMARY, TrainJob, save_folder
+from lathe.training.job import METRICS, MODEL_DIR, SPIKES, SUMMARY, TrainJob, job_folder
 from lathe.training.model import build_model, llama_config, parameter_count
 from lathe.training.optim import build_optimizer
 
@@ -55,7 +56,7 @@ def preflight(job: TrainJob) -> dict[str, Any]:
     seq_len = job.seq_len
     if seq_len > tc.model.max_seq_len:
         raise InputError(f"shards.seq_len={seq_len} exceeds train.model.max_seq_len={tc.model.max_seq_len}")
-    folder = save_folder(job)
+    folder = job_folder(job)
     if "://" not in folder:
         try:
             Path(folder).mkdir(parents=True, exist_ok=True)
@@ -71,7 +72,7 @@ def preflight(job: TrainJob) -> dict[str, Any]:
     return {"vocab_size": vocab, "pad_id": pad_id, "eos_id": eos_id, "seq_len": seq_len}
 
 
-def _wandb_logger(job: TrainJob) -> Any:
+def _wandb_logger(tc: ComposerConfig, run_name: str, out: Path) -> Any:
     import wandb
     from composer.loggers import WandBLogger
 
@@ -79,7 +80,7 @@ def _wandb_logger(job: TrainJob) -> Any:
     run_cls = wandb.sdk.wandb_run.Run
     if not hasattr(run_cls, "get_url"):
         run_cls.get_url = lambda self: self.url  # type: ignore[attr-defined]
-    online = job.train.wandb.online and bool(os.environ.get("WANDB_API_KEY"))
+    online = tc.wandb.online and bool(os.environ.get("WANDB_API_KEY"))
     os.environ.setdefault("WANDB_MODE", "online" if online else "offline")
 
     class CheckpointlessWandBLogger(WandBLogger):
@@ -90,27 +91,124 @@ def _wandb_logger(job: TrainJob) -> Any:
             raise NotImplementedError("lathe keeps checkpoints in train.save_folder")
 
     return CheckpointlessWandBLogger(
-        project=job.train.wandb.project,
-        name=job.run_name,
-        init_kwargs={"dir": job.out_dir, "id": job.run_name, "resume": "allow", "config": job.train.model_dump(mode="json")},
+        project=tc.wandb.project,
+        name=run_name,
+        init_kwargs={"dir": str(out), "id": run_name, "resume": "allow", "config": tc.model_dump(mode="json")},
     )
 
 
-def run_training(job: TrainJob) -> dict[str, Any]:
-    """Train on one rank; rank 0 exports the model and returns (and writes) the summary."""
-    from composer.utils.parallelism import FSDP2Config, ParallelismConfig
+def run_loggers(tc: ComposerConfig, out: Path, run_name: str, mlflow_uri: str, mlflow_run_id: str | None) -> list[Any]:
+    """metrics.jsonl, the stage's MLflow run and W&B (when enabled): every Composer run logs to all three."""
+    loggers: list[Any] = [JsonlLogger(out / METRICS)]
+    if mlflow_run_id:
+        loggers.append(MLflowRunLogger(mlflow_uri, mlflow_run_id))
+    if tc.wandb.enabled:
+        loggers.append(_wandb_logger(tc, run_name, out))
+    return loggers
 
-    tc = job.train
-    out = Path(job.out_dir)
-    facts = preflight(job)
+
+def start_ranks() -> str:
+    """The device ("gpu" or "cpu"), with the process group up when the launcher started several ranks."""
     device = "gpu" if torch.cuda.is_available() else "cpu"
     if dist.get_world_size() > 1 and not dist.is_initialized():
         # Before any StreamingDataset: it would otherwise make (and tear down) its own group.
         dist.initialize_dist(get_device(device))
+    return device
+
+
+def per_rank_batch(tc: ComposerConfig, setting: str) -> int:
+    """Each rank's share of the global batch (``setting`` names it in errors)."""
     world = dist.get_world_size()
     if tc.global_train_batch_size % world:
-        raise InputError(f"train.global_train_batch_size={tc.global_train_batch_size} is not divisible by {world} ranks")
-    per_rank = tc.global_train_batch_size // world
+        raise InputError(f"{setting}.global_train_batch_size={tc.global_train_batch_size} is not divisible by {world} ranks")
+    return tc.global_train_batch_size // world
+
+
+def composer_trainer(
+    tc: ComposerConfig, model: Any, train: Any, evaluators: list[Evaluator], *, optimizer: OptimizerConfig, warmup: str,
+    device: str, folder: str, run_name: str, loggers: list[Any], callbacks: list[Any], eval_subset_num_batches: int = -1,
+) -> Trainer:
+    """The Composer Trainer every lathe run uses: cosine schedule with warmup, gradient clipping, DDP or
+    FSDP2 (with activation checkpointing and CPU offload), checkpoints every save_interval and autoresume."""
+    from composer.utils.parallelism import FSDP2Config, ParallelismConfig
+
+    parallelism = None
+    if tc.fsdp:
+        parallelism = ParallelismConfig(
+            fsdp2=FSDP2Config(
+                reshard_after_forward=tc.fsdp == "FULL_SHARD",
+                activation_checkpointing=tc.activation_checkpointing,
+                activation_cpu_offload=tc.activation_cpu_offload,
+            )
+        )
+    callbacks = [SpeedMonitor(window_size=5, gpu_flops_available=tc.peak_flops_per_device), LRMonitor(), *callbacks]
+    if device == "gpu":
+        callbacks.append(MemoryMonitor())
+    trainable = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapters only
+    return Trainer(
+        model=model,
+        train_dataloader=train,
+        eval_dataloader=evaluators,
+        max_duration=tc.max_duration,
+        optimizers=build_optimizer(trainable, optimizer),
+        schedulers=CosineAnnealingWithWarmupScheduler(t_warmup=warmup, alpha_f=tc.alpha_f),
+        algorithms=[GradientClipping(clipping_type="norm", clipping_threshold=tc.grad_clip_norm)],
+        eval_interval=tc.eval_interval,
+        eval_subset_num_batches=eval_subset_num_batches,
+        precision=tc.precision,
+        device=device,
+        device_train_microbatch_size=tc.device_train_microbatch_size,
+        parallelism_config=parallelism,
+        save_folder=folder,
+        save_interval=tc.save_interval,
+        save_num_checkpoints_to_keep=tc.save_num_checkpoints_to_keep,
+        autoresume=True,
+        run_name=run_name,
+        loggers=loggers,
+        callbacks=callbacks,
+        seed=tc.seed,
+        progress_bar=True,
+        log_to_console=False,
+    )
+
+
+def fit_with_baseline(trainer: Trainer, losses: Callable[[Trainer], dict[str, float]]) -> tuple[int, dict[str, float], dict[str, float]]:
+    """Evaluate, train to max_duration, evaluate: (batch resumed at, figures before, figures after).
+
+    A resumed run has no "before" (its starting model is gone); a run killed after its last batch
+    only evaluates, so the export is all that is left to do.
+    """
+    resumed_at = int(trainer.state.timestamp.batch)
+    initial: dict[str, float] = {}
+    if resumed_at == 0:
+        trainer.eval()  # the starting model's figures: the baseline training must beat
+        initial = losses(trainer)
+    max_duration = trainer.state.max_duration
+    assert max_duration is not None
+    if trainer.state.timestamp.get(max_duration.unit).value < max_duration.value:
+        trainer.fit()
+    else:
+        trainer.eval()
+    return resumed_at, initial, losses(trainer)
+
+
+def full_state_dict(module: torch.nn.Module, fsdp: str | None) -> dict[str, Any] | None:
+    """The full weights of a sharded (FSDP) module, gathered with every rank taking part; None when not sharded."""
+    if not fsdp:
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def run_training(job: TrainJob) -> dict[str, Any]:
+    """Train on one rank; rank 0 exports the model and returns (and writes) the summary."""
+    tc = job.train
+    out = Path(job.out_dir)
+    facts = preflight(job)
+    device = start_ranks()
+    world = dist.get_world_size()
+    per_rank = per_rank_batch(tc, "train")
     cache = out / "stream-cache"
     train_spec, train_ds = build_dataloader(
         [(f"{d.uri}/train", d.choose) for d in job.streams if d.choose], cache / "train", per_rank, True, tc.seed,
@@ -130,66 +228,13 @@ def run_training(job: TrainJob) -> dict[str, Any]:
     if job.init_weights:  # continued pretraining: the parent's weights, a fresh optimizer, its own schedule
         load_initial_weights(model.model, ModelSource(job.init_ref or job.init_weights, Path(job.init_weights)))
         optimizer, warmup = tc.optimizer.model_copy(update={"lr": tc.continued.lr}), tc.continued.warmup
-    loggers: list[Any] = [JsonlLogger(out / METRICS)]
-    if job.mlflow_run_id:
-        loggers.append(MLflowRunLogger(job.mlflow_uri, job.mlflow_run_id))
-    if tc.wandb.enabled:
-        loggers.append(_wandb_logger(job))
-    callbacks: list[Any] = [
-        SpeedMonitor(window_size=5, gpu_flops_available=tc.peak_flops_per_device),
-        LRMonitor(),
-        LossSpikeMonitor(tc.loss_spike, out / SPIKES, train_ds),
-        TrainMetricsEvery(tc.train_metrics_every),
-    ]
-    if device == "gpu":
-        callbacks.append(MemoryMonitor())
-    parallelism = None
-    if tc.fsdp:
-        parallelism = ParallelismConfig(
-            fsdp2=FSDP2Config(
-                reshard_after_forward=tc.fsdp == "FULL_SHARD",
-                activation_checkpointing=tc.activation_checkpointing,
-                activation_cpu_offload=tc.activation_cpu_offload,
-            )
-        )
-    trainer = Trainer(
-        model=model,
-        train_dataloader=train_spec,
-        eval_dataloader=evaluators,
-        max_duration=tc.max_duration,
-        optimizers=build_optimizer(model.parameters(), optimizer),
-        schedulers=CosineAnnealingWithWarmupScheduler(t_warmup=warmup, alpha_f=tc.alpha_f),
-        algorithms=[GradientClipping(clipping_type="norm", clipping_threshold=tc.grad_clip_norm)],
-        eval_interval=tc.eval_interval,
-        eval_subset_num_batches=tc.eval_subset_num_batches,
-        precision=tc.precision,
-        device=device,
-        device_train_microbatch_size=tc.device_train_microbatch_size,
-        parallelism_config=parallelism,
-        save_folder=save_folder(job),
-        save_interval=tc.save_interval,
-        save_num_checkpoints_to_keep=tc.save_num_checkpoints_to_keep,
-        autoresume=True,
-        run_name=job.run_name,
-        loggers=loggers,
-        callbacks=callbacks,
-        seed=tc.seed,
-        progress_bar=True,
-        log_to_console=False,
+    spikes = LossSpikeMonitor(tc.loss_spike, out / SPIKES, train_ds)
+    trainer = composer_trainer(
+        tc, model, train_spec, evaluators, optimizer=optimizer, warmup=warmup, device=device, folder=job_folder(job),
+        run_name=job.run_name, loggers=run_loggers(tc, out, job.run_name, job.mlflow_uri, job.mlflow_run_id),
+        callbacks=[spikes, TrainMetricsEvery(tc.train_metrics_every)], eval_subset_num_batches=tc.eval_subset_num_batches,
     )
-    resumed_at = int(trainer.state.timestamp.batch)
-    initial: dict[str, float | None] = {}
-    if resumed_at == 0:
-        trainer.eval()  # the starting model's validation losses: the baseline training must beat
-        initial = _val_losses(trainer)
-    max_duration = trainer.state.max_duration
-    assert max_duration is not None
-    if trainer.state.timestamp.get(max_duration.unit).value < max_duration.value:
-        trainer.fit()
-    else:
-        # Killed after the last batch but before the export: only the export is left to do.
-        trainer.eval()
-    final = _val_losses(trainer)
+    resumed_at, initial, final = fit_with_baseline(trainer, val_losses)
     final_val = final.get("val")
     summary = {
         "run_name": job.run_name,
@@ -204,16 +249,11 @@ def run_training(job: TrainJob) -> dict[str, Any]:
         "final_replay_val_loss": final.get("replay_val"),
         "parameters": parameter_count(model.model),
         "world_size": world,
-        "loss_spikes": next(c.spikes for c in callbacks if isinstance(c, LossSpikeMonitor)),
+        "loss_spikes": spikes.spikes,
         "init_from": job.init_ref,  # None: trained from scratch
         "parent_version": job.parent_version,
     }
-    state_dict = None
-    if tc.fsdp:
-        # Sharded parameters: every rank takes part in gathering the full weights.
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        state_dict = get_model_state_dict(model.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    state_dict = full_state_dict(model.model, tc.fsdp)
     if dist.get_global_rank() == 0:
         export_model(model.model, Path(job.tokenizer), out / MODEL_DIR, state_dict)
         (out / SUMMARY).write_text(json.dumps(summary, indent=2))
@@ -223,7 +263,7 @@ def run_training(job: TrainJob) -> dict[str, Any]:
     return summary
 
 
-def _val_losses(trainer: Trainer) -> dict[str, float]:
+def val_losses(trainer: Trainer) -> dict[str, float]:
     """The last evaluation's cross-entropy per evaluator label."""
     return {label: float(m["LanguageCrossEntropy"].compute()) for label, m in trainer.state.eval_metrics.items()
             if "LanguageCrossEntropy" in m}

