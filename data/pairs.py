@@ -7,8 +7,8 @@ any configured ``prompt``/``response`` files. Preference triples come from confi
 (:mod:`lathe.data.decontam`) and kept or dropped with a counted reason:
 ``input == kept + dropped`` per kind, checked.
 
-Outputs (parquet): ``sft`` (pair_id, source, path, name, prompt, response, tests, imports),
-``preferences`` (pair_id, source, prompt, chosen, rejected) and ``dropped`` (pair_id,
+Outputs (parquet): ``sft`` (pair_id, source, path, name, prompt, suffix, response, tests, imports),
+``preferences`` (pair_id, source, prompt, suffix, chosen, rejected) and ``dropped`` (pair_id,
 kind, source, reason).
 """
 
@@ -32,8 +32,8 @@ from lathe.data.mining import mine_pairs, pair_id
 from lathe.data.records import PREFERENCE_FIELDS, SFT_FIELDS, read_records
 
 REPORT = "pairs.json"
-SFT_COLUMNS = ("pair_id", "source", "path", "name", "prompt", "response", "tests", "imports")
-PREFERENCE_COLUMNS = ("pair_id", "source", *PREFERENCE_FIELDS)
+SFT_COLUMNS = ("pair_id", "source", "path", "name", "prompt", "suffix", "response", "tests", "imports")
+PREFERENCE_COLUMNS = ("pair_id", "source", "prompt", "suffix", "chosen", "rejected")
 MINED = "mined"  # the `source` of mined pairs; rows read from a file carry the file's path
 
 
@@ -72,20 +72,21 @@ def run_pairs(ctx: StageContext[PairsSections]) -> StageResult:
     frames = []
     if cfg.mine:
         clean = spark.read.parquet(ctx.inputs["data"].uri("clean"))
-        frames.append(mine_pairs(clean).withColumn("source", F.lit(MINED)).select(*SFT_COLUMNS))
+        mined = mine_pairs(clean).withColumns({"source": F.lit(MINED), "suffix": F.lit("")})
+        frames.append(mined.select(*SFT_COLUMNS))
     files = file_rows(spark, cfg.sft_files, SFT_FIELDS, SFT_COLUMNS, read_drops)
     frames += [files] if files is not None else []
     if not frames:
         raise LatheError("no supervised pairs: pairs.mine is off and pairs.sft_files is empty; enable one of them")
     sft = frames[0] if len(frames) == 1 else frames[0].unionByName(frames[1])
     sft = sft.persist()
-    counts |= _split("sft", sft, index, ["prompt", "response", "tests"], ctx.outputs["sft"], read_drops, dropped_frames)
+    counts |= _split("sft", sft, index, ["prompt", "suffix", "response", "tests"], ctx.outputs["sft"], read_drops, dropped_frames)
 
     pref_drops: Counter[str] = Counter()
     prefs = file_rows(spark, cfg.preference_files, PREFERENCE_FIELDS, PREFERENCE_COLUMNS, pref_drops)
     if prefs is None:
         prefs = spark.createDataFrame([], ", ".join(f"{c} string" for c in PREFERENCE_COLUMNS))
-    counts |= _split("preferences", prefs, index, list(PREFERENCE_FIELDS), ctx.outputs["preferences"], pref_drops,
+    counts |= _split("preferences", prefs, index, ["prompt", "suffix", "chosen", "rejected"], ctx.outputs["preferences"], pref_drops,
                      dropped_frames)
 
     dropped = dropped_frames[0].unionByName(dropped_frames[1])

@@ -8,7 +8,7 @@ disk or in an object store (through fsspec). Every record is kept or dropped wit
 counted reason:
 
 - ``not_json``: a JSONL line that does not parse, or parses to something other than an object;
-- ``missing_field``: a field absent, null or not a string;
+- ``missing_field``: a field absent, null or not a string (or a ``suffix`` that is not a string);
 - ``empty_response``: an answer (every field but ``prompt``) empty or only whitespace: nothing to learn.
 """
 
@@ -23,6 +23,9 @@ from lathe.core.errors import InputError
 
 SFT_FIELDS = ("prompt", "response")
 PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
+# Optional: the code after the cursor of a fill-in-the-middle request (the gateway's export has it);
+# absent or null reads as "" (a left-to-right prompt).
+SUFFIX = "suffix"
 FORMATS = (".jsonl", ".parquet")
 
 
@@ -30,7 +33,7 @@ def check_record(record: Any, fields: tuple[str, ...] = SFT_FIELDS) -> str | Non
     """Why a decoded record cannot be used (a reason above), or None if it can."""
     if not isinstance(record, dict):
         return "not_json"
-    if any(not isinstance(record.get(f), str) for f in fields):
+    if any(not isinstance(record.get(f), str) for f in fields) or not isinstance(record.get(SUFFIX) or "", str):
         return "missing_field"
     if any(not record[f].strip() for f in fields if f != "prompt"):
         return "empty_response"
@@ -51,7 +54,7 @@ def _locate(path: str | Path) -> tuple[Any, str, bool]:
 
 
 def read_records(path: str | Path, fields: tuple[str, ...] = SFT_FIELDS) -> tuple[list[dict[str, str]], dict[str, int]]:
-    """The valid records (``fields`` only) of a JSONL file, a parquet file or a directory of parquet
+    """The valid records (``fields`` and ``suffix``) of a JSONL file, a parquet file or a directory of parquet
     files, in file order, and the drop counts by reason.
 
     Blank JSONL lines are skipped, not counted: they hold no record. A parquet input without
@@ -70,7 +73,7 @@ def read_records(path: str | Path, fields: tuple[str, ...] = SFT_FIELDS) -> tupl
     for record in records:
         reason = check_record(record, fields)
         if reason is None:
-            rows.append({f: record[f] for f in fields})
+            rows.append({**{f: record[f] for f in fields}, SUFFIX: record.get(SUFFIX) or ""})
         else:
             drops[reason] += 1
     return rows, dict(sorted(drops.items()))
@@ -100,4 +103,4 @@ def _parquet_records(fs: Any, inner: str, path: str | Path, fields: tuple[str, .
     if missing:
         raise InputError(f"parquet records {path} lack columns {missing} (they have {table.column_names}); "
                          f"write {', '.join(fields)} columns")
-    return table.select(list(fields)).to_pylist()
+    return table.select([*fields, *([SUFFIX] if SUFFIX in table.column_names else [])]).to_pylist()

@@ -4,7 +4,7 @@ The problems are the mined supervised pairs that have doctests. Each problem's o
 pass its tests in the sandbox first (else it is dropped as ``own_tests_fail``); then the
 model DPO starts from (``dpo.init_from``) samples completions, the sandbox runs them, and a
 passing and a failing completion of one prompt make a pair (:mod:`lathe.eval.preferences`).
-Output: one parquet dataset of ``pair_id, source, prompt, chosen, rejected`` (``source``
+Output: one parquet dataset of ``pair_id, source, prompt, suffix, chosen, rejected`` (``source``
 ``execution``, ``self-play`` or the file a pair was read from).
 
 Self-play pairs (optional, ``preferences.self_play``) need no tests: the author's body of a
@@ -32,7 +32,7 @@ from lathe.eval.generate import generate_samples
 from lathe.eval.preferences import Problem, execution_pairs, guarded_imports, own_tests_pass
 
 REPORT = "preferences.json"
-COLUMNS = ("pair_id", "source", "prompt", "chosen", "rejected")
+COLUMNS = ("pair_id", "source", "prompt", "suffix", "chosen", "rejected")
 EXECUTION, SELF_PLAY = "execution", "self-play"  # a pair's source (or the file it was read from)
 
 
@@ -93,7 +93,7 @@ def execution_rows(ctx: StageContext[PreferenceSections], mined: list[dict[str, 
         completions = {key: [own[key], *found] for key, found in completions.items()}
     made, outcome = execution_pairs(problems, completions, ctx.config.eval.sandbox, workers, cfg.max_pairs_per_problem)
     counts |= {("execution_pairs" if k == "pairs" else k): v for k, v in outcome.items()}
-    return [{"pair_id": f"{p.problem_id}-{i}", "source": EXECUTION, "prompt": p.prompt, "chosen": p.chosen,
+    return [{"pair_id": f"{p.problem_id}-{i}", "source": EXECUTION, "prompt": p.prompt, "suffix": "", "chosen": p.chosen,
              "rejected": p.rejected} for i, p in enumerate(made)]
 
 
@@ -102,7 +102,7 @@ def self_play_rows(cfg: PreferencesConfig, mined: list[dict[str, str]], policy: 
     the model's own completion of the same prompt (unless the two are the same)."""
     rows = [r for r in mined if not r["tests"]][: cfg.self_play]
     completions = sample(policy, {r["pair_id"]: r["prompt"] for r in rows}, cfg.generation.model_copy(update={"n": 1}))
-    made = [{"pair_id": r["pair_id"], "source": SELF_PLAY, "prompt": r["prompt"], "chosen": r["response"],
+    made = [{"pair_id": r["pair_id"], "source": SELF_PLAY, "prompt": r["prompt"], "suffix": "", "chosen": r["response"],
              "rejected": completions[r["pair_id"]][0]} for r in rows]
     kept = [r for r in made if r["rejected"].strip() and r["rejected"].strip() != r["chosen"].strip()]
     counts |= {"self_play_prompts": len(rows), "self_play_empty_or_same": len(made) - len(kept), "self_play_pairs": len(kept)}

@@ -36,6 +36,19 @@ def test_unknown_stage_is_one_line(tmp_path: Path) -> None:
     assert_one_line_error(proc, r"unknown stage 'nostage'; valid: canary, data, dpo, dpo_eval, eval, package, pairs")
 
 
+def test_finetune_names_its_method_data_and_starting_model() -> None:
+    from lathe.pipelines.cli.pipeline import finetune_overrides
+    from lathe.pipelines.config import load_config
+
+    cfg = load_config(REPO / "configs/tiny.yaml", finetune_overrides("sft-lora", "s3://bucket/pairs.jsonl", "models:/lathe-code/7"))
+    assert cfg.sft.lora is not None and cfg.sft.init_from == "models:/lathe-code/7"
+    assert cfg.pairs.sft_files == ["s3://bucket/pairs.jsonl"] and not cfg.pairs.mine
+    cfg = load_config(REPO / "configs/tiny.yaml", finetune_overrides("dpo", "feedback/pairs.jsonl", None))
+    assert cfg.dpo.lora is None and cfg.dpo.init_from == "models:/lathe-code@production"
+    assert cfg.pairs.preference_files == ["feedback/pairs.jsonl"] and not cfg.preferences.execution and cfg.preferences.self_play == 0
+    assert_one_line_error(lathe("finetune", "--method", "rlhf"), r"unknown method 'rlhf'; choose one of sft, sft-lora, dpo, dpo-lora")
+
+
 def test_missing_config_file_is_one_line() -> None:
     assert_one_line_error(lathe("run", "--config", "configs/none.yaml"), r"config file configs/none\.yaml not found")
 

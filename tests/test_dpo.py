@@ -94,3 +94,26 @@ def test_dpo_model_trains_with_composer_towards_the_chosen_completions() -> None
     # The same figures reach Composer's loggers through the model's metrics (the last training batch).
     assert trainer.state.train_metrics["PreferenceAccuracy"].compute().item() == 1.0
     assert trainer.state.train_metrics["RewardMargin"].compute().item() > 0
+
+
+def test_rpo_adds_the_chosen_answers_cross_entropy_and_the_metric_reports_it() -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lathe.training.dpo import ChosenCrossEntropy, DPOModel, collate_preferences, encode_preference, reference_logps
+
+    torch.manual_seed(0)
+    policy = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                          num_attention_heads=2, max_position_embeddings=32))
+    pairs = [encode_preference([5, 6, 7], [8, 9], [10, 11, 12], eos_id=1, max_len=16),
+             encode_preference([5, 6], [13, 14, 15, 16], [17], eos_id=1, max_len=16)]
+    reference_logps(policy, pairs, pad_id=0)
+    batch = collate_preferences(pad_id=0)(pairs)
+    plain, rpo = DPOModel(policy, beta=0.5), DPOModel(policy, beta=0.5, sft_weight=2.0)
+    with torch.no_grad():
+        outputs = plain(batch)
+        chosen_logp = outputs[0]
+        tokens = 3 + 5  # each chosen answer and its EOS
+        assert rpo.loss(outputs, batch).item() == pytest.approx(plain.loss(outputs, batch).item() - 2.0 * chosen_logp.sum().item() / tokens)
+        metric = ChosenCrossEntropy()
+        plain.update_metric(batch, outputs, metric)
+        assert metric.compute().item() == pytest.approx(-chosen_logp.sum().item() / tokens)

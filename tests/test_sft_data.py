@@ -58,7 +58,7 @@ def test_jsonl_rows_are_read_and_each_bad_row_is_counted_by_reason(tmp_path: Pat
         ],
     )
     rows, drops = read_records(path)
-    assert rows == [{"prompt": "def f():\n", "response": "    return 1\n"}, {"prompt": "", "response": "print(1)\n"}]
+    assert rows == [{"prompt": "def f():\n", "response": "    return 1\n", "suffix": ""}, {"prompt": "", "response": "print(1)\n", "suffix": ""}]
     assert drops == {"empty_response": 1, "missing_field": 3, "not_json": 3}
 
 
@@ -72,7 +72,7 @@ def test_preference_records_need_a_prompt_and_two_answers(tmp_path: Path) -> Non
         ],
     )
     rows, drops = read_records(path, PREFERENCE_FIELDS)
-    assert rows == [{"prompt": "def f():\n", "chosen": "    return 1\n", "rejected": "    return 2\n"}]
+    assert rows == [{"prompt": "def f():\n", "chosen": "    return 1\n", "rejected": "    return 2\n", "suffix": ""}]
     assert drops == {"empty_response": 1, "missing_field": 1}
 
 
@@ -80,7 +80,7 @@ def test_parquet_files_and_directories_are_read_with_null_fields_counted(tmp_pat
     table = pa.table({"prompt": ["def f():\n", "def g():\n", None], "response": ["    return 1\n", "", "    return 3\n"]})
     pq.write_table(table, tmp_path / "pairs.parquet")
     rows, drops = read_records(tmp_path / "pairs.parquet")
-    assert rows == [{"prompt": "def f():\n", "response": "    return 1\n"}]
+    assert rows == [{"prompt": "def f():\n", "response": "    return 1\n", "suffix": ""}]
     assert drops == {"empty_response": 1, "missing_field": 1}
 
     spark_style = tmp_path / "pairs"  # a directory of part files, as a Spark job writes it
@@ -94,10 +94,10 @@ def test_object_store_urls_are_read_through_fsspec() -> None:
     fs = fsspec.filesystem("memory")
     with fs.open("/sft/pairs.jsonl", "w") as fh:
         fh.write(json.dumps({"prompt": "p", "response": "r"}) + "\nnot json\n")
-    assert read_records("memory://sft/pairs.jsonl") == ([{"prompt": "p", "response": "r"}], {"not_json": 1})
+    assert read_records("memory://sft/pairs.jsonl") == ([{"prompt": "p", "response": "r", "suffix": ""}], {"not_json": 1})
     with fs.open("/sft/pairs.parquet", "wb") as fh:
         pq.write_table(pa.table({"prompt": ["p"], "response": ["r"]}), fh)
-    assert read_records("memory://sft/pairs.parquet") == ([{"prompt": "p", "response": "r"}], {})
+    assert read_records("memory://sft/pairs.parquet") == ([{"prompt": "p", "response": "r", "suffix": ""}], {})
 
 
 def test_bad_inputs_fail_with_one_line_naming_the_file_and_the_fix(tmp_path: Path) -> None:
@@ -170,3 +170,26 @@ def test_mds_examples_train_on_the_response_tokens_only(tmp_path: Path) -> None:
     real = batch["attention_mask"][:, 1:].bool()
     unmasked = torch.nn.functional.cross_entropy(logits[real], batch["input_ids"][:, 1:][real])
     assert abs(unmasked.item() - out.loss.item()) > 1e-4  # the prompt tokens would change it
+
+
+def test_the_gateways_fill_in_the_middle_feedback_trains_on_the_prompt_the_served_model_sees(tmp_path: Path) -> None:
+    from lathe.core.fim import FimIds
+
+    path = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [
+            json.dumps({"prompt": "ab", "suffix": "z", "chosen": "c", "rejected": "d", "language": "python"}),  # as exported
+            json.dumps({"prompt": "ab", "suffix": None, "chosen": "c", "rejected": "d"}),
+            json.dumps({"prompt": "ab", "suffix": 3, "chosen": "c", "rejected": "d"}),
+        ],
+    )
+    rows, drops = read_records(path, PREFERENCE_FIELDS)
+    assert [r["suffix"] for r in rows] == ["z", ""] and drops == {"missing_field": 1}
+    fim = FimIds(prefix=-1, middle=-2, suffix=-3)
+    examples, counts = encode_pairs([{"prompt": "ab", "suffix": "z", "response": "c"}, {"prompt": "ab", "response": "c"}],
+                                    byte_ids, EOS, max_len=16, fim=fim)
+    a, b, c, z = (ord(ch) + 1 for ch in "abcz")
+    assert examples[0] == ([-1, a, b, -3, z, -2, c, EOS], [IGNORE_INDEX] * 6 + [c, EOS])  # PSM, loss on the middle only
+    assert examples[1] == ([a, b, c, EOS], [IGNORE_INDEX] * 2 + [c, EOS]) and counts == {}
+    with pytest.raises(ValueError, match="FIM ids"):
+        encode_pairs([{"prompt": "ab", "suffix": "z", "response": "c"}], byte_ids, EOS, max_len=16)

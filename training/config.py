@@ -84,6 +84,10 @@ class LoraConfig(Strict):
         description="Linear layers (by name, as in the Llama checkpoint) that get an adapter: all attention and MLP "
         "projections by default, which QLoRA found works better than attention alone.",
     )
+    lr_multiplier: float = Field(
+        10.0, gt=0, description="Adapters train at this multiple of the section's optimizer.lr: B starts at zero and the "
+        "adapters are few, so LoRA recipes run about ten times full fine-tuning's rate.",
+    )
 
 
 class ComposerConfig(Strict):
@@ -174,3 +178,7 @@ class DPOConfig(FinetuneConfig):
     optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(lr=5e-5))
     beta: float = Field(0.1, gt=0, description="Strength of the pull towards the starting model (the KL penalty's weight).")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Conservative DPO: the share of labels assumed flipped; 0 = plain DPO.")
+    sft_weight: float = Field(
+        0.0, ge=0, description="Add this times the chosen answers' per-token cross-entropy to the loss (RPO, Pang et al. "
+        "2024): DPO alone can lower the likelihood of the chosen code too, which the gate's val_loss would refuse.",
+    )

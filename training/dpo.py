@@ -161,6 +161,11 @@ class RewardMargin(MeanMetric):
     """Mean implicit reward of the chosen completion minus the rejected one's."""
 
 
+def chosen_tokens(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Per pair, the number of labelled (answer) tokens of the chosen side."""
+    return (batch["chosen_labels"][:, 1:] != IGNORE_INDEX).sum(dim=-1)
+
+
 class ChosenCrossEntropy(Metric):
     """Per-token cross-entropy of the chosen completions under the policy: the language-model loss the
     gate watches, so preference training cannot trade away the likelihood of good code unnoticed."""
@@ -186,9 +191,9 @@ class DPOModel(ComposerModel):
     """DPO as a Composer model: batches from :func:`collate_preferences` with stored reference
     log-probabilities; the loss of :func:`dpo_loss`; preference accuracy and reward margin as metrics."""
 
-    def __init__(self, model: PreTrainedModel, beta: float, label_smoothing: float = 0.0) -> None:
+    def __init__(self, model: PreTrainedModel, beta: float, label_smoothing: float = 0.0, sft_weight: float = 0.0) -> None:
         super().__init__()
-        self.model, self.beta, self.label_smoothing = model, beta, label_smoothing
+        self.model, self.beta, self.label_smoothing, self.sft_weight = model, beta, label_smoothing, sft_weight
         self.train_metrics = {"PreferenceAccuracy": PreferenceAccuracy(), "RewardMargin": RewardMargin()}
         self.eval_metrics = {"PreferenceAccuracy": PreferenceAccuracy(), "RewardMargin": RewardMargin(),
                              "ChosenCrossEntropy": ChosenCrossEntropy()}
@@ -201,8 +206,11 @@ class DPOModel(ComposerModel):
         return dpo_loss(*outputs, batch["reference_chosen"], batch["reference_rejected"], self.beta, self.label_smoothing)
 
     def loss(self, outputs: tuple[torch.Tensor, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """The batch's mean DPO loss."""
-        return self._dpo(outputs, batch).loss
+        """The batch's mean DPO loss, plus ``sft_weight`` times the chosen answers' per-token cross-entropy (RPO)."""
+        loss = self._dpo(outputs, batch).loss
+        if self.sft_weight:
+            loss = loss + self.sft_weight * -outputs[0].sum() / chosen_tokens(batch).sum().clamp(min=1)
+        return loss
 
     def eval_forward(self, batch: Mapping[str, torch.Tensor], outputs: Any | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The policy's log-probabilities (reused from the training forward when given)."""
@@ -215,7 +223,7 @@ class DPOModel(ComposerModel):
     def update_metric(self, batch: Mapping[str, torch.Tensor], outputs: Any, metric: Metric) -> None:
         """Feed each pair's outcome (ordered right, or its reward margin) to ``metric``."""
         if isinstance(metric, ChosenCrossEntropy):
-            metric.update(outputs[0], (batch["chosen_labels"][:, 1:] != IGNORE_INDEX).sum(dim=-1))
+            metric.update(outputs[0], chosen_tokens(batch))
             return
         out = self._dpo(outputs, batch)
         margins = out.chosen_rewards - out.rejected_rewards

@@ -47,14 +47,14 @@ def base_model(job: FinetuneJob) -> Any:
     """The model to tune, from the resolved ``init_from`` directory (fp32: the trainer casts for amp)."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(job.base, torch_dtype=torch.float32)
+    return AutoModelForCausalLM.from_pretrained(job.base, dtype=torch.float32)
 
 
 def composer_model(job: FinetuneJob, policy: torch.nn.Module) -> Any:
     """The Composer model of the method: the causal-LM loss on responses (SFT) or the DPO loss."""
     if job.method == "sft":
         return CodeLM(policy, job.seq_len)
-    return DPOModel(policy, job.beta, job.label_smoothing)
+    return DPOModel(policy, job.beta, job.label_smoothing, job.sft_weight)
 
 
 def figures(trainer: Trainer, method: str) -> dict[str, float]:
@@ -79,8 +79,9 @@ def run_finetune(job: FinetuneJob) -> dict[str, Any]:
     policy = with_adapters(base, tc.lora) if tc.lora else base
     model = composer_model(job, policy)
     evaluator = Evaluator(label="val", dataloader=val, metric_names=list(FIGURES[job.method]))
+    optimizer = tc.optimizer.model_copy(update={"lr": tc.optimizer.lr * tc.lora.lr_multiplier}) if tc.lora else tc.optimizer
     trainer = composer_trainer(
-        tc, model, train, [evaluator], optimizer=tc.optimizer, warmup=tc.warmup, device=device, folder=job_folder(job),
+        tc, model, train, [evaluator], optimizer=optimizer, warmup=tc.warmup, device=device, folder=job_folder(job),
         run_name=job.run_name, loggers=run_loggers(tc, out, job.run_name, job.mlflow_uri, job.mlflow_run_id), callbacks=[],
     )
     resumed_at, initial, final = fit_with_baseline(trainer, lambda t: figures(t, job.method))

@@ -47,6 +47,7 @@ class FinetuneJob(Strict):
     tune: FinetuneConfig = Field(description="The `sft` or `dpo` section of the run's config.")
     beta: float = Field(0.1, gt=0, description="DPO's beta (dpo.beta).")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="DPO's label smoothing (dpo.label_smoothing).")
+    sft_weight: float = Field(0.0, ge=0, description="Weight of the chosen answers' cross-entropy in DPO's loss (dpo.sft_weight).")
     base: str = Field(description="Local HF directory of the model to tune (init_from, resolved); its tokenizer is beside it.")
     base_ref: str = Field(description="init_from as configured (for the summary and lineage).")
     parent_version: str = Field("", description="The registered version the base is (empty: a directory).")

@@ -3,7 +3,9 @@
 Both start from a registered version (``init_from``, the production model by default), whose
 tokenizer and architecture the tuned model keeps. The driver splits the examples into train
 and validation by a stable hash of their id, encodes them with that tokenizer (loss on the
-answers only; too long: dropped and counted) and writes them as MDS; for DPO it first
+answers only; too long: dropped and counted; a row with a ``suffix``, as the serving
+gateway exports fill-in-the-middle feedback, gets the FIM prompt the served model is
+asked with) and writes them as MDS; for DPO it first
 computes the starting model's log-probabilities of both answers, stored beside each pair, so
 training holds one model. Composer then trains on the same trainer as pretraining (one
 process, or ``nproc`` ranks under its launcher). The result is registered as a new version
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -22,6 +25,7 @@ from typing import Any, Callable, Protocol
 from rich.console import Console
 
 from lathe.core.errors import InputError
+from lathe.core.fim import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, FimIds
 from lathe.core.models import ModelRegistry, ModelSource, current_version, resolve_source
 from lathe.core.stage import Stage, StageContext, StageResult, Upstream, json_summary
 from lathe.tokenizer.special import EOS, PAD
@@ -65,9 +69,13 @@ def starting_model(tc: FinetuneConfig, setting: str, cache: Path) -> ModelSource
     return source
 
 
-def context_length(model_dir: Path, tc: FinetuneConfig) -> int:
-    """The longest example: ``max_seq_len`` when set, else the model's context."""
-    return tc.max_seq_len or json.loads((model_dir / "config.json").read_text())["max_position_embeddings"]
+def context_length(model_dir: Path, tc: FinetuneConfig, setting: str) -> int:
+    """The longest example: ``max_seq_len`` when set (within the model's context), else the model's context."""
+    context = json.loads((model_dir / "config.json").read_text())["max_position_embeddings"]
+    if tc.max_seq_len and tc.max_seq_len > context:
+        raise InputError(f"{setting}.max_seq_len={tc.max_seq_len} exceeds the context of the model it tunes ({context} tokens); "
+                         f"lower it or unset it")
+    return tc.max_seq_len or context
 
 
 def read_rows(path: Path, columns: list[str]) -> list[dict[str, str]]:
@@ -82,34 +90,39 @@ def tokenize(tok: Any) -> Callable[[list[str]], list[list[int]]]:
     return lambda texts: [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
 
 
-def write_sft_examples(rows: list[dict[str, str]], base: Path, tc: FinetuneConfig, out: Path) -> dict[str, int]:
+def fim_ids(tok: Any) -> FimIds:
+    """The tokenizer's FIM ids: prompts with a suffix are framed as the served model is asked."""
+    return FimIds(tok.token_to_id(FIM_PREFIX), tok.token_to_id(FIM_MIDDLE), tok.token_to_id(FIM_SUFFIX))
+
+
+def write_sft_examples(rows: list[dict[str, str]], base: Path, tc: FinetuneConfig, out: Path, setting: str) -> dict[str, int]:
     """Encode the pairs of each split and write them as MDS under ``out``; the counts per split and drops."""
     from lathe.training.sft_data import encode_pairs, write_examples
 
     tok = load_tokenizer(base)
     counts: Counter[str] = Counter()
     for split, part in by_split(rows, tc.val_fraction).items():
-        examples, drops = encode_pairs(part, tokenize(tok), tok.token_to_id(EOS), context_length(base, tc))
+        examples, drops = encode_pairs(part, tokenize(tok), tok.token_to_id(EOS), context_length(base, tc, setting), fim=fim_ids(tok))
         counts[split] = write_examples(examples, str(out / split))
         counts.update({f"dropped.{k}": v for k, v in drops.items()})
     return dict(counts)
 
 
-def write_dpo_examples(rows: list[dict[str, str]], base: Path, tc: FinetuneConfig, out: Path) -> dict[str, int]:
+def write_dpo_examples(rows: list[dict[str, str]], base: Path, tc: FinetuneConfig, out: Path, setting: str) -> dict[str, int]:
     """Encode each split's pairs, add the starting model's log-probabilities of both answers, write MDS."""
     from transformers import AutoModelForCausalLM
 
     from lathe.training.dpo import encode_preference, reference_logps, write_preferences
+    from lathe.training.sft_data import encode_rows
 
     tok = load_tokenizer(base)
-    encode, eos, max_len = tokenize(tok), tok.token_to_id(EOS), context_length(base, tc)
+    eos, max_len = tok.token_to_id(EOS), context_length(base, tc, setting)
     reference = AutoModelForCausalLM.from_pretrained(str(base))
     counts: Counter[str] = Counter()
     for split, part in by_split(rows, tc.val_fraction).items():
-        texts = encode([t for r in part for t in (r["prompt"], r["chosen"], r["rejected"])])
         samples = []
-        for i in range(len(part)):
-            sample = encode_preference(texts[3 * i], texts[3 * i + 1], texts[3 * i + 2], eos, max_len)
+        for prompt, (chosen, rejected) in encode_rows(part, ("chosen", "rejected"), tokenize(tok), fim_ids(tok)):
+            sample = encode_preference(prompt, chosen, rejected, eos, max_len)
             if sample is None:
                 counts["dropped.too_long"] += 1
             else:
@@ -128,7 +141,9 @@ def tune(ctx: StageContext[PosttrainSections], method: str, examples: Upstream, 
     ctx.console.print(f"{method}: tuning {base.ref}" + (f" (version {base.version})" if base.version else "")
                       + (f" with LoRA rank {tc.lora.rank}" if tc.lora else " (every weight)"))
     write = write_sft_examples if method == "sft" else write_dpo_examples
-    counts = write(rows, base.path, tc, ctx.out_dir / EXAMPLES)
+    # Written again on a resumed run: the same rows give the same shards, so the checkpoint's place in them holds.
+    shutil.rmtree(ctx.out_dir / EXAMPLES, ignore_errors=True)
+    counts = write(rows, base.path, tc, ctx.out_dir / EXAMPLES, method)
     counts["input"] = len(rows)
     if not counts.get("train") or not counts.get("val"):
         raise InputError(f"{method}: {counts.get('train', 0)} training and {counts.get('val', 0)} validation examples "
@@ -138,8 +153,9 @@ def tune(ctx: StageContext[PosttrainSections], method: str, examples: Upstream, 
     run = mlflow.active_run()
     job = FinetuneJob(
         method=method, tune=tc, beta=getattr(tc, "beta", 0.1), label_smoothing=getattr(tc, "label_smoothing", 0.0),
+        sft_weight=getattr(tc, "sft_weight", 0.0),
         base=str(base.path), base_ref=base.ref, parent_version=base.version, data=str(ctx.out_dir / EXAMPLES),
-        seq_len=context_length(base.path, tc), out_dir=str(ctx.out_dir.resolve()),
+        seq_len=context_length(base.path, tc, method), out_dir=str(ctx.out_dir.resolve()),
         run_name=f"{ctx.config.profile}-{method}-{ctx.fingerprint}", mlflow_uri=mlflow.get_tracking_uri(),
         mlflow_run_id=run.info.run_id if run else None,
     )
@@ -180,13 +196,13 @@ def tune(ctx: StageContext[PosttrainSections], method: str, examples: Upstream, 
 def run_sft(ctx: StageContext[PosttrainSections]) -> StageResult:
     """Supervised fine-tuning on the pairs stage's (prompt, response) pairs."""
     pairs = ctx.inputs["pairs"]
-    return tune(ctx, "sft", pairs, read_rows(pairs.path("sft"), ["pair_id", "prompt", "response"]))
+    return tune(ctx, "sft", pairs, read_rows(pairs.path("sft"), ["pair_id", "prompt", "response", "suffix"]))
 
 
 def run_dpo(ctx: StageContext[PosttrainSections]) -> StageResult:
     """DPO on the preferences stage's (prompt, chosen, rejected) pairs."""
     prefs = ctx.inputs["preferences"]
-    return tune(ctx, "dpo", prefs, read_rows(prefs.path("pairs"), ["pair_id", "prompt", "chosen", "rejected"]))
+    return tune(ctx, "dpo", prefs, read_rows(prefs.path("pairs"), ["pair_id", "prompt", "chosen", "rejected", "suffix"]))
 
 
 def print_tuned(summary: dict[str, Any], console: Console) -> None:

@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from lathe.core.fim import FimIds, fim_prompt
+
 IGNORE_INDEX = -100  # labels at this value add nothing to torch's cross-entropy
 EncodeBatch = Callable[[list[str]], list[list[int]]]
 
@@ -37,23 +39,42 @@ def encode_pair(prompt_ids: list[int], response_ids: list[int], eos_id: int, max
     return input_ids, [IGNORE_INDEX] * len(prompt_ids) + [*response_ids, eos_id]
 
 
+def encode_rows(
+    rows: list[Mapping[str, str]], answers: tuple[str, ...], encode_batch: EncodeBatch, fim: FimIds | None = None
+) -> list[tuple[list[int], list[list[int]]]]:
+    """Per row, (prompt ids, ids of each of its ``answers`` fields), tokenized in one ``encode_batch`` call.
+
+    Prompt and answers are tokenized separately, as llm-foundry does, so the mask boundary
+    falls on a token boundary; a merge across the seam that joint tokenization would make is
+    given up. A row with a non-empty ``suffix`` (a fill-in-the-middle request, as the serving
+    gateway records them) gets the FIM prompt the served model is asked with
+    (:func:`lathe.core.fim.fim_prompt`, PSM), which needs ``fim``: the tokenizer's FIM ids.
+    """
+    fields = ("prompt", *answers, "suffix")
+    encoded = encode_batch([row.get(f) or "" for row in rows for f in fields])
+    if len(encoded) != len(fields) * len(rows):
+        raise ValueError(f"encode_batch returned {len(encoded)} encodings for {len(fields) * len(rows)} texts")
+    out = []
+    for i, row in enumerate(rows):
+        prompt, *rest, suffix = encoded[len(fields) * i : len(fields) * (i + 1)]
+        if row.get("suffix"):
+            if fim is None:
+                raise ValueError("a row with a suffix needs the tokenizer's FIM ids")
+            prompt = fim_prompt(prompt, suffix, fim)
+        out.append((prompt, rest))
+    return out
+
+
 def encode_pairs(
-    rows: list[dict[str, str]], encode_batch: EncodeBatch, eos_id: int, max_len: int, drops: Mapping[str, int] | None = None
+    rows: list[Mapping[str, str]], encode_batch: EncodeBatch, eos_id: int, max_len: int, drops: Mapping[str, int] | None = None,
+    fim: FimIds | None = None,
 ) -> tuple[list[tuple[list[int], list[int]]], dict[str, int]]:
     """(input_ids, labels) of every pair that fits ``max_len``, in order, and the drop counts: ``drops``
-    (those of reading the pairs) plus ``too_long``.
-
-    Prompt and response are tokenized separately (in one ``encode_batch`` call), as
-    llm-foundry does, so the mask boundary falls on a token boundary; a merge across the
-    seam that joint tokenization would make is given up.
-    """
-    encoded = encode_batch([text for row in rows for text in (row["prompt"], row["response"])])
-    if len(encoded) != 2 * len(rows):
-        raise ValueError(f"encode_batch returned {len(encoded)} encodings for {2 * len(rows)} texts")
+    (those of reading the pairs) plus ``too_long``. Prompts as :func:`encode_rows` frames them."""
     counts = Counter(drops or {})
     examples = []
-    for i in range(len(rows)):
-        example = encode_pair(encoded[2 * i], encoded[2 * i + 1], eos_id, max_len)
+    for prompt, (response,) in encode_rows(rows, ("response",), encode_batch, fim):
+        example = encode_pair(prompt, response, eos_id, max_len)
         if example is None:
             counts["too_long"] += 1
         else:
