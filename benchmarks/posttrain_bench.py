@@ -77,7 +77,8 @@ def main() -> None:
     tuned: dict[str, dict] = {}
     for name, stage, sets in [("sft full", "sft", ["sft.lora=null"]), ("sft lora", "sft", ["sft.lora={}"]), ("dpo", "dpo", [])]:
         cfg = load_config(args.config, [*common, *sets])
-        outcomes = {o.name: o for o in run_pipeline(cfg, [f"{stage}_eval"], console=QUIET)}
+        # the tuning and its gate run every time (timings); data, pairs and preferences are reused when done
+        outcomes = {o.name: o for o in run_pipeline(cfg, [stage, f"{stage}_eval"], force=True, console=QUIET)}
         summary = outcomes[stage].manifest["details"]
         tuned[name] = summary
         report[f"{name}: held-out loss before -> after"] = f"{summary['initial_val_loss']:.4f} -> {summary['final_val_loss']:.4f}"

@@ -205,3 +205,13 @@ def current_version(ref: str | None) -> str:
     if ref and (match := _VERSION.match(ref)):
         return match["version"]
     return ref or ""
+
+
+def model_to_tune(ref: str, cache: Path, setting: str) -> ModelSource:
+    """The HF model a post-training stage starts from (``setting`` names the config key), as local files;
+    one clear line when nothing holds ``ref`` yet."""
+    source = resolve_source(ref, cache, setting)
+    if source is None or source.is_checkpoint:
+        raise InputError(f"{setting} {ref}: no registered version or HF directory holds it yet; "
+                         f"train and promote a model first (`make all`) or point {setting} at one")
+    return source

@@ -24,8 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.console import Console
 
-from lathe.core.errors import InputError
-from lathe.core.models import current_version, resolve_source
+from lathe.core.models import current_version, model_to_tune
 from lathe.core.stage import Stage, StageContext, StageResult, json_summary
 from lathe.eval.config import EvalConfig, GenerationConfig, PreferencesConfig
 from lathe.eval.generate import generate_samples
@@ -115,10 +114,7 @@ def run_preferences(ctx: StageContext[PreferenceSections]) -> StageResult:
     rows = pq.read_table(pairs.path("preferences")).to_pylist()
     counts: dict[str, int] = {"file_pairs": len(rows)}
     if cfg.execution or cfg.self_play:
-        policy = resolve_source(ctx.config.dpo.init_from, ctx.out_dir / "policy", "dpo.init_from")
-        if policy is None or policy.is_checkpoint:
-            raise InputError(f"dpo.init_from {ctx.config.dpo.init_from}: no registered model or HF directory holds it yet; "
-                             "train and promote a model first (`make all`) or point dpo.init_from at one")
+        policy = model_to_tune(ctx.config.dpo.init_from, ctx.out_dir / "policy", "dpo.init_from")
         mined = mined_rows(pairs.path("sft"))
         if cfg.execution:
             rows += execution_rows(ctx, mined, policy.path, counts)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 from rich.console import Console
 
@@ -125,3 +126,46 @@ def test_tuning_without_a_production_model_is_one_clear_line(production) -> None
     cfg = load_config(None, [*overrides, "sft.init_from=models:/lathe-code@nobody"])
     with pytest.raises(InputError, match=r"sft.init_from models:/lathe-code@nobody: no registered version .*`make all`"):
         run_pipeline(cfg, ["sft"], console=QUIET)
+
+
+def test_sft_lora_shards_with_fsdp_on_two_processes_and_exports_the_merged_model(production) -> None:
+    """Post-training takes pretraining's parallelism options: FSDP2 FULL_SHARD (ZeRO-3-like) over two ranks under
+    Composer's launcher; rank 0 gathers the adapters, saves them alone and merges them into the exported model."""
+    from transformers import AutoModelForCausalLM
+
+    overrides, registry, _ = production
+    cfg = load_config(None, [*overrides, "sft.nproc=2", "sft.fsdp=FULL_SHARD", "sft.max_duration=2ba", "sft.save_interval=2ba",
+                             "sft.eval_interval=2ba"])
+    sft = {o.name: o for o in run_pipeline(cfg, ["sft"], console=QUIET)}["sft"]
+    summary = sft.manifest["details"]
+    assert summary["world_size"] == 2 and summary["method"] == "sft-lora" and summary["batches"] == 2
+    assert summary["final_val_loss"] < summary["initial_val_loss"]
+    merged = AutoModelForCausalLM.from_pretrained(str(sft.out_dir / "hf_model"))
+    base = AutoModelForCausalLM.from_pretrained(str(sft.out_dir / "init")).state_dict()  # production, as downloaded
+    changed = {k for k, v in merged.state_dict().items() if not torch.equal(v, base[k])}
+    assert changed and all(k.split(".")[-2] in cfg.sft.lora.target_modules for k in changed)  # only the adapted layers
+    assert (sft.out_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert registry.lineage(str(summary["model_version"]))["lathe.method"] == "sft-lora"
+
+
+def test_finetune_dpo_lora_on_the_gateways_exported_feedback(production) -> None:
+    """`lathe finetune --method dpo-lora --data pairs.jsonl`: the file (as `lathe feedback export` writes it, with
+    fill-in-the-middle suffixes) replaces execution feedback; the result is a `dpo-lora` version."""
+    from lathe.pipelines.cli.pipeline import finetune_overrides
+
+    overrides, registry, root = production
+    feedback = root / "feedback" / "pairs.jsonl"
+    feedback.parent.mkdir(exist_ok=True)
+    rows = [{"prompt": f"def f{i}(x):\n    ", "suffix": "\n\nprint(f(1))\n" if i % 2 else "", "chosen": f"return x + {i}",
+             "rejected": f"retrun x - {i}", "language": "python"} for i in range(40)]
+    feedback.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{broken\n")
+    cfg = load_config(None, [*overrides, *finetune_overrides("dpo-lora", str(feedback), None)])
+    outcomes = {o.name: o for o in run_pipeline(cfg, ["dpo", "dpo_eval"], console=QUIET)}
+    pairs = outcomes["pairs"].manifest["counts"]
+    assert pairs["preferences.input"] == 41 and pairs["preferences.kept"] == 40 and pairs["preferences.dropped.not_json"] == 1
+    prefs = outcomes["preferences"].manifest["counts"]
+    assert prefs == {"file_pairs": 40, "pairs": 40}  # no sampling: execution feedback and self-play are off
+    dpo = outcomes["dpo"].manifest["details"]
+    assert dpo["method"] == "dpo-lora" and dpo["examples"]["train"] + dpo["examples"]["val"] == 40
+    assert dpo["final_preference_accuracy"] > dpo["initial_preference_accuracy"]
+    assert registry.lineage(str(dpo["model_version"]))["lathe.method"] == "dpo-lora"

@@ -26,7 +26,7 @@ from rich.console import Console
 
 from lathe.core.errors import InputError
 from lathe.core.fim import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, FimIds
-from lathe.core.models import ModelRegistry, ModelSource, current_version, resolve_source
+from lathe.core.models import ModelRegistry, current_version, model_to_tune
 from lathe.core.stage import Stage, StageContext, StageResult, Upstream, json_summary
 from lathe.tokenizer.special import EOS, PAD
 from lathe.tokenizer.vocab import load_tokenizer, vocabulary_hash
@@ -58,15 +58,6 @@ def by_split(rows: list[dict[str, str]], fraction: float) -> dict[str, list[dict
     for row in rows:
         split["val" if is_val(row["pair_id"], fraction) else "train"].append(row)
     return split
-
-
-def starting_model(tc: FinetuneConfig, setting: str, cache: Path) -> ModelSource:
-    """The model to tune, as local files; one clear line when there is none."""
-    source = resolve_source(tc.init_from, cache, f"{setting}.init_from")
-    if source is None or source.is_checkpoint:
-        raise InputError(f"{setting}.init_from {tc.init_from}: no registered version or HF directory holds it yet; "
-                         f"train and promote a model first (`make all`) or point {setting}.init_from at one")
-    return source
 
 
 def context_length(model_dir: Path, tc: FinetuneConfig, setting: str) -> int:
@@ -137,7 +128,7 @@ def tune(ctx: StageContext[PosttrainSections], method: str, examples: Upstream, 
     import mlflow
 
     tc: FinetuneConfig = getattr(ctx.config, method)
-    base = starting_model(tc, method, ctx.out_dir / "init")
+    base = model_to_tune(tc.init_from, ctx.out_dir / "init", f"{method}.init_from")
     ctx.console.print(f"{method}: tuning {base.ref}" + (f" (version {base.version})" if base.version else "")
                       + (f" with LoRA rank {tc.lora.rank}" if tc.lora else " (every weight)"))
     write = write_sft_examples if method == "sft" else write_dpo_examples
