@@ -134,8 +134,8 @@ def test_sft_lora_shards_with_fsdp_on_two_processes_and_exports_the_merged_model
     from transformers import AutoModelForCausalLM
 
     overrides, registry, _ = production
-    cfg = load_config(None, [*overrides, "sft.nproc=2", "sft.fsdp=FULL_SHARD", "sft.max_duration=2ba", "sft.save_interval=2ba",
-                             "sft.eval_interval=2ba"])
+    cfg = load_config(None, [*overrides, "sft.nproc=2", "sft.fsdp=FULL_SHARD", "sft.max_duration=2ba", "sft.warmup=0ba",
+                             "sft.save_interval=2ba", "sft.eval_interval=2ba"])
     sft = {o.name: o for o in run_pipeline(cfg, ["sft"], console=QUIET)}["sft"]
     summary = sft.manifest["details"]
     assert summary["world_size"] == 2 and summary["method"] == "sft-lora" and summary["batches"] == 2
