@@ -215,3 +215,10 @@ def model_to_tune(ref: str, cache: Path, setting: str) -> ModelSource:
         raise InputError(f"{setting} {ref}: no registered version or HF directory holds it yet; "
                          f"train and promote a model first (`make all`) or point {setting} at one")
     return source
+
+
+def pinned(ref: str, version: str) -> str:
+    """``ref`` as the version a stage observed (``models:/name/<version>`` for an alias), so the run uses
+    exactly what its fingerprint holds even if the alias moves meanwhile; other references as they are."""
+    match = _ALIAS.match(ref)
+    return f"models:/{match['name']}/{version}" if match and version else ref

@@ -8,8 +8,8 @@ With post-training on (``lathe_posttrain``), the tuned candidates come between t
 
     gate? -> sft -> dpo -> package -> ...
 
-each tuning the version the last gate passed (``staff``) and gated against production in turn, so
-``staff`` ends on the last candidate that passed.
+the first tuning the version train registered, each next one the version the one before registered,
+each gated against production in turn, so ``staff`` ends on the last candidate that passed.
 
 Where tasks run is configuration, never an edit of this file. Airflow Variables (or their
 ``AIRFLOW_VAR_*`` environment variables) choose it:
@@ -133,10 +133,13 @@ with DAG(
     xcom = [] if EXECUTION == "local" else ["--xcom", "/airflow/xcom/return.json"]
     evaluate = stage_task("eval", lathe_args("gate", *xcom), [], timeout_h=3, do_xcom_push=True)
 
-    # Post-training (off unless lathe_posttrain names methods): each tunes the version staff holds and
-    # goes through its own gate; `lathe finetune` ends with that gate's decision and never fails on it.
-    tuned = [stage_task(m.replace("-", "_"), lathe_args("finetune", "--method", m, "--from", "models:/lathe-code@staff"),
-                        [asset(m)], timeout_h=6, retries=3) for m in POSTTRAIN]
+    # Post-training (off unless lathe_posttrain names methods): the first tunes the version train registered,
+    # each next one the version the one before registered (pinned versions: a retry or an unchanged day
+    # tunes the same model, so its stage is a skip); each goes through its own gate, and `lathe finetune`
+    # ends with that gate's decision and never fails on it.
+    starts = ["train", *(m.split("-")[0] for m in POSTTRAIN)]
+    tuned = [stage_task(m.replace("-", "_"), lathe_args("finetune", "--method", m, "--from", start), [asset(m)], timeout_h=6, retries=3)
+             for m, start in zip(POSTTRAIN, starts)]
     after_gate = tuned[0].task_id if tuned else "package"
 
     @task.branch(task_id="gate")

@@ -14,6 +14,7 @@ kind, source, reason).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -42,6 +43,28 @@ class PairsSections(Protocol):
 
     pairs: PairsConfig
     spark: SparkConfig
+
+
+def observe_files(cfg: PairsSections) -> dict[str, str]:
+    """A digest of what the configured files hold now (each file's size and modification time or ETag, a
+    directory's files included): a new export under the same name reruns the stage. None configured: nothing."""
+    import fsspec
+
+    files = [*cfg.pairs.sft_files, *cfg.pairs.preference_files]
+    if not files:
+        return {}
+    state = []
+    for file in files:
+        try:
+            fs, inner = fsspec.core.url_to_fs(file)
+            found = fs.find(inner, detail=True) if fs.isdir(inner) else {inner: fs.info(inner)}
+        except (ImportError, ValueError, OSError):
+            state.append([file, "unreadable"])  # the stage itself fails on it with one clear line
+            continue
+        for path, info in sorted(found.items()):
+            stamp = info.get("mtime") or info.get("ETag") or info.get("LastModified") or info.get("created")
+            state.append([path, info.get("size"), str(stamp)])
+    return {"files": hashlib.sha256(json.dumps(state).encode()).hexdigest()[:16]}
 
 
 def file_rows(spark: SparkSession, files: list[str], fields: tuple[str, ...], columns: tuple[str, ...],
@@ -144,5 +167,6 @@ PAIRS: Stage[Any] = Stage(
     outputs={"sft": "sft", "preferences": "preferences", "dropped": "dropped"},
     summarize=json_summary(REPORT, print_pairs),
     headline=pairs_headline,
+    observe=observe_files,
     optional=True,
 )

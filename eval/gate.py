@@ -27,13 +27,15 @@ class Decision:
 
 def decide(
     registry: ModelRegistry, version: str, figures: dict[str, float], cfg: GateConfig,
-    production_here: dict[str, float] | None = None,
+    production_here: dict[str, float] | None = None, compare_loss: bool = True,
 ) -> Decision:
     """Record the candidate's figures on its version, compare with production, move `staff` if it passes.
 
     ``production_here``: production's figures measured on the candidate's own data (its
     validation loss on this run's split). They replace the figures recorded when production
     was itself a candidate, which came from older data and would not compare like with like.
+    ``compare_loss=False``: no loss of production's compares with the candidate's (a tuned model's
+    held-out pairs production was never measured on); pass@k decides alone.
     """
     registry.record_figures(version, figures)
     prod = registry.find(PRODUCTION)
@@ -44,7 +46,7 @@ def decide(
         reasons = []
         if "pass@1" in theirs and figures["pass@1"] < theirs["pass@1"] + cfg.min_pass_at_1_gain:
             reasons.append(f"pass@1 {figures['pass@1']:.4f} < production {theirs['pass@1']:.4f} + {cfg.min_pass_at_1_gain}")
-        if "val_loss" in theirs and figures.get("val_loss", float("inf")) > theirs["val_loss"] + cfg.max_val_loss_increase:
+        if compare_loss and "val_loss" in theirs and figures.get("val_loss", float("inf")) > theirs["val_loss"] + cfg.max_val_loss_increase:
             reasons.append(f"val_loss {figures.get('val_loss', float('inf')):.4f} > production {theirs['val_loss']:.4f} + "
                            f"{cfg.max_val_loss_increase}")
         # Only a candidate that replayed earlier data has a figure on it (a model trained from scratch has none).

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.console import Console
 
-from lathe.core.models import current_version, model_to_tune
+from lathe.core.models import current_version, model_to_tune, pinned
 from lathe.core.stage import Stage, StageContext, StageResult, json_summary
 from lathe.eval.config import EvalConfig, GenerationConfig, PreferencesConfig
 from lathe.eval.generate import generate_samples
@@ -71,7 +71,8 @@ def mined_problems(rows: list[dict[str, str]]) -> tuple[list[Problem], dict[str,
 def sample(policy: Path, prompts: dict[str, str], generation: GenerationConfig) -> dict[str, list[str]]:
     """Completions of each prompt (by id), in sampling order."""
     completions: dict[str, list[str]] = {key: [] for key in prompts}
-    for s in generate_samples(policy, {key: {"prompt": prompt} for key, prompt in prompts.items()}, generation):
+    every = generation.model_copy(update={"limit": None})  # the problems are chosen already (max_problems, self_play)
+    for s in generate_samples(policy, {key: {"prompt": prompt} for key, prompt in prompts.items()}, every):
         completions[s["task_id"]].append(s["completion"])
     return completions
 
@@ -114,7 +115,8 @@ def run_preferences(ctx: StageContext[PreferenceSections]) -> StageResult:
     rows = pq.read_table(pairs.path("preferences")).to_pylist()
     counts: dict[str, int] = {"file_pairs": len(rows)}
     if cfg.execution or cfg.self_play:
-        policy = model_to_tune(ctx.config.dpo.init_from, ctx.out_dir / "policy", "dpo.init_from")
+        policy = model_to_tune(pinned(ctx.config.dpo.init_from, ctx.observed.get("policy", "")), ctx.out_dir / "policy",
+                               "dpo.init_from")
         mined = mined_rows(pairs.path("sft"))
         if cfg.execution:
             rows += execution_rows(ctx, mined, policy.path, counts)

@@ -50,7 +50,8 @@ def test_post_training_is_off_by_default_and_chains_between_the_gate_and_package
     tasks = inspect(tmp_path, lathe_posttrain="sft-lora dpo")["tasks"]
     assert sorted(tasks["gate"]["downstream"]) == ["gate_failed", "sft_lora"]
     assert tasks["sft_lora"]["downstream"] == ["dpo"] and tasks["dpo"]["downstream"] == ["package"]
-    assert "lathe finetune --method sft-lora --from models:/lathe-code@staff --config configs/tiny.yaml" in tasks["sft_lora"]["command"]
+    assert "lathe finetune --method sft-lora --from train --config configs/tiny.yaml" in tasks["sft_lora"]["command"]
+    assert "lathe finetune --method dpo --from sft --config" in tasks["dpo"]["command"]  # the version sft registered
     assert tasks["dpo"]["outlets"] == ["lathe://tiny/dpo"]
     # without the variable (the test above) the gate leads straight to package and no post-training task exists
     assert not {"sft", "sft_lora", "dpo", "dpo_lora"} & set(inspect(tmp_path / "off")["tasks"])

@@ -101,3 +101,14 @@ def test_an_alias_pointing_at_a_missing_version_is_an_error_not_none(client: Mlf
     with pytest.raises(LatheError, match="points at version 99"):
         registry.version_of("production")
     assert registry.find("staff") is None  # an alias nobody set is still simply absent
+
+
+def test_a_loss_production_was_never_measured_on_is_left_out(registry) -> None:
+    cfg = GateConfig(min_pass_at_1_gain=0.0, max_val_loss_increase=0.0)
+    decide(registry, "1", {"pass@1": 0.0, "val_loss": 2.0}, cfg)
+    registry.set_alias("production", "1")
+    # a tuned model's held-out loss (on pairs, not on production's split) would fail it on an unrelated number
+    assert not decide(registry, "2", {"pass@1": 0.0, "val_loss": 5.5}, cfg).passed
+    left_out = decide(registry, "3", {"pass@1": 0.0}, cfg, compare_loss=False)
+    assert left_out.passed and "val_loss" not in registry.figures("3")
+    assert not decide(registry, "4", {"pass@1": -0.1}, cfg, compare_loss=False).passed  # pass@k still decides

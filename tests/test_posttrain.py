@@ -20,7 +20,7 @@ QUIET = Console(quiet=True)
 TUNE = [f"{m}.{k}" for m in ("sft", "dpo") for k in (
     "max_duration=4ba", "global_train_batch_size=4", "device_train_microbatch_size=4", "warmup=1ba", "eval_interval=4ba",
     "save_interval=4ba", "wandb.enabled=false", "val_fraction=0.2")] + [
-    "sft.optimizer.lr=0.01", "sft.lora={rank: 4, alpha: 8, dropout: 0.0}", "dpo.optimizer.lr=0.005",
+    "sft.optimizer.lr=0.002", "sft.lora={rank: 4, alpha: 8, dropout: 0.0}", "dpo.optimizer.lr=0.005",
     "preferences.max_problems=4", "preferences.self_play=80", "preferences.generation={n: 2, max_new_tokens: 24, temperature: 0.9}",
     "eval.ks=[1]", "eval.generation={limit: 2, n: 1, max_new_tokens: 8, temperature: 0.0}",
 ]
@@ -99,6 +99,10 @@ def test_sft_lora_tunes_production_registers_its_lineage_and_is_gated(production
     assert gate["production"]["val_loss"] == pytest.approx(sft["initial_val_loss"])  # production on the same held-out pairs
     assert gate["passed"] and registry.find("staff") == version and registry.find("production") == "1"  # staff, not promoted
 
+    from lathe.pipelines.cli.pipeline import registered_by
+
+    assert registered_by(cfg, "sft") == f"models:/lathe-code/{version}"  # what `lathe finetune --from sft` tunes next
+
 
 def test_dpo_from_execution_and_self_play_pairs(production) -> None:
     overrides, registry, _ = production
@@ -169,3 +173,20 @@ def test_finetune_dpo_lora_on_the_gateways_exported_feedback(production) -> None
     assert dpo["method"] == "dpo-lora" and dpo["examples"]["train"] + dpo["examples"]["val"] == 40
     assert dpo["final_preference_accuracy"] > dpo["initial_preference_accuracy"]
     assert registry.lineage(str(dpo["model_version"]))["lathe.method"] == "dpo-lora"
+
+
+def test_a_new_export_under_the_same_name_reruns_the_pairs_stage(tmp_path: Path) -> None:
+    import os
+
+    from lathe.data.pairs import observe_files
+
+    export = tmp_path / "feedback" / "pairs.jsonl"
+    export.parent.mkdir()
+    export.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n")
+    cfg = load_config(None, [f"pairs.preference_files=[{export}]", f"pairs.sft_files=[{tmp_path / 'feedback'}]"])
+    before = observe_files(cfg)
+    assert before == observe_files(cfg) and set(before) == {"files"}  # stable while nothing changes
+    export.write_text(export.read_text() * 2)  # the gateway exported again
+    os.utime(export, (1_700_000_000, 1_700_000_000))
+    assert observe_files(cfg) != before
+    assert observe_files(load_config(None, [])) == {}  # mined pairs only: the data stage's fingerprint says it all

@@ -72,8 +72,8 @@ def run_finetune(job: FinetuneJob) -> dict[str, Any]:
     pad_id = load_tokenizer(Path(job.base)).token_to_id(PAD)
     collate = collate_examples(pad_id) if job.method == "sft" else collate_preferences(pad_id)
     cache = out / "stream-cache"
-    train = examples_dataloader(f"{job.data}/train", cache / "train", per_rank, collate, True, tc.seed)
-    val = examples_dataloader(f"{job.data}/val", cache / "val", per_rank, collate, False, tc.seed)
+    train = examples_dataloader(f"{job.data}/train", cache / "train", per_rank, collate, True, tc.seed, tc.num_workers)
+    val = examples_dataloader(f"{job.data}/val", cache / "val", per_rank, collate, False, tc.seed, tc.num_workers)
     reproducibility.seed_all(tc.seed)  # adapters are initialised at random: the same seed, the same run
     base = base_model(job)
     policy = with_adapters(base, tc.lora) if tc.lora else base

@@ -26,7 +26,7 @@ from rich.console import Console
 
 from lathe.core.errors import InputError
 from lathe.core.fim import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, FimIds
-from lathe.core.models import ModelRegistry, current_version, model_to_tune
+from lathe.core.models import ModelRegistry, current_version, model_to_tune, pinned
 from lathe.core.stage import Stage, StageContext, StageResult, Upstream, json_summary
 from lathe.tokenizer.special import EOS, PAD
 from lathe.tokenizer.vocab import load_tokenizer, vocabulary_hash
@@ -52,12 +52,18 @@ def is_val(key: str, fraction: float) -> bool:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64 < fraction
 
 
-def by_split(rows: list[dict[str, str]], fraction: float) -> dict[str, list[dict[str, str]]]:
-    """Rows (with a ``pair_id``) into train and val by :func:`is_val`."""
+def by_split(rows: list[dict[str, str]], fraction: float, key: Callable[[dict[str, str]], str]) -> dict[str, list[dict[str, str]]]:
+    """Rows into train and val by :func:`is_val` of ``key(row)``."""
     split: dict[str, list[dict[str, str]]] = {"train": [], "val": []}
     for row in rows:
-        split["val" if is_val(row["pair_id"], fraction) else "train"].append(row)
+        split["val" if is_val(key(row), fraction) else "train"].append(row)
     return split
+
+
+def by_prompt(row: dict[str, str]) -> str:
+    """A preference pair's split key: its prompt, so pairs of one prompt (execution feedback makes several)
+    are all held out or all trained on, and a held-out prompt was never seen."""
+    return row["prompt"] + "\x00" + (row.get("suffix") or "")
 
 
 def context_length(model_dir: Path, tc: FinetuneConfig, setting: str) -> int:
@@ -92,7 +98,7 @@ def write_sft_examples(rows: list[dict[str, str]], base: Path, tc: FinetuneConfi
 
     tok = load_tokenizer(base)
     counts: Counter[str] = Counter()
-    for split, part in by_split(rows, tc.val_fraction).items():
+    for split, part in by_split(rows, tc.val_fraction, lambda row: row["pair_id"]).items():
         examples, drops = encode_pairs(part, tokenize(tok), tok.token_to_id(EOS), context_length(base, tc, setting), fim=fim_ids(tok))
         counts[split] = write_examples(examples, str(out / split))
         counts.update({f"dropped.{k}": v for k, v in drops.items()})
@@ -110,7 +116,7 @@ def write_dpo_examples(rows: list[dict[str, str]], base: Path, tc: FinetuneConfi
     eos, max_len = tok.token_to_id(EOS), context_length(base, tc, setting)
     reference = AutoModelForCausalLM.from_pretrained(str(base))
     counts: Counter[str] = Counter()
-    for split, part in by_split(rows, tc.val_fraction).items():
+    for split, part in by_split(rows, tc.val_fraction, by_prompt).items():
         samples = []
         for prompt, (chosen, rejected) in encode_rows(part, ("chosen", "rejected"), tokenize(tok), fim_ids(tok)):
             sample = encode_preference(prompt, chosen, rejected, eos, max_len)
@@ -128,7 +134,7 @@ def tune(ctx: StageContext[PosttrainSections], method: str, examples: Upstream, 
     import mlflow
 
     tc: FinetuneConfig = getattr(ctx.config, method)
-    base = model_to_tune(tc.init_from, ctx.out_dir / "init", f"{method}.init_from")
+    base = model_to_tune(pinned(tc.init_from, ctx.observed.get("init_from", "")), ctx.out_dir / "init", f"{method}.init_from")
     ctx.console.print(f"{method}: tuning {base.ref}" + (f" (version {base.version})" if base.version else "")
                       + (f" with LoRA rank {tc.lora.rank}" if tc.lora else " (every weight)"))
     write = write_sft_examples if method == "sft" else write_dpo_examples

@@ -31,10 +31,12 @@ def real_tokens(batch: dict[str, torch.Tensor]) -> int:
     return int(sum(t.sum() for k, t in batch.items() if k.endswith("attention_mask")))
 
 
-def examples_dataloader(split_uri: str, cache: Path, batch_size: int, collate: Collate, shuffle: bool, seed: int) -> DataSpec:
+def examples_dataloader(
+    split_uri: str, cache: Path, batch_size: int, collate: Collate, shuffle: bool, seed: int, num_workers: int = 0
+) -> DataSpec:
     """A DataSpec over a split of variable-length examples (SFT pairs, DPO preferences), batched by ``collate``."""
     dataset = StreamingDataset(streams=streams_of([(split_uri, None)], cache), shuffle=shuffle, shuffle_seed=seed, batch_size=batch_size)
-    loader = StreamingDataLoader(dataset, batch_size=batch_size, collate_fn=collate, drop_last=False)
+    loader = StreamingDataLoader(dataset, batch_size=batch_size, collate_fn=collate, drop_last=False, num_workers=num_workers)
     return DataSpec(loader, get_num_tokens_in_batch=real_tokens)
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from lathe.core.errors import LatheError
 from lathe.pipelines.cli.app import ConfigOpt, SetOpt, app, console, load, tracked_config
+
+if TYPE_CHECKING:
+    from lathe.pipelines.config import LatheConfig
 
 
 @app.command()
@@ -137,13 +140,27 @@ def finetune_overrides(method: str, data: Optional[str], source: Optional[str]) 
     return sets
 
 
+TRAINERS = ("train", "sft", "dpo")  # the stages that register versions
+
+
+def registered_by(cfg: "LatheConfig", stage: str) -> str:
+    """``models:/<name>/<version>`` of the version the profile's finished ``stage`` registered."""
+    from lathe.pipelines.runner import finished
+
+    details = finished(stage, Path(cfg.run.runs_dir) / cfg.profile / stage).details
+    if not details.get("model_version"):
+        raise LatheError(f"the {stage} stage of profile {cfg.profile} registered no version; rerun it with MLflow tracking")
+    return f"models:/{details['registered_model']}/{details['model_version']}"
+
+
 @app.command()
 def finetune(
     method: str = typer.Option(..., "--method", help="sft, sft-lora, dpo or dpo-lora."),
     data: Optional[str] = typer.Option(None, "--data", help="prompt/response (sft) or prompt/chosen/rejected (dpo) JSONL or "
                                        "parquet, local or object store; default: mined pairs (sft), execution feedback (dpo)."),
-    source: Optional[str] = typer.Option(None, "--from", help="Model to tune (default the section's init_from: "
-                                         "models:/lathe-code@production)."),
+    source: Optional[str] = typer.Option(None, "--from", help="Model to tune: a models:/ URI or HF directory (default the "
+                                         "section's init_from, models:/lathe-code@production), or a stage (train, sft, dpo): "
+                                         "the version that stage of this profile registered."),
     config: Path = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
     force: bool = typer.Option(False, "--force", help="Tune again even if done."),
@@ -156,6 +173,9 @@ def finetune(
     from lathe.pipelines.runner import run_pipeline
 
     section = METHODS.get(method, ("",))[0]
+    cfg = load(config, set_)
+    if source in TRAINERS:  # pinned to a version, so a rerun or a retry tunes the same model
+        source = registered_by(cfg, source)
     cfg = load(config, [*finetune_overrides(method, data, source), *(set_ or [])])
     outcome = run_pipeline(cfg, [section, f"{section}_eval"], force=force, console=console)[-1]
     g = json.loads(Path(outcome.manifest["outputs"]["results"]).read_text()).get("gate") or {}
