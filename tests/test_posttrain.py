@@ -4,6 +4,7 @@ registered production model, on the session's small pipeline (real Spark, sandbo
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
