@@ -10,17 +10,34 @@ SET ?=
 SET_FLAGS := $(foreach s,$(SET),--set $(s))
 STAMP := $(VENV)/.lathe-installed
 
-.PHONY: setup system-deps lock airflow-setup all data tokenizer shards train eval sft dpo package serve promote deploy summary k8s-validate dag-test test bench bench-setup chaos clean-runs
+.PHONY: setup system-deps toolchains lock airflow-setup all data tokenizer shards train eval sft dpo package serve promote deploy summary k8s-validate dag-test test bench bench-setup chaos clean-runs
 
-## setup: system packages + .venv with the exact pinned environment + Airflow's own .venv-airflow (idempotent)
-setup: system-deps $(STAMP) airflow-setup
+## setup: system packages + .venv with the exact pinned environment + the sandbox's npm toolchains + Airflow's own
+##        .venv-airflow (idempotent)
+setup: system-deps $(STAMP) toolchains airflow-setup
 
-## system-deps: bubblewrap (the sandbox for model-written code) and postgresql (the telemetry store's tests);
-##              Debian packages, needs root or sudo
+## system-deps: bubblewrap (the sandbox for model-written code), the compilers and runtimes of the sandbox's languages
+##              at the paths it calls (g++, OpenJDK 17's javac and java, Debian's rustc, Node.js and npm), and
+##              postgresql (the telemetry store's tests); Debian packages, only the missing ones, needs root or sudo
 system-deps:
-	@{ command -v bwrap >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || { \
+	@need=""; \
+	command -v bwrap >/dev/null || need="$$need bubblewrap"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$$need postgresql"; \
+	test -x /usr/bin/g++ || need="$$need g++"; \
+	test -x /usr/bin/javac || need="$$need openjdk-17-jdk-headless"; \
+	test -x /usr/bin/rustc || need="$$need rustc"; \
+	test -x /usr/bin/node || need="$$need nodejs"; \
+	command -v npm >/dev/null || need="$$need npm"; \
+	[ -z "$$need" ] || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq bubblewrap postgresql; }
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$need; }
+
+## toolchains: the sandbox's npm-installed compilers (TypeScript), exactly as eval/toolchains/package-lock.json pins them
+TOOLCHAINS := eval/toolchains
+toolchains: $(TOOLCHAINS)/node_modules/.installed
+$(TOOLCHAINS)/node_modules/.installed: $(TOOLCHAINS)/package.json $(TOOLCHAINS)/package-lock.json
+	npm ci --prefix $(TOOLCHAINS) --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
 
 $(STAMP): requirements/lock.txt requirements/no-deps.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

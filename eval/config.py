@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from lathe.core.config import Strict
 
@@ -10,9 +10,15 @@ from lathe.core.config import Strict
 class SandboxConfig(Strict):
     """Limits for one untrusted program (each runs in its own namespaces, see eval/sandbox.py)."""
 
-    wall_s: float = Field(10.0, gt=0, description="Wall-clock limit; the whole process tree is killed after it.")
+    wall_s: float = Field(
+        10.0, gt=0, description="Wall-clock limit; the whole process tree is killed after it. A compiled language's compile "
+        "step has the same limits, its own wall clock and CPU time included.",
+    )
     cpu_s: int = Field(8, gt=0, description="CPU seconds (RLIMIT_CPU).")
-    memory_mb: int = Field(1024, gt=0, description="Address space (RLIMIT_AS).")
+    memory_mb: int = Field(
+        1024, gt=0, description="Address space (RLIMIT_AS); a language whose runtime or compiler cannot start in less gets "
+        "its minimum (eval/languages.py).",
+    )
     nproc: int = Field(32, gt=0, description="Processes of the sandbox user (RLIMIT_NPROC): stops fork bombs.")
     fsize_mb: int = Field(16, gt=0, description="Largest file it may write, output included (RLIMIT_FSIZE).")
     nofile: int = Field(64, gt=0, description="Open files (RLIMIT_NOFILE).")
@@ -28,6 +34,10 @@ class SandboxConfig(Strict):
         200, gt=0, description="Programs one fork-server worker runs before a fresh one replaces it "
         "(a program that leaves its worker in doubt gets it replaced at once).",
     )
+    compile_cache_mb: int = Field(
+        512, ge=0, description="Compiled programs a sandbox keeps so that an identical program text compiles once; beyond "
+        "this the least recently used are removed.",
+    )
     allow_weak_isolation: bool = Field(
         False, description="Run without namespaces when bubblewrap cannot start. Unsafe: for trusted code only."
     )
@@ -41,18 +51,22 @@ class GenerationConfig(Strict):
     top_p: float = Field(0.95, gt=0, le=1)
     max_new_tokens: int = Field(128, gt=0)
     batch_size: int = Field(8, gt=0, description="Prompts per generate() call.")
-    stop: list[str] = Field(
-        default_factory=lambda: ["\ndef", "\nclass", "\nif", "\nprint", "\n#"],
-        description="A completion is cut at the first of these (and at end of text).",
+    stop: list[str] | None = Field(
+        None, description="A completion is cut at the first of these (and at end of text); None = the benchmark "
+        "language's own (Python: a new top-level def, class, if, print or comment; C-like languages: the function's closing brace).",
     )
     seed: int = 1234
-    limit: int | None = Field(None, gt=0, description="Only the first N problems (quick profiles); None = all 164.")
+    limit: int | None = Field(None, gt=0, description="Only the first N problems of each benchmark (quick profiles); None = all.")
 
 
 class GateConfig(Strict):
     """Promotion gate against the model version holding the `production` alias."""
 
     min_pass_at_1_gain: float = Field(0.0, description="Candidate pass@1 must be >= production's + this.")
+    max_language_regression: float | None = Field(
+        None, ge=0, description="With several benchmarks: no benchmark's pass@1 may fall more than this below production's "
+        "on it (None: only the first benchmark's pass@1 gates).",
+    )
     max_val_loss_increase: float = Field(
         0.0, description="Candidate validation loss must be <= production's + this (decides for models that solve nothing)."
     )
@@ -64,6 +78,25 @@ class GateConfig(Strict):
 
 class EvalConfig(Strict):
     """HumanEval scoring."""
+
+    benchmarks: list[str] = Field(
+        default_factory=lambda: ["humaneval"], min_length=1,
+        description="Benchmarks the eval stage runs (eval/benchmarks.py: humaneval, humaneval-js, humaneval-ts, humaneval-java, "
+        "humaneval-cpp, humaneval-rust); the first one's pass@k is the model's headline and gates it.",
+    )
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _registered(cls, names: list[str]) -> list[str]:
+        from lathe.core.errors import LatheError
+        from lathe.eval.benchmarks import BENCHMARKS  # on use: eval.benchmarks imports the language runners
+
+        for name in names:
+            try:
+                BENCHMARKS.get(name)
+            except LatheError as exc:
+                raise ValueError(str(exc)) from None  # pydantic reports a ValueError as the field's error
+        return names
 
     ks: list[int] = Field(default_factory=lambda: [1, 10, 100], description="pass@k reported for each k <= n.")
     generation: GenerationConfig = Field(default_factory=GenerationConfig)

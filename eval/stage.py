@@ -1,5 +1,6 @@
-"""The `eval` stage: generate HumanEval completions with the trained model, score them in the
-sandbox, write the report, and run the promotion gate. Post-training candidates go through
+"""The `eval` stage: generate completions with the trained model for each benchmark (HumanEval and,
+per ``eval.benchmarks``, its translations into other languages), score them in the sandbox, write the
+report (per language), and run the promotion gate. Post-training candidates go through
 the same stage under their own names (`sft_eval`, `dpo_eval`): every registered version is gated alike."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from lathe.core.models import PRODUCTION, ModelRegistry
 from lathe.core.stage import Stage, StageContext, StageResult, Upstream, json_summary
 from lathe.core.tracking import figure_name, mlflow_key
 from lathe.eval.config import EvalConfig
-from lathe.eval.evaluate import evaluate_model, print_eval, write_report
+from lathe.eval.evaluate import benchmark_figures, evaluate_model, print_eval, samples_file, write_report
 from lathe.eval.gate import decide
 
 
@@ -48,7 +49,7 @@ def run_eval(ctx: StageContext[EvalSections]) -> StageResult:
     train = candidate(ctx.inputs)
     trained = json.loads(train.path("summary").read_text())
     report = evaluate_model(str(train.path("model")), cfg, ctx.out_dir)
-    figures = {k: v for k, v in report.items() if k.startswith("pass@")}
+    figures = {k: v for k, v in report.items() if k.startswith("pass@")} | benchmark_figures(report)
     figures.update({k: float(trained[after]) for k, (_, after) in LOSS_FIGURES.items() if trained.get(after) is not None})
     name, version = trained.get("registered_model"), trained.get("model_version")
     if name and version:
@@ -69,7 +70,8 @@ def run_eval(ctx: StageContext[EvalSections]) -> StageResult:
         counts={"problems": report["problems"], "samples": report["samples"],
                 "passed": sum(r["passed"] for r in report["results"])},
         metrics={mlflow_key(k): float(v) for k, v in figures.items()},
-        artifacts=[ctx.out_dir / "samples.jsonl", *artifacts],
+        artifacts=[*(samples_file(ctx.out_dir, name, i == 0) for i, (name, b) in enumerate(report["benchmarks"].items())
+                     if "skipped" not in b), *artifacts],
         details={"gate": report.get("gate")},
     )
 
@@ -98,6 +100,7 @@ def gate_stage(name: str, trainer: str, optional: bool = False) -> Stage[Any]:
         inputs=(trainer,),
         section=lambda cfg: cfg.eval,
         run=run_eval,
+        version="2",  # 2: results.json reports every benchmark of eval.benchmarks (per language)
         outputs={"report": "report.md", "results": "results.json", "samples": "samples.jsonl"},
         summarize=json_summary("results.json", print_eval),
         headline=eval_headline,

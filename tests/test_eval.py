@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from lathe.core.errors import InputError
-from lathe.eval.benchmarks import PYTHON
 from lathe.eval.config import EvalConfig, SandboxConfig
 from lathe.eval.humaneval import pass_at_k, problems, program, read_samples, score
+from lathe.eval.languages import PYTHON
 from lathe.eval.sandbox import Sandbox, SandboxUnavailable
 from tests.conftest import REPO
 
@@ -177,18 +177,7 @@ def test_cli_scores_a_file_and_names_bad_lines(tmp_path: Path) -> None:
         read_samples(bad)
 
 
-# --- JavaScript: the same sandbox through the benchmark plug-in ------------------------------
-def test_javascript_benchmark_end_to_end() -> None:
-    from lathe.eval.benchmarks import BENCHMARKS
-
-    js = BENCHMARKS.get("humaneval-js").problems()
-    canonical = [{"task_id": t, "completion": p["canonical_solution"]} for t, p in js.items()]
-    report = score(canonical, FAST, show_progress=False, benchmark="humaneval-js")
-    assert report["pass@1"] == 1.0 and report["problems"] == len(js) >= 5, report["results"]
-    wrong = [{"task_id": t, "completion": "  return null;\n}\n"} for t in js]
-    assert score(wrong, FAST, show_progress=False, benchmark="humaneval-js")["pass@1"] == 0.0
-
-
+# --- JavaScript: the same sandbox through the benchmark plug-in (every language: tests/test_references.py) ---
 @pytest.mark.parametrize(
     "body, status",
     [
@@ -201,8 +190,8 @@ def test_javascript_benchmark_end_to_end() -> None:
 def test_hostile_javascript_is_contained(body: str, status: str) -> None:
     from lathe.eval.benchmarks import BENCHMARKS
 
-    first, problem = next(iter(BENCHMARKS.get("humaneval-js").problems().items()))
-    completion = body + problem["canonical_solution"]
+    first, reference = next(iter(BENCHMARKS.get("humaneval-js").references().items()))
+    completion = body + reference
     result = score([{"task_id": first, "completion": completion}], FAST, show_progress=False, benchmark="humaneval-js")
     assert result["results"][0]["status"] == status and not Path("/etc/lathe-pwned").exists()
 

@@ -76,6 +76,19 @@ def test_a_candidate_that_forgot_the_earlier_code_fails(registry: ModelRegistry)
     assert decide(registry, "4", {"pass@1": 0.0, "val_loss": 1.9}, cfg).passed
 
 
+def test_no_language_may_regress_beyond_the_threshold(registry: ModelRegistry) -> None:
+    cfg = GateConfig(max_language_regression=0.05)
+    decide(registry, "1", {"pass@1": 0.30, "humaneval-js/pass@1": 0.20, "humaneval-rust/pass@1": 0.10}, cfg)
+    assert registry.promote() == "1"
+    # better on Python, within the threshold on JavaScript, 0.08 worse on Rust: refused, naming the language
+    regressed = decide(registry, "2", {"pass@1": 0.35, "humaneval-js/pass@1": 0.16, "humaneval-rust/pass@1": 0.02}, cfg)
+    assert not regressed.passed and "humaneval-rust/pass@1 0.0200 < production 0.1000 - 0.05" in regressed.reason
+    assert "humaneval-js" not in regressed.reason
+    # a language production was never scored on does not gate; without the threshold only the headline does
+    assert decide(registry, "3", {"pass@1": 0.35, "humaneval-js/pass@1": 0.16, "humaneval-java/pass@1": 0.0}, cfg).passed
+    assert decide(registry, "4", {"pass@1": 0.35, "humaneval-rust/pass@1": 0.0}, GateConfig()).passed
+
+
 def test_promote_without_staff_is_one_clear_error(registry: ModelRegistry) -> None:
     with pytest.raises(LatheError, match="no version of lathe-code holds the `staff` alias"):
         registry.promote()

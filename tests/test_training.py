@@ -365,9 +365,15 @@ def test_evaluate_a_registered_version_by_alias(trained, shards_pipeline, tmp_pa
     profile_dir, _, _ = shards_pipeline
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{profile_dir.parent / 'mlflow.db'}")
     cfg = EvalConfig(ks=[1], generation={"limit": 2, "n": 1, "max_new_tokens": 8, "temperature": 0.0})
-    report = evaluate_model("models:/lathe-code/1", cfg, tmp_path / "ev")
+    report = evaluate_model("models:/lathe-code/1", cfg, tmp_path / "ev", ["humaneval", "humaneval-js"])
     assert report["problems"] == 2 and (tmp_path / "ev" / "model" / "model.safetensors").is_file()
     assert len((tmp_path / "ev" / "samples.jsonl").read_text().splitlines()) == 2
+    # per language: the JavaScript translation generated with its own stop sequence, scored by Node.js, charted
+    js = report["benchmarks"]["humaneval-js"]
+    assert js["problems"] == 2 and "pass@1" in js and sum(js["statuses"].values()) == 2
+    completions = [json.loads(line)["completion"] for line in (tmp_path / "ev" / "samples-humaneval-js.jsonl").read_text().splitlines()]
+    assert len(completions) == 2 and not any("\n}" in c for c in completions)
+    assert (tmp_path / "ev" / "languages.png").is_file() and "| humaneval-js |" in (tmp_path / "ev" / "report.md").read_text()
     with pytest.raises(InputError, match="cannot fetch model models:/lathe-code/99"):
         evaluate_model("models:/lathe-code/99", cfg, tmp_path / "ev2")
     with pytest.raises(InputError, match="not a Hugging Face model directory"):

