@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -361,11 +362,16 @@ def test_eval_stage_generates_scores_and_gates(trained, shards_pipeline) -> None
 def test_evaluate_a_registered_version_by_alias(trained, shards_pipeline, tmp_path: Path, monkeypatch) -> None:
     from lathe.eval.config import EvalConfig
     from lathe.eval.evaluate import evaluate_model
+    from lathe.eval.languages import LANGUAGES
 
     profile_dir, _, _ = shards_pipeline
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{profile_dir.parent / 'mlflow.db'}")
     cfg = EvalConfig(ks=[1], generation={"limit": 2, "n": 1, "max_new_tokens": 8, "temperature": 0.0})
-    report = evaluate_model("models:/lathe-code/1", cfg, tmp_path / "ev", ["humaneval", "humaneval-js"])
+    # a language whose toolchain is missing is skipped with the reason, not failed
+    without_rustc = dataclasses.replace(LANGUAGES.get("rust"), toolchain=(("/nonexistent/rustc", "install Debian's rustc"),))
+    monkeypatch.setitem(LANGUAGES._items, "rust", without_rustc)
+    report = evaluate_model("models:/lathe-code/1", cfg, tmp_path / "ev", ["humaneval", "humaneval-js", "humaneval-rust"])
+    assert report["benchmarks"]["humaneval-rust"] == {"skipped": "rust needs /nonexistent/rustc: install Debian's rustc"}
     assert report["problems"] == 2 and (tmp_path / "ev" / "model" / "model.safetensors").is_file()
     assert len((tmp_path / "ev" / "samples.jsonl").read_text().splitlines()) == 2
     # per language: the JavaScript translation generated with its own stop sequence, scored by Node.js, charted
