@@ -128,10 +128,6 @@ class Target:
         for t in [t for _, t in sp.params] + [sp.returns]:
             self.type(t)
 
-    def floats(self, sp: SourceProblem) -> bool:
-        """Whether results are compared within a tolerance."""
-        return sp.returns.contains("float")
-
     def translate(self, sp: SourceProblem) -> dict[str, Any]:
         """The problem in this language: task_id, entry_point, prompt, test (or :class:`Untranslatable`)."""
         self.check_types(sp)
@@ -355,6 +351,11 @@ JAVA_EQUAL = """    static boolean latheEqual(Object a, Object b, double tol) {
 JAVA_PAIR = "    record Pair<A, B>(A first, B second) {}\n\n"
 
 
+def _uses_pairs(sp: SourceProblem) -> bool:
+    """Whether the problem's types hold a tuple (Java's prompt then declares the Pair record)."""
+    return any(t.contains("tuple") for t in [sp.returns, *(t for _, t in sp.params)])
+
+
 class Java(Static):
     """Java 17, in ``class Problem``: long, double, String, boolean, ArrayList, HashMap, Optional, and
     a ``Pair`` record for two-element tuples."""
@@ -395,7 +396,7 @@ class Java(Static):
         return f"new {self.type(t)}(Map.ofEntries({', '.join(f'Map.entry({k}, {v})' for k, v in items)}))"
 
     def header(self, sp: SourceProblem) -> str:
-        pair = JAVA_PAIR if any(t.contains("tuple") for t in [sp.returns, *(t for _, t in sp.params)]) else ""
+        pair = JAVA_PAIR if _uses_pairs(sp) else ""
         return "import java.util.*;\nimport java.util.stream.*;\n\nclass Problem {\n" + pair
 
     def prompt(self, sp: SourceProblem) -> str:
@@ -409,7 +410,7 @@ class Java(Static):
         return f"        return {zero};\n"
 
     def tests(self, sp: SourceProblem) -> str:
-        pair = "" if any(t.contains("tuple") for t in [sp.returns, *(t for _, t in sp.params)]) else "    record Pair<A, B>(A first, B second) {}\n"
+        pair = "" if _uses_pairs(sp) else JAVA_PAIR.rstrip("\n") + "\n"  # latheEqual names Pair: declared once, here if not above
         lines = ["    }", "", "    public static void main(String[] args) throws Exception {"]
         lines += [f"        latheCheck({self.call(sp, c.args)}, {self.expected(sp, c)}, {c.tolerance!r}, {i});" for i, c in enumerate(sp.cases, 1)]
         lines += ["        LatheProof.run(args);", "    }", "", JAVA_EQUAL + pair + "}"]
