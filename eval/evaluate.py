@@ -28,6 +28,11 @@ def benchmark_figures(report: dict[str, Any]) -> dict[str, float]:
     return {f"{name}/{k}": v for name, b in list(report.get("benchmarks", {}).items())[1:] for k, v in b.items() if k.startswith("pass@")}
 
 
+def report_figures(report: dict[str, Any]) -> dict[str, float]:
+    """Every pass@k of a report: the headline's as ``pass@k``, the others' as ``<benchmark>/pass@k``."""
+    return {k: v for k, v in report.items() if k.startswith("pass@")} | benchmark_figures(report)
+
+
 def samples_file(out_dir: Path, benchmark: str, first: bool) -> Path:
     """samples.jsonl for the headline benchmark, samples-<benchmark>.jsonl for each other."""
     return out_dir / ("samples.jsonl" if first else f"samples-{benchmark}.jsonl")

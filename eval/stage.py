@@ -12,7 +12,7 @@ from lathe.core.models import PRODUCTION, ModelRegistry
 from lathe.core.stage import Stage, StageContext, StageResult, Upstream, json_summary
 from lathe.core.tracking import figure_name, mlflow_key
 from lathe.eval.config import EvalConfig
-from lathe.eval.evaluate import benchmark_figures, evaluate_model, print_eval, samples_file, write_report
+from lathe.eval.evaluate import evaluate_model, print_eval, report_figures, samples_file, write_report
 from lathe.eval.gate import decide
 
 
@@ -49,7 +49,7 @@ def run_eval(ctx: StageContext[EvalSections]) -> StageResult:
     train = candidate(ctx.inputs)
     trained = json.loads(train.path("summary").read_text())
     report = evaluate_model(str(train.path("model")), cfg, ctx.out_dir)
-    figures = {k: v for k, v in report.items() if k.startswith("pass@")} | benchmark_figures(report)
+    figures = report_figures(report)
     figures.update({k: float(trained[after]) for k, (_, after) in LOSS_FIGURES.items() if trained.get(after) is not None})
     name, version = trained.get("registered_model"), trained.get("model_version")
     if name and version:

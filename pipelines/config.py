@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
-from lathe.core.config import Strict
+from lathe.core.config import Strict, set_key_path
 from lathe.core.errors import ConfigError
 from lathe.core.spark import SparkConfig
 from lathe.data.config import DataConfig, PairsConfig
@@ -23,6 +23,7 @@ from lathe.eval.config import EvalConfig, PreferencesConfig
 from lathe.serving.config import ServeConfig
 from lathe.tokenizer.config import ShardsConfig, TokenizerConfig
 from lathe.training.config import DPOConfig, SFTConfig, TrainConfig
+from lathe.training.sweep_config import SweepConfig, sweep_candidates
 
 
 class RunConfig(Strict):
@@ -57,6 +58,7 @@ class LatheConfig(Strict):
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     shards: ShardsConfig = Field(default_factory=ShardsConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
@@ -85,25 +87,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
 def apply_override(tree: dict[str, Any], item: str) -> None:
     """Set ``key.path=value`` in a raw config dict; list items are addressed by index."""
     parts, value = _parse_override(item)
-    node: Any = tree
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        where = ".".join(parts[: i + 1])
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"override {item!r}: {where} is not an index of a {len(node)}-item list")
-            idx = int(part)
-            if last:
-                node[idx] = value
-            else:
-                node = node[idx]
-        elif isinstance(node, dict):
-            if last:
-                node[part] = value
-            else:
-                node = node.setdefault(part, {})
-        else:
-            raise ConfigError(f"override {item!r}: {'.'.join(parts[:i])} is a value, not a section")
+    set_key_path(tree, parts, value, f"override {item!r}")
 
 
 def _format_validation(exc: ValidationError, origin: str) -> str:
@@ -154,3 +138,9 @@ def check_across_sections(cfg: LatheConfig, origin: str) -> None:
                         "the model could not read its samples; lower one or raise the other")
     if problems:
         raise ConfigError(f"invalid config {origin}: " + "; ".join(problems))
+    try:
+        for _, train in sweep_candidates(cfg.train, cfg.sweep):  # each candidate is a whole train section
+            if cfg.shards.seq_len > train.model.max_seq_len:
+                raise ConfigError(f"sets train.model.max_seq_len={train.model.max_seq_len} below shards.seq_len={cfg.shards.seq_len}")
+    except ConfigError as exc:
+        raise ConfigError(f"invalid config {origin}: {exc}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from lathe.core.registry import Registry
@@ -13,7 +14,17 @@ from lathe.eval.stage import DPO_EVAL, EVAL, SFT_EVAL
 from lathe.serving.stage import CANARY, PACKAGE
 from lathe.tokenizer.stage import SHARDS, TOKENIZER
 from lathe.training.posttrain import DPO, SFT
-from lathe.training.stage import TRAIN
+from lathe.training.stage import train_stage
+
+
+def score_candidate(model_dir: Path, out_dir: Path, cfg: Any) -> dict[str, float]:
+    """A sweep candidate's pass@k on every benchmark of ``eval.benchmarks``, as the eval stage measures it."""
+    from lathe.eval.evaluate import evaluate_model, report_figures
+
+    return report_figures(evaluate_model(str(model_dir), cfg.eval, out_dir))
+
+
+TRAIN = train_stage(score_candidate)
 
 
 def pipeline_stages() -> Registry[Stage[Any]]:

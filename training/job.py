@@ -4,6 +4,7 @@ without importing torch or Composer."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -34,6 +35,10 @@ class TrainJob(Strict):
     init_weights: str | None = Field(None, description="Local HF directory or Composer checkpoint to start from (train.init_from, resolved).")
     init_ref: str | None = Field(None, description="train.init_from as configured (for the summary and lineage).")
     parent_version: str = Field("", description="The registered version the initial weights are (empty: none).")
+    trial: bool = Field(False, description="A sweep's profiling trial: train max_duration batches and log the throughput; "
+                        "no evaluation, checkpoint or export.")
+    device_memory_mb: int | None = Field(None, gt=0, description="Cap each rank's memory at this (sweep.device_memory_mb): "
+                                         "a trial that needs more runs out of memory, as on a smaller device.")
 
 
 # What a post-training run writes beside MODEL_DIR, SUMMARY and METRICS: the LoRA adapter on its own.
@@ -63,3 +68,14 @@ def job_folder(job: TrainJob | FinetuneJob) -> str:
     """Where a job's checkpoints go: its section's save_folder or <stage>/checkpoints."""
     section = job.train if isinstance(job, TrainJob) else job.tune
     return section.save_folder or str(Path(job.out_dir) / "checkpoints")
+
+
+def last_metric(metrics_file: Path, key: str) -> float | None:
+    """The last value ``key`` took in a run's metrics.jsonl (None: never logged)."""
+    value = None
+    if metrics_file.is_file():
+        for line in metrics_file.read_text().splitlines():
+            row = json.loads(line)
+            if key in row:
+                value = row[key]
+    return value

@@ -16,9 +16,10 @@ from lathe.tokenizer.config import ShardsConfig, TokenizerConfig
 from lathe.tokenizer.streams import StreamInfo
 from lathe.tokenizer.vocab import vocabulary_hash
 from lathe.training.config import TrainConfig
-from lathe.training.job import METRICS, MODEL_DIR, SPIKES, SUMMARY, TrainJob
+from lathe.training.job import METRICS, MODEL_DIR, SPIKES, SUMMARY, TrainJob, last_metric
 from lathe.training.launcher import launch
 from lathe.training.mixture import StreamDraw, plan_mixture, print_mixture, run_samples, validation_roles
+from lathe.training.sweep_config import Score, SweepConfig, SweptTrain
 
 
 class TrainSections(Protocol):
@@ -28,17 +29,7 @@ class TrainSections(Protocol):
     train: TrainConfig
     tokenizer: TokenizerConfig
     shards: ShardsConfig
-
-
-def last_metric(metrics_file: Path, key: str) -> float | None:
-    """The last value ``key`` took in a run's metrics.jsonl (None: never logged)."""
-    value = None
-    if metrics_file.is_file():
-        for line in metrics_file.read_text().splitlines():
-            row = json.loads(line)
-            if key in row:
-                value = row[key]
-    return value
+    sweep: SweepConfig
 
 
 def initial_weights(cfg: TrainSections, cache: Path, vocabulary: str, console: Console) -> ModelSource | None:
@@ -142,7 +133,6 @@ def run_train(ctx: StageContext[TrainSections]) -> StageResult:
     run = mlflow.active_run()
     job, draws = build_job(cfg, ctx.inputs, ctx.out_dir, run_name(cfg, ctx.fingerprint), ctx.console,
                            mlflow.get_tracking_uri(), run.info.run_id if run else None)
-    init, vocabulary = job.init_ref, vocabulary_hash(Path(job.tokenizer))
     print_mixture(draws, cfg.shards.seq_len, ctx.console)
     preflight(job)  # bad input fails here, before a process or a batch is spent
     nproc = cfg.train.nproc
@@ -153,39 +143,55 @@ def run_train(ctx: StageContext[TrainSections]) -> StageResult:
         launch(job, nproc, ctx.out_dir)
     summary_file, hf_dir, metrics_file = (Path(ctx.outputs[k]) for k in ("summary", "model", "metrics"))
     summary = json.loads(summary_file.read_text())
-    version = None
-    if run is not None:
-        shards = ctx.inputs["shards"]
-        lineage = {
-            "lathe.profile": cfg.profile,
-            "lathe.fingerprint": ctx.fingerprint,
-            "lathe.parent_version": job.parent_version,
-            "lathe.data_snapshot": str(shards.details.get("data_snapshot") or ""),
-            "lathe.tokenizer": vocabulary,
-            "lathe.shards": str(shards.manifest.get("fingerprint", "")),
-            "lathe.method": "continued" if init else "pretrain",
-            "lathe.tokens": str(summary["tokens"]),
-            "lathe.val_loss": "" if summary.get("final_val_loss") is None else f"{summary['final_val_loss']:.6f}",
-        }
-        version = ModelRegistry(cfg.train.registered_model).register(hf_dir, run.info.run_id, lineage)
-    summary.update(
-        mixture=[d.model_dump(mode="json") for d in draws],
-        validation=job.validation,
-        registered_model=cfg.train.registered_model,
-        model_version=version,
-        tokens_per_s=last_metric(metrics_file, "throughput/tokens_per_sec"),
-        mfu=last_metric(metrics_file, "throughput/device/mfu"),
-        wandb_runs=sorted(str(p) for p in (ctx.out_dir / "wandb").glob("*run-*")),
-    )
+    run_id = run.info.run_id if run else None
+    summary = registered_summary(cfg, ctx.fingerprint, ctx.inputs["shards"], job, draws, summary, hf_dir, metrics_file, run_id)
+    summary["wandb_runs"] = sorted(str(p) for p in (ctx.out_dir / "wandb").glob("*run-*"))
     summary_file.write_text(json.dumps(summary, indent=2))
     print_train(summary, ctx.console)
     artifacts = [p for p in (metrics_file, ctx.out_dir / SPIKES, summary_file) if p.is_file()]
+    return train_result(summary, artifacts)
+
+
+def registered_summary(
+    cfg: TrainSections, fingerprint: str, shards: Upstream, job: TrainJob, draws: list[StreamDraw], summary: dict[str, Any],
+    hf_dir: Path, metrics_file: Path, run_id: str | None, tags: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Register a finished run's export under its lineage tags (with an MLflow run to hang it on) and return
+    its summary completed with the mixture, the version and the throughput."""
+    version = None
+    if run_id is not None:
+        lineage = {
+            "lathe.profile": cfg.profile,
+            "lathe.fingerprint": fingerprint,
+            "lathe.parent_version": job.parent_version,
+            "lathe.data_snapshot": str(shards.details.get("data_snapshot") or ""),
+            "lathe.tokenizer": vocabulary_hash(Path(job.tokenizer)),
+            "lathe.shards": str(shards.manifest.get("fingerprint", "")),
+            "lathe.method": "continued" if job.init_ref else "pretrain",
+            "lathe.tokens": str(summary["tokens"]),
+            "lathe.val_loss": "" if summary.get("final_val_loss") is None else f"{summary['final_val_loss']:.6f}",
+            **(tags or {}),
+        }
+        version = ModelRegistry(job.train.registered_model).register(hf_dir, run_id, lineage)
+    return summary | dict(
+        mixture=[d.model_dump(mode="json") for d in draws],
+        validation=job.validation,
+        registered_model=job.train.registered_model,
+        model_version=version,
+        tokens_per_s=last_metric(metrics_file, "throughput/tokens_per_sec"),
+        mfu=last_metric(metrics_file, "throughput/device/mfu"),
+    )
+
+
+def train_result(summary: dict[str, Any], artifacts: list[Path], outputs: dict[str, str] | None = None) -> StageResult:
+    """What the train stage reports, from its (or its sweep winner's) summary."""
     return StageResult(
         counts={"batches": summary["batches"], "tokens": summary["tokens"], "parameters": summary["parameters"]},
         metrics={k: float(summary[k]) for k in ("initial_val_loss", "final_val_loss", "initial_replay_val_loss",
                                                   "final_replay_val_loss", "tokens_per_s") if summary.get(k) is not None},
         artifacts=artifacts,
         details=summary,
+        outputs=outputs or {},
     )
 
 
@@ -228,14 +234,36 @@ def train_headline(manifest: dict[str, Any]) -> str:
     return f"{counts['parameters'] / 1e6:.1f}M params, {counts['tokens']:,} tokens, val loss {start}{m['final_val_loss']:.2f}"
 
 
-TRAIN: Stage[Any] = Stage(
-    name="train",
-    inputs=("tokenizer", "shards"),
-    section=lambda cfg: cfg.train,
-    run=run_train,
-    outputs={"model": MODEL_DIR, "summary": SUMMARY, "metrics": METRICS},
-    summarize=json_summary(SUMMARY, print_train),
-    headline=train_headline,
-    verify=verify_registered,
-    resumable=True,
-)
+def train_section(cfg: Any) -> Any:
+    """What the train stage is fingerprinted and tracked by: the train section, and with a sweep on, the
+    sweep and (when it runs HumanEval on the candidates) the eval section too."""
+    if not cfg.sweep.enabled:
+        return cfg.train
+    return SweptTrain(train=cfg.train, sweep=cfg.sweep, evaluation=cfg.eval.model_dump(mode="json") if cfg.sweep.evaluate else None)
+
+
+def train_stage(score: Score | None = None) -> Stage[Any]:
+    """The train stage; with ``sweep.enabled`` it trains the sweep's candidates and keeps the best by
+    ``sweep.metric`` (``score``: the HumanEval figures of a candidate, which the roof supplies)."""
+
+    def run(ctx: StageContext[TrainSections]) -> StageResult:
+        if ctx.config.sweep.enabled:
+            from lathe.training.sweep import run_sweep
+
+            return run_sweep(ctx, score)
+        return run_train(ctx)
+
+    return Stage(
+        name="train",
+        inputs=("tokenizer", "shards"),
+        section=train_section,
+        run=run,
+        outputs={"model": MODEL_DIR, "summary": SUMMARY, "metrics": METRICS},
+        summarize=json_summary(SUMMARY, print_train),
+        headline=train_headline,
+        verify=verify_registered,
+        resumable=True,
+    )
+
+
+TRAIN = train_stage()

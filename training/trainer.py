@@ -126,10 +126,11 @@ def per_rank_batch(tc: ComposerConfig, setting: str) -> int:
 
 def composer_trainer(
     tc: ComposerConfig, model: Any, train: Any, evaluators: list[Evaluator], *, optimizer: OptimizerConfig, warmup: str,
-    device: str, folder: str, run_name: str, loggers: list[Any], callbacks: list[Any], eval_subset_num_batches: int = -1,
+    device: str, folder: str | None, run_name: str, loggers: list[Any], callbacks: list[Any], eval_subset_num_batches: int = -1,
 ) -> Trainer:
     """The Composer Trainer every lathe run uses: cosine schedule with warmup, gradient clipping, DDP or
-    FSDP2 (with activation checkpointing and CPU offload), checkpoints every save_interval and autoresume."""
+    FSDP2 (with activation checkpointing and CPU offload), checkpoints every save_interval and autoresume
+    (``folder`` None: neither, for a profiling trial)."""
     from composer.utils.parallelism import FSDP2Config, ParallelismConfig
 
     parallelism = None
@@ -153,8 +154,8 @@ def composer_trainer(
         optimizers=build_optimizer(trainable, optimizer),
         schedulers=CosineAnnealingWithWarmupScheduler(t_warmup=warmup, alpha_f=tc.alpha_f),
         algorithms=[GradientClipping(clipping_type="norm", clipping_threshold=tc.grad_clip_norm)],
-        eval_interval=tc.eval_interval,
-        eval_subset_num_batches=eval_subset_num_batches,
+        eval_interval=tc.eval_interval if evaluators else 1,  # (a trial has no evaluators: Composer's defaults)
+        eval_subset_num_batches=eval_subset_num_batches if evaluators else -1,
         precision=tc.precision,
         device=device,
         device_train_microbatch_size=tc.device_train_microbatch_size,
@@ -162,7 +163,7 @@ def composer_trainer(
         save_folder=folder,
         save_interval=tc.save_interval,
         save_num_checkpoints_to_keep=tc.save_num_checkpoints_to_keep,
-        autoresume=True,
+        autoresume=folder is not None,
         run_name=run_name,
         loggers=loggers,
         callbacks=callbacks,
@@ -207,6 +208,8 @@ def run_training(job: TrainJob) -> dict[str, Any]:
     out = Path(job.out_dir)
     facts = preflight(job)
     device = start_ranks()
+    if job.device_memory_mb:
+        limit_device_memory(device, job.device_memory_mb)
     world = dist.get_world_size()
     per_rank = per_rank_batch(tc, "train")
     cache = out / "stream-cache"
@@ -215,7 +218,7 @@ def run_training(job: TrainJob) -> dict[str, Any]:
         facts["pad_id"], tc.num_workers, tc.num_canonical_nodes,
     )
     datasets, evaluators = [train_ds], []
-    for label, uris in job.validation.items():
+    for label, uris in ({} if job.trial else job.validation).items():
         spec, dataset = build_dataloader(
             [(f"{u}/val", None) for u in uris], cache / label, per_rank, False, tc.seed, facts["pad_id"], tc.num_workers,
             tc.num_canonical_nodes)
@@ -230,10 +233,17 @@ def run_training(job: TrainJob) -> dict[str, Any]:
         optimizer, warmup = tc.optimizer.model_copy(update={"lr": tc.continued.lr}), tc.continued.warmup
     spikes = LossSpikeMonitor(tc.loss_spike, out / SPIKES, train_ds)
     trainer = composer_trainer(
-        tc, model, train_spec, evaluators, optimizer=optimizer, warmup=warmup, device=device, folder=job_folder(job),
-        run_name=job.run_name, loggers=run_loggers(tc, out, job.run_name, job.mlflow_uri, job.mlflow_run_id),
+        tc, model, train_spec, evaluators, optimizer=optimizer, warmup=warmup, device=device,
+        folder=None if job.trial else job_folder(job), run_name=job.run_name,
+        loggers=run_loggers(tc, out, job.run_name, job.mlflow_uri, job.mlflow_run_id),
         callbacks=[spikes, TrainMetricsEvery(tc.train_metrics_every)], eval_subset_num_batches=tc.eval_subset_num_batches,
     )
+    if job.trial:  # a profiling trial: its batches and the speed monitor's throughput in metrics.jsonl, nothing else
+        trainer.fit()
+        trainer.close()
+        for dataset in datasets:
+            release_filelocks(dataset)
+        return {"batches": int(trainer.state.timestamp.batch), "world_size": world}
     resumed_at, initial, final = fit_with_baseline(trainer, val_losses)
     final_val = final.get("val")
     summary = {
@@ -261,6 +271,25 @@ def run_training(job: TrainJob) -> dict[str, Any]:
     for dataset in datasets:
         release_filelocks(dataset)
     return summary
+
+
+def limit_device_memory(device: str, megabytes: int) -> None:
+    """Give this rank at most ``megabytes`` of its device's memory from here on, so that a sweep's trial
+    of a model too big for the device runs out of memory as it would on a smaller device.
+
+    GPU: PyTorch's caching allocator refuses beyond that share of the device. CPU: the process's data
+    limit (RLIMIT_DATA: private writable memory) becomes what it uses now plus ``megabytes``.
+    """
+    if device == "gpu":
+        total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, megabytes * 2**20 / total))
+        return
+    import resource
+
+    status = Path("/proc/self/status").read_text()
+    used_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmData:")))
+    limit = used_kb * 1024 + megabytes * 2**20
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, resource.getrlimit(resource.RLIMIT_DATA)[1]))
 
 
 def val_losses(trainer: Trainer) -> dict[str, float]:
