@@ -10,7 +10,7 @@ SET ?=
 SET_FLAGS := $(foreach s,$(SET),--set $(s))
 STAMP := $(VENV)/.lathe-installed
 
-.PHONY: setup system-deps toolchains lock airflow-setup all data tokenizer shards train eval sft dpo package serve promote deploy summary k8s-validate dag-test test bench bench-setup chaos clean-runs
+.PHONY: setup system-deps toolchains lock airflow-setup all data tokenizer shards train sweep eval sft dpo package serve promote deploy summary k8s-validate dag-test test bench bench-setup chaos clean-runs
 
 ## setup: system packages + .venv with the exact pinned environment + the sandbox's npm toolchains + Airflow's own
 ##        .venv-airflow (idempotent)
@@ -98,6 +98,11 @@ shards: setup
 NPROC ?=
 train: setup
 	$(BIN)/lathe train --config $(CONFIG) $(SET_FLAGS) $(if $(NPROC),--nproc $(NPROC))
+
+## sweep: the config's sweep candidates (sweep.candidates, sweep.grid) profiled, scheduled jointly on this node's devices
+##        (OR-Tools CP-SAT, minimum makespan), trained side by side; the best by sweep.metric registered, then the gate
+sweep: setup
+	$(BIN)/lathe sweep --config $(CONFIG) $(SET_FLAGS)
 
 ## eval: HumanEval completions from the trained model, scored in the sandbox; the gate sets `staff`
 eval: setup

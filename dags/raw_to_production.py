@@ -24,6 +24,9 @@ Where tasks run is configuration, never an edit of this file. Airflow Variables 
 - ``lathe_approval_timeout_h`` (72): after it, an unanswered approval counts as Reject.
 - ``lathe_posttrain`` (empty: off): post-training methods to run after the gate, in order, from
   ``sft``, ``sft-lora``, ``dpo``, ``dpo-lora`` (``lathe finetune`` on the mined and execution-feedback data).
+- ``lathe_sweep`` (false): the train task trains the config's sweep candidates, jointly scheduled on the
+  devices, and registers the best for the gate (``sweep.enabled=true``, passed to every task so each
+  sees the same train stage).
 
 Each stage's output is an Airflow Asset (data snapshot, tokenizer, shards, model), so DAGs
 downstream of them (an offline-eval DAG, a data-quality report) run when they change.
@@ -56,7 +59,8 @@ def setting(name: str, default: str) -> str:
 EXECUTION = setting("lathe_execution", "local")
 HOME = setting("lathe_home", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = setting("lathe_config", "configs/tiny.yaml")
-OVERRIDES = shlex.split(setting("lathe_set", ""))
+SWEEP = setting("lathe_sweep", "false").lower() in ("1", "true", "yes")
+OVERRIDES = shlex.split(setting("lathe_set", "")) + (["sweep.enabled=true"] if SWEEP else [])
 DEPLOY_ARGS = shlex.split(setting("lathe_deploy_args", ""))
 IMAGE = setting("lathe_image", "ghcr.io/lathe-ml/lathe:0.1.0")
 NAMESPACE = setting("lathe_namespace", "lathe")

@@ -80,3 +80,11 @@ def test_data_clean_by_hand(tmp_path: Path) -> None:
     assert sorted(dropped["reason"]) == ["exact_duplicate", "parse_error"]
     assert set(dropped.columns) >= {"id", "path", "reason"} and kept["id"].notna().all()
     assert kept.set_index("path").loc["owner.py", "content"] == 'OWNER = "<EMAIL>"\n'
+
+
+def test_sweep_without_candidates_or_with_a_bad_one_is_one_line() -> None:
+    tiny = str(REPO / "configs/tiny.yaml")
+    assert_one_line_error(lathe("sweep", "--config", tiny, "--set", "sweep.candidates=[]"),
+                          r"configs/tiny\.yaml: the sweep section lists no candidates; add sweep\.candidates or sweep\.grid")
+    assert_one_line_error(lathe("sweep", "--config", tiny, "--set", "sweep.grid={train.model.n_heads: [0]}"),
+                          r"sweep candidate n_heads=0: train\.model\.n_heads: Input should be greater than 0")

@@ -47,7 +47,9 @@ def test_dag_imports_with_the_intended_graph_locally(tmp_path: Path) -> None:
 
 
 def test_post_training_is_off_by_default_and_chains_between_the_gate_and_package(tmp_path: Path) -> None:
-    tasks = inspect(tmp_path, lathe_posttrain="sft-lora dpo")["tasks"]
+    tasks = inspect(tmp_path, lathe_posttrain="sft-lora dpo", lathe_sweep="true")["tasks"]
+    # lathe_sweep: every task passes it (the train task sweeps; the others see the same train stage)
+    assert all("--set sweep.enabled=true" in tasks[t]["command"] for t in ("train", "eval", "sft_lora", "package"))
     assert sorted(tasks["gate"]["downstream"]) == ["gate_failed", "sft_lora"]
     assert tasks["sft_lora"]["downstream"] == ["dpo"] and tasks["dpo"]["downstream"] == ["package"]
     assert "lathe finetune --method sft-lora --from train --config configs/tiny.yaml" in tasks["sft_lora"]["command"]

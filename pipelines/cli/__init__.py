@@ -1,6 +1,6 @@
 """The `lathe` command line: thin commands over one library function each, one module per command group.
 
-- ``pipeline``: run, train, gate, summary, replay-spike (the stages and their results)
+- ``pipeline``: run, train, sweep, gate, summary, replay-spike (the stages and their results)
 - ``evaluate``: eval score, eval humaneval
 - ``serve``: serve, complete
 - ``models``: promote, lineage

@@ -1,4 +1,4 @@
-"""Commands over the pipeline: run stages, train, the gate's decision, the summary, replaying a loss spike."""
+"""Commands over the pipeline: run stages, train, sweep, the gate's decision, the summary, replaying a loss spike."""
 
 from __future__ import annotations
 
@@ -53,6 +53,26 @@ def train(
         console.print(f"node {node_rank()} finished its ranks; logs in {out / 'logs'}")
         return
     run_pipeline(cfg, ["train"], force=force, console=console)
+
+
+@app.command()
+def sweep(
+    config: Path = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    force: bool = typer.Option(False, "--force", help="Rerun the sweep even if done (finished candidates are still reused)."),
+) -> None:
+    """Train the config's sweep candidates jointly scheduled on this node's devices, register the best and gate it.
+
+    Profiles each candidate, solves the plan (plan.json, gantt.png in the train stage's folder), runs the
+    candidates concurrently, evaluates each as an MLflow child run, then runs the eval stage's gate.
+    """
+    from lathe.pipelines.runner import run_pipeline
+
+    cfg = load(config, [*(set_ or []), "sweep.enabled=true"])
+    if not cfg.sweep.candidates and not cfg.sweep.grid:
+        raise LatheError(f"{config}: the sweep section lists no candidates; add sweep.candidates or sweep.grid")
+    run_pipeline(cfg, ["train"], force=force, console=console)
+    run_pipeline(cfg, ["eval"], console=console)
 
 
 @app.command()
