@@ -168,6 +168,7 @@ bench: setup bench-setup
 	$(BIN)/python benchmarks/serve_bench.py --package runs/$$(basename $(CONFIG) .yaml)/package
 	$(BIN)/python benchmarks/retrain_bench.py
 	$(BIN)/python benchmarks/posttrain_bench.py --config $(CONFIG)
+	$(BIN)/python benchmarks/sweep_bench.py
 
 ## chaos: kill stages, the training launcher and the server at random points for SECONDS_CHAOS, then check what held (never part of tests)
 SECONDS_CHAOS ?= 600

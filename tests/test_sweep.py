@@ -225,3 +225,37 @@ def test_a_rerun_skips_finished_candidates_and_reuses_trials(swept) -> None:
     status = {c["name"]: c["status"] for c in summary["sweep"]["candidates"]}
     assert status == {"big": "infeasible", "lr=0.0003": "reused", "lr=0.01": "reused", "lr=0.003": "trained"}
     assert (profile_dir / "sweep" / "trials.json").read_text() == trials  # no trial ran again
+
+
+def test_the_executor_runs_as_planned_re_plans_when_off_and_survives_a_failure(tmp_path: Path, monkeypatch) -> None:
+    """The executor's bookkeeping with stand-in jobs that sleep (the end-to-end test runs real Composer jobs):
+    a job far off its prediction re-plans the rest, a failing one is recorded, and no device runs two at once."""
+    import time
+
+    from lathe.training import sweep as sweep_module
+    from lathe.training.job import TrainJob
+    from lathe.training.sweep import Candidate, execute
+
+    actual = {"quick": 0.3, "slow": 1.5, "boom": 0.1, "after": 0.4, "wide": 0.3}  # quick is 5x faster than predicted
+
+    def stand_in(c: Candidate, a: Assignment, gpu: bool, memory_mb: int | None) -> None:
+        time.sleep(actual[c.name])
+        if c.name == "boom":
+            raise LatheError("training failed (exit 1); rank logs in ...")
+
+    monkeypatch.setattr(sweep_module, "train_one", stand_in)
+    job = TrainJob(train=TrainConfig(), seq_len=128, streams=[], validation={}, tokenizer="t", out_dir=str(tmp_path),
+                   run_name="x", mlflow_uri="")
+    jobs = [Job("quick", (ddp(1, 1.5),)), Job("slow", (ddp(1, 1.5),)), Job("boom", (ddp(1, 0.1),)),
+            Job("after", (ddp(1, 0.4),)), Job("wide", (ddp(2, 0.3),))]
+    candidates = {j.name: Candidate(j.name, "fp", tmp_path / j.name, job) for j in jobs}
+    plan = solve(jobs, 2, workers=2)
+    ran = execute(plan, jobs, candidates, 2, False, 0.2, 5.0, None, tmp_path, QUIET)
+    assert {n: c.status for n, c in candidates.items()} == {"quick": "trained", "slow": "trained", "boom": "failed",
+                                                           "after": "trained", "wide": "trained"}
+    assert "training failed" in candidates["boom"].reason
+    assert check_plan(ran) == [] and len(ran.assignments) == 5  # as run: no device double-booked
+    measured = json.loads((tmp_path / "measured.json").read_text())
+    assert measured["replans"] >= 1 and (tmp_path / "replan-1.json").is_file()
+    wide = ran.by_name()["wide"]
+    assert wide.start >= max(a.end for a in ran.assignments if a.name != "wide" and a.start < wide.start) - 1e-6
