@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from composer.core import DataSpec
+from composer.utils import dist
 from streaming import Stream, StreamingDataLoader, StreamingDataset
 
 from lathe.core.errors import InputError
@@ -73,6 +77,33 @@ def streams_of(splits: list[tuple[str, int | None]], cache: Path) -> list[Stream
         where = {"remote": uri, "local": str(cache / f"{i:03d}")} if "://" in uri else {"local": uri}
         out.append(Stream(**where, choose=choose))
     return out
+
+
+@contextmanager
+def registering_streams() -> Iterator[None]:
+    """Build StreamingDatasets inside this: one job at a time on this host.
+
+    Streaming gives each dataset a shared-memory prefix by scanning for the lowest free one and then
+    creating it; two jobs starting at once on one host (a sweep's candidates) can pick the same one,
+    and the later crashes (``FileExistsError: '/000003_locals'``). Each job's local leader holds a
+    host-wide lock while its ranks build their datasets; the other ranks wait at a barrier, not on the
+    lock, so the datasets' own barriers between them cannot deadlock.
+    """
+    shm = Path("/dev/shm")
+    path = (shm if shm.is_dir() else Path(tempfile.gettempdir())) / "lathe-streaming-prefix.lock"
+    leader = dist.get_local_rank() == 0
+    handle = open(path, "a") if leader else None
+    try:
+        if handle is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        if dist.is_initialized():
+            dist.barrier()  # every rank scans for a prefix only once its leader holds the lock
+        yield
+        if dist.is_initialized():
+            dist.barrier()  # and the lock is released only once every rank's datasets exist
+    finally:
+        if handle is not None:
+            handle.close()  # closing releases the flock
 
 
 def build_dataloader(

@@ -28,7 +28,7 @@ from lathe.tokenizer.streams import release_filelocks
 from lathe.tokenizer.vocab import copy_tokenizer, load_tokenizer
 from lathe.training.callbacks import JsonlLogger, LossSpikeMonitor, MLflowRunLogger, TrainMetricsEvery
 from lathe.training.config import ComposerConfig, OptimizerConfig
-from lathe.training.data import build_dataloader, check_split
+from lathe.training.data import build_dataloader, check_split, registering_streams
 from lathe.training.init import check_architecture, load_initial_weights
 from lathe.training.job import METRICS, MODEL_DIR, SPIKES, SUMMARY, TrainJob, job_folder
 from lathe.training.model import build_model, llama_config, parameter_count
@@ -213,17 +213,18 @@ def run_training(job: TrainJob) -> dict[str, Any]:
     world = dist.get_world_size()
     per_rank = per_rank_batch(tc, "train")
     cache = out / "stream-cache"
-    train_spec, train_ds = build_dataloader(
-        [(f"{d.uri}/train", d.choose) for d in job.streams if d.choose], cache / "train", per_rank, True, tc.seed,
-        facts["pad_id"], tc.num_workers, tc.num_canonical_nodes,
-    )
-    datasets, evaluators = [train_ds], []
-    for label, uris in ({} if job.trial else job.validation).items():
-        spec, dataset = build_dataloader(
-            [(f"{u}/val", None) for u in uris], cache / label, per_rank, False, tc.seed, facts["pad_id"], tc.num_workers,
-            tc.num_canonical_nodes)
-        evaluators.append(Evaluator(label=label, dataloader=spec, metric_names=["LanguageCrossEntropy", "LanguagePerplexity"]))
-        datasets.append(dataset)
+    with registering_streams():  # concurrent jobs on one host (a sweep) must not race for Streaming's shared memory
+        train_spec, train_ds = build_dataloader(
+            [(f"{d.uri}/train", d.choose) for d in job.streams if d.choose], cache / "train", per_rank, True, tc.seed,
+            facts["pad_id"], tc.num_workers, tc.num_canonical_nodes,
+        )
+        datasets, evaluators = [train_ds], []
+        for label, uris in ({} if job.trial else job.validation).items():
+            spec, dataset = build_dataloader(
+                [(f"{u}/val", None) for u in uris], cache / label, per_rank, False, tc.seed, facts["pad_id"], tc.num_workers,
+                tc.num_canonical_nodes)
+            evaluators.append(Evaluator(label=label, dataloader=spec, metric_names=["LanguageCrossEntropy", "LanguagePerplexity"]))
+            datasets.append(dataset)
     # Seed before building the model: its initial weights must not depend on what ran before.
     reproducibility.seed_all(tc.seed)
     model = build_model(tc.model, facts["vocab_size"], facts["eos_id"], facts["pad_id"], facts["seq_len"])
