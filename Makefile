@@ -10,7 +10,7 @@ SET ?=
 SET_FLAGS := $(foreach s,$(SET),--set $(s))
 STAMP := $(VENV)/.lathe-installed
 
-.PHONY: setup system-deps toolchains lock airflow-setup all data tokenizer shards train sweep eval sft dpo package serve promote deploy summary k8s-validate dag-test test bench bench-setup chaos clean-runs
+.PHONY: setup system-deps toolchains lock airflow-setup all data tokenizer shards train sweep eval sft dpo quantize distill package serve promote deploy summary k8s-validate dag-test test bench bench-setup chaos clean-runs
 
 ## setup: system packages + .venv with the exact pinned environment + the sandbox's npm toolchains + Airflow's own
 ##        .venv-airflow (idempotent)
@@ -119,6 +119,16 @@ sft: setup
 dpo: setup
 	$(BIN)/lathe run dpo_eval --config $(CONFIG) $(SET_FLAGS) $(call lora_flag,dpo)
 
+## quantize: the int8 variant of the `train` model (int8 Linear layers): its loss and greedy agreement against fp32
+##      measured, registered (lathe.method=int8), gated (`staff-int8`), then packaged beside it and served by the canary
+quantize: setup
+	$(BIN)/lathe run quantize_eval package canary --config $(CONFIG) $(SET_FLAGS) --set serve.quantization=int8
+
+## distill: a smaller student trained from the production model's logits (KL + cross-entropy), registered
+##      (lathe.method=distill, parent = the teacher) and gated (`staff-distill`)
+distill: setup
+	$(BIN)/lathe run distill_eval --config $(CONFIG) $(SET_FLAGS)
+
 ## package: the `staff` version as Triton model repositories (Python backend; vLLM variant for GPUs)
 package: setup
 	$(BIN)/lathe run package --config $(CONFIG) $(SET_FLAGS)
@@ -169,6 +179,7 @@ bench: setup bench-setup
 	$(BIN)/python benchmarks/retrain_bench.py
 	$(BIN)/python benchmarks/posttrain_bench.py --config $(CONFIG)
 	$(BIN)/python benchmarks/sweep_bench.py
+	$(BIN)/python benchmarks/inference_bench.py --config $(CONFIG)
 
 ## chaos: kill stages, the training launcher and the server at random points for SECONDS_CHAOS, then check what held (never part of tests)
 SECONDS_CHAOS ?= 600

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 MODEL_NAME = "lathe-code"  # the registered model, and the Triton model that serves it
 STAFF, PRODUCTION = "staff", "production"  # rollout tracks: internal users first, then everyone
+# Smaller, faster variants served beside the full model: each is gated on its own and holds `<track>-<variant>`.
+VARIANTS = ("int8", "distill")
 FIGURE_PREFIX = "eval."  # version tags holding the gate's figures (eval.pass_at_1, eval.val_loss)
 # Lineage tags on every version (a contract other tools read): what it was made from.
 LINEAGE_TAGS = ("lathe.profile", "lathe.fingerprint", "lathe.parent_version", "lathe.data_snapshot", "lathe.tokenizer",
@@ -103,9 +105,13 @@ class ModelRegistry:
             return {}
 
     def promote(self, source: str = STAFF, target: str = PRODUCTION) -> str:
-        """Move ``target`` to the version holding ``source``; return that version."""
+        """Move ``target`` to the version holding ``source``, and each variant's ``<target>-<variant>`` to the
+        version holding ``<source>-<variant>`` where one does; return the main version."""
         version = self.version_of(source)
         self.set_alias(target, version)
+        for variant in VARIANTS:
+            if (held := self.find(variant_alias(source, variant))) is not None:
+                self.set_alias(variant_alias(target, variant), held)
         return version
 
     def tags(self, version: str) -> dict[str, str]:
@@ -143,6 +149,11 @@ class ModelRegistry:
     def uri(self, version: str) -> str:
         """The ``models:/`` URI of a version."""
         return f"models:/{self.name}/{version}"
+
+
+def variant_alias(track: str, variant: str) -> str:
+    """The alias a variant (``int8``, ``distill``) of a track holds: the gate of the variant sets ``staff-int8``."""
+    return f"{track}-{variant}"
 
 
 def resolve_model(ref: str, cache: Path) -> Path:

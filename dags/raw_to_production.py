@@ -11,6 +11,11 @@ With post-training on (``lathe_posttrain``), the tuned candidates come between t
 the first tuning the version train registered, each next one the version the one before registered,
 each gated against production in turn, so ``staff`` ends on the last candidate that passed.
 
+With smaller variants on (``lathe_variants``), they are made and gated before package, which serves
+each that passed beside the model (``lathe-code-int8``, ``lathe-code-distill``):
+
+    gate? -> [sft -> dpo ->] quantize -> distill -> package -> ...
+
 Where tasks run is configuration, never an edit of this file. Airflow Variables (or their
 ``AIRFLOW_VAR_*`` environment variables) choose it:
 
@@ -24,6 +29,10 @@ Where tasks run is configuration, never an edit of this file. Airflow Variables 
 - ``lathe_approval_timeout_h`` (72): after it, an unanswered approval counts as Reject.
 - ``lathe_posttrain`` (empty: off): post-training methods to run after the gate, in order, from
   ``sft``, ``sft-lora``, ``dpo``, ``dpo-lora`` (``lathe finetune`` on the mined and execution-feedback data).
+- ``lathe_variants`` (empty: off): smaller served variants from ``int8`` (the train stage's model quantised,
+  ``lathe run quantize_eval``; not with post-training, whose last candidate is what `staff` serves) and
+  ``distill`` (a student trained from the `staff` model's logits, ``lathe run distill_eval``). A variant that
+  fails its own gate is not served; the model still is.
 - ``lathe_sweep`` (false): the train task trains the config's sweep candidates, jointly scheduled on the
   devices, and registers the best for the gate (``sweep.enabled=true``, passed to every task so each
   sees the same train stage).
@@ -60,7 +69,10 @@ EXECUTION = setting("lathe_execution", "local")
 HOME = setting("lathe_home", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = setting("lathe_config", "configs/tiny.yaml")
 SWEEP = setting("lathe_sweep", "false").lower() in ("1", "true", "yes")
-OVERRIDES = shlex.split(setting("lathe_set", "")) + (["sweep.enabled=true"] if SWEEP else [])
+VARIANTS = [v for v in setting("lathe_variants", "").replace(",", " ").split() if v]
+# Every task passes them: the package and canary tasks serve the variants, the variants' tasks make them.
+OVERRIDES = (shlex.split(setting("lathe_set", "")) + (["sweep.enabled=true"] if SWEEP else [])
+             + (["serve.quantization=int8"] if "int8" in VARIANTS else []) + (["serve.student=true"] if "distill" in VARIANTS else []))
 DEPLOY_ARGS = shlex.split(setting("lathe_deploy_args", ""))
 IMAGE = setting("lathe_image", "ghcr.io/lathe-ml/lathe:0.1.0")
 NAMESPACE = setting("lathe_namespace", "lathe")
@@ -70,6 +82,11 @@ if EXECUTION not in ("local", "kubernetes"):
     raise ValueError(f"lathe_execution={EXECUTION!r}: use local or kubernetes")
 if unknown := [m for m in POSTTRAIN if m not in ("sft", "sft-lora", "dpo", "dpo-lora")]:
     raise ValueError(f"lathe_posttrain={unknown}: use sft, sft-lora, dpo or dpo-lora")
+if unknown := [v for v in VARIANTS if v not in ("int8", "distill")]:
+    raise ValueError(f"lathe_variants={unknown}: use int8 or distill")
+if "int8" in VARIANTS and POSTTRAIN:
+    raise ValueError("lathe_variants=int8 with lathe_posttrain: the int8 variant is quantised from the train stage's model, "
+                     "but `staff` ends on the last tuned one; drop one of them")
 
 
 def asset(stage: str) -> Asset:
@@ -144,7 +161,13 @@ with DAG(
     starts = ["train", *(m.split("-")[0] for m in POSTTRAIN)]
     tuned = [stage_task(m.replace("-", "_"), lathe_args("finetune", "--method", m, "--from", start), [asset(m)], timeout_h=6, retries=3)
              for m, start in zip(POSTTRAIN, starts)]
-    after_gate = tuned[0].task_id if tuned else "package"
+    # Smaller variants (off unless lathe_variants names them): each made from what `staff` holds now and gated on
+    # its own alias (`staff-int8`, `staff-distill`); `lathe run` never fails on a variant's gate.
+    variant_runs = {"int8": ("quantize", lathe_args("run", "quantize_eval"), 2),
+                    "distill": ("distill", lathe_args("run", "distill_eval", "--set", "distill.teacher=models:/lathe-code@staff"), 12)}
+    variants = [stage_task(name, args, [asset(name)], timeout_h=hours, retries=3)
+                for name, args, hours in (variant_runs[v] for v in VARIANTS)]
+    after_gate = (tuned or variants)[0].task_id if tuned or variants else "package"  # the task the gate's pass leads to
 
     @task.branch(task_id="gate")
     def gate(decision: str | dict[str, Any]) -> str:
@@ -169,7 +192,8 @@ with DAG(
 
     data >> tokenizer >> shards >> train >> evaluate
     decision = gate(evaluate.output)
-    decision >> [tuned[0] if tuned else package, gate_failed]
-    for before, after in zip(tuned, [*tuned[1:], package]):
+    decision >> [(tuned or variants or [package])[0], gate_failed]
+    chained = [*tuned, *variants]
+    for before, after in zip(chained, [*chained[1:], package]):
         before >> after
     package >> canary >> deploy_staff >> approve >> promote >> deploy_production

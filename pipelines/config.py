@@ -22,7 +22,7 @@ from lathe.deploy.config import DeployConfig
 from lathe.eval.config import EvalConfig, PreferencesConfig
 from lathe.serving.config import ServeConfig
 from lathe.tokenizer.config import ShardsConfig, TokenizerConfig
-from lathe.training.config import DPOConfig, SFTConfig, TrainConfig
+from lathe.training.config import DistillConfig, DPOConfig, SFTConfig, TrainConfig
 from lathe.training.sweep_config import SweepConfig, sweep_candidates
 
 
@@ -67,6 +67,8 @@ class LatheConfig(Strict):
     sft: SFTConfig = Field(default_factory=SFTConfig)
     preferences: PreferencesConfig = Field(default_factory=PreferencesConfig)
     dpo: DPOConfig = Field(default_factory=DPOConfig)
+    # Smaller served variants (optional: `lathe run distill_eval`; `lathe run quantize_eval` with serve.quantization=int8).
+    distill: DistillConfig = Field(default_factory=DistillConfig)
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:

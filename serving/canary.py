@@ -15,28 +15,41 @@ from lathe.serving.config import ServeConfig
 from lathe.serving.package import checkpoint_dir
 
 
-def canary(repository: Path, version: int, cfg: ServeConfig, log_file: Path) -> dict[str, Any]:
-    """Serve ``repository``, compare one greedy completion with local generation, hold a short load; the report."""
-    from lathe.serving.client import complete
-    from lathe.serving.engine import Engine
+def canary(repository: Path, version: int, cfg: ServeConfig, log_file: Path, variants: dict[str, int] | None = None) -> dict[str, Any]:
+    """Serve ``repository``, compare one greedy completion with local generation (of the model and of each of
+    ``variants``: Triton model name -> version, served beside it), hold a short load on the model; the report."""
     from lathe.serving.loadtest import grpc_sender, run_load
     from lathe.serving.server import TritonServer
 
-    max_tokens = cfg.canary_load.max_tokens
-    engine = Engine(checkpoint_dir(repository, cfg.model_name, version))
-    request = engine.parse(cfg.canary_prompt, {"max_tokens": max_tokens})
-    expected_ids = [t for event in engine.generate([request]) for t in event.token_ids]
     with TritonServer(repository, 0, 0, 0, log_file=log_file, ready_timeout_s=cfg.ready_timeout_s,
                       stop_timeout_s=cfg.stop_timeout_s) as server:
-        got = complete(server.endpoints.grpc, cfg.canary_prompt, cfg.model_name, max_tokens=max_tokens)
-        if got.token_ids != expected_ids:
-            raise LatheError(f"served greedy completion {got.token_ids} differs from local generation {expected_ids}")
+        engine, got = _served_as_local(server.endpoints.grpc, repository, cfg.model_name, version, cfg)
+        served = {name: _served_as_local(server.endpoints.grpc, repository, name, v, cfg)[1] for name, v in (variants or {}).items()}
         fim = _fim_through_gateway(engine, server.endpoints.grpc, cfg, log_file.parent / "canary-telemetry.db")
-        load = run_load(grpc_sender(server.endpoints.grpc, cfg.model_name, max_tokens), cfg.canary_load.clients, cfg.canary_load.seconds)
+        load = run_load(grpc_sender(server.endpoints.grpc, cfg.model_name, cfg.canary_load.max_tokens), cfg.canary_load.clients,
+                        cfg.canary_load.seconds)
     if load.failures:
         raise LatheError(f"{load.failures} of {load.requests + load.failures} canary requests failed: {load.errors}")
     return {"version": version, "prompt": cfg.canary_prompt, "completion": got.text, "token_ids": got.token_ids,
-            "first_token_s": got.first_token_s, "latency_s": got.latency_s, "fim": fim, "load": load.as_dict()}
+            "first_token_s": got.first_token_s, "latency_s": got.latency_s, "fim": fim, "load": load.as_dict(),
+            "variants": {name: {"version": (variants or {})[name], "completion": c.text, "token_ids": c.token_ids,
+                                "latency_s": c.latency_s} for name, c in served.items()}}
+
+
+def _served_as_local(url: str, repository: Path, name: str, version: int, cfg: ServeConfig) -> tuple[Any, Any]:
+    """Triton model ``name``'s greedy completion of the canary prompt, checked token for token against the same
+    checkpoint generating locally; (the local engine, the served completion)."""
+    from lathe.serving.client import complete
+    from lathe.serving.engine import Engine
+
+    max_tokens = cfg.canary_load.max_tokens
+    engine = Engine(checkpoint_dir(repository, name, version))
+    request = engine.parse(cfg.canary_prompt, {"max_tokens": max_tokens})
+    expected_ids = [t for event in engine.generate([request]) for t in event.token_ids]
+    got = complete(url, cfg.canary_prompt, name, max_tokens=max_tokens)
+    if got.token_ids != expected_ids:
+        raise LatheError(f"{name} v{version}: served greedy completion {got.token_ids} differs from local generation {expected_ids}")
+    return engine, got
 
 
 def _fim_through_gateway(engine: Any, triton_url: str, cfg: ServeConfig, telemetry: Path) -> dict[str, Any]:
@@ -67,6 +80,8 @@ def print_canary(report: dict[str, Any], console: Console) -> None:
     load = report["load"]
     console.print(f"[bold]canary[/]: Triton served {report['model']} v{report['version']}: "
                   f"{report['prompt']!r} -> {report['completion']!r}")
+    for name, variant in (report.get("variants") or {}).items():
+        console.print(f"  beside it, {name} v{variant['version']}: {report['prompt']!r} -> {variant['completion']!r}")
     if "fim" in report:
         console.print(f"  gateway (OpenAI API), FIM: {report['prompt']!r} + <middle> + {report['fim']['suffix']!r} -> "
                       f"{report['fim']['completion']!r}")

@@ -67,6 +67,16 @@ class GatewayConfig(Strict):
     store_text: bool = Field(True, description="Keep prompts and completions in the telemetry store (needed by `lathe feedback export`).")
 
 
+class QuantizeConfig(Strict):
+    """How the `quantize` stage measures the int8 variant against the fp32 model it is made from."""
+
+    agreement_prompts: int = Field(16, gt=0, description="Prompts of the first eval benchmark whose greedy completions the two "
+                                   "models' engines produce and compare token by token.")
+    agreement_tokens: int = Field(32, gt=0, description="Greedy tokens each engine generates per prompt.")
+    val_batches: int = Field(8, gt=0, description="Batches of the shards' validation split both models' loss is measured on.")
+    batch_size: int = Field(8, gt=0, description="Samples per validation batch.")
+
+
 class ServeConfig(Strict):
     """Triton model repository and server settings."""
 
@@ -96,4 +106,11 @@ class ServeConfig(Strict):
                                                                      "(through the gateway).")
     canary_load: LoadConfig = Field(default_factory=LoadConfig, description="The canary's short load test (latency for the summary).")
     vllm: VllmConfig = Field(default_factory=VllmConfig)
+    quantization: Literal["none", "int8", "fp8"] = Field(
+        "none", description="The quantised variant served beside the full-precision model. int8: `quantize` makes it (CPU, "
+        "int8 Linear layers), `quantize_eval` gates it (alias `<track>-int8`), `package` writes it as the Python-backend "
+        "model `<model_name>-int8`. fp8: the vLLM repository's `<model_name>-fp8`, which vLLM quantises on the GPU at load.")
+    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
+    student: bool = Field(False, description="Also serve the distilled student that passed `distill_eval` (alias "
+                          "`<track>-distill`) as `<model_name>-distill`, for an A/B test against the full model.")
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)

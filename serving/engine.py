@@ -31,11 +31,13 @@ import torch
 
 try:
     from lathe.core.fim import FIM_MIDDLE, FIM_PAD, FIM_PREFIX, FIM_SUFFIX, FimIds, fim_prompt, fit_context
+    from lathe.core.quant import load_causal_lm
 
     from .protocol import PARAMETER_TYPES, PROMPT
 except ImportError:  # copied into a Triton model repository as lathe_engine.py, beside lathe_protocol.py and lathe_fim.py
     from lathe_fim import FIM_MIDDLE, FIM_PAD, FIM_PREFIX, FIM_SUFFIX, FimIds, fim_prompt, fit_context  # type: ignore[no-redef]
     from lathe_protocol import PARAMETER_TYPES, PROMPT  # type: ignore[no-redef]
+    from lathe_quant import load_causal_lm  # type: ignore[no-redef]
 
 
 _log = logging.getLogger(__name__)
@@ -102,13 +104,13 @@ class _Row:
 
 
 class Engine:
-    """An HF causal LM and its tokenizer, generating for batches of requests."""
+    """An HF causal LM (fp32, or an int8 variant: :mod:`lathe.core.quant`) and its tokenizer, generating for batches of requests."""
 
     def __init__(self, model_dir: str | Path, device: str = "cpu", limits: Limits | None = None) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir)).to(device).eval()
+        self.model = load_causal_lm(model_dir, device)  # fp32, or the int8 variant's quantised Linear layers
         self.device = torch.device(device)
         self.limits = limits or Limits()
         self.context = int(self.model.config.max_position_embeddings)

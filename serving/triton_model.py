@@ -8,8 +8,8 @@ the dynamic batcher gathered) are generated as one batch; with ``engine: continu
 join one running batch at its next decode step. A bad request gets an error response
 naming the field and the fix; the others in its batch are served.
 
-It imports only torch, transformers, numpy, ``lathe_engine``, ``lathe_protocol`` and ``lathe_fim``
-(serving/engine.py, serving/protocol.py and core/fim.py, copied beside it), so the repository
+It imports only torch, transformers, numpy, ``lathe_engine``, ``lathe_protocol``, ``lathe_fim`` and ``lathe_quant``
+(serving/engine.py, serving/protocol.py, core/fim.py and core/quant.py, copied beside it), so the repository
 runs in a stock Triton image.
 """
 

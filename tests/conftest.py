@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lathe.core.spark import SparkConfig
-from tests.served import engine, hf_model, repository, server  # noqa: F401 - session fixtures shared by serving and gateway tests
+from tests.served import engine, hf_model, int8_model, repository, server  # noqa: F401 - session fixtures shared by serving and gateway tests
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -50,9 +50,17 @@ def engine(hf_model: Path) -> Engine:
     return Engine(hf_model)
 
 
-def served_repositories(hf_model: Path, tmp_path_factory, cfg: ServeConfig) -> dict[str, Path]:
-    """Both repositories of the micro model, packaged with ``cfg``."""
-    return build_repositories(hf_model, VERSION, tmp_path_factory.mktemp("package"), cfg)
+@pytest.fixture(scope="session")
+def int8_model(hf_model: Path, tmp_path_factory) -> Path:
+    """The micro model's int8 variant (int8 Linear layers), as `quantize` writes it."""
+    from lathe.core.quant import write_int8
+
+    return write_int8(hf_model, tmp_path_factory.mktemp("int8") / "hf_model")
+
+
+def served_repositories(hf_model: Path, tmp_path_factory, cfg: ServeConfig, variants: dict[str, tuple[Path, int]] | None = None) -> dict[str, Path]:
+    """Both repositories of the micro model (and ``variants`` beside it), packaged with ``cfg``."""
+    return build_repositories(hf_model, VERSION, tmp_path_factory.mktemp("package"), cfg, variants)
 
 
 @contextmanager

@@ -33,7 +33,7 @@ def test_unknown_config_key_is_one_line() -> None:
 
 def test_unknown_stage_is_one_line(tmp_path: Path) -> None:
     proc = lathe("run", "nostage", "--config", str(REPO / "configs/tiny.yaml"), "--set", f"run.runs_dir={tmp_path}")
-    assert_one_line_error(proc, r"unknown stage 'nostage'; valid: canary, data, dpo, dpo_eval, eval, package, pairs")
+    assert_one_line_error(proc, r"unknown stage 'nostage'; valid: canary, data, distill, distill_eval, dpo, dpo_eval, eval, package, pairs")
 
 
 def test_finetune_names_its_method_data_and_starting_model() -> None:

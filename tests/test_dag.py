@@ -59,6 +59,17 @@ def test_post_training_is_off_by_default_and_chains_between_the_gate_and_package
     assert not {"sft", "sft_lora", "dpo", "dpo_lora"} & set(inspect(tmp_path / "off")["tasks"])
 
 
+def test_smaller_variants_are_made_and_gated_between_the_gate_and_package(tmp_path: Path) -> None:
+    tasks = inspect(tmp_path, lathe_variants="int8 distill")["tasks"]
+    assert sorted(tasks["gate"]["downstream"]) == ["gate_failed", "quantize"]
+    assert tasks["quantize"]["downstream"] == ["distill"] and tasks["distill"]["downstream"] == ["package"]
+    assert "lathe run quantize_eval --config configs/tiny.yaml" in tasks["quantize"]["command"]
+    assert "run distill_eval --set distill.teacher=models:/lathe-code@staff" in tasks["distill"]["command"]
+    # package and canary serve what passed beside the model
+    assert all("--set serve.quantization=int8 --set serve.student=true" in tasks[t]["command"] for t in ("package", "canary"))
+    assert tasks["distill"]["outlets"] == ["lathe://tiny/distill"]
+
+
 def test_same_dag_on_kubernetes_by_configuration(tmp_path: Path) -> None:
     tasks = inspect(tmp_path, lathe_execution="kubernetes", lathe_config="configs/gpu-1b.yaml")["tasks"]
     assert tasks["data"]["type"] == "SparkKubernetesOperator"

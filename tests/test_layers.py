@@ -16,8 +16,9 @@ ROOF = "pipelines"
 # Run where lathe is not installed (copied into Triton model repositories; the sandbox's
 # fork server, under the sandbox's own interpreter): they import no lathe module, except
 # each other under the names they are copied as.
-STANDALONE = ("serving/engine.py", "serving/triton_model.py", "serving/protocol.py", "core/fim.py", "eval/sandbox_worker.py")
-STANDALONE_IMPORTS = ("lathe.serving.protocol", "lathe.core.fim")
+STANDALONE = ("serving/engine.py", "serving/triton_model.py", "serving/protocol.py", "core/fim.py", "core/quant.py",
+              "eval/sandbox_worker.py")
+STANDALONE_IMPORTS = ("lathe.serving.protocol", "lathe.core.fim", "lathe.core.quant")
 
 
 def lathe_imports(path: Path, root: Path = REPO) -> list[str]:

@@ -247,9 +247,14 @@ def test_concurrent_clients_are_batched_with_zero_failures(server: TritonServer,
 
 # --- a real tritonserver with the continuous engine -----------------------------------------
 
+INT8_VERSION = VERSION + 1
+
+
 @pytest.fixture(scope="module")
-def continuous_server(hf_model: Path, tmp_path_factory):
-    repository = served_repositories(hf_model, tmp_path_factory, ServeConfig(max_batch_size=8, engine="continuous"))
+def continuous_server(hf_model: Path, int8_model: Path, tmp_path_factory):
+    """The continuous engine's server; the micro model's int8 variant is served beside it (`lathe-code-int8`)."""
+    repository = served_repositories(hf_model, tmp_path_factory, ServeConfig(max_batch_size=8, engine="continuous"),
+                                     {"int8": (int8_model, INT8_VERSION)})
     assert parse_model_config(repository["python"] / "lathe-code" / "config.pbtxt").parameters["engine"].string_value == "continuous"
     with running_server(repository, tmp_path_factory) as s:
         yield s
@@ -262,6 +267,19 @@ def test_continuous_served_greedy_completion_equals_local_generate(continuous_se
     assert answer["text_output"] == got.text and answer["finish_reason"] == "length"
     with pytest.raises(RequestFailed, match="max_tokens must be between 1 and 1024"):
         complete(continuous_server.endpoints.grpc, PROMPT, max_tokens=10**6)
+
+
+def test_int8_variant_loads_beside_the_model_and_answers_as_the_local_int8_engine(continuous_server: TritonServer, engine: Engine,
+                                                                                int8_model: Path) -> None:
+    url = continuous_server.endpoints.grpc
+    got = complete(url, PROMPT, "lathe-code-int8", max_tokens=24)
+    assert got.chunks[0].model_version == str(INT8_VERSION) and got.token_ids
+    local = Engine(int8_model)
+    assert type(local.model.model.layers[0].mlp.down_proj).__module__.startswith("torch.ao.nn.quantized")  # int8 kernels
+    assert got.token_ids == reference(local, PROMPT, 24)
+    # greedy decoding of the int8 variant agrees with the fp32 model it was made from on most tokens
+    fp32 = complete(url, PROMPT, max_tokens=24).token_ids
+    assert sum(a == b for a, b in zip(got.token_ids, fp32)) >= 0.75 * max(len(fp32), len(got.token_ids))
 
 
 def test_continuous_concurrent_clients_with_zero_failures(continuous_server: TritonServer, engine: Engine) -> None:

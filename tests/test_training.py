@@ -424,10 +424,78 @@ def test_package_and_canary_serve_the_staff_version(trained, shards_pipeline) ->
     rows = {stage: (headline, where) for stage, headline, where in summary_rows(profile_dir)}
     # pipeline order; the post-training stages follow when tests/test_posttrain.py ran them in this folder first
     assert list(rows)[:7] == ["data", "tokenizer", "shards", "train", "eval", "package", "canary"]
-    assert set(list(rows)[7:]) <= {"pairs", "sft", "sft_eval", "preferences", "dpo", "dpo_eval"}
+    assert set(list(rows)[7:]) <= {"pairs", "sft", "sft_eval", "preferences", "dpo", "dpo_eval", "quantize", "quantize_eval",
+                                   "distill", "distill_eval"}
     assert rows["package"] == (f"lathe-code v{moved.version} (@staff)", str(profile_dir / "package" / "triton"))
     assert rows["train"][1] == str(profile_dir / "train" / "hf_model") and "val loss" in rows["train"][0]
     assert "0 failed" in rows["canary"][0] and rows["data"][0].startswith(f"{json.loads((profile_dir / 'data' / MANIFEST).read_text())['counts']['input']:,} files in")
     console = Console(record=True, width=250)
     print_summary(profile_dir, console)
     assert f"Triton answered {canary['prompt']!r} with {canary['completion']!r}" in console.export_text()
+
+
+def test_int8_variant_and_distilled_student_are_registered_gated_packaged_and_served(trained, shards_pipeline) -> None:
+    """quantize -> quantize_eval and distill -> distill_eval through the runner, then both served beside the model."""
+    from mlflow.tracking import MlflowClient
+
+    from lathe.core.models import ModelRegistry
+
+    out, _ = trained
+    profile_dir, _, _ = shards_pipeline
+    client = MlflowClient(f"sqlite:///{profile_dir.parent / 'mlflow.db'}")
+    trained_version = json.loads((out / "train_summary.json").read_text())["model_version"]
+    client.set_registered_model_alias("lathe-code", "staff", trained_version)  # (the package test moved it)
+    student = [f"distill.{k}" for k in ("model={d_model: 64, n_layers: 1, n_heads: 2, max_seq_len: 128}", "optimizer.lr=0.01",
+                                        "warmup=2ba", "max_duration=16ba", "global_train_batch_size=4", "device_train_microbatch_size=4",
+                                        "eval_interval=16ba", "save_interval=16ba", "eval_subset_num_batches=4", "wandb.enabled=false",
+                                        "teacher=models:/lathe-code@staff", "temperature=2.0", "kl_weight=0.8", "ce_weight=0.2")]
+    cfg = load_config(None, [f"run.runs_dir={profile_dir.parent}", *SMALL_PIPELINE, *MICRO, *student, "eval.ks=[1]",
+                             "eval.generation={limit: 2, n: 1, max_new_tokens: 8, temperature: 0.0}",
+                             "serve.quantization=int8", "serve.student=true",
+                             "serve.quantize={agreement_prompts: 6, agreement_tokens: 16, val_batches: 4, batch_size: 4}",
+                             "serve.canary_load={clients: 2, seconds: 1, max_tokens: 8}"])
+    outcomes = {o.name: o.status for o in run_pipeline(cfg, ["quantize_eval", "distill_eval"], console=QUIET)}
+    assert outcomes == {**outcomes, "quantize": "ran", "quantize_eval": "ran", "distill": "ran", "distill_eval": "ran"}
+    registry = ModelRegistry("lathe-code", client)
+
+    # int8: smaller, measured against the fp32 model on the same validation batches and on the eval prompts
+    q = json.loads((profile_dir / "quantize" / "quantize_summary.json").read_text())
+    assert q["parent_version"] == trained_version and q["int8_bytes"] < 0.75 * q["fp32_bytes"]
+    assert abs(q["val_loss_ratio"] - 1) < 0.05 and q["val_tokens"] > 1000
+    assert q["prompts"] == 6 and q["token_agreement"] > 0.5, q
+    tags = registry.tags(q["model_version"])
+    assert tags["lathe.method"] == "int8" and tags["lathe.parent_version"] == trained_version
+    assert tags["lathe.tokenizer"] == registry.tags(trained_version)["lathe.tokenizer"] and tags["gate"] == "passed"
+    assert registry.find("staff-int8") == q["model_version"] and registry.find("staff") == trained_version  # beside, not instead
+
+    # distillation: the student's KL to the teacher fell over training; its lineage names the teacher
+    d = json.loads((profile_dir / "distill" / "train_summary.json").read_text())
+    assert d["final_val_kl"] < d["initial_val_kl"] and d["teacher_version"] == trained_version
+    assert d["parameters"] < json.loads((out / "train_summary.json").read_text())["parameters"]
+    tags = registry.tags(d["model_version"])
+    assert tags["lathe.method"] == "distill" and tags["lathe.parent_version"] == trained_version and tags["lathe.student_init"] == ""
+    assert registry.find("staff-distill") == d["model_version"]
+    distill_eval = json.loads((profile_dir / "distill_eval" / "results.json").read_text())
+    assert distill_eval["gate"]["alias"] == "staff-distill" and "val_loss" in distill_eval["gate"]["candidate"]
+
+    # served side by side: the canary asks each of the three Triton models and checks it against local generation
+    outcomes = {o.name: o.status for o in run_pipeline(cfg, ["canary"], console=QUIET)}
+    assert outcomes["package"] == "ran" and outcomes["canary"] == "ran"
+    package = json.loads((profile_dir / "package" / "package.json").read_text())
+    assert package["variants"].keys() == {"lathe-code-int8", "lathe-code-distill"}
+    canary = json.loads((profile_dir / "canary" / "canary.json").read_text())
+    assert canary["variants"]["lathe-code-int8"]["version"] == int(q["model_version"])
+    assert canary["variants"]["lathe-code-distill"]["token_ids"] and canary["load"]["failures"] == 0
+
+    # promotion carries the variants along; a stale int8 variant (of another version) is not served, and says why
+    registry.promote()
+    assert registry.find("production-int8") == q["model_version"] and registry.find("production-distill") == d["model_version"]
+    client.set_registered_model_alias("lathe-code", "staff", d["model_version"])
+    assert {o.name: o.status for o in run_pipeline(cfg, ["package"], console=QUIET)}["package"] == "ran"
+    package = json.loads((profile_dir / "package" / "package.json").read_text())
+    assert package["variants"].keys() == {"lathe-code-distill"} and package["not_served"] == {
+        "lathe-code-int8": f"`staff-int8` holds version {q['model_version']}, quantised from version {trained_version}, but `staff` "
+                           f"holds version {d['model_version']}: `lathe run quantize_eval` quantises it"}
+    client.set_registered_model_alias("lathe-code", "staff", trained_version)
+    for alias in ("production", "production-int8", "production-distill"):  # later tests' gates expect no production
+        client.delete_registered_model_alias("lathe-code", alias)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from lathe.core.config import Strict
 from lathe.core.models import MODEL_NAME
@@ -182,3 +182,26 @@ class DPOConfig(FinetuneConfig):
         0.0, ge=0, description="Add this times the chosen answers' per-token cross-entropy to the loss (RPO, Pang et al. "
         "2024): DPO alone can lower the likelihood of the chosen code too, which the gate's val_loss would refuse.",
     )
+
+
+class DistillConfig(TrainConfig):
+    """Knowledge distillation (the `distill` stage): a smaller student (``model``) trained on the shards against a
+    registered teacher's logits, computed on the fly in the same process with no gradient.
+
+    The loss is ``ce_weight`` x cross-entropy on the next tokens + ``kl_weight`` x T^2 x KL(teacher_T || student_T),
+    both softened by ``temperature`` T (Hinton et al. 2015; T^2 keeps the gradient's scale as T changes).
+    ``init_from`` None trains the student from scratch; a smaller registered model (its vocabulary) starts it.
+    """
+
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(n_layers=2), description="The student's shape.")
+    teacher: str = Field("models:/lathe-code@production", description="The teacher: models:/<name>@<alias>, "
+                         "models:/<name>/<version> or an HF model directory; it must share the shards' vocabulary.")
+    temperature: float = Field(2.0, gt=0, description="Softens both distributions, so the teacher's ranking of unlikely tokens teaches too.")
+    kl_weight: float = Field(0.5, ge=0, description="Weight of the T^2-scaled KL to the teacher.")
+    ce_weight: float = Field(0.5, ge=0, description="Weight of the usual next-token cross-entropy.")
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> "DistillConfig":
+        if self.kl_weight + self.ce_weight <= 0:
+            raise ValueError("kl_weight and ce_weight are both 0: give the loss a weight")
+        return self

@@ -18,6 +18,17 @@ from lathe.training.mixture import StreamDraw
 MODEL_DIR, SUMMARY, METRICS, SPIKES = "hf_model", "train_summary.json", "metrics.jsonl", "loss_spikes.jsonl"
 
 
+class Teacher(Strict):
+    """A distillation run's teacher and the weights of its loss (the `distill` section's)."""
+
+    path: str = Field(description="Local HF directory of the teacher (distill.teacher, resolved).")
+    ref: str = Field(description="distill.teacher as configured.")
+    version: str = Field("", description="The registered version the teacher is (empty: a directory).")
+    temperature: float = Field(gt=0)
+    kl_weight: float = Field(ge=0)
+    ce_weight: float = Field(ge=0)
+
+
 class TrainJob(Strict):
     """Everything a rank needs, serialisable to JSON for the launcher."""
 
@@ -39,6 +50,7 @@ class TrainJob(Strict):
                         "no evaluation, checkpoint or export.")
     device_memory_mb: int | None = Field(None, gt=0, description="Cap each rank's memory at this (sweep.device_memory_mb): "
                                          "a trial that needs more runs out of memory, as on a smaller device.")
+    teacher: Teacher | None = Field(None, description="Distil from this teacher's logits (the `distill` stage); None: pretraining.")
 
 
 # What a post-training run writes beside MODEL_DIR, SUMMARY and METRICS: the LoRA adapter on its own.

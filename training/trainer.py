@@ -223,7 +223,8 @@ def run_training(job: TrainJob) -> dict[str, Any]:
             spec, dataset = build_dataloader(
                 [(f"{u}/val", None) for u in uris], cache / label, per_rank, False, tc.seed, facts["pad_id"], tc.num_workers,
                 tc.num_canonical_nodes)
-            evaluators.append(Evaluator(label=label, dataloader=spec, metric_names=["LanguageCrossEntropy", "LanguagePerplexity"]))
+            metrics = ["LanguageCrossEntropy", "LanguagePerplexity", *(["DistillKL"] if job.teacher else [])]
+            evaluators.append(Evaluator(label=label, dataloader=spec, metric_names=metrics))
             datasets.append(dataset)
     # Seed before building the model: its initial weights must not depend on what ran before.
     reproducibility.seed_all(tc.seed)
@@ -232,6 +233,14 @@ def run_training(job: TrainJob) -> dict[str, Any]:
     if job.init_weights:  # continued pretraining: the parent's weights, a fresh optimizer, its own schedule
         load_initial_weights(model.model, ModelSource(job.init_ref or job.init_weights, Path(job.init_weights)))
         optimizer, warmup = tc.optimizer.model_copy(update={"lr": tc.continued.lr}), tc.continued.warmup
+    if job.teacher:  # distillation: the same student, its loss also pulled towards the teacher's logits
+        from transformers import AutoModelForCausalLM
+
+        from lathe.training.distill import DistillLM
+
+        t = job.teacher
+        teacher = AutoModelForCausalLM.from_pretrained(t.path, dtype=torch.float32)
+        model = DistillLM(model.model, teacher, facts["seq_len"], t.temperature, t.kl_weight, t.ce_weight)
     spikes = LossSpikeMonitor(tc.loss_spike, out / SPIKES, train_ds)
     trainer = composer_trainer(
         tc, model, train_spec, evaluators, optimizer=optimizer, warmup=warmup, device=device,
@@ -258,6 +267,9 @@ def run_training(job: TrainJob) -> dict[str, Any]:
         # the earlier snapshots' validation data (present when the run replays earlier streams)
         "initial_replay_val_loss": initial.get("replay_val"),
         "final_replay_val_loss": final.get("replay_val"),
+        # distillation: KL(teacher || student) per validation token, before and after
+        **({"initial_val_kl": initial.get("val_kl"), "final_val_kl": final.get("val_kl"), "teacher": job.teacher.ref,
+            "teacher_version": job.teacher.version} if job.teacher else {}),
         "parameters": parameter_count(model.model),
         "world_size": world,
         "loss_spikes": spikes.spikes,
@@ -294,9 +306,14 @@ def limit_device_memory(device: str, megabytes: int) -> None:
 
 
 def val_losses(trainer: Trainer) -> dict[str, float]:
-    """The last evaluation's cross-entropy per evaluator label."""
-    return {label: float(m["LanguageCrossEntropy"].compute()) for label, m in trainer.state.eval_metrics.items()
-            if "LanguageCrossEntropy" in m}
+    """The last evaluation's cross-entropy per evaluator label (and, distilling, ``<label>_kl``: its KL to the teacher)."""
+    figures = {}
+    for label, m in trainer.state.eval_metrics.items():
+        if "LanguageCrossEntropy" in m:
+            figures[label] = float(m["LanguageCrossEntropy"].compute())
+        if "DistillKL" in m:
+            figures[f"{label}_kl"] = float(m["DistillKL"].compute())
+    return figures
 
 
 def export_model(

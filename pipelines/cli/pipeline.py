@@ -80,7 +80,8 @@ def gate(
     config: Path = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
     xcom: Optional[Path] = typer.Option(None, "--xcom", help="Also write the decision here (a pod's /airflow/xcom/return.json)."),
-    stage: str = typer.Option("eval", "--stage", help="The gate stage: eval (pretraining), sft_eval or dpo_eval (post-training)."),
+    stage: str = typer.Option("eval", "--stage", help="The gate stage: eval (pretraining), sft_eval or dpo_eval (post-training), "
+                              "quantize_eval or distill_eval (smaller variants)."),
 ) -> None:
     """Run a gate stage (if not done) and print the gate's decision as JSON on the last line (for schedulers)."""
     from lathe.pipelines.runner import run_pipeline
