@@ -1,6 +1,6 @@
 """Smaller, faster served models: the fp32 model, its int8 variant and a distilled half-depth student, side by side.
 
-    .venv/bin/python benchmarks/inference_bench.py --config configs/tiny.yaml [--seconds 8] [--clients 1 8]
+    .venv/bin/python benchmarks/inference_bench.py --config configs/tiny.yaml [--seconds 5] [--repeats 3] [--clients 1 8]
 
 It runs the `train` stage (skipped when done), then `quantize` and `distill` with the train stage's
 version as the teacher, and measures each of the three models the same way: parameters and bytes of
@@ -19,6 +19,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -35,25 +36,33 @@ from lathe.serving.quantize import greedy_tokens, mean_losses, token_agreement, 
 from lathe.serving.server import TritonServer  # noqa: E402
 
 FP32, INT8, STUDENT = "fp32", "int8", "distilled student"
+VARIANT = {INT8: "int8", STUDENT: "distill"}  # each variant's name in the package (lathe-code-int8, lathe-code-distill)
 
 
-def served(models: dict[str, Path], clients: list[int], seconds: float, max_tokens: int, work: Path) -> dict[str, dict[str, Any]]:
-    """Latency and tokens/s of each model (the first is the main one, the others its variants) under closed-loop load."""
+def served(models: dict[str, Path], clients: list[int], seconds: float, repeats: int, max_tokens: int, work: Path) -> dict[str, dict[str, Any]]:
+    """Latency and tokens/s of each model (the first is the main one, the others its variants) under closed-loop load:
+    the median of ``repeats`` rounds, each round measuring every model at every client count in turn, so that the
+    machine's drift (it is shared) falls on all of them alike."""
     (main, main_dir), *rest = models.items()
-    variants = {name: (path, 1) for name, path in rest}
     cfg = ServeConfig(max_batch_size=8, engine="continuous")
-    roots = build_repositories(main_dir, 1, work / "package", cfg, variants)
-    names = {main: cfg.model_name, **{name: variant_name(cfg.model_name, name) for name in variants}}
-    out: dict[str, dict[str, Any]] = {}
+    roots = build_repositories(main_dir, 1, work / "package", cfg, {VARIANT[name]: (path, 1) for name, path in rest})
+    names = {main: cfg.model_name, **{name: variant_name(cfg.model_name, VARIANT[name]) for name, _ in rest}}
+    rounds: dict[str, list[Any]] = {}
     with TritonServer(roots["python"], 0, 0, 0, log_file=work / "triton.log") as server:
-        for label, triton_model in names.items():
-            send = grpc_sender(server.endpoints.grpc, triton_model, max_tokens)
+        senders = {label: grpc_sender(server.endpoints.grpc, triton_model, max_tokens) for label, triton_model in names.items()}
+        for send in senders.values():
             send("warm up")
-            for c in clients:
-                r = run_load(send, c, seconds)
-                out[f"{label} @{c}"] = {"p50_ms": round(r.p50_s * 1000, 1), "p95_ms": round(r.p95_s * 1000, 1),
-                                        "tokens_per_s": round(r.tokens_per_s, 1), "requests": r.requests, "failures": r.failures}
-                print(f"served {label} @{c}: {out[f'{label} @{c}']}", flush=True)
+        for _ in range(repeats):
+            for label, send in senders.items():
+                for c in clients:
+                    rounds.setdefault(f"{label} @{c}", []).append(run_load(send, c, seconds))
+    out: dict[str, dict[str, Any]] = {}
+    for key, reports in rounds.items():
+        out[key] = {"p50_ms": round(median(r.p50_s for r in reports) * 1000, 1), "p95_ms": round(median(r.p95_s for r in reports) * 1000, 1),
+                    "tokens_per_s": round(median(r.tokens_per_s for r in reports), 1),
+                    "tokens_per_s_rounds": [round(r.tokens_per_s, 1) for r in reports],
+                    "requests": sum(r.requests for r in reports), "failures": sum(r.failures for r in reports)}
+        print(f"served {key}: {out[key]}", flush=True)
     return out
 
 
@@ -78,7 +87,8 @@ def big_shape(config: Path, tokenizer: Path, work: Path) -> dict[str, Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=Path("configs/tiny.yaml"))
-    parser.add_argument("--seconds", type=float, default=8.0, help="load held per model and client count")
+    parser.add_argument("--seconds", type=float, default=5.0, help="load held per model, client count and round")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; each figure is the median")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--big-config", type=Path, default=Path("configs/gpu-125m.yaml"), help="the shape of the speed-only table")
@@ -117,10 +127,11 @@ def main() -> None:
                 **token_agreement(greedy[FP32], greedy[name]),
             }
             print(f"{name}: {results[name]}", flush=True)
-        speed = served(dirs, args.clients, args.seconds, args.max_tokens, work)
+        speed = served(dirs, args.clients, args.seconds, args.repeats, args.max_tokens, work)
         results["served"] = speed
         big = big_shape(args.big_config, dirs[FP32], work)
-        results["served, gpu-125m shape (random weights)"] = big_speed = served(big, args.clients, args.seconds, args.max_tokens, work / "big")
+        results["served, gpu-125m shape (random weights)"] = big_speed = served(big, args.clients, args.seconds, args.repeats, args.max_tokens,
+                                                                              work / "big")
         results["weight_bytes, gpu-125m shape"] = {name: bytes_on_disk(d) for name, d in big.items()}
     finally:
         shutil.rmtree(work, ignore_errors=True)

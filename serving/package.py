@@ -23,6 +23,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from lathe.core.errors import InputError
+from lathe.core.models import VARIANTS
 from lathe.core.quant import INT8, bytes_on_disk, quantization_of
 from lathe.serving.config import ServeConfig
 from lathe.serving.protocol import INPUTS, OUTPUTS, Field
@@ -115,8 +116,11 @@ def variant_name(model_name: str, variant: str) -> str:
 def write_python_model(root: Path, name: str, model_dir: Path, version: int, cfg: ServeConfig) -> None:
     """One Python-backend model, ``root/name``: the checkpoint (fp32 or int8), the engine's files and its config."""
     vdir = root / name / str(version)
-    if quantization_of(model_dir) == INT8:  # int8 Linear kernels are CPU kernels: its instances run on CPUs on any node
-        cfg = cfg.model_copy(update={"instance_kind": "cpu"})
+    if quantization_of(model_dir) == INT8:
+        # int8 Linear kernels are CPU kernels: its instances run on CPUs on any node. Dynamic quantisation runs several
+        # small parallel regions per Linear, which from the continuous engine's loop thread cost more than they save:
+        # one intra-op thread decoded 2x faster than torch's default here (benchmarks/README.md), so `auto` (0) means 1.
+        cfg = cfg.model_copy(update={"instance_kind": "cpu", "torch_threads": cfg.torch_threads or 1})
     _place_checkpoint(model_dir, checkpoint_dir(root, name, version))
     for source, file in MODEL_FILES.items():
         shutil.copy2(source, vdir / file)
@@ -155,6 +159,8 @@ def build_repositories(
     repository beside the model as ``<model_name>-<variant>``, so one server serves them all; with
     ``serve.quantization: fp8`` the vLLM repository gets ``<model_name>-fp8`` over the same checkpoint.
     """
+    if unknown := sorted(set(variants or {}) - set(VARIANTS)):
+        raise InputError(f"variant(s) {unknown} are not ones lathe serves ({', '.join(VARIANTS)})")
     for path in (model_dir, *(d for d, _ in (variants or {}).values())):
         if not (path / "config.json").is_file() or not (path / "tokenizer.json").is_file():
             raise InputError(f"{path} is not an HF model with its tokenizer (config.json, tokenizer.json); export it with `lathe run train`")

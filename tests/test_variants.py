@@ -63,8 +63,9 @@ def test_package_writes_the_variants_beside_the_model(hf_model: Path, int8_model
     assert int8.name == "lathe-code-int8" and list(int8.version_policy.specific.versions) == [4]
     # int8 kernels are CPU kernels: its instances stay on CPUs while the fp32 model's go to the GPU
     assert int8.instance_group[0].kind == int8.instance_group[0].KIND_CPU
+    assert int8.parameters["torch_threads"].string_value == "1"  # `auto` for int8: one intra-op thread (measured faster)
     main = parse_model_config(roots["python"] / "lathe-code" / "config.pbtxt")
-    assert main.instance_group[0].kind == main.instance_group[0].KIND_GPU
+    assert main.instance_group[0].kind == main.instance_group[0].KIND_GPU and main.parameters["torch_threads"].string_value == "0"
     assert (roots["python"] / "lathe-code-int8" / "4" / "lathe_quant.py").is_file()
     # fp8 is vLLM's: the same checkpoint, quantised on the GPU as it loads
     args = json.loads((roots["vllm"] / "lathe-code-fp8" / "3" / "model.json").read_text())
@@ -73,6 +74,8 @@ def test_package_writes_the_variants_beside_the_model(hf_model: Path, int8_model
     (roots["vllm"] / "lathe-code-fp8" / "3" / "model.json").write_text(json.dumps({**args, "quantization": "int3"}))
     with pytest.raises(InputError, match="quantization 'int3' is not one lathe asks vLLM for"):
         check_repository(roots["vllm"], "lathe-code-fp8", 3)
+    with pytest.raises(InputError, match=r"variant\(s\) \['distilled student'\] are not ones lathe serves \(int8, distill\)"):
+        build_repositories(hf_model, 3, tmp_path / "bad", cfg, {"distilled student": (hf_model, 5)})
     (roots["python"] / "lathe-code-int8" / "4" / "hf_model" / INT8_WEIGHTS).unlink()
     with pytest.raises(InputError, match="lacks hf_model's weights"):
         check_repository(roots["python"], "lathe-code-int8", 4)
