@@ -180,6 +180,8 @@ bench: setup bench-setup
 	$(BIN)/python benchmarks/posttrain_bench.py --config $(CONFIG)
 	$(BIN)/python benchmarks/sweep_bench.py
 	$(BIN)/python benchmarks/inference_bench.py --config $(CONFIG)
+	$(BIN)/python benchmarks/serve_threads.py --fp32 runs/$$(basename $(CONFIG) .yaml)/train/hf_model \
+		--int8 runs/$$(basename $(CONFIG) .yaml)/quantize/hf_model
 
 ## chaos: kill stages, the training launcher and the server at random points for SECONDS_CHAOS, then check what held (never part of tests)
 SECONDS_CHAOS ?= 600
