@@ -51,7 +51,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import emit  # noqa: E402
-from lathe.training.schedule import Job, Option, draw_gantt, even_split_makespan, sequential_makespan, solve  # noqa: E402
+from lathe.training.sweep.schedule import Job, Option, draw_gantt, even_split_makespan, sequential_makespan, solve  # noqa: E402
 
 LATHE = Path(sys.executable).parent / "lathe"
 DATA = ["profile=small", "data.sources=[{kind: embedded, max_bytes: 1500000, include_site_packages: false}]",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Mapping
 
 from lathe.core.errors import InputError, LatheError
 from lathe.core.tracking import figure_name, mlflow_key
@@ -34,6 +34,19 @@ def _client() -> "MlflowClient":
     from mlflow.tracking import MlflowClient
 
     return MlflowClient()  # the tracking URI lathe set (lathe.core.tracking.setup_tracking)
+
+
+def verify_registered(manifest: dict[str, Any], inputs: Mapping[str, Any]) -> str | None:
+    """A stage's ``verify`` hook for every stage that registers a version: a finished run still counts only
+    while the version its manifest names (``details.registered_model`` / ``details.model_version``) exists.
+
+    ``inputs`` (the upstream stages) is the hook's signature; the registry alone decides.
+    """
+    details = manifest.get("details") or {}
+    name, version = details.get("registered_model"), details.get("model_version")
+    if name and version and not ModelRegistry(name).exists(str(version)):
+        return f"version {version} of {name} it registered is gone from the model registry"
+    return None
 
 
 class ModelRegistry:

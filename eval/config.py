@@ -41,6 +41,10 @@ class SandboxConfig(Strict):
     allow_weak_isolation: bool = Field(
         False, description="Run without namespaces when bubblewrap cannot start. Unsafe: for trusted code only."
     )
+    toolchains: str = Field(
+        "", description="Host folder of the npm-installed compilers (TypeScript's); empty: `make setup`'s eval/toolchains "
+        "beside lathe.eval. Sandboxed steps see it read-only at a fixed path of their own, wherever it is on the host.",
+    )
 
 
 class GenerationConfig(Strict):

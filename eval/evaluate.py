@@ -19,6 +19,7 @@ from lathe.core.plots import pyplot
 from lathe.eval.benchmarks import BENCHMARKS
 from lathe.eval.config import EvalConfig
 from lathe.eval.humaneval import score
+from lathe.eval.sandbox import toolchains_dir
 
 PER_BENCHMARK = ("pass@", "problems", "samples", "median_sample_s", "skipped", "statuses")  # what results.json keeps of each benchmark
 
@@ -112,7 +113,7 @@ def evaluate_model(model_ref: str, cfg: EvalConfig, out_dir: Path, benchmarks: l
     per_benchmark: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(names):
         bench = BENCHMARKS.get(name)
-        missing = bench.language.missing() if i else None  # the headline's scoring raises the toolchain's error itself
+        missing = bench.language.missing(toolchains_dir(cfg.sandbox)) if i else None  # the headline's scoring raises the toolchain's error itself
         if missing:
             per_benchmark[name] = {"skipped": missing}
             continue

@@ -14,14 +14,10 @@ from typing import Any, Iterable
 import numpy as np
 from rich.progress import Progress
 
-from lathe.core.errors import InputError, LatheError
+from lathe.core.errors import InputError
 from lathe.eval.benchmarks import BENCHMARKS
 from lathe.eval.config import EvalConfig
-from lathe.eval.sandbox import RunResult, Sandbox
-
-
-class ToolchainMissing(LatheError):
-    """A benchmark's language cannot be compiled or run here (the message names the package to install)."""
+from lathe.eval.sandbox import RunResult, Sandbox, ToolchainMissing, toolchains_dir
 
 
 def problems() -> dict[str, dict[str, Any]]:
@@ -109,7 +105,7 @@ def score(
     """Run every sample in the sandbox; pass@k per reachable k and per-sample results in input order."""
     samples = list(samples)
     bench = BENCHMARKS.get(benchmark)
-    missing = bench.language.missing()
+    missing = bench.language.missing(toolchains_dir(cfg.sandbox))
     if missing:
         raise ToolchainMissing(f"{benchmark}: {missing}")
     known = bench.problems()

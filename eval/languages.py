@@ -8,7 +8,10 @@ Java: ``LatheProof.run(args)``, Rust: ``lathe_proof()``), which the appended pro
 
 Compilers and runtimes are called by absolute path and must be reachable by the sandbox's
 unprivileged uids (which cannot read /root: rustup's toolchain there is of no use, Debian's
-packages are); :meth:`Language.missing` says in one line what is not there.
+packages are); :meth:`Language.missing` says in one line what is not there. The npm-installed
+compilers live in a toolchains folder (``make setup``'s ``eval/toolchains``) wherever the checkout
+is; the sandbox sees that folder read-only at :data:`TOOLCHAINS_INSIDE`, never at its host path
+(a checkout under /tmp would be hidden by the sandbox's private /tmp).
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ from pathlib import Path
 from lathe.core.registry import Registry
 
 TOOLCHAINS = Path(__file__).resolve().with_name("toolchains")  # `make setup` runs `npm ci` here
+TOOLCHAINS_INSIDE = "/tmp/.toolchains"  # where a sandboxed step sees the toolchains folder (read-only; its /tmp is its own)
 NODE_ARCH = {"x86_64": "x64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
-# TypeScript 7's native compiler itself (node_modules/.bin/tsc is a node script that starts it)
-TSC = TOOLCHAINS / f"node_modules/@typescript/typescript-linux-{NODE_ARCH}/lib/tsc"
-NODE_GLOBALS = TOOLCHAINS / "node-globals.d.ts"  # console, process, require: what a node script has, typed `any`
+# TypeScript 7's native compiler itself (node_modules/.bin/tsc is a node script that starts it); relative
+# paths are inside the toolchains folder
+TSC = f"node_modules/@typescript/typescript-linux-{NODE_ARCH}/lib/tsc"
+NODE_GLOBALS = "node-globals.d.ts"  # console, process, require: what a node script has, typed `any`
 
 
 @dataclass(frozen=True)
@@ -37,9 +42,10 @@ class Language:
     program receives the fds of the result and secret pipes as its last two arguments, and
     ``proof`` (appended after the tests) copies the secret from one to the other.
 
-    ``compile(source, out_dir)``, where there is one, is the command that compiles the source
-    file into the (empty, writable) directory ``out_dir``; a non-zero exit status is a compile
-    error. It runs in the same sandbox, under the same limits, as the program then does.
+    ``compile(source, out_dir, toolchains)``, where there is one, is the command that compiles the
+    source file into the (empty, writable) directory ``out_dir`` with the toolchains folder seen at
+    ``toolchains``; a non-zero exit status is a compile error. It runs in the same sandbox, under
+    the same limits, as the program then does.
     """
 
     name: str
@@ -49,22 +55,30 @@ class Language:
     min_address_space_mb: int = 0  # a runtime that cannot start below this gets at least it
     check_call: str | None = None  # appended after the tests ("{entry}": the entry point); None: the tests call their checks
     stop: tuple[str, ...] = ()  # where a sampled completion ends (the tests begin with what closes the function)
-    compile: Callable[[str, str], list[str]] | None = None  # None: ``argv`` runs the source itself
+    compile: Callable[[str, str, str], list[str]] | None = None  # None: ``argv`` runs the source itself
     compile_address_space_mb: int = 0  # as min_address_space_mb, for the compile step
     env: tuple[tuple[str, str], ...] = ()  # set for both steps, beside the sandbox's PATH and HOME
-    toolchain: tuple[tuple[str, str], ...] = ()  # (absolute path the steps call, how to install it)
+    # (path the steps call, how to install it): absolute, or relative to the toolchains folder
+    toolchain: tuple[tuple[str, str], ...] = ()
 
-    def missing(self) -> str | None:
+    @property
+    def uses_toolchains(self) -> bool:
+        """Whether its steps call into the toolchains folder (the sandbox then mounts it)."""
+        return any(not Path(path).is_absolute() for path, _ in self.toolchain)
+
+    def missing(self, toolchains: Path = TOOLCHAINS) -> str | None:
         """Why this language cannot run here, in one line naming the binary and how to get it; None when it can.
 
-        A scorer skips a language with a missing toolchain rather than counting its programs as failed.
+        ``toolchains``: the host folder of the npm-installed compilers. A scorer skips a language with a
+        missing toolchain rather than counting its programs as failed.
         """
         for path, remedy in self.toolchain:
-            if not Path(path).is_file():
-                return f"{self.name} needs {path}: {remedy}"
-            closed = _closed_to_others(Path(path))
+            host = toolchains / path  # an absolute path stays itself
+            if not host.is_file():
+                return f"{self.name} needs {host}: {remedy}"
+            closed = _closed_to_others(host)
             if closed:
-                return (f"{self.name} needs {path}, which the sandbox's unprivileged uids cannot reach ({closed}): "
+                return (f"{self.name} needs {host}, which the sandbox's unprivileged uids cannot reach ({closed}): "
                         "keep the toolchain in a world-readable place")
         return None
 
@@ -134,13 +148,13 @@ TYPESCRIPT = LANGUAGES.register("typescript")(
         # compile, and names such as `name` or `close` taken). CommonJS output: node runs it as a
         # script. One checker and one Go thread: 0.1 s for a small program, and the thread count
         # stays far below RLIMIT_NPROC whatever the machine's core count (Go's default: one per core).
-        compile=lambda source, out: [
-            str(TSC), "--singleThreaded", "--pretty", "false", "--strict", "false", "--target", "es2022", "--lib", "es2022",
-            "--module", "commonjs", "--outDir", out, str(NODE_GLOBALS), source,
+        compile=lambda source, out, tools: [
+            f"{tools}/{TSC}", "--singleThreaded", "--pretty", "false", "--strict", "false", "--target", "es2022", "--lib", "es2022",
+            "--module", "commonjs", "--outDir", out, f"{tools}/{NODE_GLOBALS}", source,
         ],
         compile_address_space_mb=1024,  # Go reserves ~750 MB of address space for its heap's maps
         env=(("GOMAXPROCS", "1"),),
-        toolchain=((str(TSC), "run `make setup` (npm ci --prefix eval/toolchains)"), NODE),
+        toolchain=((TSC, "run `make setup` (npm ci --prefix eval/toolchains)"), NODE),
     )
 )
 JAVA = LANGUAGES.register("java")(
@@ -162,7 +176,7 @@ JAVA = LANGUAGES.register("java")(
         min_address_space_mb=768,  # 512 MB starts it; the rest leaves room for a program's threads and natives
         stop=("\n    }\n",),
         # -proc:none: no annotation processors (code of the classpath's choosing) at compile time
-        compile=lambda source, out: [
+        compile=lambda source, out, tools: [
             "/usr/bin/javac", *(f"-J{flag}" for flag in JVM_FLAGS), "-proc:none", "-encoding", "UTF-8", "-d", out, source,
         ],
         compile_address_space_mb=768,
@@ -182,7 +196,7 @@ CPP = LANGUAGES.register("cpp")(
         stop=("\n}",),
         # -O0 (g++'s default, as MultiPL-E's): -O1 compiles no faster and HumanEval's tests are
         # small; -pipe: no temporary files between the compiler's stages
-        compile=lambda source, out: ["/usr/bin/g++", "-std=c++17", "-O0", "-pipe", "-o", f"{out}/main", source],
+        compile=lambda source, out, tools: ["/usr/bin/g++", "-std=c++17", "-O0", "-pipe", "-o", f"{out}/main", source],
         compile_address_space_mb=512,
         toolchain=(("/usr/bin/g++", "install Debian's g++ (make system-deps)"),),
     )
@@ -204,7 +218,7 @@ RUST = LANGUAGES.register("rust")(
         # MultiPL-E's (integer overflow panics). Without std's debug info (else 12 MB, near
         # RLIMIT_FSIZE) and linked against Debian's shared libstd (on the default library path):
         # 0.3 s instead of 0.5 s.
-        compile=lambda source, out: [
+        compile=lambda source, out, tools: [
             "/usr/bin/rustc", "--edition", "2021", "-C", "codegen-units=1", "-C", "strip=debuginfo", "-C", "prefer-dynamic",
             "-A", "warnings", "-o", f"{out}/main", source,
         ],

@@ -65,7 +65,7 @@ from typing import IO, Literal
 from lathe.core.errors import LatheError
 from lathe.eval import sandbox_worker
 from lathe.eval.config import SandboxConfig
-from lathe.eval.languages import PYTHON, Language
+from lathe.eval.languages import PYTHON, TOOLCHAINS, TOOLCHAINS_INSIDE, Language
 
 # A program proves it ran to its end by copying a per-run secret from one inherited pipe
 # (fd number in argv[2]) to another (argv[1]); an early exit or a printed "PASSED" cannot.
@@ -85,6 +85,10 @@ UID_LOCKS = Path(f"/tmp/lathe-sandbox-uids.{os.geteuid()}")
 
 class SandboxUnavailable(LatheError):
     """The isolation layer cannot start on this machine."""
+
+
+class ToolchainMissing(LatheError):
+    """A language cannot be compiled or run here (the message names the language, the path and the fix)."""
 
 
 @dataclass
@@ -355,12 +359,18 @@ class Sandbox:
         self.setpriv = shutil.which("setpriv")
         if not Path(cfg.python).is_file():
             raise SandboxUnavailable(f"sandbox interpreter {cfg.python} not found; set eval.sandbox.python")
+        self.toolchains = toolchains_dir(cfg)
+        self._usable: dict[str, str | None] = {}  # language -> why it cannot run (None: it can), checked once
         self._become_subreaper()
         self._idle: list[_Worker] = []  # fork-server workers between programs, one per thread at most
         self._lock = threading.Lock()
         self._close = weakref.finalize(self, _close_workers, self._idle, self._lock)
         self._builds = _Builds(cfg.compile_cache_mb << 20)
         self._close_builds = weakref.finalize(self, self._builds.close)
+        if _under_tmp(cfg.python) and not cfg.allow_weak_isolation:
+            # the sandbox mounts a private /tmp over the host's: an interpreter there is invisible inside
+            raise SandboxUnavailable(f"sandbox interpreter {cfg.python} lives under /tmp, which each sandbox replaces "
+                                     "with a private one; set eval.sandbox.python to an interpreter outside /tmp")
         self.isolated = self._probe()
         if not self.isolated and not cfg.allow_weak_isolation:
             raise SandboxUnavailable(
@@ -477,6 +487,10 @@ class Sandbox:
     def run(self, program: str, isolated: bool | None = None, language: Language = PYTHON) -> RunResult:
         """Run a program whose last act must be copying the secret (the language's ``proof``)."""
         isolated = self.isolated if isolated is None else isolated
+        if language.name not in self._usable:
+            self._usable[language.name] = language.missing(self.toolchains)
+        if self._usable[language.name]:
+            raise ToolchainMissing(self._usable[language.name])
         if isolated and language is PYTHON and self.cfg.fork_server:
             return self._run_forked(program)
         return self._run_once(program, isolated, language)
@@ -599,9 +613,12 @@ class Sandbox:
             workdir.chmod(0o755)
             source = _Mount(_write_source(workdir, program, language), PROGRAM_DIR)
             target = _Mount(out, OUT_DIR, writable=True)
-            argv = language.compile(f"{source.seen(isolated)}/main{language.suffix}", target.seen(isolated))
+            # the toolchains at a fixed path of the sandbox's own, never at the checkout's host path
+            tools = _Mount(self.toolchains, TOOLCHAINS_INSIDE)
+            mounts = [source, target, *([tools] if language.uses_toolchains else [])]
+            argv = language.compile(f"{source.seen(isolated)}/main{language.suffix}", target.seen(isolated), tools.seen(isolated))
             returncode, timed_out = self._contain(
-                workdir, argv, [source, target], isolated, language, language.compile_address_space_mb, merged=True
+                workdir, argv, mounts, isolated, language, language.compile_address_space_mb, merged=True
             )
             if returncode == 0 and not timed_out:
                 return None
@@ -638,6 +655,17 @@ class Sandbox:
             if uid is not None:
                 _reap(uid)
             return proc.returncode, timed_out
+
+
+def toolchains_dir(cfg: SandboxConfig) -> Path:
+    """The host folder of the npm-installed compilers: ``eval.sandbox.toolchains``, else `make setup`'s."""
+    return Path(cfg.toolchains) if cfg.toolchains else TOOLCHAINS
+
+
+def _under_tmp(path: str) -> bool:
+    """Whether ``path``, as given or with its symlinks resolved, lies under /tmp, which a sandbox sees as its
+    own private tmpfs (the sandbox calls it by the path given)."""
+    return any(p.is_relative_to("/tmp") for p in (Path(path).absolute(), Path(path).resolve()))
 
 
 def _uid_locks() -> Path:

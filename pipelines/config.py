@@ -23,7 +23,7 @@ from lathe.eval.config import EvalConfig, PreferencesConfig
 from lathe.serving.config import ServeConfig
 from lathe.tokenizer.config import ShardsConfig, TokenizerConfig
 from lathe.training.config import DistillConfig, DPOConfig, SFTConfig, TrainConfig
-from lathe.training.sweep_config import SweepConfig, sweep_candidates
+from lathe.training.sweep.config import SweepConfig, sweep_candidates
 
 
 class RunConfig(Strict):

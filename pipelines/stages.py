@@ -14,8 +14,8 @@ from lathe.eval.stage import DISTILL_EVAL, DPO_EVAL, EVAL, QUANTIZE_EVAL, SFT_EV
 from lathe.serving.quantize import quantize_stage
 from lathe.serving.stage import CANARY, PACKAGE
 from lathe.tokenizer.stage import SHARDS, TOKENIZER
-from lathe.training.distill_stage import DISTILL
-from lathe.training.posttrain import DPO, SFT
+from lathe.training.distill.stage import DISTILL
+from lathe.training.posttrain.stage import DPO, SFT
 from lathe.training.stage import train_stage
 
 

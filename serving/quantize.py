@@ -20,7 +20,7 @@ from rich.console import Console
 
 from lathe.core.config import Strict
 from lathe.core.errors import InputError
-from lathe.core.models import ModelRegistry
+from lathe.core.models import ModelRegistry, verify_registered
 from lathe.core.quant import INT8, bytes_on_disk, load_causal_lm, write_int8
 from lathe.core.stage import Stage, StageContext, StageResult, json_summary
 from lathe.serving.config import QuantizeConfig, ServeConfig
@@ -201,5 +201,6 @@ def quantize_stage(prompts: Prompts) -> Stage[Any]:
         outputs={"model": MODEL_DIR, "summary": SUMMARY},
         summarize=json_summary(SUMMARY, print_quantized),
         headline=quantize_headline,
+        verify=verify_registered,
         optional=True,
     )

@@ -80,6 +80,7 @@ def test_same_dag_on_kubernetes_by_configuration(tmp_path: Path) -> None:
     assert tasks["train"]["outlets"] == ["lathe://gpu-1b/model"]
 
 
+@pytest.mark.timeout(2400)  # it waits for the background backfill (started at collection), at most 1,800 s
 def test_a_backfill_of_three_intervals_retrains_three_chained_versions() -> None:
     """`make dag-test`: dag.test() over three daily intervals of a git source that gains code each day,
     every stage run for real through the CLI on a small profile, each run approved and promoted."""

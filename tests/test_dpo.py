@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from lathe.training.dpo import dpo_loss, sequence_logps
-from lathe.training.sft_data import IGNORE_INDEX as IGNORE
+from lathe.training.posttrain.dpo import dpo_loss, sequence_logps
+from lathe.training.posttrain.sft_data import IGNORE_INDEX as IGNORE
 
 
 def test_dpo_loss_matches_a_hand_computed_value() -> None:
@@ -63,7 +63,7 @@ def test_dpo_model_trains_with_composer_towards_the_chosen_completions() -> None
     from torch.utils.data import DataLoader
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lathe.training.dpo import DPOModel, collate_preferences, encode_preference, reference_logps
+    from lathe.training.posttrain.dpo import DPOModel, collate_preferences, encode_preference, reference_logps
 
     torch.manual_seed(0)
     policy = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -99,7 +99,7 @@ def test_dpo_model_trains_with_composer_towards_the_chosen_completions() -> None
 def test_rpo_adds_the_chosen_answers_cross_entropy_and_the_metric_reports_it() -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lathe.training.dpo import ChosenCrossEntropy, DPOModel, collate_preferences, encode_preference, reference_logps
+    from lathe.training.posttrain.dpo import ChosenCrossEntropy, DPOModel, collate_preferences, encode_preference, reference_logps
 
     torch.manual_seed(0)
     policy = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,

@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from lathe.core.errors import ConfigError
 from lathe.training.config import LoraConfig
-from lathe.training.lora import load_adapter, merged, save_adapter, trainable_share, with_adapters
+from lathe.training.posttrain.lora import load_adapter, merged, save_adapter, trainable_share, with_adapters
 
 
 def tiny_llama() -> LlamaForCausalLM:

@@ -150,7 +150,7 @@ def test_a_retrain_learns_the_new_files_and_continues_from_production(spark, tmp
 
 
 def test_continuing_with_another_vocabulary_or_architecture_is_one_clear_error(tmp_path: Path) -> None:
-    from lathe.training.stage import initial_weights
+    from lathe.training.pretrain import initial_weights
 
     model = tmp_path / "parent"
     model.mkdir()

@@ -10,9 +10,9 @@ from composer import Trainer
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lathe.training.config import LoraConfig
-from lathe.training.lora import merged, trainable_share
-from lathe.training.sft import sft_dataloader, sft_model
-from lathe.training.sft_data import encode_pairs, write_examples
+from lathe.training.posttrain.lora import merged, trainable_share
+from lathe.training.posttrain.sft import sft_dataloader, sft_model
+from lathe.training.posttrain.sft_data import encode_pairs, write_examples
 
 PAD, EOS = 0, 1
 

@@ -12,7 +12,7 @@ import pytest
 
 from lathe.core.errors import InputError
 from lathe.data.records import PREFERENCE_FIELDS, read_records
-from lathe.training.sft_data import IGNORE_INDEX, encode_pair, encode_pairs
+from lathe.training.posttrain.sft_data import IGNORE_INDEX, encode_pair, encode_pairs
 
 EOS = 0
 
@@ -143,7 +143,7 @@ def test_mds_examples_train_on_the_response_tokens_only(tmp_path: Path) -> None:
     from streaming import StreamingDataset
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lathe.training.sft_data import collate_examples, write_examples
+    from lathe.training.posttrain.sft_data import collate_examples, write_examples
 
     rows = [{"prompt": "def f():\n", "response": "    return 1\n"}, {"prompt": "x = ", "response": "2"}]
     examples, drops = encode_pairs(rows, byte_ids, EOS, max_len=64)

@@ -17,8 +17,8 @@ from lathe.core.errors import ConfigError, LatheError
 from lathe.pipelines.config import load_config
 from lathe.pipelines.runner import run_pipeline
 from lathe.training.config import TrainConfig
-from lathe.training.profiler import Choice, Trial, TrialCache, choices, profile, trial_key
-from lathe.training.schedule import (
+from lathe.training.sweep.profiler import Choice, Trial, TrialCache, choices, profile, trial_key
+from lathe.training.sweep.schedule import (
     Assignment,
     Busy,
     Job,
@@ -29,7 +29,7 @@ from lathe.training.schedule import (
     sequential_makespan,
     solve,
 )
-from lathe.training.sweep_config import SweepConfig, sweep_candidates
+from lathe.training.sweep.config import SweepConfig, sweep_candidates
 from tests.conftest import SMALL_PIPELINE
 
 QUIET = Console(quiet=True)
@@ -140,7 +140,7 @@ def test_the_profiler_reuses_cached_trials(tmp_path: Path) -> None:
 
     job = TrainJob(train=train, seq_len=128, streams=[], validation={}, tokenizer="/nonexistent", out_dir=str(tmp_path),
                    run_name="x", mlflow_uri="")
-    from lathe.training.profiler import hardware
+    from lathe.training.sweep.profiler import hardware
 
     sweep = SweepConfig(device_counts=[1, 2])
     for choice in choices(sweep, 2, train.global_train_batch_size):
@@ -234,7 +234,7 @@ def test_the_executor_runs_as_planned_re_plans_when_off_and_survives_a_failure(t
 
     from lathe.training import sweep as sweep_module
     from lathe.training.job import TrainJob
-    from lathe.training.sweep import Candidate, execute
+    from lathe.training.sweep.executor import Candidate, execute
 
     actual = {"quick": 0.3, "slow": 1.5, "boom": 0.1, "after": 0.4, "wide": 0.3}  # quick is 5x faster than predicted
 

@@ -245,7 +245,7 @@ def test_two_nodes_train_exactly_as_two_processes_on_one(two_rank_runs) -> None:
 
 def test_a_joining_node_needs_shared_checkpoints_and_finished_inputs(shards_pipeline, tmp_path: Path, monkeypatch) -> None:
     from lathe.pipelines.runner import planned
-    from lathe.training.stage import join_training
+    from lathe.training.pretrain import join_training
 
     profile_dir, _, _ = shards_pipeline
     monkeypatch.setenv("NODE_RANK", "1")

@@ -14,7 +14,7 @@ from lathe.core.quant import INT8_WEIGHTS, bytes_on_disk, load_causal_lm, quanti
 from lathe.serving.config import ServeConfig
 from lathe.serving.package import build_repositories, check_repository, parse_model_config
 from lathe.serving.quantize import greedy_tokens, token_agreement
-from lathe.training.distill import DistillKL, DistillLM, kl_per_token, predicting
+from lathe.training.distill.loss import DistillKL, DistillLM, kl_per_token, predicting
 
 # A fixed prompt set: code of several shapes, as an editor sends it.
 PROMPTS = ["def fibonacci(n):\n    ", "import os\n", "class Heap:\n    def push(self, item):\n        ", "for i in range(10):\n",

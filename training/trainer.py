@@ -236,7 +236,7 @@ def run_training(job: TrainJob) -> dict[str, Any]:
     if job.teacher:  # distillation: the same student, its loss also pulled towards the teacher's logits
         from transformers import AutoModelForCausalLM
 
-        from lathe.training.distill import DistillLM
+        from lathe.training.distill.loss import DistillLM
 
         t = job.teacher
         teacher = AutoModelForCausalLM.from_pretrained(t.path, dtype=torch.float32)

@@ -13,7 +13,7 @@ def main() -> None:
     """Run the job described by the JSON file given as the only argument (pretraining or post-training)."""
     spec = json.loads(Path(sys.argv[1]).read_text())
     if "method" in spec:  # only a post-training job names a method
-        from lathe.training.finetune import run_finetune
+        from lathe.training.posttrain.finetune import run_finetune
 
         run_finetune(FinetuneJob.model_validate(spec))
     else:

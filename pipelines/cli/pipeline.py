@@ -44,7 +44,7 @@ def train(
     set (as the Kubernetes Indexed Job does); node 0 runs the stage, the others join its job.
     """
     from lathe.pipelines.runner import planned, run_pipeline
-    from lathe.training.stage import join_training, node_rank
+    from lathe.training.pretrain import join_training, node_rank
 
     cfg = load(config, [*(set_ or []), *([f"train.nproc={nproc}"] if nproc else [])])
     if node_rank() > 0:

@@ -20,12 +20,12 @@ from composer.utils import dist, reproducibility
 from lathe.tokenizer.special import PAD
 from lathe.tokenizer.streams import release_filelocks
 from lathe.tokenizer.vocab import load_tokenizer
-from lathe.training.dpo import DPOModel, collate_preferences
+from lathe.training.posttrain.dpo import DPOModel, collate_preferences
 from lathe.training.job import ADAPTER_DIR, MODEL_DIR, SUMMARY, FinetuneJob, job_folder
-from lathe.training.lora import merged, save_adapter, trainable_share, with_adapters
+from lathe.training.posttrain.lora import merged, save_adapter, trainable_share, with_adapters
 from lathe.training.model import CodeLM, parameter_count
-from lathe.training.sft import examples_dataloader
-from lathe.training.sft_data import collate_examples
+from lathe.training.posttrain.sft import examples_dataloader
+from lathe.training.posttrain.sft_data import collate_examples
 from lathe.training.trainer import (
     composer_trainer,
     export_model,

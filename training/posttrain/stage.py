@@ -26,14 +26,13 @@ from rich.console import Console
 
 from lathe.core.errors import InputError
 from lathe.core.fim import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, FimIds
-from lathe.core.models import ModelRegistry, current_version, model_to_tune, pinned
+from lathe.core.models import ModelRegistry, current_version, model_to_tune, pinned, verify_registered
 from lathe.core.stage import Stage, StageContext, StageResult, Upstream, json_summary
 from lathe.tokenizer.special import EOS, PAD
 from lathe.tokenizer.vocab import load_tokenizer, vocabulary_hash
 from lathe.training.config import DPOConfig, FinetuneConfig, SFTConfig
-from lathe.training.job import METRICS, MODEL_DIR, SUMMARY, FinetuneJob
+from lathe.training.job import METRICS, MODEL_DIR, SUMMARY, FinetuneJob, last_metric
 from lathe.training.launcher import launch
-from lathe.training.stage import last_metric, verify_registered
 
 EXAMPLES = "examples"  # the encoded train/ and val/ splits (MDS) under the stage folder
 SPLITS = ("train", "val")
@@ -94,7 +93,7 @@ def fim_ids(tok: Any) -> FimIds:
 
 def write_sft_examples(rows: list[dict[str, str]], base: Path, tc: FinetuneConfig, out: Path, setting: str) -> dict[str, int]:
     """Encode the pairs of each split and write them as MDS under ``out``; the counts per split and drops."""
-    from lathe.training.sft_data import encode_pairs, write_examples
+    from lathe.training.posttrain.sft_data import encode_pairs, write_examples
 
     tok = load_tokenizer(base)
     counts: Counter[str] = Counter()
@@ -109,8 +108,8 @@ def write_dpo_examples(rows: list[dict[str, str]], base: Path, tc: FinetuneConfi
     """Encode each split's pairs, add the starting model's log-probabilities of both answers, write MDS."""
     from transformers import AutoModelForCausalLM
 
-    from lathe.training.dpo import encode_preference, reference_logps, write_preferences
-    from lathe.training.sft_data import encode_rows
+    from lathe.training.posttrain.dpo import encode_preference, reference_logps, write_preferences
+    from lathe.training.posttrain.sft_data import encode_rows
 
     tok = load_tokenizer(base)
     eos, max_len = tok.token_to_id(EOS), context_length(base, tc, setting)
@@ -157,7 +156,7 @@ def tune(ctx: StageContext[PosttrainSections], method: str, examples: Upstream, 
         mlflow_run_id=run.info.run_id if run else None,
     )
     if tc.nproc == 1:
-        from lathe.training.finetune import run_finetune  # torch and Composer: only when training
+        from lathe.training.posttrain.finetune import run_finetune  # torch and Composer: only when training
 
         run_finetune(job)
     else:

@@ -24,8 +24,8 @@ from lathe.core.errors import LatheError
 from lathe.training.config import TrainConfig
 from lathe.training.job import METRICS, TrainJob, last_metric
 from lathe.training.launcher import Devices, launch
-from lathe.training.schedule import Option
-from lathe.training.sweep_config import SweepConfig
+from lathe.training.sweep.schedule import Option
+from lathe.training.sweep.config import SweepConfig
 
 # What a rank's log says when its device (or its memory budget) ran out: CUDA's allocator, PyTorch's
 # CPU allocator, Python's own.

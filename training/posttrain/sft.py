@@ -2,7 +2,7 @@
 trainer and Streaming loaders, over MDS examples whose labels cover the response only.
 
 Full fine-tuning trains every weight; with a :class:`LoraConfig` only the adapters train
-(:mod:`lathe.training.lora`), and Composer saves and restores them like any weights. The
+(:mod:`lathe.training.posttrain.lora`), and Composer saves and restores them like any weights. The
 loss is Hugging Face's causal-LM loss, which skips ``-100`` labels: prompt and padding
 tokens never count.
 """
@@ -19,9 +19,9 @@ from transformers import LlamaForCausalLM
 
 from lathe.training.config import LoraConfig
 from lathe.training.data import streams_of
-from lathe.training.lora import with_adapters
+from lathe.training.posttrain.lora import with_adapters
 from lathe.training.model import CodeLM
-from lathe.training.sft_data import collate_examples
+from lathe.training.posttrain.sft_data import collate_examples
 
 Collate = Callable[[Sequence[Mapping[str, Any]]], dict[str, torch.Tensor]]
 
@@ -41,7 +41,7 @@ def examples_dataloader(
 
 
 def sft_dataloader(split_uri: str, cache: Path, batch_size: int, pad_id: int, shuffle: bool, seed: int) -> DataSpec:
-    """A DataSpec over an SFT split written by :func:`lathe.training.sft_data.write_examples`."""
+    """A DataSpec over an SFT split written by :func:`lathe.training.posttrain.sft_data.write_examples`."""
     return examples_dataloader(split_uri, cache, batch_size, collate_examples(pad_id), shuffle, seed)
 
 

@@ -2,7 +2,7 @@
 
 It is the train stage's run (the same job, mixture, trainer, checkpoints and export) with the
 `distill` section as the train section and a teacher: every rank loads the teacher beside the student
-and the loss adds the temperature-softened KL to its logits (:mod:`lathe.training.distill`). The
+and the loss adds the temperature-softened KL to its logits (:mod:`lathe.training.distill.loss`). The
 student is registered with ``lathe.method=distill`` and ``lathe.parent_version`` = the teacher's
 version, and goes through the gate (`distill_eval`), whose pass gives it the ``<track>-distill``
 alias that `package` serves beside the model (``serve.student``).
@@ -18,15 +18,15 @@ from typing import Any, Protocol
 from rich.console import Console
 
 from lathe.core.errors import InputError
-from lathe.core.models import current_version, model_to_tune, pinned
+from lathe.core.models import current_version, model_to_tune, pinned, verify_registered
 from lathe.core.stage import Stage, StageContext, StageResult, json_summary
 from lathe.tokenizer.config import ShardsConfig, TokenizerConfig
 from lathe.tokenizer.vocab import vocabulary_hash
 from lathe.training.config import DistillConfig, TrainConfig
 from lathe.training.job import METRICS, MODEL_DIR, SPIKES, SUMMARY, Teacher
 from lathe.training.launcher import launch
-from lathe.training.stage import build_job, print_train, registered_summary, train_headline, train_result, verify_registered
-from lathe.training.sweep_config import SweepConfig
+from lathe.training.pretrain import build_job, print_train, registered_summary, train_headline, train_result
+from lathe.training.sweep.config import SweepConfig
 
 # The distill section's own settings; the rest of it is a train section (the student's).
 DISTILL_ONLY = {"teacher", "temperature", "kl_weight", "ce_weight"}

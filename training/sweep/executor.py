@@ -26,10 +26,10 @@ from lathe.core.tracking import flatten, mlflow_key
 from lathe.training.job import METRICS, MODEL_DIR, SUMMARY, TrainJob
 from lathe.training.launcher import Devices, launch
 from lathe.training.mixture import run_samples
-from lathe.training.profiler import Choice, Trial, TrialCache, describe, options, profile
-from lathe.training.schedule import Assignment, Busy, Job, Plan, check_plan, draw_gantt, even_split_makespan, sequential_makespan, solve
-from lathe.training.stage import TrainSections, build_job, print_train, registered_summary, train_result
-from lathe.training.sweep_config import Score, candidate_fingerprint, sweep_candidates
+from lathe.training.sweep.profiler import Choice, Trial, TrialCache, describe, options, profile
+from lathe.training.sweep.schedule import Assignment, Busy, Job, Plan, check_plan, draw_gantt, even_split_makespan, sequential_makespan, solve
+from lathe.training.pretrain import TrainSections, build_job, print_train, registered_summary, train_result
+from lathe.training.sweep.config import Score, candidate_fingerprint, sweep_candidates
 
 CANDIDATE = "candidate.json"  # written last in a candidate's folder: its figures (it finished)
 

@@ -25,7 +25,7 @@ from composer.models import ComposerModel
 from torchmetrics import MeanMetric, Metric
 from transformers import PreTrainedModel
 
-from lathe.training.sft_data import IGNORE_INDEX, encode_pair, pad_batch
+from lathe.training.posttrain.sft_data import IGNORE_INDEX, encode_pair, pad_batch
 
 SIDES = ("chosen", "rejected")
 

@@ -1,0 +1,1 @@
+"""Post-training: mined pairs (``sft_data``), SFT, LoRA, DPO, the finetune job (``finetune``) and its stages (``stage``)."""
