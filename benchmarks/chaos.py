@@ -39,18 +39,31 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import emit  # noqa: E402
+from benchmarks.common import emit
 
 ROOT = Path(__file__).resolve().parents[1]
 LATHE = str(Path(sys.executable).parent / "lathe")
 SMALL = [
-    "profile=chaos", "data.sources=[{kind: embedded, max_bytes: 1500000, include_site_packages: false}]",
-    "data.partitions=2", "tokenizer.vocab_size=512", "tokenizer.reserved_sentinels=4", "tokenizer.heldout_fraction=0.1",
-    "tokenizer.ablation_vocab_sizes=[]", "shards.seq_len=128", "shards.partitions=2", "shards.val_fraction=0.1",
-    "train.model={d_model: 64, n_layers: 2, n_heads: 2, max_seq_len: 128}", "train.max_duration=16ba",
-    "train.warmup=2ba", "train.eval_interval=16ba", "train.save_interval=4ba", "train.global_train_batch_size=4",
-    "train.device_train_microbatch_size=4", "train.wandb.enabled=false",
-    "eval.ks=[1]", "eval.generation={limit: 2, n: 1, max_new_tokens: 8}",
+    "profile=chaos",
+    "data.sources=[{kind: embedded, max_bytes: 1500000, include_site_packages: false}]",
+    "data.partitions=2",
+    "tokenizer.vocab_size=512",
+    "tokenizer.reserved_sentinels=4",
+    "tokenizer.heldout_fraction=0.1",
+    "tokenizer.ablation_vocab_sizes=[]",
+    "shards.seq_len=128",
+    "shards.partitions=2",
+    "shards.val_fraction=0.1",
+    "train.model={d_model: 64, n_layers: 2, n_heads: 2, max_seq_len: 128}",
+    "train.max_duration=16ba",
+    "train.warmup=2ba",
+    "train.eval_interval=16ba",
+    "train.save_interval=4ba",
+    "train.global_train_batch_size=4",
+    "train.device_train_microbatch_size=4",
+    "train.wandb.enabled=false",
+    "eval.ks=[1]",
+    "eval.generation={limit: 2, n: 1, max_new_tokens: 8}",
     "serve.canary_load={clients: 2, seconds: 2, max_tokens: 4}",
 ]
 
@@ -147,8 +160,14 @@ def port_free(port: int) -> bool:
 def lathe(args: list[str], sets: list[str], log: Path) -> subprocess.Popen:
     """Start one lathe command (its output to ``log``), in a session of its own as a scheduler would."""
     cmd = [LATHE, *args, *[x for s in sets for x in ("--set", s)]]
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "WANDB_MODE": "offline"})
+    return subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=log.open("a"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "WANDB_MODE": "offline"},
+    )
 
 
 def inject(target: Target, sets: list[str], rng: random.Random, log: Path, report: Report, grace_s: float) -> None:
@@ -157,7 +176,16 @@ def inject(target: Target, sets: list[str], rng: random.Random, log: Path, repor
     port = 0
     if target.serve:
         port = free_port()
-        extra = ["--http-port", str(port), "--grpc-port", str(free_port()), "--metrics-port", str(free_port()), "--api-port", str(free_port())]
+        extra = [
+            "--http-port",
+            str(port),
+            "--grpc-port",
+            str(free_port()),
+            "--metrics-port",
+            str(free_port()),
+            "--api-port",
+            str(free_port()),
+        ]
     proc = lathe([*target.args, *extra], sets, log)
     delay = rng.uniform(1.0, target.seconds)
     deadline = time.monotonic() + delay
@@ -205,7 +233,9 @@ def final_checks(sets: list[str], runs: Path, log: Path, report: Report, before_
     profile = runs / "chaos"
     data = json.loads((profile / "data" / "manifest.json").read_text()) if (profile / "data" / "manifest.json").is_file() else {}
     counts = data.get("counts", {})
-    report.checks["data_ledger_adds_up"] = bool(counts) and counts.get("kept", -1) + counts.get("dropped", -1) == counts.get("processed")
+    report.checks["data_ledger_adds_up"] = bool(counts) and counts.get("kept", -1) + counts.get("dropped", -1) == counts.get(
+        "processed"
+    )
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -248,9 +278,20 @@ def main() -> None:
         print(f"[{time.monotonic() - t0:5.0f}s] {target.name}", flush=True)
         inject(target, sets, rng, log, report, args.grace)
     final_checks(sets, runs, log, report, before_locks)
-    emit({"seconds": args.seconds, "seed": args.seed, "faults_injected": sum(report.faults.values()),
-          "faults_by_target": report.faults, "checks": report.checks, "orphans": report.orphans,
-          "blocked_starts": report.blocked_starts, "busy_ports": report.busy_ports, "notes": report.notes}, args.out)
+    emit(
+        {
+            "seconds": args.seconds,
+            "seed": args.seed,
+            "faults_injected": sum(report.faults.values()),
+            "faults_by_target": report.faults,
+            "checks": report.checks,
+            "orphans": report.orphans,
+            "blocked_starts": report.blocked_starts,
+            "busy_ports": report.busy_ports,
+            "notes": report.notes,
+        },
+        args.out,
+    )
     if not all(report.checks.values()):
         sys.exit("chaos: some checks did not hold (see the report)")
 

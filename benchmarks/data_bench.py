@@ -29,8 +29,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DATATROVE_TASKS = 2  # both cores, as Spark's local[*]
@@ -84,8 +85,10 @@ def exact_pairs(docs: dict[str, str], threshold: float, ngram: int) -> list[tupl
 
     ids = sorted(docs)
     per_doc = [
-        np.fromiter((int.from_bytes(hashlib.blake2b(s, digest_size=8).digest(), "little") for s in shingles(docs[i], ngram)),
-                    dtype=np.uint64)
+        np.fromiter(
+            (int.from_bytes(hashlib.blake2b(s, digest_size=8).digest(), "little") for s in shingles(docs[i], ngram)),
+            dtype=np.uint64,
+        )
         for i in ids
     ]
     _, columns = np.unique(np.concatenate(per_doc), return_inverse=True)
@@ -162,16 +165,23 @@ def datatrove_worker(work: Path) -> None:
     stages = [
         LocalPipelineExecutor(
             [JsonlReader(str(work / "input")), MinhashDedupSignature(output_folder=str(work / "sigs"), config=config)],
-            tasks=DATATROVE_TASKS, logging_dir=f"{logs}/sigs",
+            tasks=DATATROVE_TASKS,
+            logging_dir=f"{logs}/sigs",
         ),
         LocalPipelineExecutor(
             [MinhashDedupBuckets(input_folder=str(work / "sigs"), output_folder=str(work / "buckets"), config=config)],
-            tasks=config.num_buckets, workers=DATATROVE_TASKS, logging_dir=f"{logs}/buckets",
+            tasks=config.num_buckets,
+            workers=DATATROVE_TASKS,
+            logging_dir=f"{logs}/buckets",
         ),
         LocalPipelineExecutor(
-            [MinhashDedupCluster(input_folder=str(work / "buckets"), output_folder=str(work / "clusters"), config=config,
-                                 save_cluster_id=True)],
-            tasks=1, logging_dir=f"{logs}/clusters",
+            [
+                MinhashDedupCluster(
+                    input_folder=str(work / "buckets"), output_folder=str(work / "clusters"), config=config, save_cluster_id=True
+                )
+            ],
+            tasks=1,
+            logging_dir=f"{logs}/clusters",
         ),
     ]
     t0 = time.perf_counter()
@@ -208,8 +218,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=20.0, help="embedded corpus budget (MB on disk)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/data_bench.json"))
-    parser.add_argument("--bench-python", type=Path, default=ROOT / ".venv-bench/bin/python",
-                        help="interpreter of the venv with datatrove (requirements/bench.txt)")
+    parser.add_argument(
+        "--bench-python",
+        type=Path,
+        default=ROOT / ".venv-bench/bin/python",
+        help="interpreter of the venv with datatrove (requirements/bench.txt)",
+    )
     parser.add_argument("--datatrove-worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.datatrove_worker:

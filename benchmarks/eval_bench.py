@@ -25,12 +25,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import emit  # noqa: E402
-from lathe.eval.benchmarks import BENCHMARKS  # noqa: E402
-from lathe.eval.config import EvalConfig  # noqa: E402
-from lathe.eval.humaneval import problems, score  # noqa: E402
-from lathe.eval.sandbox import Sandbox  # noqa: E402
-from lathe.eval.translate.generate import DATA, MANIFEST  # noqa: E402
+from benchmarks.common import emit
+from lathe.eval.benchmarks import BENCHMARKS
+from lathe.eval.config import EvalConfig
+from lathe.eval.humaneval import problems, score
+from lathe.eval.sandbox import Sandbox
+from lathe.eval.translate.generate import DATA, MANIFEST
 
 
 def languages(shorts: list[str], limit: int | None, out: Path) -> None:
@@ -60,7 +60,7 @@ def languages(shorts: list[str], limit: int | None, out: Path) -> None:
             "translated": f"{manifest['languages'][bench.language.name]['translated']}/164",
             "references": len(refs),
             "reference_pass_rate": round(reference_passed / (2 * len(chosen)), 4),
-            "wrong_pass_rate": round(sum(r["passed"] for r in results[2 * len(chosen):]) / len(chosen), 4),
+            "wrong_pass_rate": round(sum(r["passed"] for r in results[2 * len(chosen) :]) / len(chosen), 4),
             "samples": len(samples),
             "samples_per_s_2_workers": round(len(samples) / took, 2),
             "median_sample_s": round(report["median_sample_s"], 3),
@@ -75,7 +75,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--copies", type=int, default=3, help="samples per problem (canonical, and one wrong)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/eval_bench.json"))
-    parser.add_argument("--languages", default="js,ts,java,cpp,rust", help="translated benchmarks (humaneval-<short>); '' for none")
+    parser.add_argument(
+        "--languages", default="js,ts,java,cpp,rust", help="translated benchmarks (humaneval-<short>); '' for none"
+    )
     parser.add_argument("--limit", type=int, default=None, help="only the first N problems of each language")
     parser.add_argument("--skip-python", action="store_true", help="only the per-language table")
     args = parser.parse_args()

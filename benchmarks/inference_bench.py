@@ -24,22 +24,24 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import emit  # noqa: E402
-from lathe.core.quant import bytes_on_disk, load_causal_lm, write_int8  # noqa: E402
-from lathe.pipelines.config import load_config  # noqa: E402
-from lathe.pipelines.runner import run_pipeline  # noqa: E402
-from lathe.pipelines.stages import eval_prompts  # noqa: E402
-from lathe.serving.config import ServeConfig  # noqa: E402
-from lathe.serving.loadtest import grpc_sender, run_load  # noqa: E402
-from lathe.serving.package import build_repositories, variant_name  # noqa: E402
-from lathe.serving.quantize import greedy_tokens, mean_losses, token_agreement, validation_batches  # noqa: E402
-from lathe.serving.server import TritonServer  # noqa: E402
+from benchmarks.common import emit
+from lathe.core.quant import bytes_on_disk, load_causal_lm, write_int8
+from lathe.pipelines.config import load_config
+from lathe.pipelines.runner import run_pipeline
+from lathe.pipelines.stages import eval_prompts
+from lathe.serving.config import ServeConfig
+from lathe.serving.loadtest import grpc_sender, run_load
+from lathe.serving.package import build_repositories, variant_name
+from lathe.serving.quantize import greedy_tokens, mean_losses, token_agreement, validation_batches
+from lathe.serving.server import TritonServer
 
 FP32, INT8, STUDENT = "fp32", "int8", "distilled student"
 VARIANT = {INT8: "int8", STUDENT: "distill"}  # each variant's name in the package (lathe-code-int8, lathe-code-distill)
 
 
-def served(models: dict[str, Path], clients: list[int], seconds: float, repeats: int, max_tokens: int, work: Path) -> dict[str, dict[str, Any]]:
+def served(
+    models: dict[str, Path], clients: list[int], seconds: float, repeats: int, max_tokens: int, work: Path
+) -> dict[str, dict[str, Any]]:
     """Latency and tokens/s of each model (the first is the main one, the others its variants) under closed-loop load:
     the median of ``repeats`` rounds, each round measuring every model at every client count in turn, so that the
     machine's drift (it is shared) falls on all of them alike."""
@@ -58,10 +60,14 @@ def served(models: dict[str, Path], clients: list[int], seconds: float, repeats:
                     rounds.setdefault(f"{label} @{c}", []).append(run_load(send, c, seconds))
     out: dict[str, dict[str, Any]] = {}
     for key, reports in rounds.items():
-        out[key] = {"p50_ms": round(median(r.p50_s for r in reports) * 1000, 1), "p95_ms": round(median(r.p95_s for r in reports) * 1000, 1),
-                    "tokens_per_s": round(median(r.tokens_per_s for r in reports), 1),
-                    "tokens_per_s_rounds": [round(r.tokens_per_s, 1) for r in reports],
-                    "requests": sum(r.requests for r in reports), "failures": sum(r.failures for r in reports)}
+        out[key] = {
+            "p50_ms": round(median(r.p50_s for r in reports) * 1000, 1),
+            "p95_ms": round(median(r.p95_s for r in reports) * 1000, 1),
+            "tokens_per_s": round(median(r.tokens_per_s for r in reports), 1),
+            "tokens_per_s_rounds": [round(r.tokens_per_s, 1) for r in reports],
+            "requests": sum(r.requests for r in reports),
+            "failures": sum(r.failures for r in reports),
+        }
         print(f"served {key}: {out[key]}", flush=True)
     return out
 
@@ -91,7 +97,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="rounds; each figure is the median")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--big-config", type=Path, default=Path("configs/gpu-125m.yaml"), help="the shape of the speed-only table")
+    parser.add_argument(
+        "--big-config", type=Path, default=Path("configs/gpu-125m.yaml"), help="the shape of the speed-only table"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/bench/inference_bench.json"))
     args = parser.parse_args()
 
@@ -104,7 +112,11 @@ def main() -> None:
     teacher = f"models:/{trained['registered_model']}/{trained['model_version']}"
     variants = load_config(args.config, ["serve.quantization=int8", f"distill.teacher={teacher}"])
     run_pipeline(variants, ["quantize", "distill"])
-    dirs = {FP32: profile_dir / "train" / "hf_model", INT8: profile_dir / "quantize" / "hf_model", STUDENT: profile_dir / "distill" / "hf_model"}
+    dirs = {
+        FP32: profile_dir / "train" / "hf_model",
+        INT8: profile_dir / "quantize" / "hf_model",
+        STUDENT: profile_dir / "distill" / "hf_model",
+    }
 
     results: dict[str, Any] = {}
     models = {name: load_causal_lm(d) for name, d in dirs.items()}
@@ -130,8 +142,9 @@ def main() -> None:
         speed = served(dirs, args.clients, args.seconds, args.repeats, args.max_tokens, work)
         results["served"] = speed
         big = big_shape(args.big_config, dirs[FP32], work)
-        results["served, gpu-125m shape (random weights)"] = big_speed = served(big, args.clients, args.seconds, args.repeats, args.max_tokens,
-                                                                              work / "big")
+        results["served, gpu-125m shape (random weights)"] = big_speed = served(
+            big, args.clients, args.seconds, args.repeats, args.max_tokens, work / "big"
+        )
         results["weight_bytes, gpu-125m shape"] = {name: bytes_on_disk(d) for name, d in big.items()}
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -139,9 +152,12 @@ def main() -> None:
     c0 = args.clients[0]
     for c in args.clients:
         for name in (INT8, STUDENT):
-            results[f"tokens/s ratio {name}/fp32 @{c}"] = round(speed[f"{name} @{c}"]["tokens_per_s"] / speed[f"{FP32} @{c}"]["tokens_per_s"], 2)
+            results[f"tokens/s ratio {name}/fp32 @{c}"] = round(
+                speed[f"{name} @{c}"]["tokens_per_s"] / speed[f"{FP32} @{c}"]["tokens_per_s"], 2
+            )
         results[f"tokens/s ratio int8/fp32 @{c}, gpu-125m shape"] = round(
-            big_speed[f"{INT8} @{c}"]["tokens_per_s"] / big_speed[f"{FP32} @{c}"]["tokens_per_s"], 2)
+            big_speed[f"{INT8} @{c}"]["tokens_per_s"] / big_speed[f"{FP32} @{c}"]["tokens_per_s"], 2
+        )
     results["val_loss ratio int8/fp32"] = round(losses[INT8] / losses[FP32], 4)
     results["val_loss ratio student/fp32"] = round(losses[STUDENT] / losses[FP32], 4)
     results["goal int8 >= 1.3x fp32 tokens/s @1 client"] = results[f"tokens/s ratio int8/fp32 @{c0}"] >= 1.3

@@ -20,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import emit  # noqa: E402
+from benchmarks.common import emit
 
 
 def tokens_per_s(model: Any, batch: int, new_tokens: int, repeats: int = 2) -> float:
@@ -52,16 +52,26 @@ def main() -> None:
 
     warnings.simplefilter("ignore")
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=32768, hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
-                         max_position_embeddings=512, tie_word_embeddings=True, pad_token_id=0)
+    config = LlamaConfig(
+        vocab_size=32768,
+        hidden_size=768,
+        intermediate_size=2048,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+    )
     fp32 = LlamaForCausalLM(config).eval()
     models = {"fp32": fp32, "torch.ao dynamic int8 (lathe)": quantize_int8(copy.deepcopy(fp32))}
     if args.torchao_path:
         import torchao
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, quantize_
 
-        for name, qconfig in ((f"torchao {torchao.__version__} int8 dynamic activations + weights", Int8DynamicActivationInt8WeightConfig()),
-                              (f"torchao {torchao.__version__} int8 weight-only", Int8WeightOnlyConfig())):
+        for name, qconfig in (
+            (f"torchao {torchao.__version__} int8 dynamic activations + weights", Int8DynamicActivationInt8WeightConfig()),
+            (f"torchao {torchao.__version__} int8 weight-only", Int8WeightOnlyConfig()),
+        ):
             models[name] = copy.deepcopy(fp32)
             quantize_(models[name], qconfig)
     results: dict[str, Any] = {}

@@ -27,8 +27,9 @@ import sys
 import time
 import types
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -99,7 +100,9 @@ def _ratio(a: int, b: int) -> float:
     return round(a / b, 3) if b else 1.0
 
 
-def throughput(docs: list[str], redact: Callable[[str, PIIConfig], tuple[str, dict[str, int]]], cfg: PIIConfig) -> tuple[float, dict[str, int]]:
+def throughput(
+    docs: list[str], redact: Callable[[str, PIIConfig], tuple[str, dict[str, int]]], cfg: PIIConfig
+) -> tuple[float, dict[str, int]]:
     """Seconds to redact every document, and the redactions per kind."""
     counts: dict[str, int] = defaultdict(int)
     t0 = time.perf_counter()
@@ -124,8 +127,14 @@ def main() -> None:
     report: dict[str, Any] = {"family": columns}
     for family in sorted(after_scores, key=lambda f: (f == "overall", f)):
         a, b = after_scores[family], before_scores[family]
-        report[family] = [a["secrets"], _ratio(a["found"], a["secrets"]), _ratio(b["found"], b["secrets"]),
-                          a["lookalikes"], _ratio(a["kept"], a["lookalikes"]), _ratio(b["kept"], b["lookalikes"])]
+        report[family] = [
+            a["secrets"],
+            _ratio(a["found"], a["secrets"]),
+            _ratio(b["found"], b["secrets"]),
+            a["lookalikes"],
+            _ratio(a["kept"], a["lookalikes"]),
+            _ratio(b["kept"], b["lookalikes"]),
+        ]
 
     files = sample_embedded(EmbeddedSourceConfig(max_bytes=int(args.mb * 1e6)))
     docs = [text for f in files if (text := read_text_file(f.abs_path, f.size_bytes, 1_000_000)[0]) is not None]
@@ -136,15 +145,17 @@ def main() -> None:
         for label, redact in (("before", before.redact), ("after", pii.redact)):
             seconds, counts[label] = throughput(docs, redact, cfg)
             best[label] = min(best[label], seconds)
-    report.update({
-        "corpus_mb": round(mb, 2),
-        "corpus_files": len(docs),
-        "before_mb_per_s": round(mb / best["before"], 2),
-        "after_mb_per_s": round(mb / best["after"], 2),
-        "throughput_ratio_after_over_before": round(best["before"] / best["after"], 2),
-        "corpus_redactions_before": counts["before"],
-        "corpus_redactions_after": counts["after"],
-    })
+    report.update(
+        {
+            "corpus_mb": round(mb, 2),
+            "corpus_files": len(docs),
+            "before_mb_per_s": round(mb / best["before"], 2),
+            "after_mb_per_s": round(mb / best["after"], 2),
+            "throughput_ratio_after_over_before": round(best["before"] / best["after"], 2),
+            "corpus_redactions_before": counts["before"],
+            "corpus_redactions_after": counts["after"],
+        }
+    )
     emit(report, args.out)
 
 

@@ -26,14 +26,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import mlflow  # noqa: E402
-from rich.console import Console  # noqa: E402
+import mlflow
+from rich.console import Console
 
-from benchmarks.common import emit  # noqa: E402
-from lathe.core.models import PRODUCTION, ModelRegistry, resolve_source  # noqa: E402
-from lathe.core.tracking import setup_tracking  # noqa: E402
-from lathe.pipelines.config import load_config  # noqa: E402
-from lathe.pipelines.runner import run_pipeline  # noqa: E402
+from benchmarks.common import emit
+from lathe.core.models import PRODUCTION, ModelRegistry, resolve_source
+from lathe.core.tracking import setup_tracking
+from lathe.pipelines.config import load_config
+from lathe.pipelines.runner import run_pipeline
 
 QUIET = Console(quiet=True)
 
@@ -73,7 +73,11 @@ def main() -> None:
     from lathe.eval.evaluate import evaluate_model
 
     report: dict[str, object] = {"base": args.base}
-    report |= {f"base {k}": v for k, v in evaluate_model(str(base), profile.eval, args.work / "base-eval").items() if k.startswith("pass@")}
+    report |= {
+        f"base {k}": v
+        for k, v in evaluate_model(str(base), profile.eval, args.work / "base-eval").items()
+        if k.startswith("pass@")
+    }
     tuned: dict[str, dict] = {}
     for name, stage, sets in [("sft full", "sft", ["sft.lora=null"]), ("sft lora", "sft", ["sft.lora={}"]), ("dpo", "dpo", [])]:
         cfg = load_config(args.config, [*common, *sets])
@@ -84,8 +88,11 @@ def main() -> None:
         report[f"{name}: held-out loss before -> after"] = f"{summary['initial_val_loss']:.4f} -> {summary['final_val_loss']:.4f}"
         if stage == "dpo":
             report["dpo: preference accuracy before -> after"] = (
-                f"{summary['initial_preference_accuracy']:.3f} -> {summary['final_preference_accuracy']:.3f}")
-            report["dpo: reward margin before -> after"] = f"{summary['initial_reward_margin']:.3f} -> {summary['final_reward_margin']:.3f}"
+                f"{summary['initial_preference_accuracy']:.3f} -> {summary['final_preference_accuracy']:.3f}"
+            )
+            report["dpo: reward margin before -> after"] = (
+                f"{summary['initial_reward_margin']:.3f} -> {summary['final_reward_margin']:.3f}"
+            )
         report[f"{name}: trainable share"] = f"{summary['trainable_share']:.4f}"
         report[f"{name}: tokens/s"] = round(summary["tokens_per_s"] or 0.0)
         report |= {f"{name} {k}": v for k, v in pass_at(Path(outcomes[f"{stage}_eval"].manifest["outputs"]["results"])).items()}

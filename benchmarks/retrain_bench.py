@@ -30,12 +30,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rich.console import Console  # noqa: E402
+from rich.console import Console
 
-from benchmarks.common import emit  # noqa: E402
-from lathe.core.models import PRODUCTION, ModelRegistry  # noqa: E402
-from lathe.pipelines.config import load_config  # noqa: E402
-from lathe.pipelines.runner import run_pipeline  # noqa: E402
+from benchmarks.common import emit
+from lathe.core.models import PRODUCTION, ModelRegistry
+from lathe.pipelines.config import load_config
+from lathe.pipelines.runner import run_pipeline
 
 ROOTS = {"stdlib": Path(sysconfig.get_paths()["stdlib"]), "site-packages": Path(sysconfig.get_paths()["purelib"])}
 QUIET = Console(quiet=True)
@@ -63,12 +63,19 @@ def copy_files(files: list[tuple[str, Path]], tree: Path) -> int:
 
 
 def config(tree: Path, runs: Path, batches: int, *extra: str):
-    return load_config(Path("configs/tiny.yaml"), [
-        f"run.runs_dir={runs}", "profile=retrain-bench",
-        f"data.sources=[{{kind: tree, paths: [{tree}], repo: stdlib}}]",
-        f"train.max_duration={batches}ba", f"train.eval_interval={batches}ba", f"train.save_interval={batches}ba",
-        "train.wandb.enabled=false", *extra,
-    ])
+    return load_config(
+        Path("configs/tiny.yaml"),
+        [
+            f"run.runs_dir={runs}",
+            "profile=retrain-bench",
+            f"data.sources=[{{kind: tree, paths: [{tree}], repo: stdlib}}]",
+            f"train.max_duration={batches}ba",
+            f"train.eval_interval={batches}ba",
+            f"train.save_interval={batches}ba",
+            "train.wandb.enabled=false",
+            *extra,
+        ],
+    )
 
 
 def timed(cfg, stages: list[str], force: bool = False) -> dict[str, float]:
@@ -110,24 +117,27 @@ def main() -> None:
     timed(config(tree, runs, args.batches, "train.init_from=null"), ["train"], force=True)
     scratch = _summary(profile)
 
-    emit({
-        "day1_files": day_one_files,
-        "day1_mb": round(sum(p.stat().st_size for _, p in day_one) / 1e6, 1),
-        "day2_new_files": added,
-        "day2_new_share": round(added / day_one_files, 3),
-        **{f"day1_{k}_s": v for k, v in day1.items()},
-        **{f"day2_{k}_s": v for k, v in day2.items()},
-        "day2_data_full_rebuild_s": round(full_data_s, 1),
-        "data_incremental_over_full": round(day2["data"] / full_data_s, 3),
-        "tokens_per_model": continued["tokens"],
-        "val_loss_production_model": round(continued["initial_val_loss"], 4),
-        "val_loss_continued_model": round(continued["final_val_loss"], 4),
-        "val_loss_scratch_model": round(scratch["final_val_loss"], 4),
-        # on day 1's validation data (the earlier stream): what continuing forgot
-        "replay_val_loss_production_model": _rounded(continued.get("initial_replay_val_loss")),
-        "replay_val_loss_continued_model": _rounded(continued.get("final_replay_val_loss")),
-        "replay_val_loss_scratch_model": _rounded(scratch.get("final_replay_val_loss")),
-    }, args.out)
+    emit(
+        {
+            "day1_files": day_one_files,
+            "day1_mb": round(sum(p.stat().st_size for _, p in day_one) / 1e6, 1),
+            "day2_new_files": added,
+            "day2_new_share": round(added / day_one_files, 3),
+            **{f"day1_{k}_s": v for k, v in day1.items()},
+            **{f"day2_{k}_s": v for k, v in day2.items()},
+            "day2_data_full_rebuild_s": round(full_data_s, 1),
+            "data_incremental_over_full": round(day2["data"] / full_data_s, 3),
+            "tokens_per_model": continued["tokens"],
+            "val_loss_production_model": round(continued["initial_val_loss"], 4),
+            "val_loss_continued_model": round(continued["final_val_loss"], 4),
+            "val_loss_scratch_model": round(scratch["final_val_loss"], 4),
+            # on day 1's validation data (the earlier stream): what continuing forgot
+            "replay_val_loss_production_model": _rounded(continued.get("initial_replay_val_loss")),
+            "replay_val_loss_continued_model": _rounded(continued.get("final_replay_val_loss")),
+            "replay_val_loss_scratch_model": _rounded(scratch.get("final_replay_val_loss")),
+        },
+        args.out,
+    )
 
 
 def _rounded(value: float | None) -> float | None:

@@ -25,11 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import emit  # noqa: E402
-from lathe.serving.config import ServeConfig  # noqa: E402
-from lathe.serving.loadtest import LoadReport, Send, grpc_sender, run_load  # noqa: E402
-from lathe.serving.package import build_repositories, checkpoint_dir  # noqa: E402
-from lathe.serving.server import TritonServer, free_port  # noqa: E402
+from benchmarks.common import emit
+from lathe.serving.config import ServeConfig
+from lathe.serving.loadtest import LoadReport, Send, grpc_sender, run_load
+from lathe.serving.package import build_repositories, checkpoint_dir
+from lathe.serving.server import TritonServer, free_port
 
 
 def baseline_server(model_dir: Path, max_tokens: int) -> tuple[ThreadingHTTPServer, str]:
@@ -42,12 +42,12 @@ def baseline_server(model_dir: Path, max_tokens: int) -> tuple[ThreadingHTTPServ
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             enc = tok(body["prompt"], return_tensors="pt", add_special_tokens=False, return_token_type_ids=False)
             with lock, torch.inference_mode():
                 out = model.generate(**enc, max_new_tokens=max_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-            new = out[0, enc.input_ids.shape[1]:].tolist()
+            new = out[0, enc.input_ids.shape[1] :].tolist()
             answer = json.dumps({"text": tok.decode(new, skip_special_tokens=True), "tokens": len(new)}).encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(answer)))
@@ -76,9 +76,11 @@ def baseline_sender(url: str) -> Send:
 
 PER_BATCH, CONTINUOUS = "triton, dynamic batching", "triton, continuous batching"
 # The Triton servers compared: each execute() as one batch, one running batch joined at every step, one request at a time.
-SERVERS = {PER_BATCH: ServeConfig(max_batch_size=32, engine="batch"),
-           CONTINUOUS: ServeConfig(max_batch_size=32, engine="continuous"),
-           "triton, no batching": ServeConfig(max_batch_size=32, engine="batch", dynamic_batching=False)}
+SERVERS = {
+    PER_BATCH: ServeConfig(max_batch_size=32, engine="batch"),
+    CONTINUOUS: ServeConfig(max_batch_size=32, engine="continuous"),
+    "triton, no batching": ServeConfig(max_batch_size=32, engine="batch", dynamic_batching=False),
+}
 
 
 def _ratio(a: object, b: object) -> float:
@@ -87,8 +89,10 @@ def _ratio(a: object, b: object) -> float:
 
 def row(name: str, r: LoadReport) -> str:
     ms = lambda s: f"{s * 1000:.0f}"  # noqa: E731
-    return (f"| {name} | {r.clients} | {r.requests} | {r.failures} | {ms(r.p50_s)} | {ms(r.p95_s)} | {ms(r.p99_s)} | "
-            f"{ms(r.ttft_p50_s)} | {r.requests_per_s:.2f} | {r.tokens_per_s:.0f} |")
+    return (
+        f"| {name} | {r.clients} | {r.requests} | {r.failures} | {ms(r.p50_s)} | {ms(r.p95_s)} | {ms(r.p99_s)} | "
+        f"{ms(r.ttft_p50_s)} | {r.requests_per_s:.2f} | {r.tokens_per_s:.0f} |"
+    )
 
 
 def main() -> None:
@@ -102,8 +106,10 @@ def main() -> None:
     info = json.loads((args.package / "package.json").read_text())
     model_dir = checkpoint_dir(Path(info["repository"]), info["triton_model"], info["version"])
     results: dict[str, dict[str, object]] = {}
-    lines = ["| server | clients | requests | failed | p50 ms | p95 ms | p99 ms | first token p50 ms | req/s | tokens/s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| server | clients | requests | failed | p50 ms | p95 ms | p99 ms | first token p50 ms | req/s | tokens/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     work = Path(tempfile.mkdtemp(prefix="lathe-serve-bench-"))
     try:
         for name, cfg in SERVERS.items():
@@ -134,7 +140,8 @@ def main() -> None:
         results[f"throughput ratio continuous/per-batch @{c}"] = _ratio(continuous["tokens_per_s"], batched["tokens_per_s"])
         # the latency goal: first token at c clients against 1 client
         results[f"first-token p50 ratio continuous @{c}/@{args.concurrency[0]}"] = _ratio(
-            continuous["ttft_p50_s"], results[f"{CONTINUOUS} @{args.concurrency[0]}"]["ttft_p50_s"])
+            continuous["ttft_p50_s"], results[f"{CONTINUOUS} @{args.concurrency[0]}"]["ttft_p50_s"]
+        )
     print("\n".join(lines))
     emit(results, args.out)
 

@@ -18,11 +18,11 @@ from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import emit  # noqa: E402
-from lathe.serving.config import ServeConfig  # noqa: E402
-from lathe.serving.loadtest import grpc_sender, run_load  # noqa: E402
-from lathe.serving.package import build_repositories  # noqa: E402
-from lathe.serving.server import TritonServer  # noqa: E402
+from benchmarks.common import emit
+from lathe.serving.config import ServeConfig
+from lathe.serving.loadtest import grpc_sender, run_load
+from lathe.serving.package import build_repositories
+from lathe.serving.server import TritonServer
 
 
 def main() -> None:

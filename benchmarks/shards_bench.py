@@ -23,20 +23,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from rich.console import Console  # noqa: E402
+import numpy as np
+import pandas as pd
+from rich.console import Console
 
-from benchmarks.common import emit  # noqa: E402
-from lathe.core.errors import LatheError  # noqa: E402
-from lathe.core.spark import SparkConfig, spark_session  # noqa: E402
-from lathe.pipelines.runner import finished  # noqa: E402
-from lathe.tokenizer.config import ShardsConfig  # noqa: E402
-from lathe.tokenizer.fim import SpecialIds, encode_documents  # noqa: E402
-from lathe.tokenizer.pack import Packer, token_dtype  # noqa: E402
-from lathe.tokenizer.shards import print_task_balance, summarize_parts, write_split_indexes, write_stream  # noqa: E402
-from lathe.tokenizer.special import PAD  # noqa: E402
-from lathe.tokenizer.vocab import load_tokenizer  # noqa: E402
+from benchmarks.common import emit
+from lathe.core.errors import LatheError
+from lathe.core.spark import SparkConfig, spark_session
+from lathe.pipelines.runner import finished
+from lathe.tokenizer.config import ShardsConfig
+from lathe.tokenizer.fim import SpecialIds, encode_documents
+from lathe.tokenizer.pack import Packer, token_dtype
+from lathe.tokenizer.shards import print_task_balance, summarize_parts, write_split_indexes, write_stream
+from lathe.tokenizer.special import PAD
+from lathe.tokenizer.vocab import load_tokenizer
 
 
 def single_process(docs: pd.DataFrame, tok, cfg: ShardsConfig, fast: bool) -> tuple[int, float]:
@@ -50,7 +50,9 @@ def single_process(docs: pd.DataFrame, tok, cfg: ShardsConfig, fast: bool) -> tu
     def encode_batch(texts: list[str]) -> list[list[int]]:
         return [e.ids for e in encode(texts, add_special_tokens=False)]
 
-    encoded = encode_documents(list(zip(docs["id"], docs["content"])), encode_batch, ids, cfg.seed, cfg.fim_rate, cfg.fim_spm_rate)
+    encoded = encode_documents(
+        list(zip(docs["id"], docs["content"])), encode_batch, ids, cfg.seed, cfg.fim_rate, cfg.fim_spm_rate
+    )
     for tokens, _ in encoded:
         for _sample in packer.add(tokens):
             pass

@@ -50,21 +50,33 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import emit  # noqa: E402
-from lathe.training.sweep.schedule import Job, Option, draw_gantt, even_split_makespan, sequential_makespan, solve  # noqa: E402
+from benchmarks.common import emit
+from lathe.training.sweep.schedule import Job, Option, draw_gantt, even_split_makespan, sequential_makespan, solve
 
 LATHE = Path(sys.executable).parent / "lathe"
-DATA = ["profile=small", "data.sources=[{kind: embedded, max_bytes: 1500000, include_site_packages: false}]",
-        "data.partitions=2", "tokenizer.vocab_size=512", "tokenizer.reserved_sentinels=4", "tokenizer.heldout_fraction=0.1",
-        "tokenizer.ablation_vocab_sizes=[320, 384]", "shards.seq_len=128", "shards.partitions=2", "shards.val_fraction=0.1"]
+DATA = [
+    "profile=small",
+    "data.sources=[{kind: embedded, max_bytes: 1500000, include_site_packages: false}]",
+    "data.partitions=2",
+    "tokenizer.vocab_size=512",
+    "tokenizer.reserved_sentinels=4",
+    "tokenizer.heldout_fraction=0.1",
+    "tokenizer.ablation_vocab_sizes=[320, 384]",
+    "shards.seq_len=128",
+    "shards.partitions=2",
+    "shards.val_fraction=0.1",
+]
 GRID = {"train.optimizer.lr": [0.001, 0.01], "train.model.n_layers": [2, 4]}
 
 PEAK_FLOPS, MFU = 989e12, 0.40
 NODE_GPUS, NVLINK_BPS, NIC_BPS, HIDDEN = 8, 300e9, 40e9, 0.5
 GPU_BYTES, USABLE, STATE_BYTES, ACT_BYTES = 80e9, 0.9, 16, 34
 # (config, n_layers, learning rates): 6 + 6 + 4 = 16 candidates
-VARIATIONS = [("gpu-125m", (8, 12, 16), (3e-4, 6e-4)), ("gpu-350m", (16, 24), (1.5e-4, 3e-4, 6e-4)),
-              ("gpu-1b", (16, 20), (1e-4, 2e-4))]
+VARIATIONS = [
+    ("gpu-125m", (8, 12, 16), (3e-4, 6e-4)),
+    ("gpu-350m", (16, 24), (1.5e-4, 3e-4, 6e-4)),
+    ("gpu-1b", (16, 20), (1e-4, 2e-4)),
+]
 SATURN = "Saturn (Nagrecha & Kumar, VLDB 2024): 39-49% lower model-selection time than current practice"
 
 
@@ -91,9 +103,16 @@ def measured(work: Path, batches: int, d_model: int) -> dict[str, Any]:
     shutil.rmtree(work, ignore_errors=True)
     work = work.resolve()
     runs, cores = work / "runs", len(os.sched_getaffinity(0))
-    base = DATA + ["train.init_from=null", f"train.model={{d_model: {d_model}, n_layers: 2, n_heads: 2, max_seq_len: 128}}",
-                   f"train.max_duration={batches}ba", f"train.eval_interval={batches}ba", "train.eval_subset_num_batches=2",
-                   f"train.save_interval={batches}ba", "train.wandb.enabled=false", "train.warmup=2ba"]
+    base = DATA + [
+        "train.init_from=null",
+        f"train.model={{d_model: {d_model}, n_layers: 2, n_heads: 2, max_seq_len: 128}}",
+        f"train.max_duration={batches}ba",
+        f"train.eval_interval={batches}ba",
+        "train.eval_subset_num_batches=2",
+        f"train.save_interval={batches}ba",
+        "train.wandb.enabled=false",
+        "train.warmup=2ba",
+    ]
     began = time.perf_counter()
     lathe("shards", runs, base, work / "logs" / "shards.log")
     data_s = time.perf_counter() - began
@@ -115,8 +134,11 @@ def measured(work: Path, batches: int, d_model: int) -> dict[str, Any]:
     def lane(k: int) -> dict[str, float]:
         """Core k's share of the even split: candidates k, k + cores, ... in turn, in a copy of the profile."""
         lane_runs = work / f"lane{k}"
-        shutil.copytree(runs / "small", lane_runs / "small",  # the finished data stages, not the train stage's runs
-                        ignore=lambda folder, names: {"train", "sweep", ".lock"} & set(names) if folder == str(runs / "small") else set())
+        shutil.copytree(
+            runs / "small",
+            lane_runs / "small",  # the finished data stages, not the train stage's runs
+            ignore=lambda folder, names: {"train", "sweep", ".lock"} & set(names) if folder == str(runs / "small") else set(),
+        )
         took = {}
         for i in range(k, len(candidates), cores):
             lathe("train", lane_runs, base + sets[i] + ["train.nproc=1"], work / "logs" / f"even-{i}.log", cores=str(k))
@@ -128,8 +150,10 @@ def measured(work: Path, batches: int, d_model: int) -> dict[str, Any]:
     sequential_s, even_s, solved_s = sum(sequential.values()), max(sum(t.values()) for t in lanes), ran["makespan_s"]
     return {
         "measured_cores": cores,
-        "measured_candidates": [f"{c['name']}: {c['option']} on {c['devices']} from {c['start_s']:.0f} s for "
-                                f"{c['duration_s']:.0f} s (measured)" for c in ran["candidates"]],
+        "measured_candidates": [
+            f"{c['name']}: {c['option']} on {c['devices']} from {c['start_s']:.0f} s for {c['duration_s']:.0f} s (measured)"
+            for c in ran["candidates"]
+        ],
         "measured_data_build_s": round(data_s, 1),
         "measured_plan_status": f"{plan['status']}, gap {plan['gap']:.3f}, solved in {plan['solve_s']:.2f} s",
         "measured_predicted_makespan_s": round(plan["makespan_s"], 1),
@@ -156,8 +180,9 @@ def parameters(model: dict[str, Any], vocab: int) -> int:
     return model["n_layers"] * block + vocab * d * (1 if model.get("tie_embeddings") else 2)
 
 
-def option(params: int, tokens: float, step_tokens: int, layers: int, width: int, seq: int, devices: int,
-           parallelism: str) -> Option | None:
+def option(
+    params: int, tokens: float, step_tokens: int, layers: int, width: int, seq: int, devices: int, parallelism: str
+) -> Option | None:
     """One candidate's job on ``devices`` GPUs with ``parallelism`` by the module's arithmetic; None if over memory."""
     sharded = devices if parallelism == "fsdp_full_shard" else 1
     if STATE_BYTES * params / sharded + ACT_BYTES * seq * layers * width > USABLE * GPU_BYTES:
@@ -178,9 +203,15 @@ def simulated(gpus: int, solver_s: float, gantt: Path) -> dict[str, Any]:
         tokens = int(train["max_duration"].removesuffix("ba")) * step_tokens
         for layers, lr in itertools.product(layer_counts, lrs):
             params = parameters(train["model"] | {"n_layers": layers}, cfg["tokenizer"]["vocab_size"])
-            counts = [d for d in (2**i for i in range(gpus.bit_length())) if d <= gpus and train["global_train_batch_size"] % d == 0]
-            tried = [option(params, tokens, step_tokens, layers, train["model"]["d_model"], seq, d, p)
-                     for d in counts for p in ("ddp", "fsdp_full_shard") if p == "ddp" or d > 1]
+            counts = [
+                d for d in (2**i for i in range(gpus.bit_length())) if d <= gpus and train["global_train_batch_size"] % d == 0
+            ]
+            tried = [
+                option(params, tokens, step_tokens, layers, train["model"]["d_model"], seq, d, p)
+                for d in counts
+                for p in ("ddp", "fsdp_full_shard")
+                if p == "ddp" or d > 1
+            ]
             infeasible += tried.count(None)
             jobs.append(Job(f"{config.removeprefix('gpu-')}-L{layers}-lr{lr:g}", tuple(o for o in tried if o)))
     plan = solve(jobs, gpus, time_limit_s=solver_s)
@@ -188,18 +219,28 @@ def simulated(gpus: int, solver_s: float, gantt: Path) -> dict[str, Any]:
     sequential, even = sequential_makespan(jobs, gpus), even_split_makespan(jobs, gpus)
     makespans = {"solved": plan.makespan, "sequential": sequential, "even_split": even}
     return {
-        "simulated_assumptions": {"peak_flops": PEAK_FLOPS, "mfu": MFU, "flops": "6 x params x tokens",
-                                  "gpus_per_node": NODE_GPUS, "nvlink_bus_bytes_per_s": NVLINK_BPS,
-                                  "nic_bytes_per_s": NIC_BPS, "communication_hidden_share": HIDDEN,
-                                  "gpu_bytes": GPU_BYTES, "usable_share": USABLE, "state_bytes_per_param": STATE_BYTES,
-                                  "activation_bytes_per_token_layer_width": ACT_BYTES},
+        "simulated_assumptions": {
+            "peak_flops": PEAK_FLOPS,
+            "mfu": MFU,
+            "flops": "6 x params x tokens",
+            "gpus_per_node": NODE_GPUS,
+            "nvlink_bus_bytes_per_s": NVLINK_BPS,
+            "nic_bytes_per_s": NIC_BPS,
+            "communication_hidden_share": HIDDEN,
+            "gpu_bytes": GPU_BYTES,
+            "usable_share": USABLE,
+            "state_bytes_per_param": STATE_BYTES,
+            "activation_bytes_per_token_layer_width": ACT_BYTES,
+        },
         "simulated_candidates": len(jobs),
         "simulated_gpus": gpus,
         "simulated_options": sum(len(j.options) for j in jobs),
         "simulated_options_over_memory": infeasible,
         "simulated_solver": f"{plan.status}, gap {plan.gap:.4f}, solved in {plan.solve_s:.1f} s (limit {solver_s:g} s)",
-        "simulated_plan": [f"{a.name}: {a.option.label} from {a.start / 3600:.2f} h for {(a.end - a.start) / 3600:.2f} h"
-                           for a in plan.assignments],
+        "simulated_plan": [
+            f"{a.name}: {a.option.label} from {a.start / 3600:.2f} h for {(a.end - a.start) / 3600:.2f} h"
+            for a in plan.assignments
+        ],
         **{f"simulated_{k}_makespan_h": round(v / 3600, 2) for k, v in makespans.items()},
         "simulated_lower_bound_h": round(plan.lower_bound / 3600, 2),
         "simulated_ratio_solved_over_sequential": round(plan.makespan / sequential, 3),

@@ -19,22 +19,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from composer import Trainer  # noqa: E402
-from composer.algorithms import GradientClipping  # noqa: E402
-from composer.core import Callback  # noqa: E402
-from composer.utils import reproducibility  # noqa: E402
-from streaming.base.util import clean_stale_shared_memory  # noqa: E402
+import torch
+from composer import Trainer
+from composer.algorithms import GradientClipping
+from composer.core import Callback
+from composer.utils import reproducibility
+from streaming.base.util import clean_stale_shared_memory
 
-from benchmarks.common import emit  # noqa: E402
-from lathe.pipelines.config import load_config  # noqa: E402
-from lathe.pipelines.runner import finished  # noqa: E402
-from lathe.tokenizer.special import EOS, PAD  # noqa: E402
-from lathe.tokenizer.vocab import load_tokenizer  # noqa: E402
-from lathe.training.callbacks import TrainMetricsEvery  # noqa: E402
-from lathe.training.data import build_dataloader  # noqa: E402
-from lathe.training.model import build_model  # noqa: E402
-from lathe.training.optim import build_optimizer  # noqa: E402
+from benchmarks.common import emit
+from lathe.pipelines.config import load_config
+from lathe.pipelines.runner import finished
+from lathe.tokenizer.special import EOS, PAD
+from lathe.tokenizer.vocab import load_tokenizer
+from lathe.training.callbacks import TrainMetricsEvery
+from lathe.training.data import build_dataloader
+from lathe.training.model import build_model
+from lathe.training.optim import build_optimizer
 
 WARMUP = 5
 
@@ -98,11 +98,18 @@ def main() -> None:
         spec, _ = build_dataloader(splits, Path("/tmp"), batch, True, tc.seed, pad, 0)
         clock = BatchClock()
         trainer = Trainer(
-            model=wrapped, train_dataloader=spec, max_duration=f"{args.batches}ba",
+            model=wrapped,
+            train_dataloader=spec,
+            max_duration=f"{args.batches}ba",
             optimizers=build_optimizer(wrapped.parameters(), tc.optimizer),
             algorithms=[GradientClipping(clipping_type="norm", clipping_threshold=tc.grad_clip_norm)],
-            callbacks=[clock, TrainMetricsEvery(tc.train_metrics_every)], device="cpu", precision="fp32",
-            device_train_microbatch_size=batch, progress_bar=False, log_to_console=False, seed=tc.seed,
+            callbacks=[clock, TrainMetricsEvery(tc.train_metrics_every)],
+            device="cpu",
+            precision="fp32",
+            device_train_microbatch_size=batch,
+            progress_bar=False,
+            log_to_console=False,
+            seed=tc.seed,
         )
         trainer.fit()
         trainer.close()

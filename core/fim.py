@@ -13,8 +13,8 @@ beside the served model, where lathe is not installed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 FIM_PREFIX = "<fim_prefix>"
 FIM_MIDDLE = "<fim_middle>"
@@ -51,9 +51,11 @@ def fit_context(prefix: Sequence[int], suffix: Sequence[int], room: int) -> tupl
     """
     room -= SPECIAL_TOKENS_IN_PROMPT
     if room < 1:
-        raise ValueError(f"a FIM prompt needs room for at least {SPECIAL_TOKENS_IN_PROMPT + 1} tokens, got {room + SPECIAL_TOKENS_IN_PROMPT}")
+        raise ValueError(
+            f"a FIM prompt needs room for at least {SPECIAL_TOKENS_IN_PROMPT + 1} tokens, got {room + SPECIAL_TOKENS_IN_PROMPT}"
+        )
     if len(prefix) + len(suffix) <= room:
         return list(prefix), list(suffix)
     keep_suffix = min(len(suffix), max(room // 4, room - len(prefix)))
     keep_prefix = room - keep_suffix
-    return list(prefix[len(prefix) - keep_prefix:]), list(suffix[:keep_suffix])
+    return list(prefix[len(prefix) - keep_prefix :]), list(suffix[:keep_suffix])

@@ -10,9 +10,10 @@ what made it.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from lathe.core.errors import InputError, LatheError
 from lathe.core.tracking import figure_name, mlflow_key
@@ -26,11 +27,20 @@ STAFF, PRODUCTION = "staff", "production"  # rollout tracks: internal users firs
 VARIANTS = ("int8", "distill")
 FIGURE_PREFIX = "eval."  # version tags holding the gate's figures (eval.pass_at_1, eval.val_loss)
 # Lineage tags on every version (a contract other tools read): what it was made from.
-LINEAGE_TAGS = ("lathe.profile", "lathe.fingerprint", "lathe.parent_version", "lathe.data_snapshot", "lathe.tokenizer",
-                "lathe.shards", "lathe.method", "lathe.tokens", "lathe.val_loss")
+LINEAGE_TAGS = (
+    "lathe.profile",
+    "lathe.fingerprint",
+    "lathe.parent_version",
+    "lathe.data_snapshot",
+    "lathe.tokenizer",
+    "lathe.shards",
+    "lathe.method",
+    "lathe.tokens",
+    "lathe.val_loss",
+)
 
 
-def _client() -> "MlflowClient":
+def _client() -> MlflowClient:
     from mlflow.tracking import MlflowClient
 
     return MlflowClient()  # the tracking URI lathe set (lathe.core.tracking.setup_tracking)
@@ -52,7 +62,7 @@ def verify_registered(manifest: dict[str, Any], inputs: Mapping[str, Any]) -> st
 class ModelRegistry:
     """The versions, tags and aliases of one registered model."""
 
-    def __init__(self, name: str = MODEL_NAME, client: "MlflowClient | None" = None) -> None:
+    def __init__(self, name: str = MODEL_NAME, client: MlflowClient | None = None) -> None:
         self.name = name
         self.client = client or _client()
 
@@ -78,8 +88,10 @@ class ModelRegistry:
         if version is None:
             return None
         if not self.exists(version):
-            raise LatheError(f"the `{alias}` alias of {self.name} points at version {version}, which does not exist; "
-                             f"point it at a registered version (`lathe promote` for `{PRODUCTION}`) or delete the alias")
+            raise LatheError(
+                f"the `{alias}` alias of {self.name} points at version {version}, which does not exist; "
+                f"point it at a registered version (`lathe promote` for `{PRODUCTION}`) or delete the alias"
+            )
         return version
 
     def dangling(self) -> dict[str, str]:
@@ -90,8 +102,10 @@ class ModelRegistry:
         """The version holding ``alias``; one clear line when none does."""
         version = self.find(alias)
         if version is None:
-            raise LatheError(f"no version of {self.name} holds the `{alias}` alias; the gate sets `{STAFF}` "
-                             f"(`lathe run eval`), `lathe promote` sets `{PRODUCTION}`")
+            raise LatheError(
+                f"no version of {self.name} holds the `{alias}` alias; the gate sets `{STAFF}` "
+                f"(`lathe run eval`), `lathe promote` sets `{PRODUCTION}`"
+            )
         return version
 
     def exists(self, version: str) -> bool:
@@ -142,7 +156,11 @@ class ModelRegistry:
 
     def figures(self, version: str) -> dict[str, float]:
         """The figures :meth:`record_figures` kept on the version."""
-        return {figure_name(k.removeprefix(FIGURE_PREFIX)): float(v) for k, v in self.tags(version).items() if k.startswith(FIGURE_PREFIX)}
+        return {
+            figure_name(k.removeprefix(FIGURE_PREFIX)): float(v)
+            for k, v in self.tags(version).items()
+            if k.startswith(FIGURE_PREFIX)
+        }
 
     def lineage(self, version: str) -> dict[str, str]:
         """The version's lineage tags (those it carries of :data:`LINEAGE_TAGS`)."""
@@ -177,7 +195,9 @@ def resolve_model(ref: str, cache: Path) -> Path:
         try:
             return Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=str(cache)))
         except Exception as exc:  # MLflow raises several types for a missing version or store
-            raise InputError(f"cannot fetch model {ref} from MLflow ({str(exc).splitlines()[0]}); check the name, version or alias") from None
+            raise InputError(
+                f"cannot fetch model {ref} from MLflow ({str(exc).splitlines()[0]}); check the name, version or alias"
+            ) from None
     path = Path(ref)
     if not (path / "config.json").is_file():
         raise InputError(f"{path} is not a Hugging Face model directory (no config.json)")
@@ -236,8 +256,10 @@ def model_to_tune(ref: str, cache: Path, setting: str) -> ModelSource:
     one clear line when nothing holds ``ref`` yet."""
     source = resolve_source(ref, cache, setting)
     if source is None or source.is_checkpoint:
-        raise InputError(f"{setting} {ref}: no registered version or HF directory holds it yet; "
-                         f"train and promote a model first (`make all`) or point {setting} at one")
+        raise InputError(
+            f"{setting} {ref}: no registered version or HF directory holds it yet; "
+            f"train and promote a model first (`make all`) or point {setting} at one"
+        )
     return source
 
 

@@ -57,9 +57,14 @@ def write_int8(source: str | Path, dest: str | Path) -> Path:
         if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES):
             shutil.copy2(f, dest / f.name)
     torch.save(model.state_dict(), dest / INT8_WEIGHTS)
-    info = {"scheme": INT8, "method": "torch.ao dynamic quantisation", "modules": "nn.Linear",
-            "weights": "qint8, symmetric, per output channel", "activations": "quantised per batch at run time",
-            "engine": torch.backends.quantized.engine}
+    info = {
+        "scheme": INT8,
+        "method": "torch.ao dynamic quantisation",
+        "modules": "nn.Linear",
+        "weights": "qint8, symmetric, per output channel",
+        "activations": "quantised per batch at run time",
+        "engine": torch.backends.quantized.engine,
+    }
     (dest / QUANTIZATION_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return dest
 
@@ -75,8 +80,10 @@ def load_causal_lm(model_dir: str | Path, device: str = "cpu") -> Any:
     if scheme != INT8:
         raise ValueError(f"{model_dir}: quantization scheme {scheme!r} is not one this engine loads (int8)")
     if not device.startswith("cpu"):
-        raise ValueError(f"{model_dir} holds int8 weights for the CPU (fbgemm / oneDNN kernels); serve it on CPU instances "
-                         "(GPUs serve the fp8 vLLM variant)")
+        raise ValueError(
+            f"{model_dir} holds int8 weights for the CPU (fbgemm / oneDNN kernels); serve it on CPU instances "
+            "(GPUs serve the fp8 vLLM variant)"
+        )
     model = quantize_int8(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(model_dir))))
     with warnings.catch_warnings():  # quantised tensors are rebuilt through TypedStorage, which torch calls deprecated
         warnings.simplefilter("ignore")

@@ -24,7 +24,7 @@ class SparkConfig(Strict):
     conf: dict[str, str] = Field(default_factory=dict, description="Any further spark.* settings.")
 
 
-def spark_session(cfg: SparkConfig, app_name: str = "lathe") -> "SparkSession":
+def spark_session(cfg: SparkConfig, app_name: str = "lathe") -> SparkSession:
     """Get or create the session for ``cfg`` (local[*] by default; any Spark master works).
 
     Workers must run this interpreter (the venv's), or ``mapInPandas`` fails to import

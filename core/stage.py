@@ -10,9 +10,10 @@ against this contract; which stages make up the pipeline is decided by the roof
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Generic, Mapping, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 from rich.console import Console
@@ -51,7 +52,9 @@ class Upstream:
         try:
             return self.outputs[name]
         except KeyError:
-            raise LatheError(f"stage {self.stage!r} declares no output {name!r}; it declares: {', '.join(self.outputs) or '(none)'}") from None
+            raise LatheError(
+                f"stage {self.stage!r} declares no output {name!r}; it declares: {', '.join(self.outputs) or '(none)'}"
+            ) from None
 
     def path(self, name: str) -> Path:
         """Output ``name`` as a local path that exists; one clear line when it does not."""

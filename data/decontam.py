@@ -23,8 +23,9 @@ package's own problems.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -58,7 +59,7 @@ class NgramIndex:
     hashes: np.ndarray
 
     @classmethod
-    def from_texts(cls, texts: Iterable[str], n: int = DEFAULT_NGRAM) -> "NgramIndex":
+    def from_texts(cls, texts: Iterable[str], n: int = DEFAULT_NGRAM) -> NgramIndex:
         """The index of every ``n``-gram of ``texts``; a text shorter than ``n`` tokens adds nothing."""
         if n < 1:
             raise ConfigError(f"decontamination n-gram length {n} is too short; use a positive length (10 by default)")
@@ -85,7 +86,9 @@ def humaneval_texts(problems: Mapping[str, Mapping[str, Any]]) -> list[str]:
         try:
             texts += [problem["prompt"] + problem["canonical_solution"], problem["test"]]
         except (KeyError, TypeError):
-            raise InputError(f"problem {task_id!r} lacks prompt, canonical_solution or test; pass HumanEval-format problems") from None
+            raise InputError(
+                f"problem {task_id!r} lacks prompt, canonical_solution or test; pass HumanEval-format problems"
+            ) from None
     return texts
 
 
@@ -104,7 +107,12 @@ def contamination_report(kept: DataFrame, index: NgramIndex, examples: int = 10)
     by_language = {r["lang"]: r["count"] for r in marked.groupBy("lang").count().collect()}
     paths = [r["path"] for r in marked.orderBy("path").limit(examples).collect()]
     marked.unpersist()
-    return {"ngram": index.n, "files": sum(by_language.values()), "by_language": dict(sorted(by_language.items())), "examples": paths}
+    return {
+        "ngram": index.n,
+        "files": sum(by_language.values()),
+        "by_language": dict(sorted(by_language.items())),
+        "examples": paths,
+    }
 
 
 def mark_contaminated(df: DataFrame, index: NgramIndex, columns: list[str]) -> DataFrame:
@@ -116,7 +124,9 @@ def mark_contaminated(df: DataFrame, index: NgramIndex, columns: list[str]) -> D
     set keeps it and is not checked.
     """
     if not columns or any(c not in df.columns for c in columns):
-        raise InputError(f"decontamination columns {columns} must name one or more text columns of the input, which has {df.columns}")
+        raise InputError(
+            f"decontamination columns {columns} must name one or more text columns of the input, which has {df.columns}"
+        )
     hashes = df.sparkSession.sparkContext.broadcast(index.hashes)
     n = index.n
     had_reason = "reason" in df.columns
@@ -128,7 +138,11 @@ def mark_contaminated(df: DataFrame, index: NgramIndex, columns: list[str]) -> D
             earlier = pdf["reason"] if had_reason else [None] * len(pdf)
             texts = zip(*(pdf[c] for c in columns))
             reasons = [
-                reason if reason is not None else CONTAMINATED if reference.contaminated("\n".join(t or "" for t in row)) else None
+                reason
+                if reason is not None
+                else CONTAMINATED
+                if reference.contaminated("\n".join(t or "" for t in row))
+                else None
                 for reason, row in zip(earlier, texts)
             ]
             yield pdf.assign(reason=reasons)

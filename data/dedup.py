@@ -22,8 +22,8 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
-from typing import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -106,7 +106,9 @@ def window_hashes(words: list[str], n: int) -> np.ndarray:
         return np.empty(0, dtype=np.uint64)
     vocab: dict[str, int] = {}
     ids = np.fromiter((vocab.setdefault(w, len(vocab)) for w in words), dtype=np.int64, count=len(words))
-    word_hashes = np.fromiter((_hash64(w.encode("utf-8", "surrogatepass")) for w in vocab), dtype=np.uint64, count=len(vocab))[ids]
+    word_hashes = np.fromiter((_hash64(w.encode("utf-8", "surrogatepass")) for w in vocab), dtype=np.uint64, count=len(vocab))[
+        ids
+    ]
     windows = len(words) - n + 1
     return np.unique(_fold(word_hashes[i : i + windows] for i in range(n)))
 
@@ -366,6 +368,4 @@ def connected_components(edges: DataFrame, max_iterations: int) -> tuple[DataFra
         labels = new
         if changed == 0:
             return labels, iteration
-    raise RuntimeError(
-        f"connected components did not converge in {max_iterations} iterations; raise data.dedup.max_iterations"
-    )
+    raise RuntimeError(f"connected components did not converge in {max_iterations} iterations; raise data.dedup.max_iterations")

@@ -7,8 +7,8 @@ manifest count, so they are stable identifiers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from lathe.core.registry import Registry
 from lathe.data.config import DataConfig, QualityThresholds

@@ -14,8 +14,8 @@ import doctest
 import hashlib
 import io
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Iterator
 
 import pandas as pd
 from pyspark.sql import DataFrame
@@ -66,8 +66,11 @@ def mine_functions(source: str, path: str = "") -> list[MinedPair]:
             return []
     lines = io.StringIO(text).readlines()
     imports = module_imports(tree)
-    return [replace(pair, imports=imports) for qualname, node in _functions(tree.body, "")
-            if (pair := _pair(node, qualname, lines, path))]
+    return [
+        replace(pair, imports=imports)
+        for qualname, node in _functions(tree.body, "")
+        if (pair := _pair(node, qualname, lines, path))
+    ]
 
 
 def module_imports(tree: ast.Module) -> str:
@@ -158,7 +161,10 @@ def _render(example: doctest.Example) -> str:
 
 
 PAIRS_SCHEMA = T.StructType(
-    [T.StructField(name, T.StringType()) for name in ("pair_id", "source_id", "path", "name", "prompt", "response", "tests", "imports")]
+    [
+        T.StructField(name, T.StringType())
+        for name in ("pair_id", "source_id", "path", "name", "prompt", "response", "tests", "imports")
+    ]
 )
 
 
@@ -182,7 +188,9 @@ def mine_pairs(df: DataFrame) -> DataFrame:
     lang = next((c for c in ("lang", "language") if c in df.columns), None)
     missing = [c for c in ("id", "path", "content") if c not in df.columns] + ([] if lang else ["lang"])
     if missing:
-        raise InputError(f"mining pairs needs columns {missing}, which the input lacks (it has {df.columns}); pass clean data (kept/)")
+        raise InputError(
+            f"mining pairs needs columns {missing}, which the input lacks (it has {df.columns}); pass clean data (kept/)"
+        )
 
     def mine(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for pdf in batches:

@@ -67,15 +67,18 @@ def observe_files(cfg: PairsSections) -> dict[str, str]:
     return {"files": hashlib.sha256(json.dumps(state).encode()).hexdigest()[:16]}
 
 
-def file_rows(spark: SparkSession, files: list[str], fields: tuple[str, ...], columns: tuple[str, ...],
-              drops: Counter[str]) -> DataFrame | None:
+def file_rows(
+    spark: SparkSession, files: list[str], fields: tuple[str, ...], columns: tuple[str, ...], drops: Counter[str]
+) -> DataFrame | None:
     """The valid records of ``files`` as a DataFrame of ``columns`` (None: no file); their drops added to ``drops``."""
     rows: list[dict[str, str]] = []
     for file in files:
         records, dropped = read_records(file, fields)
         drops.update(dropped)
-        rows += [{"pair_id": pair_id(f"file:{file}", str(i)), "source": file, "path": "", "name": "", "tests": "", "imports": "", **r}
-                 for i, r in enumerate(records)]
+        rows += [
+            {"pair_id": pair_id(f"file:{file}", str(i)), "source": file, "path": "", "name": "", "tests": "", "imports": "", **r}
+            for i, r in enumerate(records)
+        ]
     if not files:
         return None
     schema = ", ".join(f"{c} string" for c in columns)
@@ -109,8 +112,15 @@ def run_pairs(ctx: StageContext[PairsSections]) -> StageResult:
     prefs = file_rows(spark, cfg.preference_files, PREFERENCE_FIELDS, PREFERENCE_COLUMNS, pref_drops)
     if prefs is None:
         prefs = spark.createDataFrame([], ", ".join(f"{c} string" for c in PREFERENCE_COLUMNS))
-    counts |= _split("preferences", prefs, index, ["prompt", "suffix", "chosen", "rejected"], ctx.outputs["preferences"], pref_drops,
-                     dropped_frames)
+    counts |= _split(
+        "preferences",
+        prefs,
+        index,
+        ["prompt", "suffix", "chosen", "rejected"],
+        ctx.outputs["preferences"],
+        pref_drops,
+        dropped_frames,
+    )
 
     dropped = dropped_frames[0].unionByName(dropped_frames[1])
     dropped.write.mode("overwrite").parquet(ctx.outputs["dropped"])
@@ -125,8 +135,15 @@ def run_pairs(ctx: StageContext[PairsSections]) -> StageResult:
     return StageResult(counts=counts, artifacts=[ctx.out_dir / REPORT], details={"ngram": cfg.ngram, "data_snapshot": snapshot})
 
 
-def _split(kind: str, rows: DataFrame, index: NgramIndex, columns: list[str], out: str, read_drops: Counter[str],
-           dropped_frames: list[DataFrame]) -> dict[str, int]:
+def _split(
+    kind: str,
+    rows: DataFrame,
+    index: NgramIndex,
+    columns: list[str],
+    out: str,
+    read_drops: Counter[str],
+    dropped_frames: list[DataFrame],
+) -> dict[str, int]:
     """Write ``rows`` free of HumanEval n-grams to ``out``, collect the contaminated ones with their reason,
     and return the counts of ``kind`` (rows dropped while reading included): input, kept, dropped.<reason>."""
     kept, contaminated = drop_contaminated(rows, index, columns)
@@ -148,15 +165,19 @@ def print_pairs(report: dict[str, Any], console: Console) -> None:
         drops = ", ".join(f"{k.rsplit('.', 1)[1]} {v}" for k, v in counts.items() if k.startswith(f"{kind}.dropped."))
         line = f"[bold]{kind}[/]: {counts[f'{kind}.input']:,} in, {counts[f'{kind}.kept']:,} kept"
         console.print(line + (f"; dropped {drops}" if drops else ""))
-    console.print(f"supervised pairs with doctests (execution-feedback problems): {counts['sft.with_tests']:,}; "
-                  f"decontaminated against HumanEval at {report['ngram']} words")
+    console.print(
+        f"supervised pairs with doctests (execution-feedback problems): {counts['sft.with_tests']:,}; "
+        f"decontaminated against HumanEval at {report['ngram']} words"
+    )
 
 
 def pairs_headline(manifest: dict[str, Any]) -> str:
     """Pairs and preferences kept, and how many were contaminated."""
     c = manifest["counts"]
-    return (f"{c['sft.kept']:,} pairs ({c['sft.with_tests']:,} with tests), {c['preferences.kept']:,} preferences; "
-            f"contaminated {c.get('sft.dropped.contaminated', 0) + c.get('preferences.dropped.contaminated', 0)}")
+    return (
+        f"{c['sft.kept']:,} pairs ({c['sft.with_tests']:,} with tests), {c['preferences.kept']:,} preferences; "
+        f"contaminated {c.get('sft.dropped.contaminated', 0) + c.get('preferences.dropped.contaminated', 0)}"
+    )
 
 
 PAIRS: Stage[Any] = Stage(

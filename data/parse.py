@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ast
 import warnings
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 # Canonical language -> tree-sitter-language-pack grammar name.
@@ -33,7 +33,7 @@ def supported_languages() -> list[str]:
     return ["python", *TREE_SITTER_GRAMMARS]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _parser(grammar: str) -> Any:
     # Imported lazily: Spark workers build a parser once per language per process.
     from tree_sitter_language_pack import get_parser

@@ -24,8 +24,8 @@ import ipaddress
 import itertools
 import re
 import string
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from detect_secrets.plugins import (
     aws,
@@ -97,9 +97,7 @@ def find_emails(text: str) -> Iterator[Span]:
 
 # --- IP addresses -----------------------------------------------------------------------
 _IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\.?\w)")
-_IPV6 = re.compile(
-    r"(?<![\w:.])(?=[0-9A-Fa-f]*:[0-9A-Fa-f]*:[0-9A-Fa-f]*:)[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:])"
-)
+_IPV6 = re.compile(r"(?<![\w:.])(?=[0-9A-Fa-f]*:[0-9A-Fa-f]*:[0-9A-Fa-f]*:)[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:])")
 # Dotted numbers that are not addresses: versions, ASN.1 object identifiers, section numbers.
 _NOT_AN_ADDRESS_CONTEXT = re.compile(r"version|release|objectidentifier|\boid\b|section|rfc\s*\d", re.IGNORECASE)
 _DOTTED = re.compile(r"(?<![\w.])\d+(?:\.\w+)+")
@@ -287,12 +285,28 @@ def _named_secret(text: str, m: re.Match[str], value: str = "v") -> Span | None:
 # (`DB_PASS`, `-passin pass:...`) and Redis' `requirepass`/`masterauth`; `token`, `secret` and `pass` must end
 # there, so that `tokenizer`, `tokens`, `secretary` and `bypass`/`passthrough` are not names of secrets.
 _PASSWORD_WORDS = (
-    "password", "passwd", "passphrase", "pwd", "db_?pass", "database_?pass", "key_?pass", "requirepass", "masterauth", "contrase(?:ñ|n)a",
+    "password",
+    "passwd",
+    "passphrase",
+    "pwd",
+    "db_?pass",
+    "database_?pass",
+    "key_?pass",
+    "requirepass",
+    "masterauth",
+    "contrase(?:ñ|n)a",
 )
 _KEY_WORDS = (
     *(w for w in DS_KEYWORDS if "pass" not in w and "contrase" not in w and w not in ("pwd", "secret")),
-    "secret(?![a-z])", "secret_?key", "token(?![a-z])", "access_?key", "signing_?key", "encryption_?key", "master_?key",
-    "app_?key", "credentials?(?![a-z])",
+    "secret(?![a-z])",
+    "secret_?key",
+    "token(?![a-z])",
+    "access_?key",
+    "signing_?key",
+    "encryption_?key",
+    "master_?key",
+    "app_?key",
+    "credentials?(?![a-z])",
 )
 # `_?` of detect-secrets' list becomes `[_-]?`: `api-key`, `client-secret`, `X-API-Key`.
 _KEYWORD = (rf"(?P<pw>{'|'.join(_PASSWORD_WORDS)}|(?<![a-z0-9])pass(?![a-z]))|(?:{'|'.join(_KEY_WORDS)})").replace("_?", "[_-]?")
@@ -405,8 +419,20 @@ def find_assigned_secrets(text: str, low: str, keywords: list[int]) -> Iterator[
 #   several arguments only a password's or credential's (`SecretKeySpec(key, "HmacSHA256")` is not);
 # - a secret's name and its value as a call's first two arguments (`define('DB_PASSWORD', '...')`,
 #   `os.environ.setdefault("API_KEY", "...")`, `props.setProperty("mail.smtp.password", "...")`).
-_LOGIN_WORDS = ("login", "log_in", "logon", "log_on", "signin", "sign_in", "basicauth", "basic_auth", "digestauth", "digest_auth",
-                "create_user", "create_superuser")
+_LOGIN_WORDS = (
+    "login",
+    "log_in",
+    "logon",
+    "log_on",
+    "signin",
+    "sign_in",
+    "basicauth",
+    "basic_auth",
+    "digestauth",
+    "digest_auth",
+    "create_user",
+    "create_superuser",
+)
 _LOGIN_CALL = "|".join(_LOGIN_WORDS)
 _CALL_ARGS = re.compile(r"\w*[ \t]*\((?P<args>(?:[^()\n]|\([^()\n]*\))*)\)")
 _LOGIN_CALL_RX = re.compile(rf"(?:{_LOGIN_CALL})(?={_CALL_ARGS.pattern})")
@@ -414,7 +440,9 @@ _LOGIN_CALL_NAME = re.compile(rf"\w*(?:{_LOGIN_CALL})")
 _LAST_LITERAL = re.compile(r"(?:(?<=\()|,)[ \t]*(?P<q>[\"'])(?P<v>[^\"'\n]*)(?P=q)(?:\.\w+\(\))?[ \t]*$")
 _LITERAL = re.compile(r"\"[^\"\n]*\"|'[^'\n]*'|\([^()\n]*\)")  # what may hide an argument's commas
 _SETTER_PREFIXES = frozenset(("set", "with", "put"))
-_NAME_THEN_VALUE = re.compile(r"\([ \t]*(?P<q1>[\"'])(?P<name>[\w.-]+)(?P=q1)[ \t]*,[ \t]*(?P<q>[\"'])(?P<v>[^\"'\n]*)(?P=q)[ \t]*[,)]")
+_NAME_THEN_VALUE = re.compile(
+    r"\([ \t]*(?P<q1>[\"'])(?P<name>[\w.-]+)(?P=q1)[ \t]*,[ \t]*(?P<q>[\"'])(?P<v>[^\"'\n]*)(?P=q)[ \t]*[,)]"
+)
 
 
 def _call_kind(fn: str, low: str, fn_start: int, n_args: int) -> str | None:
@@ -486,7 +514,10 @@ _COMMAND_ARGS = r"(?:[^\n\\]|\\\r?\n)*?[ \t]"
 _COMMAND_LINE_SECRETS: tuple[tuple[tuple[str, ...], re.Pattern[str]], ...] = (
     (("mysql", "mariadb"), re.compile(rf"\b(?:mysql\w*|mariadb[\w-]*)\b{_COMMAND_ARGS}-p([\"']?)(?P<v>[^\s\"']+)\1")),
     (("curl",), re.compile(rf"\bcurl\b{_COMMAND_ARGS}(?:-u|--user)[ \t]*([\"']?)[^\s:\"']*:(?P<v>[^\s\"']+)\1")),
-    (("sshpass", "login"), re.compile(rf"\b(?:sshpass|login)\b{_COMMAND_ARGS}(?:-p|--password)[ \t]*([\"']?)(?P<v>[^\s\"'-][^\s\"']*)\1")),
+    (
+        ("sshpass", "login"),
+        re.compile(rf"\b(?:sshpass|login)\b{_COMMAND_ARGS}(?:-p|--password)[ \t]*([\"']?)(?P<v>[^\s\"'-][^\s\"']*)\1"),
+    ),
     (("redis-cli",), re.compile(rf"\bredis-cli\b{_COMMAND_ARGS}-a[ \t]+([\"']?)(?P<v>[^\s\"'-][^\s\"']*)\1")),
     # Windows: `\\server\share` holds backslashes, and a line ends the command.
     (("net use",), re.compile(r"\bnet[ \t]+use\b[^\n]*?[ \t]/user:[^\s/]+[ \t]+([\"']?)(?P<v>[^\s\"'/*][^\s\"']*)\1")),
@@ -655,7 +686,10 @@ _TOKEN_FORMATS: tuple[tuple[tuple[str, ...], tuple[re.Pattern[str], ...]], ...] 
     (("xox", "hooks.slack.com"), slack.SlackDetector.denylist),
     (("k_live_", "k_test_"), (re.compile(r"\b[rs]k_(?:live|test)_[0-9A-Za-z]{16,}"),)),  # `pk_` keys are public
     (("T3BlbkFJ",), openai.OpenAIDetector.denylist),
-    (("sk-proj-", "sk-svcacct-", "sk-admin-", "sk-ant-"), (re.compile(r"\bsk-(?:proj|svcacct|admin|ant-\w+)-[A-Za-z0-9_-]{32,}"),)),
+    (
+        ("sk-proj-", "sk-svcacct-", "sk-admin-", "sk-ant-"),
+        (re.compile(r"\bsk-(?:proj|svcacct|admin|ant-\w+)-[A-Za-z0-9_-]{32,}"),),
+    ),
     (("_authToken",), npm.NpmDetector.denylist),
     (("npm_",), (re.compile(r"\bnpm_[A-Za-z0-9]{36}\b"),)),
     (("pypi-",), pypi_token.PypiTokenDetector.denylist),

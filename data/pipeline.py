@@ -51,16 +51,24 @@ def clean_and_report(
     bytes_in = sum(r["bytes_in"] or 0 for r in xray["languages"])
     delta = result.delta
     stage_result = StageResult(
-        counts={"input": result.input_rows, "kept": result.kept_rows, "dropped": result.dropped_rows,
-                "processed": delta.processed_rows if delta else result.input_rows,
-                **({f"files.{k}": v for k, v in delta.files.items()} if delta else {})},
+        counts={
+            "input": result.input_rows,
+            "kept": result.kept_rows,
+            "dropped": result.dropped_rows,
+            "processed": delta.processed_rows if delta else result.input_rows,
+            **({f"files.{k}": v for k, v in delta.files.items()} if delta else {}),
+        },
         metrics={
             **{f"dropped.{k}": float(v) for k, v in result.drop_reasons.items()},
             **{f"redacted.{k}": float(v) for k, v in result.redactions.items()},
             "clean_mb_per_s": bytes_in / 1e6 / seconds if seconds else 0.0,
         },
         artifacts=artifacts,
-        details={"drop_reasons": result.drop_reasons, "redactions": result.redactions, "kept": str(out_dir / "kept"),
-                 "delta": asdict(delta) if delta else None},
+        details={
+            "drop_reasons": result.drop_reasons,
+            "redactions": result.redactions,
+            "kept": str(out_dir / "kept"),
+            "delta": asdict(delta) if delta else None,
+        },
     )
     return result, stage_result

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from lathe.core.errors import InputError
 
@@ -50,7 +51,9 @@ def _locate(path: str | Path) -> tuple[Any, str, bool]:
             raise InputError(f"records file {path} not found; check the path")
         return fs, inner, fs.isdir(inner)
     except (ImportError, ValueError, OSError) as exc:
-        raise InputError(f"cannot open records file {path} ({exc}); install its fsspec backend (s3fs, gcsfs) and check access") from None
+        raise InputError(
+            f"cannot open records file {path} ({exc}); install its fsspec backend (s3fs, gcsfs) and check access"
+        ) from None
 
 
 def read_records(path: str | Path, fields: tuple[str, ...] = SFT_FIELDS) -> tuple[list[dict[str, str]], dict[str, int]]:
@@ -63,7 +66,9 @@ def read_records(path: str | Path, fields: tuple[str, ...] = SFT_FIELDS) -> tupl
     fs, inner, is_dir = _locate(path)
     suffix = Path(inner).suffix
     if not is_dir and suffix not in FORMATS:
-        raise InputError(f"records file {path} has an unknown format; use JSONL (.jsonl) or parquet (.parquet, or a directory of them)")
+        raise InputError(
+            f"records file {path} has an unknown format; use JSONL (.jsonl) or parquet (.parquet, or a directory of them)"
+        )
     if is_dir or suffix == ".parquet":
         records: Iterable[Any] = _parquet_records(fs, inner, path, fields)
     else:
@@ -101,6 +106,7 @@ def _parquet_records(fs: Any, inner: str, path: str | Path, fields: tuple[str, .
         raise InputError(f"cannot read parquet records {path}: {first}; replace or remove the file") from None
     missing = [f for f in fields if f not in table.column_names]
     if missing:
-        raise InputError(f"parquet records {path} lack columns {missing} (they have {table.column_names}); "
-                         f"write {', '.join(fields)} columns")
+        raise InputError(
+            f"parquet records {path} lack columns {missing} (they have {table.column_names}); write {', '.join(fields)} columns"
+        )
     return table.select([*fields, *([SUFFIX] if SUFFIX in table.column_names else [])]).to_pylist()

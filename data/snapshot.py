@@ -20,9 +20,10 @@ import hashlib
 import json
 import os
 import subprocess
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from lathe.core.errors import InputError
 from lathe.core.registry import Registry
@@ -71,7 +72,9 @@ def git_state(root: Path) -> Snapshot:
     head = _git(root, "rev-parse", "HEAD").strip() if _git(root, "rev-list", "-n1", "--all").strip() else ""
     prefix = _git(root, "rev-parse", "--show-prefix").strip()
     # the directory's tree at HEAD; a directory not committed yet has none (its files are all in `dirty`)
-    at_head = subprocess.run(["git", "-C", str(root), "rev-parse", "-q", "--verify", f"HEAD:{prefix}"], capture_output=True, text=True)
+    at_head = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "-q", "--verify", f"HEAD:{prefix}"], capture_output=True, text=True
+    )
     tree = at_head.stdout.strip() if head and at_head.returncode == 0 else ""
     entries = _git(root, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--", ".").split("\0")
     top = Path(git_toplevel(root) or root)
@@ -92,8 +95,11 @@ def tree_snapshot(cfg: TreeSourceConfig, as_of: datetime | None = None) -> Snaps
         elif git_toplevel(root):
             repos.append({"path": str(root), "repo": repo, **git_state(root)})
         else:
-            listing = ((f.path, _stat(Path(f.abs_path))) for f in walk_code_files(root, f"{repo}/", lambda _rel: repo)
-                       if modified_by(f.abs_path, as_of))
+            listing = (
+                (f.path, _stat(Path(f.abs_path)))
+                for f in walk_code_files(root, f"{repo}/", lambda _rel, repo=repo: repo)
+                if modified_by(f.abs_path, as_of)
+            )
             repos.append({"path": str(root), "repo": repo, "listing": digest(listing)})
     return {"kind": "tree", "repos": repos}
 
@@ -118,9 +124,18 @@ def _remote_version(uri: str) -> str:
         fs, path = fsspec.core.url_to_fs(uri)
         items = [fs.info(path)] if not fs.isdir(path) else sorted(fs.ls(path, detail=True), key=lambda i: i["name"])
     except (ImportError, ValueError, OSError) as exc:
-        raise InputError(f"cannot list {uri} for its snapshot ({exc}); install its fsspec backend (s3fs, gcsfs) and check access") from None
-    return digest((i.get("name"), i.get("ETag") or i.get("etag") or i.get("md5Hash"), i.get("size"), str(i.get("mtime") or i.get("LastModified")))
-                  for i in items)
+        raise InputError(
+            f"cannot list {uri} for its snapshot ({exc}); install its fsspec backend (s3fs, gcsfs) and check access"
+        ) from None
+    return digest(
+        (
+            i.get("name"),
+            i.get("ETag") or i.get("etag") or i.get("md5Hash"),
+            i.get("size"),
+            str(i.get("mtime") or i.get("LastModified")),
+        )
+        for i in items
+    )
 
 
 @SNAPSHOTS.register("stack")
@@ -138,8 +153,10 @@ def stack_snapshot(cfg: StackSourceConfig, as_of: datetime | None = None) -> Sna
 
         sha = HfApi().dataset_info(cfg.dataset, token=os.environ.get("HF_TOKEN")).sha
     except Exception as exc:  # the hub client raises many types; all mean "could not ask"
-        raise InputError(f"cannot read the current revision of {cfg.dataset} ({type(exc).__name__}); "
-                         "pin data.sources[].revision to a commit or tag") from None
+        raise InputError(
+            f"cannot read the current revision of {cfg.dataset} ({type(exc).__name__}); "
+            "pin data.sources[].revision to a commit or tag"
+        ) from None
     return {**base, "revision": sha}
 
 

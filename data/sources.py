@@ -13,10 +13,11 @@ import hashlib
 import os
 import subprocess
 import sysconfig
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
@@ -159,8 +160,9 @@ def git_toplevel(root: Path) -> str | None:
 def git_files(root: Path, prefix: str, repo: str) -> Iterator[ListedFile]:
     """The files of a git work tree under ``root`` that are tracked or untracked but not ignored
     (what the repository holds, without build outputs), of a known language, in sorted order."""
-    done = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"], capture_output=True, text=True
+    )
     if done.returncode != 0:
         raise InputError(f"git ls-files failed in {root}: {done.stderr.strip()[:200]}")
     for rel in sorted(set(done.stdout.split("\0")) - {""}):
@@ -172,15 +174,18 @@ def git_files(root: Path, prefix: str, repo: str) -> Iterator[ListedFile]:
 
 def commit_as_of(root: Path, as_of: datetime) -> str:
     """The last commit of HEAD's history made at or before ``as_of`` ('' when there is none)."""
-    done = subprocess.run(["git", "-C", str(root), "rev-list", "-1", f"--before={as_of.isoformat()}", "HEAD"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["git", "-C", str(root), "rev-list", "-1", f"--before={as_of.isoformat()}", "HEAD"], capture_output=True, text=True
+    )
     return done.stdout.strip() if done.returncode == 0 else ""
 
 
 def subtree_at(root: Path, commit: str) -> str:
     """The tree object of directory ``root`` in ``commit`` ('' when the directory did not exist then)."""
     prefix = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-prefix"], capture_output=True, text=True).stdout.strip()
-    done = subprocess.run(["git", "-C", str(root), "rev-parse", "-q", "--verify", f"{commit}:{prefix}"], capture_output=True, text=True)
+    done = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "-q", "--verify", f"{commit}:{prefix}"], capture_output=True, text=True
+    )
     return done.stdout.strip() if commit and done.returncode == 0 else ""
 
 
@@ -233,7 +238,9 @@ def tree_source(
         elif git_toplevel(root):
             files += git_files(root, f"{repo}/", repo)
         else:
-            files += (f for f in walk_code_files(root, f"{repo}/", lambda _rel, repo=repo: repo) if modified_by(f.abs_path, as_of))
+            files += (
+                f for f in walk_code_files(root, f"{repo}/", lambda _rel, repo=repo: repo) if modified_by(f.abs_path, as_of)
+            )
     return _files_dataframe(spark, files, "tree", cfg.license, max_bytes, partitions)
 
 
@@ -247,8 +254,10 @@ def embedded_roots(cfg: EmbeddedSourceConfig) -> list[tuple[Path, str]]:
         purelib = Path(paths["purelib"])
         missing = [p for p in cfg.packages if not (purelib / p).is_dir()]
         if missing:
-            raise InputError(f"embedded source: package(s) {missing} are not installed in {purelib}; "
-                             "remove them from data.sources[].packages or run `make setup`")
+            raise InputError(
+                f"embedded source: package(s) {missing} are not installed in {purelib}; "
+                "remove them from data.sources[].packages or run `make setup`"
+            )
         roots += [(purelib / p, f"site-packages/{p}/") for p in sorted(cfg.packages)]
     return roots
 

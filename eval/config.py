@@ -11,12 +11,16 @@ class SandboxConfig(Strict):
     """Limits for one untrusted program (each runs in its own namespaces, see eval/sandbox.py)."""
 
     wall_s: float = Field(
-        10.0, gt=0, description="Wall-clock limit; the whole process tree is killed after it. A compiled language's compile "
+        10.0,
+        gt=0,
+        description="Wall-clock limit; the whole process tree is killed after it. A compiled language's compile "
         "step has the same limits, its own wall clock and CPU time included.",
     )
     cpu_s: int = Field(8, gt=0, description="CPU seconds (RLIMIT_CPU).")
     memory_mb: int = Field(
-        1024, gt=0, description="Address space (RLIMIT_AS); a language whose runtime or compiler cannot start in less gets "
+        1024,
+        gt=0,
+        description="Address space (RLIMIT_AS); a language whose runtime or compiler cannot start in less gets "
         "its minimum (eval/languages.py).",
     )
     nproc: int = Field(32, gt=0, description="Processes of the sandbox user (RLIMIT_NPROC): stops fork bombs.")
@@ -27,22 +31,28 @@ class SandboxConfig(Strict):
     base_uid: int = Field(61000, gt=0, description="Sandboxes run as uids base_uid .. base_uid + uid_pool - 1 (never root).")
     uid_pool: int = Field(4096, gt=0, description="How many uids the sandboxes rotate through.")
     fork_server: bool = Field(
-        True, description="Python programs run in long-lived sandboxed workers that fork a fresh process tree with fresh "
+        True,
+        description="Python programs run in long-lived sandboxed workers that fork a fresh process tree with fresh "
         "namespaces per program (no interpreter start per program); false: one bubblewrap per program, same guarantees, slower.",
     )
     worker_runs: int = Field(
-        200, gt=0, description="Programs one fork-server worker runs before a fresh one replaces it "
+        200,
+        gt=0,
+        description="Programs one fork-server worker runs before a fresh one replaces it "
         "(a program that leaves its worker in doubt gets it replaced at once).",
     )
     compile_cache_mb: int = Field(
-        512, ge=0, description="Compiled programs a sandbox keeps so that an identical program text compiles once; beyond "
+        512,
+        ge=0,
+        description="Compiled programs a sandbox keeps so that an identical program text compiles once; beyond "
         "this the least recently used are removed.",
     )
     allow_weak_isolation: bool = Field(
         False, description="Run without namespaces when bubblewrap cannot start. Unsafe: for trusted code only."
     )
     toolchains: str = Field(
-        "", description="Host folder of the npm-installed compilers (TypeScript's); empty: `make setup`'s eval/toolchains "
+        "",
+        description="Host folder of the npm-installed compilers (TypeScript's); empty: `make setup`'s eval/toolchains "
         "beside lathe.eval. Sandboxed steps see it read-only at a fixed path of their own, wherever it is on the host.",
     )
 
@@ -56,7 +66,8 @@ class GenerationConfig(Strict):
     max_new_tokens: int = Field(128, gt=0)
     batch_size: int = Field(8, gt=0, description="Prompts per generate() call.")
     stop: list[str] | None = Field(
-        None, description="A completion is cut at the first of these (and at end of text); None = the benchmark "
+        None,
+        description="A completion is cut at the first of these (and at end of text); None = the benchmark "
         "language's own (Python: a new top-level def, class, if, print or comment; C-like languages: the function's closing brace).",
     )
     seed: int = 1234
@@ -68,14 +79,17 @@ class GateConfig(Strict):
 
     min_pass_at_1_gain: float = Field(0.0, description="Candidate pass@1 must be >= production's + this.")
     max_language_regression: float | None = Field(
-        None, ge=0, description="With several benchmarks: no benchmark's pass@1 may fall more than this below production's "
+        None,
+        ge=0,
+        description="With several benchmarks: no benchmark's pass@1 may fall more than this below production's "
         "on it (None: only the first benchmark's pass@1 gates).",
     )
     max_val_loss_increase: float = Field(
         0.0, description="Candidate validation loss must be <= production's + this (decides for models that solve nothing)."
     )
     max_replay_val_loss_increase: float = Field(
-        0.05, description="On the earlier snapshots' validation data, candidate loss must be <= production's + this: "
+        0.05,
+        description="On the earlier snapshots' validation data, candidate loss must be <= production's + this: "
         "a retrain may trade a little of the old code for the new, not forget it.",
     )
 
@@ -84,7 +98,8 @@ class EvalConfig(Strict):
     """HumanEval scoring."""
 
     benchmarks: list[str] = Field(
-        default_factory=lambda: ["humaneval"], min_length=1,
+        default_factory=lambda: ["humaneval"],
+        min_length=1,
         description="Benchmarks the eval stage runs (eval/benchmarks.py: humaneval, humaneval-js, humaneval-ts, humaneval-java, "
         "humaneval-cpp, humaneval-rust); the first one's pass@k is the model's headline and gates it.",
     )
@@ -118,20 +133,28 @@ class PreferencesConfig(Strict):
     starts from (``dpo.init_from``, so the pairs are on-policy) for the mined problems that have doctests,
     run in the sandbox; a passing and a failing completion of one prompt make a pair."""
 
-    execution: bool = Field(True, description="Build pairs from execution feedback (off: only the pairs stage's preference files).")
-    max_problems: int | None = Field(None, gt=0, description="Use at most this many problems (by pair id) of those whose own "
-                                        "body passes its tests; None = all.")
+    execution: bool = Field(
+        True, description="Build pairs from execution feedback (off: only the pairs stage's preference files)."
+    )
+    max_problems: int | None = Field(
+        None,
+        gt=0,
+        description="Use at most this many problems (by pair id) of those whose own body passes its tests; None = all.",
+    )
     generation: GenerationConfig = Field(
-        default_factory=_sampling, description="Sampling: n completions per problem; a higher temperature gives more "
-        "problems with both outcomes."
+        default_factory=_sampling,
+        description="Sampling: n completions per problem; a higher temperature gives more problems with both outcomes.",
     )
     max_pairs_per_problem: int = Field(4, gt=0, description="So one prompt cannot dominate the pairs.")
     author_solution: bool = Field(
-        True, description="Count the mined function's own body (which passes its tests) as one more passing completion, "
+        True,
+        description="Count the mined function's own body (which passes its tests) as one more passing completion, "
         "so a problem the model never solves still gives a pair: the author's body chosen over a failing sample.",
     )
     workers: int | None = Field(None, gt=0, description="Parallel sandboxes; None = the machine's cores.")
     self_play: int = Field(
-        0, ge=0, description="Also pair the author's body (chosen) with the model's own completion (rejected) for up to "
+        0,
+        ge=0,
+        description="Also pair the author's body (chosen) with the model's own completion (rejected) for up to "
         "this many mined pairs without tests (SPIN-style self-play); 0 = execution feedback only.",
     )

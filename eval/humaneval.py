@@ -6,10 +6,11 @@ import json
 import os
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from rich.progress import Progress
@@ -67,7 +68,7 @@ def classify(task_id: str, run: RunResult) -> SampleResult:
     # A failed check: Python's traceback ends with it; Node.js, the JVM and Rust print it among other lines.
     assertion = next((line for line in reversed(lines) if "AssertionError" in line), None)
     if assertion is not None:
-        return SampleResult(task_id, False, "failed", assertion[assertion.index("AssertionError"):][:300])
+        return SampleResult(task_id, False, "failed", assertion[assertion.index("AssertionError") :][:300])
     last = lines[-1][:300] if lines else f"exit status {run.returncode}"
     if run.returncode == 0:
         return SampleResult(task_id, False, "failed", "exited before the tests finished")
@@ -112,9 +113,11 @@ def score(
     workers = cfg.workers or os.cpu_count() or 1
     results: list[SampleResult] = []
     # `with`: the fork-server workers end here, not whenever the sandbox is collected.
-    with Sandbox(cfg.sandbox) as sandbox, ThreadPoolExecutor(workers) as pool, Progress(
-        disable=not show_progress, transient=True
-    ) as progress:
+    with (
+        Sandbox(cfg.sandbox) as sandbox,
+        ThreadPoolExecutor(workers) as pool,
+        Progress(disable=not show_progress, transient=True) as progress,
+    ):
 
         def one(sample: dict[str, str]) -> tuple[SampleResult, float]:
             run = sandbox.run(bench.program(known[sample["task_id"]], sample["completion"]), language=bench.language)

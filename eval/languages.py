@@ -78,8 +78,10 @@ class Language:
                 return f"{self.name} needs {host}: {remedy}"
             closed = _closed_to_others(host)
             if closed:
-                return (f"{self.name} needs {host}, which the sandbox's unprivileged uids cannot reach ({closed}): "
-                        "keep the toolchain in a world-readable place")
+                return (
+                    f"{self.name} needs {host}, which the sandbox's unprivileged uids cannot reach ({closed}): "
+                    "keep the toolchain in a world-readable place"
+                )
         return None
 
 
@@ -101,15 +103,23 @@ NODE = ("/usr/bin/node", "install Debian's nodejs (make system-deps)")
 # RLIMIT_NPROC (about 14 threads each) and start them fast: the serial collector (no GC threads),
 # the C1 compiler only, one compiler thread (javac: 0.7 s instead of 1 s), no hsperfdata file.
 JVM_FLAGS = (
-    "-XX:+UseSerialGC", "-Xmx128m", "-XX:TieredStopAtLevel=1", "-XX:CICompilerCount=1", "-XX:ReservedCodeCacheSize=16m",
-    "-XX:CompressedClassSpaceSize=32m", "-XX:MaxMetaspaceSize=128m", "-XX:-UsePerfData",
+    "-XX:+UseSerialGC",
+    "-Xmx128m",
+    "-XX:TieredStopAtLevel=1",
+    "-XX:CICompilerCount=1",
+    "-XX:ReservedCodeCacheSize=16m",
+    "-XX:CompressedClassSpaceSize=32m",
+    "-XX:MaxMetaspaceSize=128m",
+    "-XX:-UsePerfData",
 )
 JDK = "install Debian's openjdk-17-jdk-headless (make system-deps)"
 
 LANGUAGES: Registry[Language] = Registry("language")
 PYTHON = LANGUAGES.register("python")(
     Language(
-        "python", ".py", lambda python, path: [python, "-I", "-B", path],
+        "python",
+        ".py",
+        lambda python, path: [python, "-I", "-B", path],
         "import os as __lathe_os, sys as __lathe_sys\n"
         "__lathe_os.write(int(__lathe_sys.argv[1]), __lathe_os.read(int(__lathe_sys.argv[2]), 64))\n",
         check_call="check({entry})",
@@ -118,7 +128,9 @@ PYTHON = LANGUAGES.register("python")(
 )
 JAVASCRIPT = LANGUAGES.register("javascript")(
     Language(
-        "javascript", ".js", lambda python, path: ["/usr/bin/node", path],
+        "javascript",
+        ".js",
+        lambda python, path: ["/usr/bin/node", path],
         ";(() => { const fs = require('fs'); const b = Buffer.alloc(64);"
         " const n = fs.readSync(Number(process.argv[3]), b, 0, 64, null);"
         " fs.writeSync(Number(process.argv[2]), b, 0, n); })();\n",
@@ -129,7 +141,9 @@ JAVASCRIPT = LANGUAGES.register("javascript")(
 )
 TYPESCRIPT = LANGUAGES.register("typescript")(
     Language(
-        "typescript", ".ts", lambda python, out: ["/usr/bin/node", f"{out}/main.js"],
+        "typescript",
+        ".ts",
+        lambda python, out: ["/usr/bin/node", f"{out}/main.js"],
         # Type-checks without @types/node: its declarations live in a namespace of its own, so they
         # neither clash with nor serve the tests' (which must declare whatever they use).
         "namespace LatheProof {\n"
@@ -149,8 +163,22 @@ TYPESCRIPT = LANGUAGES.register("typescript")(
         # script. One checker and one Go thread: 0.1 s for a small program, and the thread count
         # stays far below RLIMIT_NPROC whatever the machine's core count (Go's default: one per core).
         compile=lambda source, out, tools: [
-            f"{tools}/{TSC}", "--singleThreaded", "--pretty", "false", "--strict", "false", "--target", "es2022", "--lib", "es2022",
-            "--module", "commonjs", "--outDir", out, f"{tools}/{NODE_GLOBALS}", source,
+            f"{tools}/{TSC}",
+            "--singleThreaded",
+            "--pretty",
+            "false",
+            "--strict",
+            "false",
+            "--target",
+            "es2022",
+            "--lib",
+            "es2022",
+            "--module",
+            "commonjs",
+            "--outDir",
+            out,
+            f"{tools}/{NODE_GLOBALS}",
+            source,
         ],
         compile_address_space_mb=1024,  # Go reserves ~750 MB of address space for its heap's maps
         env=(("GOMAXPROCS", "1"),),
@@ -160,7 +188,9 @@ TYPESCRIPT = LANGUAGES.register("typescript")(
 JAVA = LANGUAGES.register("java")(
     Language(
         # -ea: Java's `assert` checks, as HumanEval's Java harnesses expect
-        "java", ".java", lambda python, out: ["/usr/bin/java", *JVM_FLAGS, "-ea", "-cp", out, "Problem"],
+        "java",
+        ".java",
+        lambda python, out: ["/usr/bin/java", *JVM_FLAGS, "-ea", "-cp", out, "Problem"],
         "class LatheProof {\n"
         "    static void run(String[] args) throws Exception {\n"
         "        byte[] secret = new byte[64];\n"
@@ -177,7 +207,14 @@ JAVA = LANGUAGES.register("java")(
         stop=("\n    }\n",),
         # -proc:none: no annotation processors (code of the classpath's choosing) at compile time
         compile=lambda source, out, tools: [
-            "/usr/bin/javac", *(f"-J{flag}" for flag in JVM_FLAGS), "-proc:none", "-encoding", "UTF-8", "-d", out, source,
+            "/usr/bin/javac",
+            *(f"-J{flag}" for flag in JVM_FLAGS),
+            "-proc:none",
+            "-encoding",
+            "UTF-8",
+            "-d",
+            out,
+            source,
         ],
         compile_address_space_mb=768,
         toolchain=(("/usr/bin/javac", JDK), ("/usr/bin/java", JDK)),
@@ -185,7 +222,9 @@ JAVA = LANGUAGES.register("java")(
 )
 CPP = LANGUAGES.register("cpp")(
     Language(
-        "cpp", ".cpp", lambda python, out: [f"{out}/main"],
+        "cpp",
+        ".cpp",
+        lambda python, out: [f"{out}/main"],
         "#include <stdlib.h>\n"
         "#include <unistd.h>\n"
         "void lathe_proof(char** argv) {\n"
@@ -203,15 +242,17 @@ CPP = LANGUAGES.register("cpp")(
 )
 RUST = LANGUAGES.register("rust")(
     Language(
-        "rust", ".rs", lambda python, out: [f"{out}/main"],
+        "rust",
+        ".rs",
+        lambda python, out: [f"{out}/main"],
         "fn lathe_proof() {\n"
         "    use std::io::{Read, Write};\n"
         "    use std::os::unix::io::FromRawFd;\n"
         "    let args: Vec<String> = std::env::args().collect();\n"
-        "    let fd = |i: usize| args[i].parse::<i32>().expect(\"lathe_proof: a fd number\");\n"
+        '    let fd = |i: usize| args[i].parse::<i32>().expect("lathe_proof: a fd number");\n'
         "    let mut secret = [0u8; 64];\n"
-        "    let n = unsafe { std::fs::File::from_raw_fd(fd(2)) }.read(&mut secret).expect(\"lathe_proof: read\");\n"
-        "    unsafe { std::fs::File::from_raw_fd(fd(1)) }.write_all(&secret[..n]).expect(\"lathe_proof: write\");\n"
+        '    let n = unsafe { std::fs::File::from_raw_fd(fd(2)) }.read(&mut secret).expect("lathe_proof: read");\n'
+        '    unsafe { std::fs::File::from_raw_fd(fd(1)) }.write_all(&secret[..n]).expect("lathe_proof: write");\n'
         "}\n",
         stop=("\n}",),
         # Debian's rustc (rustup's, in /root, is out of the sandbox's reach). A debug build, as
@@ -219,11 +260,25 @@ RUST = LANGUAGES.register("rust")(
         # RLIMIT_FSIZE) and linked against Debian's shared libstd (on the default library path):
         # 0.3 s instead of 0.5 s.
         compile=lambda source, out, tools: [
-            "/usr/bin/rustc", "--edition", "2021", "-C", "codegen-units=1", "-C", "strip=debuginfo", "-C", "prefer-dynamic",
-            "-A", "warnings", "-o", f"{out}/main", source,
+            "/usr/bin/rustc",
+            "--edition",
+            "2021",
+            "-C",
+            "codegen-units=1",
+            "-C",
+            "strip=debuginfo",
+            "-C",
+            "prefer-dynamic",
+            "-A",
+            "warnings",
+            "-o",
+            f"{out}/main",
+            source,
         ],
         compile_address_space_mb=1024,  # LLVM; 512 MB is the least a small program compiles in
-        toolchain=(("/usr/bin/rustc", "install Debian's rustc (make system-deps)"),
-                   ("/usr/bin/cc", "install Debian's gcc (make system-deps), rustc's linker")),
+        toolchain=(
+            ("/usr/bin/rustc", "install Debian's rustc (make system-deps)"),
+            ("/usr/bin/cc", "install Debian's gcc (make system-deps), rustc's linker"),
+        ),
     )
 )

@@ -77,8 +77,9 @@ def sample(policy: Path, prompts: dict[str, str], generation: GenerationConfig) 
     return completions
 
 
-def execution_rows(ctx: StageContext[PreferenceSections], mined: list[dict[str, str]], policy: Path,
-                   counts: dict[str, int]) -> list[dict[str, str]]:
+def execution_rows(
+    ctx: StageContext[PreferenceSections], mined: list[dict[str, str]], policy: Path, counts: dict[str, int]
+) -> list[dict[str, str]]:
     """Pairs from running sampled completions of the mined problems (whose own body passes) in the sandbox."""
     cfg = ctx.config.preferences
     workers = cfg.workers or ctx.config.eval.workers or os.cpu_count() or 1
@@ -93,17 +94,37 @@ def execution_rows(ctx: StageContext[PreferenceSections], mined: list[dict[str, 
         completions = {key: [own[key], *found] for key, found in completions.items()}
     made, outcome = execution_pairs(problems, completions, ctx.config.eval.sandbox, workers, cfg.max_pairs_per_problem)
     counts |= {("execution_pairs" if k == "pairs" else k): v for k, v in outcome.items()}
-    return [{"pair_id": f"{p.problem_id}-{i}", "source": EXECUTION, "prompt": p.prompt, "suffix": "", "chosen": p.chosen,
-             "rejected": p.rejected} for i, p in enumerate(made)]
+    return [
+        {
+            "pair_id": f"{p.problem_id}-{i}",
+            "source": EXECUTION,
+            "prompt": p.prompt,
+            "suffix": "",
+            "chosen": p.chosen,
+            "rejected": p.rejected,
+        }
+        for i, p in enumerate(made)
+    ]
 
 
-def self_play_rows(cfg: PreferencesConfig, mined: list[dict[str, str]], policy: Path, counts: dict[str, int]) -> list[dict[str, str]]:
+def self_play_rows(
+    cfg: PreferencesConfig, mined: list[dict[str, str]], policy: Path, counts: dict[str, int]
+) -> list[dict[str, str]]:
     """Self-play pairs (SPIN, Chen et al. 2024): for mined pairs without tests, the author's body is preferred to
     the model's own completion of the same prompt (unless the two are the same)."""
     rows = [r for r in mined if not r["tests"]][: cfg.self_play]
     completions = sample(policy, {r["pair_id"]: r["prompt"] for r in rows}, cfg.generation.model_copy(update={"n": 1}))
-    made = [{"pair_id": r["pair_id"], "source": SELF_PLAY, "prompt": r["prompt"], "suffix": "", "chosen": r["response"],
-             "rejected": completions[r["pair_id"]][0]} for r in rows]
+    made = [
+        {
+            "pair_id": r["pair_id"],
+            "source": SELF_PLAY,
+            "prompt": r["prompt"],
+            "suffix": "",
+            "chosen": r["response"],
+            "rejected": completions[r["pair_id"]][0],
+        }
+        for r in rows
+    ]
     kept = [r for r in made if r["rejected"].strip() and r["rejected"].strip() != r["chosen"].strip()]
     counts |= {"self_play_prompts": len(rows), "self_play_empty_or_same": len(made) - len(kept), "self_play_pairs": len(kept)}
     return kept
@@ -115,8 +136,9 @@ def run_preferences(ctx: StageContext[PreferenceSections]) -> StageResult:
     rows = pq.read_table(pairs.path("preferences")).to_pylist()
     counts: dict[str, int] = {"file_pairs": len(rows)}
     if cfg.execution or cfg.self_play:
-        policy = model_to_tune(pinned(ctx.config.dpo.init_from, ctx.observed.get("policy", "")), ctx.out_dir / "policy",
-                               "dpo.init_from")
+        policy = model_to_tune(
+            pinned(ctx.config.dpo.init_from, ctx.observed.get("policy", "")), ctx.out_dir / "policy", "dpo.init_from"
+        )
         mined = mined_rows(pairs.path("sft"))
         if cfg.execution:
             rows += execution_rows(ctx, mined, policy.path, counts)
@@ -126,8 +148,12 @@ def run_preferences(ctx: StageContext[PreferenceSections]) -> StageResult:
     out = Path(ctx.outputs["pairs"])
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([(c, pa.string()) for c in COLUMNS])), out / "part-0.parquet")
-    report = {"counts": counts, "policy": ctx.config.dpo.init_from, "policy_version": ctx.observed.get("policy", ""),
-              "data_snapshot": pairs.details.get("data_snapshot")}
+    report = {
+        "counts": counts,
+        "policy": ctx.config.dpo.init_from,
+        "policy_version": ctx.observed.get("policy", ""),
+        "data_snapshot": pairs.details.get("data_snapshot"),
+    }
     (ctx.out_dir / REPORT).write_text(json.dumps(report, indent=2))
     print_preferences(report, ctx.console)
     return StageResult(counts=counts, artifacts=[ctx.out_dir / REPORT], details=report)
@@ -141,10 +167,13 @@ def print_preferences(report: dict[str, Any], console: Console) -> None:
             f"[bold]preferences[/]: {c['problems']} problems with doctests ({c['own_tests_fail']} whose own body fails them: "
             f"dropped; {c['problems_used']} used); {c['runs']} completions run, {c['passed']} passed; "
             f"{c['all_passed']} problems all passed, "
-            f"{c['all_failed']} all failed, {c['no_completions']} without completions")
+            f"{c['all_failed']} all failed, {c['no_completions']} without completions"
+        )
     if "self_play_pairs" in c:
-        console.print(f"self-play: {c['self_play_pairs']} of {c['self_play_prompts']} untested prompts paired the author's body "
-                      f"with the model's ({c['self_play_empty_or_same']} completions empty or the same: skipped)")
+        console.print(
+            f"self-play: {c['self_play_pairs']} of {c['self_play_prompts']} untested prompts paired the author's body "
+            f"with the model's ({c['self_play_empty_or_same']} completions empty or the same: skipped)"
+        )
     console.print(f"{c['pairs']} preference pairs ({c['file_pairs']} from files) for DPO from {report['policy']}")
 
 
@@ -155,8 +184,10 @@ PREFERENCES: Stage[Any] = Stage(
     run=run_preferences,
     outputs={"pairs": "pairs"},
     summarize=json_summary(REPORT, print_preferences),
-    headline=lambda m: f"{m['counts']['pairs']} preference pairs" + (
-        f" from {m['counts']['runs']} sandboxed completions" if "runs" in m["counts"] else ""),
+    headline=lambda m: (
+        f"{m['counts']['pairs']} preference pairs"
+        + (f" from {m['counts']['runs']} sandboxed completions" if "runs" in m["counts"] else "")
+    ),
     observe=observe_policy,
     optional=True,
 )

@@ -13,9 +13,9 @@ none and are counted by why.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable
 
 from lathe.eval.config import SandboxConfig
 from lathe.eval.languages import PYTHON
@@ -57,7 +57,8 @@ def guarded_imports(imports: str) -> str:
     lines = [line for line in imports.splitlines() if line.strip()]
     future = [line for line in lines if line.startswith("from __future__ ")]  # must open the file, as they are
     return "".join(f"{line}\n" for line in future) + "".join(
-        f"try:\n    {line}\nexcept ImportError:\n    pass\n" for line in lines if line not in future)
+        f"try:\n    {line}\nexcept ImportError:\n    pass\n" for line in lines if line not in future
+    )
 
 
 def run_programs(programs: list[str], sandbox_cfg: SandboxConfig, workers: int) -> list[bool]:
@@ -95,8 +96,15 @@ def execution_pairs(
     by_problem: dict[str, tuple[list[str], list[str]]] = {p.problem_id: ([], []) for p in problems}
     for (problem, completion), passed in zip(jobs, outcomes):
         by_problem[problem.problem_id][0 if passed else 1].append(completion)
-    counts = {"runs": len(jobs), "passed": sum(outcomes), "failed": len(jobs) - sum(outcomes), "pairs": 0,
-              "no_completions": 0, "all_passed": 0, "all_failed": 0}
+    counts = {
+        "runs": len(jobs),
+        "passed": sum(outcomes),
+        "failed": len(jobs) - sum(outcomes),
+        "pairs": 0,
+        "no_completions": 0,
+        "all_passed": 0,
+        "all_failed": 0,
+    }
     pairs: list[PreferencePair] = []
     for problem in problems:
         passing, failing = by_problem[problem.problem_id]

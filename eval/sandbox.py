@@ -341,7 +341,7 @@ def _memfd(name: str, data: bytes = b"") -> int:
     fd = os.memfd_create(f"lathe-{name}", os.MFD_CLOEXEC)
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
     return fd
 
 
@@ -369,8 +369,10 @@ class Sandbox:
         self._close_builds = weakref.finalize(self, self._builds.close)
         if _under_tmp(cfg.python) and not cfg.allow_weak_isolation:
             # the sandbox mounts a private /tmp over the host's: an interpreter there is invisible inside
-            raise SandboxUnavailable(f"sandbox interpreter {cfg.python} lives under /tmp, which each sandbox replaces "
-                                     "with a private one; set eval.sandbox.python to an interpreter outside /tmp")
+            raise SandboxUnavailable(
+                f"sandbox interpreter {cfg.python} lives under /tmp, which each sandbox replaces "
+                "with a private one; set eval.sandbox.python to an interpreter outside /tmp"
+            )
         self.isolated = self._probe()
         if not self.isolated and not cfg.allow_weak_isolation:
             raise SandboxUnavailable(
@@ -452,14 +454,39 @@ class Sandbox:
     def _bwrap(self, uid: int) -> list[str]:
         """Into the sandbox as ``uid``: all namespaces, read-only host, private /tmp, empty environment."""
         return [
-            self.setpriv, "--reuid", str(uid), "--regid", str(uid), "--clear-groups", "--inh-caps=-all",
-            self.bwrap, "--unshare-all", "--new-session",
-            "--ro-bind", "/", "/", "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev", "--chdir", "/tmp",
-            "--clearenv", "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin", "--setenv", "HOME", "/tmp",
+            self.setpriv,
+            "--reuid",
+            str(uid),
+            "--regid",
+            str(uid),
+            "--clear-groups",
+            "--inh-caps=-all",
+            self.bwrap,
+            "--unshare-all",
+            "--new-session",
+            "--ro-bind",
+            "/",
+            "/",
+            "--tmpfs",
+            "/tmp",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--chdir",
+            "/tmp",
+            "--clearenv",
+            "--setenv",
+            "PATH",
+            "/usr/local/bin:/usr/bin:/bin",
+            "--setenv",
+            "HOME",
+            "/tmp",
         ]
 
-    def _command(self, argv: list[str], mounts: list[_Mount], uid: int | None, language: Language,
-                 min_address_space_mb: int) -> list[str]:
+    def _command(
+        self, argv: list[str], mounts: list[_Mount], uid: int | None, language: Language, min_address_space_mb: int
+    ) -> list[str]:
         """``argv`` under the limits, in a sandbox as ``uid`` (None: without isolation)."""
         limits = _prlimit(self.cfg, min_address_space_mb)
         if uid is None:
@@ -478,10 +505,15 @@ class Sandbox:
             # No --die-with-parent: that would tie the worker to the host thread that happened to
             # start it; a worker ends at end of file on its socket instead, which the host's exit
             # (or death) also brings.
-            *self._bwrap(uid), "--remount-ro", "/dev",
+            *self._bwrap(uid),
+            "--remount-ro",
+            "/dev",
             # the interpreter with a program's flags, the worker's source for the program
-            *PYTHON.argv(self.cfg.python, "-c"), WORKER_SOURCE,
-            str(fd), str(self.cfg.wall_s), *map(str, limits),
+            *PYTHON.argv(self.cfg.python, "-c"),
+            WORKER_SOURCE,
+            str(fd),
+            str(self.cfg.wall_s),
+            *map(str, limits),
         ]
 
     def run(self, program: str, isolated: bool | None = None, language: Language = PYTHON) -> RunResult:
@@ -496,7 +528,13 @@ class Sandbox:
         return self._run_once(program, isolated, language)
 
     def _result(
-        self, proven: bool, returncode: int | None, timed_out: bool, out: bytes, err: bytes, start: float,
+        self,
+        proven: bool,
+        returncode: int | None,
+        timed_out: bool,
+        out: bytes,
+        err: bytes,
+        start: float,
         stage: Literal["compile", "run"] = "run",
     ) -> RunResult:
         cap = self.cfg.output_bytes
@@ -530,7 +568,9 @@ class Sandbox:
                 reply = worker.run([*fds, proof.result_w, proof.nonce_r], self.cfg.wall_s + WORKER_GRACE_S)
                 proof.handed_over()
                 if reply is None or not reply[2]:  # no answer, or the program never started: in doubt
-                    waited = f"{'no answer' if reply is None else 'the program never started'} after {time.monotonic() - start:.1f} s"
+                    waited = (
+                        f"{'no answer' if reply is None else 'the program never started'} after {time.monotonic() - start:.1f} s"
+                    )
                     why = [waited, os.pread(fds[2], 4096, 0).decode("utf-8", "replace").strip(), worker.complaint()]
                     worker.close(kill=True)
                     return None, "; ".join(filter(None, why))
@@ -552,8 +592,12 @@ class Sandbox:
         with inside:
             proc = subprocess.Popen(
                 self._worker_command(uid, inside.fileno()),
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, pass_fds=(inside.fileno(),),
-                start_new_session=True, env={"PATH": "/usr/bin:/bin"},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                pass_fds=(inside.fileno(),),
+                start_new_session=True,
+                env={"PATH": "/usr/bin:/bin"},
             )
         return _Worker(proc, host, uid, uid_lock, log)
 
@@ -625,8 +669,15 @@ class Sandbox:
             return self._result(False, returncode, timed_out, b"", (workdir / "stderr").read_bytes(), start, stage="compile")
 
     def _contain(
-        self, workdir: Path, argv: list[str], mounts: list[_Mount], isolated: bool, language: Language,
-        min_address_space_mb: int, pass_fds: tuple[int, ...] = (), merged: bool = False,
+        self,
+        workdir: Path,
+        argv: list[str],
+        mounts: list[_Mount],
+        isolated: bool,
+        language: Language,
+        min_address_space_mb: int,
+        pass_fds: tuple[int, ...] = (),
+        merged: bool = False,
     ) -> tuple[int | None, bool]:
         """Run ``argv`` in a sandbox of its own, as a uid of its own that owns the writable mounts,
         until it ends or the wall clock kills it whole: (returncode, timed_out). Its stdout and
@@ -640,8 +691,12 @@ class Sandbox:
             with open(workdir / "stdout", "wb") as out, open(workdir / "stderr", "wb") as err:
                 proc = subprocess.Popen(
                     self._command(argv, mounts, uid, language, min_address_space_mb),
-                    stdin=subprocess.DEVNULL, stdout=err if merged else out, stderr=err, pass_fds=pass_fds,
-                    start_new_session=True, env={"PATH": "/usr/bin:/bin", **({} if isolated else dict(language.env))},
+                    stdin=subprocess.DEVNULL,
+                    stdout=err if merged else out,
+                    stderr=err,
+                    pass_fds=pass_fds,
+                    start_new_session=True,
+                    env={"PATH": "/usr/bin:/bin", **({} if isolated else dict(language.env))},
                     # what a compile step writes must be readable by its run step's (other) uid
                     umask=0o022,
                 )

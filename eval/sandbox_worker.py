@@ -47,7 +47,7 @@ import signal
 import socket
 import struct
 import sys
-from typing import Callable  # also what HumanEval prompts import: loaded once here, not per program
+from collections.abc import Callable  # also what HumanEval prompts import: loaded once here, not per program
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x04000000, 0x08000000, 0x10000000, 0x20000000
 # Per program: a user namespace (capabilities for the rest, and only over them), a mount
@@ -141,9 +141,12 @@ def _program(fds: list[int], started_w: int, limits: list[int]) -> None:
     os.chdir("/tmp")
     cpu_s, address_space, nproc, fsize, nofile = limits
     for limit, soft_hard in (
-        (resource.RLIMIT_CPU, (cpu_s, cpu_s + 1)), (resource.RLIMIT_AS, (address_space,) * 2),
-        (resource.RLIMIT_NPROC, (nproc,) * 2), (resource.RLIMIT_FSIZE, (fsize,) * 2),
-        (resource.RLIMIT_NOFILE, (nofile,) * 2), (resource.RLIMIT_CORE, (0, 0)),
+        (resource.RLIMIT_CPU, (cpu_s, cpu_s + 1)),
+        (resource.RLIMIT_AS, (address_space,) * 2),
+        (resource.RLIMIT_NPROC, (nproc,) * 2),
+        (resource.RLIMIT_FSIZE, (fsize,) * 2),
+        (resource.RLIMIT_NOFILE, (nofile,) * 2),
+        (resource.RLIMIT_CORE, (0, 0)),
     ):
         resource.setrlimit(limit, soft_hard)
     _drop_capabilities()

@@ -23,8 +23,10 @@ class EvalSections(Protocol):
 
 
 # The gate's loss figures and the train summary fields they come from (before training: the parent's).
-LOSS_FIGURES = {"val_loss": ("initial_val_loss", "final_val_loss"),
-                "replay_val_loss": ("initial_replay_val_loss", "final_replay_val_loss")}
+LOSS_FIGURES = {
+    "val_loss": ("initial_val_loss", "final_val_loss"),
+    "replay_val_loss": ("initial_replay_val_loss", "final_replay_val_loss"),
+}
 
 
 def production_on_this_split(trained: dict[str, Any], registry: ModelRegistry) -> dict[str, float] | None:
@@ -61,17 +63,32 @@ def run_eval(ctx: StageContext[EvalSections], alias: str = STAFF) -> StageResult
             # run started from another version, or resumed): its recorded loss means something else.
             report["held_out_loss"] = figures.pop("val_loss", None)
         decision = decide(registry, str(version), figures, cfg.gate, here, compare_loss=comparable, alias=alias)
-        report["gate"] = {"passed": decision.passed, "reason": decision.reason, "candidate_version": version, "alias": alias,
-                          "production_version": decision.production_version, "candidate": decision.candidate,
-                          "production": decision.production}
+        report["gate"] = {
+            "passed": decision.passed,
+            "reason": decision.reason,
+            "candidate_version": version,
+            "alias": alias,
+            "production_version": decision.production_version,
+            "candidate": decision.candidate,
+            "production": decision.production,
+        }
     artifacts = write_report(report, ctx.out_dir)
     print_eval(report, ctx.console)
     return StageResult(
-        counts={"problems": report["problems"], "samples": report["samples"],
-                "passed": sum(r["passed"] for r in report["results"])},
+        counts={
+            "problems": report["problems"],
+            "samples": report["samples"],
+            "passed": sum(r["passed"] for r in report["results"]),
+        },
         metrics={mlflow_key(k): float(v) for k, v in figures.items()},
-        artifacts=[*(samples_file(ctx.out_dir, name, i == 0) for i, (name, b) in enumerate(report["benchmarks"].items())
-                     if "skipped" not in b), *artifacts],
+        artifacts=[
+            *(
+                samples_file(ctx.out_dir, name, i == 0)
+                for i, (name, b) in enumerate(report["benchmarks"].items())
+                if "skipped" not in b
+            ),
+            *artifacts,
+        ],
         details={"gate": report.get("gate")},
     )
 

@@ -7,7 +7,7 @@ line that names the offending key path.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ class RunConfig(Strict):
     @field_validator("as_of")
     @classmethod
     def _utc(cls, v: datetime | None) -> datetime | None:
-        return v.replace(tzinfo=timezone.utc) if v is not None and v.tzinfo is None else v
+        return v.replace(tzinfo=UTC) if v is not None and v.tzinfo is None else v
 
 
 class LatheConfig(Strict):
@@ -136,13 +136,17 @@ def check_across_sections(cfg: LatheConfig, origin: str) -> None:
     model = cfg.train.model
     problems = []
     if cfg.shards.seq_len > model.max_seq_len:
-        problems.append(f"shards.seq_len={cfg.shards.seq_len} exceeds train.model.max_seq_len={model.max_seq_len}: "
-                        "the model could not read its samples; lower one or raise the other")
+        problems.append(
+            f"shards.seq_len={cfg.shards.seq_len} exceeds train.model.max_seq_len={model.max_seq_len}: "
+            "the model could not read its samples; lower one or raise the other"
+        )
     if problems:
         raise ConfigError(f"invalid config {origin}: " + "; ".join(problems))
     try:
         for _, train in sweep_candidates(cfg.train, cfg.sweep):  # each candidate is a whole train section
             if cfg.shards.seq_len > train.model.max_seq_len:
-                raise ConfigError(f"sets train.model.max_seq_len={train.model.max_seq_len} below shards.seq_len={cfg.shards.seq_len}")
+                raise ConfigError(
+                    f"sets train.model.max_seq_len={train.model.max_seq_len} below shards.seq_len={cfg.shards.seq_len}"
+                )
     except ConfigError as exc:
         raise ConfigError(f"invalid config {origin}: {exc}") from None

@@ -17,12 +17,13 @@ import platform
 import shutil
 import socket
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import mlflow
 from rich.console import Console
@@ -37,7 +38,9 @@ from lathe.pipelines.stages import pipeline_stages
 _VERSIONED_PACKAGES = ["lathe", "pyspark", "mlflow", "torch", "tokenizers", "mosaicml", "mosaicml-streaming"]
 
 
-def fingerprint(stage: Stage[Any], cfg: LatheConfig, input_fingerprints: dict[str, str], observed: dict[str, str] | None = None) -> str:
+def fingerprint(
+    stage: Stage[Any], cfg: LatheConfig, input_fingerprints: dict[str, str], observed: dict[str, str] | None = None
+) -> str:
     """Stable hash of everything that determines a stage's output."""
     payload = {
         "stage": stage.name,
@@ -116,8 +119,10 @@ def planned(cfg: LatheConfig, target: str) -> tuple[dict[str, Upstream], str]:
     for s in before:
         fp, done = fingerprint_of(s), read_manifest(profile_dir / s.name)
         if done is None or done.get("fingerprint") != fp:
-            raise InputError(f"stage {s.name} is not finished under this config in {profile_dir / s.name}; "
-                             f"node 0 runs it first (or run `lathe run {s.name}`)")
+            raise InputError(
+                f"stage {s.name} is not finished under this config in {profile_dir / s.name}; "
+                f"node 0 runs it first (or run `lathe run {s.name}`)"
+            )
         upstream[s.name] = s.upstream(profile_dir / s.name, done)
     return {d: upstream[d] for d in stage.inputs}, fingerprint_of(stage)
 
@@ -149,11 +154,13 @@ def profile_lock(profile_dir: Path) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
-            raise LatheError(f"profile {profile_dir.name} is being run by {holder}; wait for it to finish or stop it "
-                             f"(one run per profile: {path})") from None
+            raise LatheError(
+                f"profile {profile_dir.name} is being run by {holder}; wait for it to finish or stop it "
+                f"(one run per profile: {path})"
+            ) from None
         handle.seek(0)
         handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC")
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC")
         handle.flush()
         try:
             yield
@@ -167,8 +174,9 @@ def _close_abandoned_runs(profile: str, experiment_name: str, console: Console) 
     no live process owns them (a run killed mid-stage never got to end its runs)."""
     client = mlflow.MlflowClient()
     experiment = mlflow.get_experiment_by_name(experiment_name)
-    abandoned = client.search_runs([experiment.experiment_id],
-                                   f"tags.`lathe.profile` = '{profile}' and attributes.status = 'RUNNING'")
+    abandoned = client.search_runs(
+        [experiment.experiment_id], f"tags.`lathe.profile` = '{profile}' and attributes.status = 'RUNNING'"
+    )
     for run in abandoned:
         client.set_terminated(run.info.run_id, status="KILLED")
     if abandoned:
@@ -207,7 +215,7 @@ def _run_locked(
     outcomes: list[StageOutcome] = []
     fingerprints: dict[str, str] = {}
     upstream: dict[str, Upstream] = {}
-    run_name = f"{cfg.profile}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    run_name = f"{cfg.profile}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     with mlflow.start_run(run_name=run_name) as parent:
         mlflow.set_tags({"lathe.profile": cfg.profile, "lathe.stages": ",".join(s.name for s in stages)})
         for i, stage in enumerate(stages, 1):
@@ -283,11 +291,17 @@ def _run_stage(
         shutil.rmtree(out_dir, ignore_errors=True)  # leftovers of an unfinished or stale run
         out_dir.mkdir(parents=True)
         marker.write_text(fp)
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     t0 = time.perf_counter()
     with mlflow.start_run(run_name=stage.name, nested=True) as child:
-        mlflow.set_tags({"lathe.profile": cfg.profile, "lathe.stage": stage.name, "lathe.fingerprint": fp,
-                         **{f"lathe.observed.{k}": v for k, v in run.observed.items()}})
+        mlflow.set_tags(
+            {
+                "lathe.profile": cfg.profile,
+                "lathe.stage": stage.name,
+                "lathe.fingerprint": fp,
+                **{f"lathe.observed.{k}": v for k, v in run.observed.items()},
+            }
+        )
         section = stage.section(cfg).model_dump(mode="json")
         params = flatten(section)
         for start in range(0, len(params), 100):  # MLflow takes at most 100 params per call
@@ -314,7 +328,7 @@ def _run_stage(
             "artifacts": [str(a.relative_to(out_dir)) if a.is_relative_to(out_dir) else str(a) for a in result.artifacts],
             "details": result.details,
             "started_at": started.isoformat(),
-            "finished_at": datetime.now(timezone.utc).isoformat(),
+            "finished_at": datetime.now(UTC).isoformat(),
             "duration_s": round(duration, 3),
             "versions": _versions(),
             "mlflow": {"run_id": child.info.run_id, "parent_run_id": parent_run_id},

@@ -43,7 +43,24 @@ def pipeline_stages() -> Registry[Stage[Any]]:
     optional post-training stages: data -> pairs -> sft -> sft_eval, and pairs -> preferences -> dpo -> dpo_eval;
     and the optional smaller variants: train -> quantize -> quantize_eval, shards -> distill -> distill_eval."""
     stages: Registry[Stage[Any]] = Registry("stage")
-    for stage in (DATA, TOKENIZER, SHARDS, TRAIN, EVAL, PACKAGE, CANARY, PAIRS, SFT, SFT_EVAL, PREFERENCES, DPO, DPO_EVAL,
-                  QUANTIZE, QUANTIZE_EVAL, DISTILL, DISTILL_EVAL):
+    for stage in (
+        DATA,
+        TOKENIZER,
+        SHARDS,
+        TRAIN,
+        EVAL,
+        PACKAGE,
+        CANARY,
+        PAIRS,
+        SFT,
+        SFT_EVAL,
+        PREFERENCES,
+        DPO,
+        DPO_EVAL,
+        QUANTIZE,
+        QUANTIZE_EVAL,
+        DISTILL,
+        DISTILL_EVAL,
+    ):
         stages.register(stage.name)(stage)
     return stages

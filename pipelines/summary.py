@@ -31,8 +31,12 @@ def summary_rows(profile_dir: Path, stages: Registry[Stage[Any]] | None = None) 
     return rows
 
 
-def print_summary(profile_dir: Path, console: Console, extra: list[tuple[str, str, str]] | None = None,
-                  stages: Registry[Stage[Any]] | None = None) -> None:
+def print_summary(
+    profile_dir: Path,
+    console: Console,
+    extra: list[tuple[str, str, str]] | None = None,
+    stages: Registry[Stage[Any]] | None = None,
+) -> None:
     """The table, then the canary's completion."""
     stages = stages or pipeline_stages()
     table = Table(title=f"lathe: {profile_dir.name}", show_lines=False)

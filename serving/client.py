@@ -7,8 +7,9 @@ import queue
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -102,8 +103,14 @@ def chunk_of(result: Any) -> Chunk:
     at = time.perf_counter()
     finish = result.as_numpy(FINISH.name).reshape(-1)[0].decode() or None
     text = result.as_numpy(TEXT.name).reshape(-1)[0].decode("utf-8")
-    return Chunk(text, result.as_numpy(TOKEN_IDS.name).reshape(-1).tolist(), finish, at,
-                 int(result.as_numpy(PROMPT_TOKENS.name).reshape(-1)[0]), result.get_response().model_version)
+    return Chunk(
+        text,
+        result.as_numpy(TOKEN_IDS.name).reshape(-1).tolist(),
+        finish,
+        at,
+        int(result.as_numpy(PROMPT_TOKENS.name).reshape(-1)[0]),
+        result.get_response().model_version,
+    )
 
 
 def _speaks_http(url: str) -> bool:
@@ -135,8 +142,9 @@ def stream_completion(url: str, prompt: str, model: str = MODEL_NAME, timeout_s:
             client.is_server_live()
         except InferenceServerException as exc:
             if _speaks_http(url):
-                raise LatheError(f"{url} is Triton's HTTP port, not its gRPC one; point --url at the gRPC port "
-                                 "(8001 by default)") from None
+                raise LatheError(
+                    f"{url} is Triton's HTTP port, not its gRPC one; point --url at the gRPC port (8001 by default)"
+                ) from None
             raise LatheError(f"no Triton server at {url} ({exc.message()}); start one with `lathe serve`") from None
         try:
             client.start_stream(callback=on_response, stream_timeout=timeout_s)
@@ -171,7 +179,9 @@ def complete(url: str, prompt: str, model: str = MODEL_NAME, **params: Any) -> C
 def http_generate(url: str, prompt: str, model: str = MODEL_NAME, timeout_s: float = 120.0, **params: Any) -> dict[str, Any]:
     """POST /v2/models/<model>/generate (one JSON answer); raises ``RequestFailed`` with the server's error."""
     body = json.dumps({PROMPT.name: prompt, **params}).encode()
-    request = urllib.request.Request(f"http://{url}/v2/models/{model}/generate", data=body, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://{url}/v2/models/{model}/generate", data=body, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             answer = json.loads(response.read())

@@ -23,9 +23,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -119,7 +120,11 @@ class Engine:
         vocab = self.tokenizer.get_vocab()
         # a FIM completion is over when the model closes the middle: <|endoftext|>, or <fim_pad> where the vocabulary has it
         self.end_ids = {self.eos_id, *([vocab[FIM_PAD]] if FIM_PAD in vocab else [])}
-        self.fim_ids = FimIds(vocab[FIM_PREFIX], vocab[FIM_MIDDLE], vocab[FIM_SUFFIX]) if {FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX} <= vocab.keys() else None
+        self.fim_ids = (
+            FimIds(vocab[FIM_PREFIX], vocab[FIM_MIDDLE], vocab[FIM_SUFFIX])
+            if {FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX} <= vocab.keys()
+            else None
+        )
 
     def encode(self, text: str) -> list[int]:
         """Token ids of request text; special-token names in it stay text, so code cannot inject control tokens."""
@@ -132,15 +137,19 @@ class Engine:
         try:
             kept_prefix, kept_suffix = fit_context(self.encode(prefix), self.encode(suffix), self.context - max_tokens)
         except ValueError:
-            raise RequestError(f"max_tokens {max_tokens} leaves no room for the prompt in the model's context of {self.context}; "
-                               f"ask for at most {self.context - 4}") from None
+            raise RequestError(
+                f"max_tokens {max_tokens} leaves no room for the prompt in the model's context of {self.context}; "
+                f"ask for at most {self.context - 4}"
+            ) from None
         return fim_prompt(kept_prefix, kept_suffix, self.fim_ids, "psm")
 
     def parse(self, prompt: str, params: dict[str, Any]) -> GenRequest:
         """Validate one request; raises ``RequestError`` naming the field and the fix."""
         unknown = sorted(set(params) - set(PARAMETER_TYPES))
         if unknown:
-            raise RequestError(f"unknown parameter(s) {', '.join(unknown)}; accepted: {PROMPT.name}, {', '.join(PARAMETER_TYPES)}")
+            raise RequestError(
+                f"unknown parameter(s) {', '.join(unknown)}; accepted: {PROMPT.name}, {', '.join(PARAMETER_TYPES)}"
+            )
         for name, value in params.items():
             want = PARAMETER_TYPES[name]
             ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
@@ -159,8 +168,10 @@ class Engine:
         else:
             ids = self.encode(prompt)
             if len(ids) >= self.context:
-                raise RequestError(f"text_input is {len(ids)} tokens; the model's context is {self.context}: send at most "
-                                   f"{self.context - 1}, or send a suffix to have prefix and suffix cut to fit")
+                raise RequestError(
+                    f"text_input is {len(ids)} tokens; the model's context is {self.context}: send at most "
+                    f"{self.context - 1}, or send a suffix to have prefix and suffix cut to fit"
+                )
         temperature = float(params.get("temperature", 0.0))
         if not 0.0 <= temperature <= 10.0:
             raise RequestError(f"temperature must be between 0 and 10, got {temperature}")
@@ -170,7 +181,9 @@ class Engine:
         stop = params.get("stop", [])
         if len(stop) > self.limits.max_stop_sequences or not all(isinstance(s, str) and s for s in stop):
             raise RequestError(f"stop must be at most {self.limits.max_stop_sequences} non-empty strings")
-        return GenRequest(ids, max_tokens, temperature, top_p, list(stop), params.get("seed"), params.get("stream", False), suffix is not None)
+        return GenRequest(
+            ids, max_tokens, temperature, top_p, list(stop), params.get("seed"), params.get("stream", False), suffix is not None
+        )
 
     def _pick(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
         """Next token per row: argmax for greedy rows, temperature + nucleus sampling for the rest."""
@@ -387,8 +400,9 @@ class ContinuousBatcher:
         batch.mask = torch.cat([batch.mask, torch.ones_like(batch.mask[:, :1])], dim=-1)
         batch.positions = batch.positions + 1
         step = torch.tensor([picks[i] for i in keep], device=engine.device).unsqueeze(-1)
-        out = engine.model(input_ids=step, attention_mask=batch.mask, position_ids=batch.positions, past_key_values=batch.cache,
-                           use_cache=True)
+        out = engine.model(
+            input_ids=step, attention_mask=batch.mask, position_ids=batch.positions, past_key_values=batch.cache, use_cache=True
+        )
         batch.cache, batch.logits = out.past_key_values, out.logits[:, -1, :]
 
     def _keep(self, keep: list[int]) -> None:

@@ -29,10 +29,11 @@ import os
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Literal
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -110,8 +111,14 @@ class EventRequest(BaseModel):
 
 def unsupported(request: CompletionRequest) -> ApiError | None:
     """A refusal for an OpenAI option set to something lathe does not do (rather than silently ignoring it)."""
-    for name, idle in (("echo", (None, False)), ("logprobs", (None, 0)), ("best_of", (None, request.n)),
-                       ("presence_penalty", (None, 0.0)), ("frequency_penalty", (None, 0.0)), ("logit_bias", (None, {}))):
+    for name, idle in (
+        ("echo", (None, False)),
+        ("logprobs", (None, 0)),
+        ("best_of", (None, request.n)),
+        ("presence_penalty", (None, 0.0)),
+        ("frequency_penalty", (None, 0.0)),
+        ("logit_bias", (None, {})),
+    ):
         if getattr(request, name) not in idle:
             return ApiError(400, f"{name} is not supported by this server; leave it unset", name)
     return None
@@ -157,10 +164,15 @@ def _validation_error(exc: ValidationError, schema: type[BaseModel]) -> ApiError
     loc = [str(part) for part in error["loc"]]
     kind = error["type"]
     if kind == "json_invalid":
-        return ApiError(400, f"the request body is not valid JSON ({error.get('ctx', {}).get('error', error['msg'])}); send a JSON object")
+        return ApiError(
+            400, f"the request body is not valid JSON ({error.get('ctx', {}).get('error', error['msg'])}); send a JSON object"
+        )
     if not loc:
-        return ApiError(400, f"the request body must be a JSON object with the fields {', '.join(schema.model_fields)}; "
-                             f"got {type(error.get('input')).__name__}")
+        return ApiError(
+            400,
+            f"the request body must be a JSON object with the fields {', '.join(schema.model_fields)}; "
+            f"got {type(error.get('input')).__name__}",
+        )
     param = loc[0]
     if kind == "missing":
         return ApiError(400, f"{param} is required; send it in the request body", param)
@@ -181,8 +193,10 @@ def load_key_hashes(cfg: GatewayConfig) -> set[str]:
     hashes |= {h.strip() for h in os.environ.get(cfg.api_keys_env, "").split(",")} - {""}
     bad = sorted(h for h in hashes if len(h) != 64 or any(c not in "0123456789abcdef" for c in h))
     if bad:
-        raise ConfigError(f"API key digests must be SHA-256 hex (64 characters), got {bad[0][:12]!r}...; "
-                          "store digests, not keys (`lathe api-key new` prints both)")
+        raise ConfigError(
+            f"API key digests must be SHA-256 hex (64 characters), got {bad[0][:12]!r}...; "
+            "store digests, not keys (`lathe api-key new` prints both)"
+        )
     return hashes
 
 
@@ -198,8 +212,10 @@ def check_exposure(cfg: GatewayConfig, hashes: set[str]) -> None:
     except ValueError:
         loopback = cfg.host == "localhost"
     if not loopback and not hashes and not cfg.allow_unauthenticated:
-        raise ConfigError(f"the gateway would listen on {cfg.host} with no API keys; set serve.gateway.api_keys_file (or "
-                          f"${cfg.api_keys_env}), or serve.gateway.allow_unauthenticated=true behind another auth layer")
+        raise ConfigError(
+            f"the gateway would listen on {cfg.host} with no API keys; set serve.gateway.api_keys_file (or "
+            f"${cfg.api_keys_env}), or serve.gateway.allow_unauthenticated=true behind another auth layer"
+        )
 
 
 @dataclass
@@ -235,7 +251,11 @@ class Upstream:
         from tritonclient.utils import InferenceServerException
 
         async def one_request() -> AsyncIterator[dict[str, Any]]:
-            yield {"model_name": self.model, "inputs": infer_inputs(grpcaio, prompt, {**params, "stream": True}), "request_id": request_id}
+            yield {
+                "model_name": self.model,
+                "inputs": infer_inputs(grpcaio, prompt, {**params, "stream": True}),
+                "request_id": request_id,
+            }
 
         responses = self.client.stream_infer(one_request())
         try:
@@ -246,7 +266,9 @@ class Upstream:
                 yield chunk
                 if chunk.finish:
                     return
-            raise ApiError(502, f"Triton at {self.url} closed the stream before the completion finished; retry", kind="server_error")
+            raise ApiError(
+                502, f"Triton at {self.url} closed the stream before the completion finished; retry", kind="server_error"
+            )
         except (InferenceServerException, grpc.RpcError) as exc:
             raise _upstream_error(exc, self.url) from None
         finally:
@@ -260,8 +282,12 @@ def _upstream_error(error: Any, url: str) -> ApiError:
     else:
         message, status = error.message() or str(error), str(error.status() or "")
     if "UNAVAILABLE" in status or "DEADLINE" in status:
-        return ApiError(503, f"Triton at {url} is unreachable ({message.splitlines()[0][:200]}); start it with `lathe serve` "
-                             "or check serve.gateway.triton_url", kind="server_error")
+        return ApiError(
+            503,
+            f"Triton at {url} is unreachable ({message.splitlines()[0][:200]}); start it with `lathe serve` "
+            "or check serve.gateway.triton_url",
+            kind="server_error",
+        )
     if message.startswith("bad request: "):  # the model's INVALID_ARG: the client's fault, message as the engine wrote it
         return ApiError(400, message.removeprefix("bad request: "))
     if "INVALID_ARG" in status:
@@ -283,15 +309,22 @@ def _params(request: CompletionRequest, index: int) -> dict[str, Any]:
     """The model's parameters for choice ``index`` (its seed shifted, so choices differ yet replay)."""
     stop = [request.stop] if isinstance(request.stop, str) else request.stop
     seed = None if request.seed is None else request.seed + index
-    return {"max_tokens": request.max_tokens, "temperature": request.temperature, "top_p": request.top_p, "stop": stop or None,
-            "seed": seed, "suffix": request.suffix}
+    return {
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "stop": stop or None,
+        "seed": seed,
+        "suffix": request.suffix,
+    }
 
 
 class Completions:
     """Runs one request's ``n`` completions against the upstream, whole or as server-sent events."""
 
-    def __init__(self, upstream: Upstream, request: CompletionRequest, timeout_s: float,
-                 on_done: Callable[["Completions"], Awaitable[None]]) -> None:
+    def __init__(
+        self, upstream: Upstream, request: CompletionRequest, timeout_s: float, on_done: Callable[[Completions], Awaitable[None]]
+    ) -> None:
         self.upstream, self.request, self.timeout_s, self.on_done = upstream, request, timeout_s, on_done
         self.id = f"cmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
@@ -313,7 +346,11 @@ class Completions:
     def usage(self) -> dict[str, int]:
         """OpenAI's usage object; prompt tokens count the prompt as the model saw it (FIM layout, after cuts)."""
         completion = sum(c.tokens for c in self.choices)
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion, "total_tokens": self.prompt_tokens + completion}
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+        }
 
     @property
     def latency_s(self) -> float:
@@ -321,11 +358,18 @@ class Completions:
         return time.perf_counter() - self.started
 
     def _envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.request.model,
-                "system_fingerprint": f"{self.upstream.model}:{self.model_version}", "choices": choices}
+        return {
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.request.model,
+            "system_fingerprint": f"{self.upstream.model}:{self.model_version}",
+            "choices": choices,
+        }
 
     async def whole(self) -> dict[str, Any]:
         """All choices generated, as one response body."""
+
         async def run(index: int) -> None:
             async for chunk in self.upstream.stream(self.request.prompt, _params(self.request, index), f"{self.id}-{index}"):
                 self._note(index, chunk)
@@ -338,9 +382,13 @@ class Completions:
     async def _bounded(self, work: Any) -> Any:
         try:
             return await asyncio.wait_for(work, self.timeout_s)
-        except asyncio.TimeoutError:
-            raise ApiError(504, f"the completion took longer than {self.timeout_s:.0f}s (serve.gateway.request_timeout_s); "
-                                "ask for fewer max_tokens", kind="server_error") from None
+        except TimeoutError:
+            raise ApiError(
+                504,
+                f"the completion took longer than {self.timeout_s:.0f}s (serve.gateway.request_timeout_s); "
+                "ask for fewer max_tokens",
+                kind="server_error",
+            ) from None
 
     async def events(self) -> AsyncIterator[str]:
         """Server-sent events: the choices' chunks as they come, usage last if asked for, then ``[DONE]``.
@@ -348,7 +396,9 @@ class Completions:
         The first chunk of every choice is awaited before this returns, so a refused request is an
         HTTP error status, not an error inside a 200 stream.
         """
-        streams = [self.upstream.stream(self.request.prompt, _params(self.request, i), f"{self.id}-{i}") for i in range(self.request.n)]
+        streams = [
+            self.upstream.stream(self.request.prompt, _params(self.request, i), f"{self.id}-{i}") for i in range(self.request.n)
+        ]
         firsts = await self._bounded(asyncio.gather(*(anext(s) for s in streams), return_exceptions=True))
         failed = next((f for f in firsts if isinstance(f, BaseException)), None)
         if failed is not None:
@@ -368,7 +418,7 @@ class Completions:
                     async for chunk in streams[index]:
                         await queue.put((index, chunk))
                 await queue.put((index, None))
-            except Exception as exc:  # noqa: BLE001 - reported in the stream, the only place left to say it
+            except Exception as exc:
                 await queue.put((index, exc))
 
         tasks = [asyncio.create_task(pump(i)) for i in range(len(streams))]
@@ -407,16 +457,33 @@ class GatewayMetrics:
         self.registry = CollectorRegistry()
         labels = ("track", "model_version", "language")
         self.completions = Counter("lathe_completions", "Completion requests served.", labels, registry=self.registry)
-        self.events = {kind: Counter(f"lathe_suggestions_{name}", f"Suggestions {name} (editor `{kind}` events).", labels,
-                                     registry=self.registry)
-                       for kind, name in (("view", "shown"), ("select", "accepted"), ("dismiss", "dismissed"))}
-        self.rejected_events = Counter("lathe_events_rejected", "Editor events refused, by reason.", ("reason",), registry=self.registry)
-        self.errors = Counter("lathe_request_errors", "Requests answered with an error, by status.", ("status",), registry=self.registry)
+        self.events = {
+            kind: Counter(
+                f"lathe_suggestions_{name}", f"Suggestions {name} (editor `{kind}` events).", labels, registry=self.registry
+            )
+            for kind, name in (("view", "shown"), ("select", "accepted"), ("dismiss", "dismissed"))
+        }
+        self.rejected_events = Counter(
+            "lathe_events_rejected", "Editor events refused, by reason.", ("reason",), registry=self.registry
+        )
+        self.errors = Counter(
+            "lathe_request_errors", "Requests answered with an error, by status.", ("status",), registry=self.registry
+        )
         buckets = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-        self.latency = Histogram("lathe_completion_latency_seconds", "Request to last token.", ("track", "model_version"),
-                                 buckets=buckets, registry=self.registry)
-        self.first_token = Histogram("lathe_first_token_seconds", "Request to first token.", ("track", "model_version"),
-                                     buckets=buckets, registry=self.registry)
+        self.latency = Histogram(
+            "lathe_completion_latency_seconds",
+            "Request to last token.",
+            ("track", "model_version"),
+            buckets=buckets,
+            registry=self.registry,
+        )
+        self.first_token = Histogram(
+            "lathe_first_token_seconds",
+            "Request to first token.",
+            ("track", "model_version"),
+            buckets=buckets,
+            registry=self.registry,
+        )
 
 
 def user_of(request: Request, body_user: str | None, header: str) -> str:
@@ -434,8 +501,10 @@ def create_app(cfg: GatewayConfig, triton_url: str, model: str, store: Telemetry
     hashes = load_key_hashes(cfg)
     check_exposure(cfg, hashes)
     if cfg.ab.candidate_share > 0 and "candidate" not in cfg.tracks:
-        raise ConfigError("serve.gateway.ab.candidate_share is set but no candidate is served; set serve.gateway.tracks.candidate "
-                          "({triton_url: ..., model: ...}) or the share to 0")
+        raise ConfigError(
+            "serve.gateway.ab.candidate_share is set but no candidate is served; set serve.gateway.tracks.candidate "
+            "({triton_url: ..., model: ...}) or the share to 0"
+        )
     default = Upstream(triton_url, model)
     upstreams = {track: Upstream(t.triton_url, t.model) for track, t in cfg.tracks.items()}
     models = sorted({default.model, *(u.model for u in upstreams.values())})
@@ -461,13 +530,18 @@ def create_app(cfg: GatewayConfig, triton_url: str, model: str, store: Telemetry
             return
         scheme, _, key = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or key_digest(key.strip()) not in hashes:
-            raise ApiError(401, "missing or unknown API key; send the header Authorization: Bearer <key>", kind="authentication_error")
+            raise ApiError(
+                401, "missing or unknown API key; send the header Authorization: Bearer <key>", kind="authentication_error"
+            )
 
     async def body_of(request: Request) -> bytes:
         authorize(request)
         body = await request.body()
         if len(body) > cfg.max_body_bytes:
-            raise ApiError(413, f"the request body is {len(body):,} bytes; the limit is {cfg.max_body_bytes:,} (serve.gateway.max_body_bytes)")
+            raise ApiError(
+                413,
+                f"the request body is {len(body):,} bytes; the limit is {cfg.max_body_bytes:,} (serve.gateway.max_body_bytes)",
+            )
         return body
 
     @app.get("/health")
@@ -492,8 +566,12 @@ def create_app(cfg: GatewayConfig, triton_url: str, model: str, store: Telemetry
     async def completions(request: Request) -> Any:
         parsed = parse_request(await body_of(request), cfg.max_n)
         if parsed.model not in models:
-            raise ApiError(404, f"model {parsed.model!r} is not served here; use {' or '.join(map(repr, models))} "
-                                "(GET /v1/models lists them)", "model", kind="not_found_error")
+            raise ApiError(
+                404,
+                f"model {parsed.model!r} is not served here; use {' or '.join(map(repr, models))} (GET /v1/models lists them)",
+                "model",
+                kind="not_found_error",
+            )
         user = user_of(request, parsed.user, cfg.user_header)
         track = route(user, cfg.ab)
         language = language_of(parsed.language, parsed.filename)
@@ -503,16 +581,31 @@ def create_app(cfg: GatewayConfig, triton_url: str, model: str, store: Telemetry
             metrics.completions.labels(track, version, language).inc()
             metrics.latency.labels(track, version).observe(run.latency_s)
             metrics.first_token.labels(track, version).observe(run.first_token_s or run.latency_s)
-            served = Served(run.id, user, track, run.upstream.model, version, language, parsed.prompt, parsed.suffix,
-                            ["".join(c.text) for c in run.choices], [c.finish for c in run.choices], run.prompt_tokens,
-                            run.usage()["completion_tokens"], run.latency_s, run.first_token_s or run.latency_s,
-                            _params(parsed, 0) | {"n": parsed.n})
+            served = Served(
+                run.id,
+                user,
+                track,
+                run.upstream.model,
+                version,
+                language,
+                parsed.prompt,
+                parsed.suffix,
+                ["".join(c.text) for c in run.choices],
+                [c.finish for c in run.choices],
+                run.prompt_tokens,
+                run.usage()["completion_tokens"],
+                run.latency_s,
+                run.first_token_s or run.latency_s,
+                _params(parsed, 0) | {"n": parsed.n},
+            )
             await asyncio.to_thread(store.record, served)
 
         run = Completions(upstreams.get(track, default), parsed, cfg.request_timeout_s, done)
         headers = {"x-lathe-track": track}
         if parsed.stream:
-            return StreamingResponse(await run.events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", **headers})
+            return StreamingResponse(
+                await run.events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", **headers}
+            )
         return JSONResponse(await run.whole(), headers=headers)
 
     @app.post("/v1/events")
@@ -534,8 +627,14 @@ def serve_gateway(cfg: GatewayConfig, triton_url: str, model: str, telemetry_url
     import uvicorn
 
     app = create_app(cfg, triton_url, model, TelemetryStore(telemetry_url, cfg.store_text))
-    config = uvicorn.Config(app, host=cfg.host, port=cfg.port if port is None else port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app,
+        host=cfg.host,
+        port=cfg.port if port is None else port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
     return uvicorn.Server(config)
 
 

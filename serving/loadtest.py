@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,7 @@ PROMPTS = [
     "def fibonacci(n):\n",
     "import os\n\ndef list_files(path):\n",
     "class Stack:\n    def __init__(self):\n",
-    "def parse_args(argv):\n    \"\"\"Parse the command line.\"\"\"\n",
+    'def parse_args(argv):\n    """Parse the command line."""\n',
     "for i in range(10):\n",
     "function add(a, b) {\n",
 ]
@@ -93,8 +94,17 @@ def run_load(send: Send, clients: int, seconds: float) -> LoadReport:
     lat = np.array(latencies or [float("nan")])
     ttft = np.array(firsts or [float("nan")])
     return LoadReport(
-        clients=clients, seconds=round(wall, 3), requests=len(latencies), failures=len(errors), tokens=tokens[0],
-        p50_s=float(np.percentile(lat, 50)), p95_s=float(np.percentile(lat, 95)), p99_s=float(np.percentile(lat, 99)),
-        ttft_p50_s=float(np.percentile(ttft, 50)), ttft_p95_s=float(np.percentile(ttft, 95)),
-        requests_per_s=len(latencies) / wall, tokens_per_s=tokens[0] / wall, errors=sorted(set(errors))[:5],
+        clients=clients,
+        seconds=round(wall, 3),
+        requests=len(latencies),
+        failures=len(errors),
+        tokens=tokens[0],
+        p50_s=float(np.percentile(lat, 50)),
+        p95_s=float(np.percentile(lat, 95)),
+        p99_s=float(np.percentile(lat, 99)),
+        ttft_p50_s=float(np.percentile(ttft, 50)),
+        ttft_p95_s=float(np.percentile(ttft, 95)),
+        requests_per_s=len(latencies) / wall,
+        tokens_per_s=tokens[0] / wall,
+        errors=sorted(set(errors))[:5],
     )

@@ -30,14 +30,25 @@ from lathe.serving.protocol import INPUTS, OUTPUTS, Field
 
 HERE = Path(__file__).parent
 # Architectures vLLM serves natively (the model family lathe trains is Llama).
-VLLM_ARCHITECTURES = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "GPTBigCodeForCausalLM", "Starcoder2ForCausalLM"}
+VLLM_ARCHITECTURES = {
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "GPTBigCodeForCausalLM",
+    "Starcoder2ForCausalLM",
+}
 
 # vLLM's own quantisation methods lathe configures (applied on the GPU as the fp32/bf16 weights load).
 VLLM_QUANTIZATION = ("fp8",)
 
 # Files copied into each version directory of the Python-backend model, under the names model.py imports.
-MODEL_FILES = {HERE / "triton_model.py": "model.py", HERE / "engine.py": "lathe_engine.py", HERE / "protocol.py": "lathe_protocol.py",
-               HERE.parent / "core" / "fim.py": "lathe_fim.py", HERE.parent / "core" / "quant.py": "lathe_quant.py"}
+MODEL_FILES = {
+    HERE / "triton_model.py": "model.py",
+    HERE / "engine.py": "lathe_engine.py",
+    HERE / "protocol.py": "lathe_protocol.py",
+    HERE.parent / "core" / "fim.py": "lathe_fim.py",
+    HERE.parent / "core" / "quant.py": "lathe_quant.py",
+}
 
 
 def model_code_digest() -> str:
@@ -68,15 +79,24 @@ def python_model_config(cfg: ServeConfig, version: int, name: str | None = None)
         config.dynamic_batching.max_queue_delay_microseconds = cfg.max_queue_delay_us
     for field in INPUTS:
         # `stop` lists differ in length between requests: ragged, so they still batch together
-        config.input.add(name=field.name, data_type=_config_type(field), dims=list(field.dims), optional=field.optional,
-                         allow_ragged_batch=field.dims == (-1,))
+        config.input.add(
+            name=field.name,
+            data_type=_config_type(field),
+            dims=list(field.dims),
+            optional=field.optional,
+            allow_ragged_batch=field.dims == (-1,),
+        )
     for field in OUTPUTS:
         config.output.add(name=field.name, data_type=_config_type(field), dims=list(field.dims))
     kind = mc.ModelInstanceGroup.KIND_GPU if cfg.instance_kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU
     config.instance_group.add(count=cfg.instance_count, kind=kind)
     config.version_policy.specific.versions.append(version)
-    for key, value in {"default_max_tokens": cfg.default_max_tokens, "max_tokens_limit": cfg.max_tokens_limit,
-                       "torch_threads": cfg.torch_threads, "engine": cfg.engine}.items():
+    for key, value in {
+        "default_max_tokens": cfg.default_max_tokens,
+        "max_tokens_limit": cfg.max_tokens_limit,
+        "torch_threads": cfg.torch_threads,
+        "engine": cfg.engine,
+    }.items():
         config.parameters[key].string_value = str(value)
     return config
 
@@ -128,7 +148,9 @@ def write_python_model(root: Path, name: str, model_dir: Path, version: int, cfg
     check_repository(root, name, version)
 
 
-def write_vllm_model(root: Path, name: str, model_dir: Path, version: int, cfg: ServeConfig, quantization: str | None = None) -> None:
+def write_vllm_model(
+    root: Path, name: str, model_dir: Path, version: int, cfg: ServeConfig, quantization: str | None = None
+) -> None:
     """One vLLM-backend model, ``root/name``: the checkpoint and the engine arguments that point at its mounted path
     (``quantization``: vLLM's own, e.g. ``fp8``, applied on the GPU as it loads the fp32 weights)."""
     _place_checkpoint(model_dir, checkpoint_dir(root, name, version))
@@ -151,7 +173,11 @@ def write_vllm_model(root: Path, name: str, model_dir: Path, version: int, cfg: 
 
 
 def build_repositories(
-    model_dir: Path, version: int, out_dir: Path, cfg: ServeConfig, variants: dict[str, tuple[Path, int]] | None = None,
+    model_dir: Path,
+    version: int,
+    out_dir: Path,
+    cfg: ServeConfig,
+    variants: dict[str, tuple[Path, int]] | None = None,
 ) -> dict[str, Path]:
     """Write ``out_dir/triton`` and ``out_dir/triton-vllm`` for one model version; returns both roots.
 
@@ -163,7 +189,9 @@ def build_repositories(
         raise InputError(f"variant(s) {unknown} are not ones lathe serves ({', '.join(VARIANTS)})")
     for path in (model_dir, *(d for d, _ in (variants or {}).values())):
         if not (path / "config.json").is_file() or not (path / "tokenizer.json").is_file():
-            raise InputError(f"{path} is not an HF model with its tokenizer (config.json, tokenizer.json); export it with `lathe run train`")
+            raise InputError(
+                f"{path} is not an HF model with its tokenizer (config.json, tokenizer.json); export it with `lathe run train`"
+            )
     hf = json.loads((model_dir / "config.json").read_text())
     archs = set(hf.get("architectures") or [])
     if not archs & VLLM_ARCHITECTURES:
@@ -204,10 +232,14 @@ def check_repository(root: Path, name: str, version: int) -> None:
     """The layout Triton loads: <root>/<name>/config.pbtxt (named <name>) and <root>/<name>/<version>/ with the model files."""
     config = parse_model_config(root / name / "config.pbtxt")
     if config.name != name:
-        raise InputError(f"{root / name / 'config.pbtxt'} names model {config.name!r}; Triton needs it to match the folder {name!r}")
+        raise InputError(
+            f"{root / name / 'config.pbtxt'} names model {config.name!r}; Triton needs it to match the folder {name!r}"
+        )
     vdir = root / name / str(version)
-    needed = {"python": [*MODEL_FILES.values(), "hf_model/config.json", "hf_model/tokenizer.json"],
-              "vllm": ["model.json", "hf_model/config.json", "hf_model/tokenizer.json"]}.get(config.backend)
+    needed = {
+        "python": [*MODEL_FILES.values(), "hf_model/config.json", "hf_model/tokenizer.json"],
+        "vllm": ["model.json", "hf_model/config.json", "hf_model/tokenizer.json"],
+    }.get(config.backend)
     if needed is None:
         raise InputError(f"{root / name}: backend {config.backend!r} is not one lathe packages (python, vllm)")
     missing = [f for f in needed if not (vdir / f).is_file()]
@@ -220,5 +252,7 @@ def check_repository(root: Path, name: str, version: int) -> None:
         if not str(args.get("model", "")).endswith(f"/{name}/{version}/hf_model"):
             raise InputError(f"{vdir / 'model.json'}: model {args.get('model')!r} does not point at this version's checkpoint")
         if args.get("quantization") not in (None, *VLLM_QUANTIZATION):
-            raise InputError(f"{vdir / 'model.json'}: quantization {args['quantization']!r} is not one lathe asks vLLM for "
-                             f"({', '.join(VLLM_QUANTIZATION)})")
+            raise InputError(
+                f"{vdir / 'model.json'}: quantization {args['quantization']!r} is not one lathe asks vLLM for "
+                f"({', '.join(VLLM_QUANTIZATION)})"
+            )

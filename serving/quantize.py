@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from rich.console import Console
 
@@ -85,8 +86,10 @@ def greedy_tokens(model_dir: Path, prompts: list[str], max_tokens: int) -> list[
     engine = Engine(model_dir)
     room = engine.context - max_tokens
     if room < 1:
-        raise InputError(f"serve.quantize.agreement_tokens={max_tokens} leaves no room for a prompt in the model's context of "
-                         f"{engine.context}; lower it")
+        raise InputError(
+            f"serve.quantize.agreement_tokens={max_tokens} leaves no room for a prompt in the model's context of "
+            f"{engine.context}; lower it"
+        )
     requests = [GenRequest(engine.encode(p)[-room:], max_tokens) for p in prompts]
     out: list[list[int]] = [[] for _ in prompts]
     for event in engine.generate(requests):
@@ -107,8 +110,11 @@ def token_agreement(reference: list[list[int]], other: list[list[int]]) -> dict[
         common = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
         prefix += common
         exact += a == b
-    return {"token_agreement": same / max(total, 1), "prefix_agreement": prefix / max(total, 1),
-            "exact_match": exact / max(len(reference), 1)}
+    return {
+        "token_agreement": same / max(total, 1),
+        "prefix_agreement": prefix / max(total, 1),
+        "exact_match": exact / max(len(reference), 1),
+    }
 
 
 def run_quantize(ctx: StageContext[QuantizeSections], prompts: list[str]) -> StageResult:
@@ -120,8 +126,10 @@ def run_quantize(ctx: StageContext[QuantizeSections], prompts: list[str]) -> Sta
 
     cfg = ctx.config.serve
     if cfg.quantization != INT8:
-        raise InputError(f"serve.quantization is {cfg.quantization!r}: the quantize stage makes the int8 variant (fp8 is vLLM's, "
-                         "applied on the GPU as `package` configures it); set serve.quantization=int8")
+        raise InputError(
+            f"serve.quantization is {cfg.quantization!r}: the quantize stage makes the int8 variant (fp8 is vLLM's, "
+            "applied on the GPU as `package` configures it); set serve.quantization=int8"
+        )
     train = ctx.inputs["train"]
     trained = json.loads(train.path("summary").read_text())
     source, out = train.path("model"), Path(ctx.outputs["model"])
@@ -129,9 +137,13 @@ def run_quantize(ctx: StageContext[QuantizeSections], prompts: list[str]) -> Sta
     write_int8(source, out)
     quantize_s = time.perf_counter() - started
     m = cfg.quantize
-    batches = validation_batches(trained["validation"]["val"], ctx.out_dir / "stream-cache", load_tokenizer(source).token_to_id(PAD), m)
+    batches = validation_batches(
+        trained["validation"]["val"], ctx.out_dir / "stream-cache", load_tokenizer(source).token_to_id(PAD), m
+    )
     losses = mean_losses({"fp32": load_causal_lm(source), INT8: load_causal_lm(out)}, batches)
-    agreement = token_agreement(greedy_tokens(source, prompts, m.agreement_tokens), greedy_tokens(out, prompts, m.agreement_tokens))
+    agreement = token_agreement(
+        greedy_tokens(source, prompts, m.agreement_tokens), greedy_tokens(out, prompts, m.agreement_tokens)
+    )
     summary: dict[str, Any] = {
         "scheme": INT8,
         "parent_version": trained.get("model_version") or "",
@@ -153,16 +165,24 @@ def run_quantize(ctx: StageContext[QuantizeSections], prompts: list[str]) -> Sta
     run = mlflow.active_run()
     if run is not None and summary["registered_model"] and summary["parent_version"]:
         registry = ModelRegistry(summary["registered_model"])
-        lineage = {**registry.lineage(summary["parent_version"]), "lathe.profile": ctx.config.profile, "lathe.fingerprint": ctx.fingerprint,
-                   "lathe.parent_version": summary["parent_version"], "lathe.method": INT8,
-                   "lathe.val_loss": f"{losses[INT8]:.6f}", "lathe.tokenizer": vocabulary_hash(out)}
+        lineage = {
+            **registry.lineage(summary["parent_version"]),
+            "lathe.profile": ctx.config.profile,
+            "lathe.fingerprint": ctx.fingerprint,
+            "lathe.parent_version": summary["parent_version"],
+            "lathe.method": INT8,
+            "lathe.val_loss": f"{losses[INT8]:.6f}",
+            "lathe.tokenizer": vocabulary_hash(out),
+        }
         summary["model_version"] = registry.register(out, run.info.run_id, lineage)
     Path(ctx.outputs["summary"]).write_text(json.dumps(summary, indent=2))
     print_quantized(summary, ctx.console)
     return StageResult(
         counts={"prompts": len(prompts), "val_tokens": summary["val_tokens"], "int8_bytes": summary["int8_bytes"]},
-        metrics={k: float(summary[k]) for k in ("final_val_loss", "fp32_val_loss", "val_loss_ratio", "token_agreement",
-                                                 "prefix_agreement", "exact_match")},
+        metrics={
+            k: float(summary[k])
+            for k in ("final_val_loss", "fp32_val_loss", "val_loss_ratio", "token_agreement", "prefix_agreement", "exact_match")
+        },
         artifacts=[Path(ctx.outputs["summary"])],
         details=summary,
     )
@@ -170,19 +190,26 @@ def run_quantize(ctx: StageContext[QuantizeSections], prompts: list[str]) -> Sta
 
 def print_quantized(summary: dict[str, Any], console: Console) -> None:
     """What int8 costs and saves, on one screen."""
-    console.print(f"[bold]quantize[/]: int8 weights {summary['int8_bytes'] / 1e6:.1f} MB (fp32 {summary['fp32_bytes'] / 1e6:.1f} MB); "
-                  f"val loss {summary['fp32_val_loss']:.4f} -> {summary['final_val_loss']:.4f} (x{summary['val_loss_ratio']:.4f})")
-    console.print(f"greedy tokens agreeing with fp32 on {summary['prompts']} prompts: {summary['token_agreement']:.1%} "
-                  f"(identical up to the first difference: {summary['prefix_agreement']:.1%}; whole completions: {summary['exact_match']:.0%})")
+    console.print(
+        f"[bold]quantize[/]: int8 weights {summary['int8_bytes'] / 1e6:.1f} MB (fp32 {summary['fp32_bytes'] / 1e6:.1f} MB); "
+        f"val loss {summary['fp32_val_loss']:.4f} -> {summary['final_val_loss']:.4f} (x{summary['val_loss_ratio']:.4f})"
+    )
+    console.print(
+        f"greedy tokens agreeing with fp32 on {summary['prompts']} prompts: {summary['token_agreement']:.1%} "
+        f"(identical up to the first difference: {summary['prefix_agreement']:.1%}; whole completions: {summary['exact_match']:.0%})"
+    )
     if summary.get("model_version"):
-        console.print(f"registered {summary['registered_model']} version {summary['model_version']} (int8 of v{summary['parent_version']})")
+        console.print(
+            f"registered {summary['registered_model']} version {summary['model_version']} (int8 of v{summary['parent_version']})"
+        )
 
 
 def quantize_headline(manifest: dict[str, Any]) -> str:
     """Loss ratio and agreement."""
     d = manifest["details"]
     return f"int8: val loss x{d['val_loss_ratio']:.3f}, greedy tokens agree {d['token_agreement']:.0%}" + (
-        f"; v{d['model_version']} from v{d['parent_version']}" if d.get("model_version") else "")
+        f"; v{d['model_version']} from v{d['parent_version']}" if d.get("model_version") else ""
+    )
 
 
 def quantize_stage(prompts: Prompts) -> Stage[Any]:
@@ -190,8 +217,11 @@ def quantize_stage(prompts: Prompts) -> Stage[Any]:
     them, as serving does not read eval's benchmarks)."""
 
     def section(cfg: Any) -> QuantizeSection:
-        return QuantizeSection(scheme=cfg.serve.quantization, measure=cfg.serve.quantize,
-                               prompts=prompts(cfg)[: cfg.serve.quantize.agreement_prompts])
+        return QuantizeSection(
+            scheme=cfg.serve.quantization,
+            measure=cfg.serve.quantize,
+            prompts=prompts(cfg)[: cfg.serve.quantize.agreement_prompts],
+        )
 
     return Stage(
         name="quantize",

@@ -60,8 +60,11 @@ def port_holder(port: int) -> str | None:
     import psutil
 
     try:
-        listening = [c for c in psutil.net_connections(kind="tcp") if c.laddr and c.laddr.port == port
-                     and c.status == psutil.CONN_LISTEN and c.pid]
+        listening = [
+            c
+            for c in psutil.net_connections(kind="tcp")
+            if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN and c.pid
+        ]
     except psutil.AccessDenied:
         return None
     for conn in listening:
@@ -71,8 +74,10 @@ def port_holder(port: int) -> str | None:
             continue
         if cmdline and cmdline[0].endswith("tritonserver"):
             repo = next((a.split("=", 1)[1] for a in cmdline if a.startswith("--model-repository=")), "?")
-            return (f"a tritonserver left running (pid {conn.pid}, repository {repo}), probably by a killed "
-                    f"`lathe serve` (`kill {conn.pid}` stops it)")
+            return (
+                f"a tritonserver left running (pid {conn.pid}, repository {repo}), probably by a killed "
+                f"`lathe serve` (`kill {conn.pid}` stops it)"
+            )
         return f"pid {conn.pid} ({' '.join(cmdline)[:80]})"
     return None
 
@@ -82,10 +87,16 @@ def backend_directory(dest: Path) -> Path:
     root = _pytriton_root()
     stub = root / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / "triton_python_backend_stub"
     if not stub.is_file():
-        raise LatheError(f"pytriton has no Python-backend stub for Python {sys.version_info.major}.{sys.version_info.minor} ({stub})")
+        raise LatheError(
+            f"pytriton has no Python-backend stub for Python {sys.version_info.major}.{sys.version_info.minor} ({stub})"
+        )
     python = dest / "python"
     python.mkdir(parents=True, exist_ok=True)
-    for src in (root / "backends" / "python" / "libtriton_python.so", root / "backends" / "python" / "triton_python_backend_utils.py", stub):
+    for src in (
+        root / "backends" / "python" / "libtriton_python.so",
+        root / "backends" / "python" / "triton_python_backend_utils.py",
+        stub,
+    ):
         shutil.copy2(src, python / src.name)
     return dest
 
@@ -108,8 +119,16 @@ class TritonServer:
     start it from a thread that lives as long as the server should.
     """
 
-    def __init__(self, repository: Path, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
-                 log_file: Path | None = None, ready_timeout_s: float = 180.0, stop_timeout_s: float = 15.0) -> None:
+    def __init__(
+        self,
+        repository: Path,
+        http_port: int = 8000,
+        grpc_port: int = 8001,
+        metrics_port: int = 8002,
+        log_file: Path | None = None,
+        ready_timeout_s: float = 180.0,
+        stop_timeout_s: float = 15.0,
+    ) -> None:
         self.repository = Path(repository).resolve()
         self.ports = {"http": http_port or free_port(), "grpc": grpc_port or free_port(), "metrics": metrics_port or free_port()}
         self.log_file = log_file
@@ -129,11 +148,20 @@ class TritonServer:
         binary = _pytriton_root() / "bin" / "tritonserver"
         p = self.ports
         return [
-            str(binary), f"--model-repository={self.repository}", f"--backend-directory={backends}",
-            "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
-            f"--http-port={p['http']}", f"--grpc-port={p['grpc']}", f"--metrics-port={p['metrics']}",
-            "--allow-gpu-metrics=false", "--disable-auto-complete-config", "--exit-on-error=true",
-            "--strict-readiness=true", "--log-verbose=0",
+            str(binary),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={backends}",
+            "--http-address=127.0.0.1",
+            "--grpc-address=127.0.0.1",
+            "--metrics-address=127.0.0.1",
+            f"--http-port={p['http']}",
+            f"--grpc-port={p['grpc']}",
+            f"--metrics-port={p['metrics']}",
+            "--allow-gpu-metrics=false",
+            "--disable-auto-complete-config",
+            "--exit-on-error=true",
+            "--strict-readiness=true",
+            "--log-verbose=0",
             # a unique shared-memory prefix: two servers on one machine must not share regions
             f"--backend-config=python,shm-region-prefix-name=lathe{uuid.uuid4().hex[:12]}",
         ]
@@ -146,7 +174,7 @@ class TritonServer:
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         return env
 
-    def start(self) -> "TritonServer":
+    def start(self) -> TritonServer:
         """Launch and wait until the server is ready; raises with the log's tail if it dies first."""
         if not self.repository.is_dir():
             raise InputError(f"model repository {self.repository} not found; run `lathe run package` first")
@@ -163,8 +191,13 @@ class TritonServer:
         with open(log, "ab") as out:
             # a `lathe serve` killed with -9 must leave neither Triton answering on its ports nor its
             # Python-backend stubs, even when killed while Triton loads models and does not yet stop
-            self.process = subprocess.Popen(supervised(self.command(backends), self.stop_timeout_s), stdout=out,
-                                            stderr=subprocess.STDOUT, env=self.environment(), start_new_session=True)
+            self.process = subprocess.Popen(
+                supervised(self.command(backends), self.stop_timeout_s),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.environment(),
+                start_new_session=True,
+            )
         try:
             self.wait_ready()
         except BaseException:
@@ -184,7 +217,9 @@ class TritonServer:
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise LatheError(f"tritonserver exited with status {self.process.returncode} before it was ready:\n{self._log_tail()}")
+                raise LatheError(
+                    f"tritonserver exited with status {self.process.returncode} before it was ready:\n{self._log_tail()}"
+                )
             try:
                 with urllib.request.urlopen(url, timeout=2) as response:
                     if response.status == 200:
@@ -216,7 +251,7 @@ class TritonServer:
             self._scratch = None
         return code
 
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self) -> TritonServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -37,8 +37,12 @@ def observe_track(cfg: ServeSections) -> dict[str, str]:
     the package stage's fingerprint, so moving an alias repackages (and an unmoved one skips)."""
     name = cfg.train.registered_model
     registry = ModelRegistry(name)
-    return {"model": name, "track": cfg.serve.track, "version": registry.find(cfg.serve.track) or "",
-            **{f"variant.{v}": registry.find(variant_alias(cfg.serve.track, v)) or "" for v in served_variants(cfg.serve)}}
+    return {
+        "model": name,
+        "track": cfg.serve.track,
+        "version": registry.find(cfg.serve.track) or "",
+        **{f"variant.{v}": registry.find(variant_alias(cfg.serve.track, v)) or "" for v in served_variants(cfg.serve)},
+    }
 
 
 def variant_version(registry: ModelRegistry, track: str, variant: str, version: str, held: str) -> tuple[str | None, str]:
@@ -50,8 +54,10 @@ def variant_version(registry: ModelRegistry, track: str, variant: str, version: 
         return None, f"no version of {registry.name} holds `{alias}` (none passed `{stage}`)"
     parent = registry.tags(held).get("lathe.parent_version", "")
     if variant == "int8" and parent != version:
-        return None, (f"`{alias}` holds version {held}, quantised from version {parent or '?'}, but `{track}` holds version "
-                      f"{version}: `lathe run {stage}` quantises it")
+        return None, (
+            f"`{alias}` holds version {held}, quantised from version {parent or '?'}, but `{track}` holds version "
+            f"{version}: `lathe run {stage}` quantises it"
+        )
     return held, ""
 
 
@@ -77,22 +83,40 @@ def run_package(ctx: StageContext[ServeSections]) -> StageResult:
     published = publish(roots, cfg.publish_uri, cfg.model_name, int(version)) if cfg.publish_uri else {}
     if published:
         registry.set_tags(version, {"published_repository": published["python"]})
-    info = {"model": name, "version": int(version), "track": cfg.track, "triton_model": cfg.model_name,
-            "variants": {variant_name(cfg.model_name, v): {"version": held, "bytes": bytes_on_disk(
-                checkpoint_dir(roots["python"], variant_name(cfg.model_name, v), held))} for v, (_, held) in variants.items()},
-            "not_served": missing, "fp8_model": variant_name(cfg.model_name, "fp8") if cfg.quantization == "fp8" else None,
-            "repository": str(roots["python"]), "vllm_repository": str(roots["vllm"]), "published": published,
-            "bytes": sum(f.stat().st_size for f in roots["python"].rglob("*") if f.is_file())}
+    info = {
+        "model": name,
+        "version": int(version),
+        "track": cfg.track,
+        "triton_model": cfg.model_name,
+        "variants": {
+            variant_name(cfg.model_name, v): {
+                "version": held,
+                "bytes": bytes_on_disk(checkpoint_dir(roots["python"], variant_name(cfg.model_name, v), held)),
+            }
+            for v, (_, held) in variants.items()
+        },
+        "not_served": missing,
+        "fp8_model": variant_name(cfg.model_name, "fp8") if cfg.quantization == "fp8" else None,
+        "repository": str(roots["python"]),
+        "vllm_repository": str(roots["vllm"]),
+        "published": published,
+        "bytes": sum(f.stat().st_size for f in roots["python"].rglob("*") if f.is_file()),
+    }
     (ctx.out_dir / "package.json").write_text(json.dumps(info, indent=2))
     print_package(info, ctx.console)
-    return StageResult(counts={"version": int(version), "bytes": info["bytes"]}, artifacts=[ctx.out_dir / "package.json",
-                       roots["python"] / cfg.model_name / "config.pbtxt"], details=info)
+    return StageResult(
+        counts={"version": int(version), "bytes": info["bytes"]},
+        artifacts=[ctx.out_dir / "package.json", roots["python"] / cfg.model_name / "config.pbtxt"],
+        details=info,
+    )
 
 
 def print_package(info: dict[str, Any], console: Console) -> None:
     """Which version went where."""
-    console.print(f"[bold]package[/]: {info['model']} v{info['version']} (@{info['track']}) -> {info['repository']} "
-                  f"(python backend) and {info['vllm_repository']} (vLLM, GPU)")
+    console.print(
+        f"[bold]package[/]: {info['model']} v{info['version']} (@{info['track']}) -> {info['repository']} "
+        f"(python backend) and {info['vllm_repository']} (vLLM, GPU)"
+    )
     for model, variant in (info.get("variants") or {}).items():
         console.print(f"  beside it: {model} (v{variant['version']}, {variant['bytes'] / 1e6:.1f} MB of weights)")
     if info.get("fp8_model"):
@@ -104,16 +128,23 @@ def run_canary(ctx: StageContext[ServeSections]) -> StageResult:
     package = ctx.inputs["package"]
     info = json.loads(package.path("info").read_text())
     variants = {name: int(v["version"]) for name, v in (info.get("variants") or {}).items()}
-    report = {"model": info["model"], **canary(package.path("repository"), info["version"], ctx.config.serve,
-                                               Path(ctx.outputs["server_log"]), variants)}
+    report = {
+        "model": info["model"],
+        **canary(package.path("repository"), info["version"], ctx.config.serve, Path(ctx.outputs["server_log"]), variants),
+    }
     Path(ctx.outputs["report"]).write_text(json.dumps(report, indent=2))
     print_canary(report, ctx.console)
     load = report["load"]
     return StageResult(
         counts={"requests": load["requests"], "failures": load["failures"], "tokens": load["tokens"]},
-        metrics={"ttft_p50_s": load["ttft_p50_s"], "latency_p50_s": load["p50_s"], "latency_p95_s": load["p95_s"],
-                 "tokens_per_s": load["tokens_per_s"]},
-        artifacts=[Path(ctx.outputs["report"])], details={"completion": report["completion"]},
+        metrics={
+            "ttft_p50_s": load["ttft_p50_s"],
+            "latency_p50_s": load["p50_s"],
+            "latency_p95_s": load["p95_s"],
+            "tokens_per_s": load["tokens_per_s"],
+        },
+        artifacts=[Path(ctx.outputs["report"])],
+        details={"completion": report["completion"]},
     )
 
 
@@ -126,8 +157,10 @@ def package_headline(manifest: dict[str, Any]) -> str:
 def canary_headline(manifest: dict[str, Any]) -> str:
     """Served latency and failures under the canary's load."""
     m, counts = manifest["metrics"], manifest["counts"]
-    return (f"first token p50 {m['ttft_p50_s'] * 1000:.0f} ms, latency p50 {m['latency_p50_s'] * 1000:.0f} ms / "
-            f"p95 {m['latency_p95_s'] * 1000:.0f} ms, {counts['requests']} requests, {counts['failures']} failed")
+    return (
+        f"first token p50 {m['ttft_p50_s'] * 1000:.0f} ms, latency p50 {m['latency_p50_s'] * 1000:.0f} ms / "
+        f"p95 {m['latency_p95_s'] * 1000:.0f} ms, {counts['requests']} requests, {counts['failures']} failed"
+    )
 
 
 PACKAGE: Stage[Any] = Stage(

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -33,9 +34,27 @@ from lathe.core.errors import InputError
 
 EVENT_KINDS = ("view", "select", "dismiss")
 LANGUAGES = {  # file extension -> language, for requests that name a file but no language
-    ".py": "python", ".js": "javascript", ".jsx": "javascript", ".ts": "typescript", ".tsx": "typescript", ".go": "go",
-    ".rs": "rust", ".java": "java", ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp", ".hpp": "cpp", ".rb": "ruby",
-    ".sh": "shell", ".php": "php", ".cs": "csharp", ".kt": "kotlin", ".swift": "swift", ".scala": "scala", ".sql": "sql",
+    ".py": "python",
+    ".js": "javascript",
+    ".jsx": "javascript",
+    ".ts": "typescript",
+    ".tsx": "typescript",
+    ".go": "go",
+    ".rs": "rust",
+    ".java": "java",
+    ".c": "c",
+    ".h": "c",
+    ".cc": "cpp",
+    ".cpp": "cpp",
+    ".hpp": "cpp",
+    ".rb": "ruby",
+    ".sh": "shell",
+    ".php": "php",
+    ".cs": "csharp",
+    ".kt": "kotlin",
+    ".swift": "swift",
+    ".scala": "scala",
+    ".sql": "sql",
 }
 
 
@@ -76,7 +95,7 @@ class CompletionRow(Base):
     latency_s: Mapped[float] = mapped_column(Float)
     first_token_s: Mapped[float] = mapped_column(Float)
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
-    choices: Mapped[list["ChoiceRow"]] = relationship(back_populates="completion", cascade="all, delete-orphan")
+    choices: Mapped[list[ChoiceRow]] = relationship(back_populates="completion", cascade="all, delete-orphan")
 
 
 class ChoiceRow(Base):
@@ -147,20 +166,34 @@ class TelemetryStore:
         try:
             Base.metadata.create_all(self.engine)
         except OperationalError as exc:
-            raise InputError(f"telemetry store {self.engine.url.render_as_string(hide_password=True)} cannot be opened "
-                             f"({str(exc.orig).strip().splitlines()[0]}); check serve.gateway.telemetry_url") from None
+            raise InputError(
+                f"telemetry store {self.engine.url.render_as_string(hide_password=True)} cannot be opened "
+                f"({str(exc.orig).strip().splitlines()[0]}); check serve.gateway.telemetry_url"
+            ) from None
 
     def record(self, served: Served) -> None:
         """Store a served completion and its choices."""
         keep = self.store_text
         row = CompletionRow(
-            id=served.id, created_at=datetime.now(timezone.utc), user_hash=digest(served.user), track=served.track,
-            model=served.model, model_version=served.model_version, language=served.language,
-            prompt_hash=digest(served.prompt + "\0" + (served.suffix or "")), prompt=served.prompt if keep else None,
-            suffix=served.suffix if keep else None, prompt_tokens=served.prompt_tokens, completion_tokens=served.completion_tokens,
-            latency_s=served.latency_s, first_token_s=served.first_token_s, params=served.params,
-            choices=[ChoiceRow(index=i, text=text if keep else None, finish_reason=reason)
-                     for i, (text, reason) in enumerate(zip(served.texts, served.finish_reasons))],
+            id=served.id,
+            created_at=datetime.now(UTC),
+            user_hash=digest(served.user),
+            track=served.track,
+            model=served.model,
+            model_version=served.model_version,
+            language=served.language,
+            prompt_hash=digest(served.prompt + "\0" + (served.suffix or "")),
+            prompt=served.prompt if keep else None,
+            suffix=served.suffix if keep else None,
+            prompt_tokens=served.prompt_tokens,
+            completion_tokens=served.completion_tokens,
+            latency_s=served.latency_s,
+            first_token_s=served.first_token_s,
+            params=served.params,
+            choices=[
+                ChoiceRow(index=i, text=text if keep else None, finish_reason=reason)
+                for i, (text, reason) in enumerate(zip(served.texts, served.finish_reasons))
+            ],
         )
         with Session(self.engine) as session, session.begin():
             session.add(row)
@@ -172,10 +205,19 @@ class TelemetryStore:
             if completion is None:
                 raise UnknownCompletion(f"completion_id {completion_id!r} is unknown; send the id a /v1/completions answer gave")
             if not 0 <= choice_index < len(completion.choices):
-                raise UnknownCompletion(f"choice_index {choice_index} is out of range; completion {completion_id} has "
-                                        f"{len(completion.choices)} choice(s)")
-            session.add(EventRow(created_at=datetime.now(timezone.utc), completion_id=completion_id, choice_index=choice_index,
-                                 kind=kind, elapsed_ms=elapsed_ms))
+                raise UnknownCompletion(
+                    f"choice_index {choice_index} is out of range; completion {completion_id} has "
+                    f"{len(completion.choices)} choice(s)"
+                )
+            session.add(
+                EventRow(
+                    created_at=datetime.now(UTC),
+                    completion_id=completion_id,
+                    choice_index=choice_index,
+                    kind=kind,
+                    elapsed_ms=elapsed_ms,
+                )
+            )
             return Labels(completion.model_version, completion.track, completion.language)
 
     def outcomes(self) -> Iterator[dict[str, Any]]:
@@ -186,13 +228,28 @@ class TelemetryStore:
         """
         with Session(self.engine) as session:
             rows = session.execute(
-                select(EventRow.completion_id, EventRow.choice_index, EventRow.kind, CompletionRow.track, CompletionRow.model_version,
-                       CompletionRow.language).join(CompletionRow, CompletionRow.id == EventRow.completion_id)
+                select(
+                    EventRow.completion_id,
+                    EventRow.choice_index,
+                    EventRow.kind,
+                    CompletionRow.track,
+                    CompletionRow.model_version,
+                    CompletionRow.language,
+                ).join(CompletionRow, CompletionRow.id == EventRow.completion_id)
             ).all()
         choices: dict[tuple[str, int], dict[str, Any]] = {}
         for completion_id, index, kind, track, version, language in rows:
-            entry = choices.setdefault((completion_id, index), {"completion_id": completion_id, "choice_index": index, "track": track,
-                                                                 "model_version": version, "language": language, "kinds": set()})
+            entry = choices.setdefault(
+                (completion_id, index),
+                {
+                    "completion_id": completion_id,
+                    "choice_index": index,
+                    "track": track,
+                    "model_version": version,
+                    "language": language,
+                    "kinds": set(),
+                },
+            )
             entry["kinds"].add(kind)
         for entry in choices.values():
             kinds = entry.pop("kinds")
@@ -205,8 +262,16 @@ class TelemetryStore:
             return
         with Session(self.engine) as session:
             rows = session.execute(
-                select(ChoiceRow.completion_id, ChoiceRow.index, ChoiceRow.text, CompletionRow.prompt, CompletionRow.suffix,
-                       CompletionRow.prompt_hash, CompletionRow.language, CompletionRow.model_version)
+                select(
+                    ChoiceRow.completion_id,
+                    ChoiceRow.index,
+                    ChoiceRow.text,
+                    CompletionRow.prompt,
+                    CompletionRow.suffix,
+                    CompletionRow.prompt_hash,
+                    CompletionRow.language,
+                    CompletionRow.model_version,
+                )
                 .join(CompletionRow, CompletionRow.id == ChoiceRow.completion_id)
                 .where(ChoiceRow.completion_id.in_({c for c, _ in outcomes}))
                 .order_by(ChoiceRow.completion_id, ChoiceRow.index)
@@ -215,8 +280,17 @@ class TelemetryStore:
             outcome = outcomes.get((completion_id, index))
             if outcome is None or text is None or prompt is None:
                 continue
-            yield {"completion_id": completion_id, "choice_index": index, "prompt": prompt, "suffix": suffix, "text": text,
-                   "prompt_hash": prompt_hash, "language": language, "model_version": version, "accepted": outcome["accepted"]}
+            yield {
+                "completion_id": completion_id,
+                "choice_index": index,
+                "prompt": prompt,
+                "suffix": suffix,
+                "text": text,
+                "prompt_hash": prompt_hash,
+                "language": language,
+                "model_version": version,
+                "accepted": outcome["accepted"],
+            }
 
 
 def export_preferences(store: TelemetryStore, out_dir: Path) -> dict[str, int]:
@@ -229,9 +303,21 @@ def export_preferences(store: TelemetryStore, out_dir: Path) -> dict[str, int]:
     with open(out_dir / "labelled.jsonl", "w") as out:
         for row in store.labelled_choices():
             labelled += 1
-            out.write(json.dumps({"prompt": row["prompt"], "suffix": row["suffix"], "completion": row["text"], "label": row["accepted"],
-                                  "language": row["language"], "model_version": row["model_version"],
-                                  "completion_id": row["completion_id"], "choice_index": row["choice_index"]}) + "\n")
+            out.write(
+                json.dumps(
+                    {
+                        "prompt": row["prompt"],
+                        "suffix": row["suffix"],
+                        "completion": row["text"],
+                        "label": row["accepted"],
+                        "language": row["language"],
+                        "model_version": row["model_version"],
+                        "completion_id": row["completion_id"],
+                        "choice_index": row["choice_index"],
+                    }
+                )
+                + "\n"
+            )
             side = "chosen" if row["accepted"] else "rejected"
             by_prompt.setdefault(row["prompt_hash"], {"chosen": [], "rejected": []})[side].append(row)
     pairs = 0
@@ -241,6 +327,16 @@ def export_preferences(store: TelemetryStore, out_dir: Path) -> dict[str, int]:
                 if chosen["text"] == rejected["text"]:
                     continue
                 pairs += 1
-                out.write(json.dumps({"prompt": chosen["prompt"], "suffix": chosen["suffix"], "chosen": chosen["text"],
-                                      "rejected": rejected["text"], "language": chosen["language"]}) + "\n")
+                out.write(
+                    json.dumps(
+                        {
+                            "prompt": chosen["prompt"],
+                            "suffix": chosen["suffix"],
+                            "chosen": chosen["text"],
+                            "rejected": rejected["text"],
+                            "language": chosen["language"],
+                        }
+                    )
+                    + "\n"
+                )
     return {"pairs": pairs, "labelled": labelled}

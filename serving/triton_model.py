@@ -24,8 +24,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils  # provided by Triton's Python backend
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lathe_engine import ContinuousBatcher, Engine, Event, GenRequest, Limits, RequestError  # noqa: E402
-from lathe_protocol import FINISH, PARAMETERS, PROMPT, PROMPT_TOKENS, TEXT, TOKEN_IDS  # noqa: E402
+from lathe_engine import ContinuousBatcher, Engine, Event, GenRequest, Limits, RequestError
+from lathe_protocol import FINISH, PARAMETERS, PROMPT, PROMPT_TOKENS, TEXT, TOKEN_IDS
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -62,12 +62,14 @@ def _text(raw: Any) -> str:
 
 
 def _response(text: str, token_ids: list[int], finish: str | None, prompt_tokens: int) -> Any:
-    return pb_utils.InferenceResponse(output_tensors=[
-        pb_utils.Tensor(TEXT.name, np.array([[text.encode("utf-8")]], dtype=np.object_)),
-        pb_utils.Tensor(TOKEN_IDS.name, np.array([token_ids], dtype=np.int32)),
-        pb_utils.Tensor(FINISH.name, np.array([[(finish or "").encode()]], dtype=np.object_)),
-        pb_utils.Tensor(PROMPT_TOKENS.name, np.array([[prompt_tokens]], dtype=np.int32)),
-    ])
+    return pb_utils.InferenceResponse(
+        output_tensors=[
+            pb_utils.Tensor(TEXT.name, np.array([[text.encode("utf-8")]], dtype=np.object_)),
+            pb_utils.Tensor(TOKEN_IDS.name, np.array([token_ids], dtype=np.int32)),
+            pb_utils.Tensor(FINISH.name, np.array([[(finish or "").encode()]], dtype=np.object_)),
+            pb_utils.Tensor(PROMPT_TOKENS.name, np.array([[prompt_tokens]], dtype=np.int32)),
+        ]
+    )
 
 
 class _Stream:
@@ -86,8 +88,9 @@ class _Stream:
         """Send what the event makes sendable; a stream sends whenever there is text (tokens that made none ride with the next chunk)."""
         if event.finish == "cancelled":
             # a line in the server log: what an operator (and the tests) see of a freed row
-            pb_utils.Logger.log_info(f"lathe: request cancelled by its client after {self.generated} of {self.gen.max_tokens} tokens; "
-                                     "row freed")
+            pb_utils.Logger.log_info(
+                f"lathe: request cancelled by its client after {self.generated} of {self.gen.max_tokens} tokens; row freed"
+            )
             error = pb_utils.TritonError("request cancelled", pb_utils.TritonError.CANCELLED)
             self._send(pb_utils.InferenceResponse(error=error), FINAL)
             return
@@ -95,7 +98,9 @@ class _Stream:
         self.ids += event.token_ids
         self.generated += len(event.token_ids)
         if event.finish or (self.gen.stream and event.text):
-            self._send(_response("".join(self.text), self.ids, event.finish, len(self.gen.prompt_ids)), FINAL if event.finish else 0)
+            self._send(
+                _response("".join(self.text), self.ids, event.finish, len(self.gen.prompt_ids)), FINAL if event.finish else 0
+            )
             self.text, self.ids = [], []
 
     def cancelled(self) -> bool:
@@ -136,8 +141,10 @@ class TritonPythonModel:
         device = "cpu"
         if args.get("model_instance_kind") == "GPU":
             device = f"cuda:{args['model_instance_device_id']}"
-        limits = Limits(default_max_tokens=int(params.get("default_max_tokens", 64)),
-                        max_tokens_limit=int(params.get("max_tokens_limit", 1024)))
+        limits = Limits(
+            default_max_tokens=int(params.get("default_max_tokens", 64)),
+            max_tokens_limit=int(params.get("max_tokens_limit", 1024)),
+        )
         model_dir = os.path.join(args["model_repository"], args["model_version"], "hf_model")
         self.engine = Engine(model_dir, device=device, limits=limits)
         self.batcher: ContinuousBatcher | None = None

@@ -37,7 +37,7 @@ class TokenizerConfig(Strict):
         return -(-v // 64) * 64
 
     @model_validator(mode="after")
-    def _room_for_merges(self) -> "TokenizerConfig":
+    def _room_for_merges(self) -> TokenizerConfig:
         # Byte-level BPE starts from the 256 bytes plus the special tokens; merges fill the rest.
         from lathe.tokenizer.special import BASE_SPECIAL_TOKENS
 

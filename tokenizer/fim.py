@@ -12,8 +12,8 @@ depends on the document alone, not on partitioning or order.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from lathe.core.fim import FimIds, fim_prompt
 from lathe.tokenizer.special import EOS, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
@@ -52,7 +52,7 @@ class SpecialIds:
     suffix: int
 
     @classmethod
-    def from_vocab(cls, token_to_id: Callable[[str], int | None]) -> "SpecialIds":
+    def from_vocab(cls, token_to_id: Callable[[str], int | None]) -> SpecialIds:
         """Look the ids up in a tokenizer's vocabulary."""
         ids = {name: token_to_id(name) for name in (EOS, FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX)}
         missing = [name for name, i in ids.items() if i is None]

@@ -16,8 +16,9 @@ import bz2
 import gzip
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -50,13 +51,15 @@ class Codec:
     compress: Callable[[bytes], bytes] | None = None
 
     @classmethod
-    def parse(cls, spec: str | None) -> "Codec":
+    def parse(cls, spec: str | None) -> Codec:
         """Validate a compression setting; one clear error for anything else."""
         if not spec:
             return cls(None)
         name, _, level_text = spec.partition(":")
         if name not in _CODECS or (level_text and not level_text.isdigit()):
-            raise InputError(f"shards.compression {spec!r} is not supported; use one of {sorted(_CODECS)} (optionally :level) or null")
+            raise InputError(
+                f"shards.compression {spec!r} is not supported; use one of {sorted(_CODECS)} (optionally :level) or null"
+            )
         extension, default, levels, make = _CODECS[name]
         level = int(level_text) if level_text else default
         if level not in levels:
@@ -126,7 +129,11 @@ class ShardWriter:
         offsets = (np.arange(n + 1, dtype=np.uint64) * self.sample_bytes + head).astype(np.uint32)
         raw = np.uint32(n).tobytes() + offsets.tobytes() + self.config_bytes + b"".join(self._samples)
         raw_name = f"shard.{len(self.shards):05}.mds"
-        entry: dict[str, Any] = {"samples": n, "raw_data": {"basename": raw_name, "bytes": len(raw), "hashes": {}}, "zip_data": None}
+        entry: dict[str, Any] = {
+            "samples": n,
+            "raw_data": {"basename": raw_name, "bytes": len(raw), "hashes": {}},
+            "zip_data": None,
+        }
         data, name = raw, raw_name
         if self.codec.compress is not None:
             data, name = self.codec.compress(raw), f"{raw_name}.{self.codec.extension}"

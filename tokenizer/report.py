@@ -88,5 +88,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     console.print(table)
     console.print(
         "ablation: "
-        + ", ".join(f"{r['vocab_size']:,} -> {r['bytes_per_token']:.2f} B/tok" for r in sorted(report["ablation"], key=lambda r: r["vocab_size"]))
+        + ", ".join(
+            f"{r['vocab_size']:,} -> {r['bytes_per_token']:.2f} B/tok"
+            for r in sorted(report["ablation"], key=lambda r: r["vocab_size"])
+        )
     )

@@ -17,9 +17,9 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -73,7 +73,9 @@ def slot_keys(spark: SparkSession, slots: int) -> list[int]:
     return [first[p] for p in range(slots)]
 
 
-def write_stream(docs: DataFrame, tokenizer_json: str, out_root: str, cfg: ShardsConfig, vocab_size: int, pad_id: int) -> list[dict]:
+def write_stream(
+    docs: DataFrame, tokenizer_json: str, out_root: str, cfg: ShardsConfig, vocab_size: int, pad_id: int
+) -> list[dict]:
     """Tokenize (+FIM), pack and write each (split, part) as an MDS sub-directory in one Spark stage.
 
     Each of the ``2 x partitions`` writer slots is one task on its own core; within a slot
@@ -126,9 +128,19 @@ def write_stream(docs: DataFrame, tokenizer_json: str, out_root: str, cfg: Shard
             shards = writer.finish()
             if remote is not None:
                 upload_folder(local, remote)
-            parts.append(dict(split=current[0], part=current[1], docs=docs, fim_docs=fim_docs,
-                              samples=(packer.tokens + packer.padding) // seq_len, tokens=packer.tokens,
-                              padding=packer.padding, task=task, shards=json.dumps(shards)))
+            parts.append(
+                dict(
+                    split=current[0],
+                    part=current[1],
+                    docs=docs,
+                    fim_docs=fim_docs,
+                    samples=(packer.tokens + packer.padding) // seq_len,
+                    tokens=packer.tokens,
+                    padding=packer.padding,
+                    task=task,
+                    shards=json.dumps(shards),
+                )
+            )
 
         for pdf in batches:
             encoded = encode_documents(list(zip(pdf["id"], pdf["content"])), encode_batch, ids, seed, rate, spm_rate)

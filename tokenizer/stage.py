@@ -67,9 +67,11 @@ def run_tokenizer(ctx: StageContext[TokenizerSections]) -> StageResult:
         shutil.rmtree(ctx.out_dir / "parent")
         tok = load_tokenizer(ctx.out_dir)
         if tok.get_vocab_size() != cfg.vocab_size:
-            raise InputError(f"{parent.ref} has a {tok.get_vocab_size():,}-token vocabulary but tokenizer.vocab_size is "
-                             f"{cfg.vocab_size:,}; set tokenizer.vocab_size={tok.get_vocab_size()} to continue it, or "
-                             "tokenizer.retrain=true to train a new one (training then starts from scratch)")
+            raise InputError(
+                f"{parent.ref} has a {tok.get_vocab_size():,}-token vocabulary but tokenizer.vocab_size is "
+                f"{cfg.vocab_size:,}; set tokenizer.vocab_size={tok.get_vocab_size()} to continue it, or "
+                "tokenizer.retrain=true to train a new one (training then starts from scratch)"
+            )
         ctx.console.print(f"reusing the vocabulary of {parent.ref} (version {parent.version or '-'}); held out {len(heldout):,}")
     else:
         ctx.console.print(f"training BPE {cfg.vocab_size:,} on {len(texts):,} files; held out {len(heldout):,}")
@@ -108,9 +110,12 @@ def run_tokenizer(ctx: StageContext[TokenizerSections]) -> StageResult:
             **{f"ablation.bytes_per_token.{r['vocab_size']}": r["bytes_per_token"] for r in report["ablation"]},
         },
         artifacts=[*files, ctx.out_dir / "report.json", *plots],
-        details={"tokenizer": str(ctx.out_dir / "tokenizer.json"), "vocabulary": vocabulary_hash(ctx.out_dir),
-                 "reused_from": parent.ref if parent else None,
-                 "parent_version": parent.version if parent else ""},
+        details={
+            "tokenizer": str(ctx.out_dir / "tokenizer.json"),
+            "vocabulary": vocabulary_hash(ctx.out_dir),
+            "reused_from": parent.ref if parent else None,
+            "parent_version": parent.version if parent else "",
+        },
     )
 
 
@@ -118,8 +123,10 @@ def tokenizer_headline(manifest: dict[str, Any]) -> str:
     """Vocabulary size and version, compression and round trip, and where it came from."""
     m, d = manifest["metrics"], manifest.get("details") or {}
     origin = f"; reused from v{d['parent_version']}" if d.get("reused_from") else ""
-    return (f"vocab {manifest['counts']['vocab_size']:,} ({d.get('vocabulary', '?')}), {m['bytes_per_token']:.2f} bytes/token, "
-            f"round trip {m['round_trip_rate']:.0%}{origin}")
+    return (
+        f"vocab {manifest['counts']['vocab_size']:,} ({d.get('vocabulary', '?')}), {m['bytes_per_token']:.2f} bytes/token, "
+        f"round trip {m['round_trip_rate']:.0%}{origin}"
+    )
 
 
 TOKENIZER: Stage[Any] = Stage(
@@ -170,9 +177,18 @@ def run_shards(ctx: StageContext[TokenizerSections]) -> StageResult:
                 )
             first = head if split == "train" else first
         write_ledger(docs, uri)
-        streams.append(StreamInfo(name=new, uri=uri, snapshot=snapshot, docs=totals["train"].docs + totals["val"].docs,
-                                  train_samples=totals["train"].samples, train_tokens=totals["train"].tokens,
-                                  val_samples=totals["val"].samples, val_tokens=totals["val"].tokens))
+        streams.append(
+            StreamInfo(
+                name=new,
+                uri=uri,
+                snapshot=snapshot,
+                docs=totals["train"].docs + totals["val"].docs,
+                train_samples=totals["train"].samples,
+                train_tokens=totals["train"].tokens,
+                val_samples=totals["val"].samples,
+                val_tokens=totals["val"].tokens,
+            )
+        )
     else:
         ctx.console.print("no document is new since the earlier streams: no new stream")
     if not any(s.val_samples for s in streams):
@@ -181,16 +197,30 @@ def run_shards(ctx: StageContext[TokenizerSections]) -> StageResult:
     print_streams(streams, new, ctx.console)
     if new is not None:
         print_shards(totals, cfg, sample_text, ctx.console)
-    counts = {f"{s}.{k}": int(getattr(t, k)) for s, t in totals.items() for k in ("docs", "fim_docs", "samples", "tokens", "padding")}
-    counts.update({"streams": len(streams), "all.train.tokens": sum(s.train_tokens for s in streams),
-                   "all.val.tokens": sum(s.val_tokens for s in streams)})
+    counts = {
+        f"{s}.{k}": int(getattr(t, k)) for s, t in totals.items() for k in ("docs", "fim_docs", "samples", "tokens", "padding")
+    }
+    counts.update(
+        {
+            "streams": len(streams),
+            "all.train.tokens": sum(s.train_tokens for s in streams),
+            "all.val.tokens": sum(s.val_tokens for s in streams),
+        }
+    )
     return StageResult(
         counts=counts,
         metrics={"fim_share": sum(t.fim_docs for t in totals.values()) / max(sum(t.docs for t in totals.values()), 1)},
-        details={"output": root, "seq_len": cfg.seq_len, "vocab_size": tok.get_vocab_size(), "sample": sample_text[:1000],
-                 "data_snapshot": snapshot, "vocabulary": vocabulary, "new_stream": new,
-                 "streams": [s.model_dump(mode="json") for s in streams],
-                 "parts": sorted(stats, key=lambda r: (r["split"], r["part"])) if new else []},
+        details={
+            "output": root,
+            "seq_len": cfg.seq_len,
+            "vocab_size": tok.get_vocab_size(),
+            "sample": sample_text[:1000],
+            "data_snapshot": snapshot,
+            "vocabulary": vocabulary,
+            "new_stream": new,
+            "streams": [s.model_dump(mode="json") for s in streams],
+            "parts": sorted(stats, key=lambda r: (r["split"], r["part"])) if new else [],
+        },
         outputs={"mds": root},
     )
 
@@ -210,7 +240,9 @@ def shards_headline(manifest: dict[str, Any]) -> str:
     """The new stream's tokens per split, and the streams in all."""
     c = manifest["counts"]
     new = (manifest.get("details") or {}).get("new_stream")
-    head = f"new stream {new}: train {c.get('train.tokens', 0):,}, val {c.get('val.tokens', 0):,} tokens" if new else "no new stream"
+    head = (
+        f"new stream {new}: train {c.get('train.tokens', 0):,}, val {c.get('val.tokens', 0):,} tokens" if new else "no new stream"
+    )
     return f"{head}; {c.get('streams', 1)} stream(s), {c.get('all.train.tokens', 0):,} train tokens in all"
 
 

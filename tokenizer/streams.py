@@ -49,7 +49,9 @@ def stream_name(index: int, fingerprint: str) -> str:
     return f"{index:04d}-{fingerprint[:8]}"
 
 
-def previous_streams(previous: Upstream | None, vocabulary: str, config: dict[str, Any], version: str) -> tuple[list[StreamInfo], str]:
+def previous_streams(
+    previous: Upstream | None, vocabulary: str, config: dict[str, Any], version: str
+) -> tuple[list[StreamInfo], str]:
     """The earlier streams a new run may build on, and why none are (empty string when some are)."""
     if previous is None:
         return [], "no earlier shards"
@@ -114,6 +116,12 @@ def print_streams(streams: list[StreamInfo], new: str | None, console: Console) 
         table.add_column(col, justify="left" if col in ("stream", "snapshot") else "right")
     for s in streams:
         mark = " (new)" if s.name == new else ""
-        table.add_row(s.name + mark, (s.snapshot or "-")[:16], f"{s.docs:,}", f"{s.train_samples:,}",
-                      f"{s.train_tokens:,}", f"{s.val_tokens:,}")
+        table.add_row(
+            s.name + mark,
+            (s.snapshot or "-")[:16],
+            f"{s.docs:,}",
+            f"{s.train_samples:,}",
+            f"{s.train_tokens:,}",
+            f"{s.val_tokens:,}",
+        )
     console.print(table)

@@ -19,8 +19,8 @@ No normaliser: ``decode(encode(x)) == x`` must hold byte for byte.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 

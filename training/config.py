@@ -57,8 +57,11 @@ class WandbConfig(Strict):
 class ContinueConfig(Strict):
     """The schedule when training continues from earlier weights (train.init_from)."""
 
-    lr: float = Field(1e-3, gt=0, description="Peak learning rate: below pretraining's, so new data refines the weights "
-                      "instead of overwriting them.")
+    lr: float = Field(
+        1e-3,
+        gt=0,
+        description="Peak learning rate: below pretraining's, so new data refines the weights instead of overwriting them.",
+    )
     warmup: str = Field("5ba", description="Re-warm from 0 to lr: a cold optimizer at full rate on shifted data spikes the loss.")
 
 
@@ -66,7 +69,9 @@ class MixtureConfig(Strict):
     """What a retrain trains on: the newest snapshot's stream and a replay share of the earlier ones."""
 
     replay: float = Field(
-        0.25, ge=0, lt=1,
+        0.25,
+        ge=0,
+        lt=1,
         description="Share of each epoch's samples drawn from earlier snapshots' streams (in proportion to their size), "
         "so continued training does not forget old code; the rest is the newest stream, seen once per epoch.",
     )
@@ -85,7 +90,9 @@ class LoraConfig(Strict):
         "projections by default, which QLoRA found works better than attention alone.",
     )
     lr_multiplier: float = Field(
-        10.0, gt=0, description="Adapters train at this multiple of the section's optimizer.lr: B starts at zero and the "
+        10.0,
+        gt=0,
+        description="Adapters train at this multiple of the section's optimizer.lr: B starts at zero and the "
         "adapters are few, so LoRA recipes run about ten times full fine-tuning's rate.",
     )
 
@@ -130,11 +137,15 @@ class TrainConfig(ComposerConfig):
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     train_metrics_every: int = Field(
-        10, ge=1, description="Compute training metrics over the logits on one batch in this many (1 = every batch); the loss is logged every batch."
+        10,
+        ge=1,
+        description="Compute training metrics over the logits on one batch in this many (1 = every batch); the loss is logged every batch.",
     )
     eval_subset_num_batches: int = Field(-1, description="Validation batches per evaluation; -1 = the whole split.")
     num_canonical_nodes: int = Field(
-        8, ge=1, description="Streaming's canonical nodes: the sample order is the same on any node count that divides "
+        8,
+        ge=1,
+        description="Streaming's canonical nodes: the sample order is the same on any node count that divides "
         "it (or it divides), so a job resumed or rerun on another cluster size sees the same batches.",
     )
     loss_spike: LossSpikeConfig = Field(default_factory=LossSpikeConfig)
@@ -158,8 +169,9 @@ class FinetuneConfig(ComposerConfig):
     )
     lora: LoraConfig | None = Field(None, description="Train LoRA adapters only (then merged for serving); None = every weight.")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="Share of the examples held out (by a stable hash of their id).")
-    max_seq_len: int | None = Field(None, gt=0, description="Longest example in tokens (longer ones are dropped as "
-                                    "`too_long`); None = the model's context.")
+    max_seq_len: int | None = Field(
+        None, gt=0, description="Longest example in tokens (longer ones are dropped as `too_long`); None = the model's context."
+    )
     optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(lr=1e-4))
     warmup: str = Field("0.1dur", description="Linear warmup, Composer time string (ba, tok, dur).")
     max_duration: str = Field("2ep", description="Training length: epochs (ep), batches (ba) or tokens (tok).")
@@ -177,9 +189,13 @@ class DPOConfig(FinetuneConfig):
 
     optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(lr=5e-5))
     beta: float = Field(0.1, gt=0, description="Strength of the pull towards the starting model (the KL penalty's weight).")
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Conservative DPO: the share of labels assumed flipped; 0 = plain DPO.")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="Conservative DPO: the share of labels assumed flipped; 0 = plain DPO."
+    )
     sft_weight: float = Field(
-        0.0, ge=0, description="Add this times the chosen answers' per-token cross-entropy to the loss (RPO, Pang et al. "
+        0.0,
+        ge=0,
+        description="Add this times the chosen answers' per-token cross-entropy to the loss (RPO, Pang et al. "
         "2024): DPO alone can lower the likelihood of the chosen code too, which the gate's val_loss would refuse.",
     )
 
@@ -194,14 +210,19 @@ class DistillConfig(TrainConfig):
     """
 
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(n_layers=2), description="The student's shape.")
-    teacher: str = Field("models:/lathe-code@production", description="The teacher: models:/<name>@<alias>, "
-                         "models:/<name>/<version> or an HF model directory; it must share the shards' vocabulary.")
-    temperature: float = Field(2.0, gt=0, description="Softens both distributions, so the teacher's ranking of unlikely tokens teaches too.")
+    teacher: str = Field(
+        "models:/lathe-code@production",
+        description="The teacher: models:/<name>@<alias>, "
+        "models:/<name>/<version> or an HF model directory; it must share the shards' vocabulary.",
+    )
+    temperature: float = Field(
+        2.0, gt=0, description="Softens both distributions, so the teacher's ranking of unlikely tokens teaches too."
+    )
     kl_weight: float = Field(0.5, ge=0, description="Weight of the T^2-scaled KL to the teacher.")
     ce_weight: float = Field(0.5, ge=0, description="Weight of the usual next-token cross-entropy.")
 
     @model_validator(mode="after")
-    def _some_loss(self) -> "DistillConfig":
+    def _some_loss(self) -> DistillConfig:
         if self.kl_weight + self.ce_weight <= 0:
             raise ValueError("kl_weight and ce_weight are both 0: give the loss a weight")
         return self

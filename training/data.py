@@ -5,9 +5,10 @@ from __future__ import annotations
 import fcntl
 import json
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -107,7 +108,13 @@ def registering_streams() -> Iterator[None]:
 
 
 def build_dataloader(
-    splits: list[tuple[str, int | None]], cache: Path, batch_size: int, shuffle: bool, seed: int, pad_id: int, num_workers: int,
+    splits: list[tuple[str, int | None]],
+    cache: Path,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    pad_id: int,
+    num_workers: int,
     canonical_nodes: int | None = None,
 ) -> tuple[DataSpec, IndexedStreamingDataset]:
     """A DataSpec over split roots mixed by their draws; each rank reads its own part of the stream.
@@ -115,8 +122,13 @@ def build_dataloader(
     ``canonical_nodes`` fixes Streaming's sample order whatever the number of physical nodes (None:
     Streaming's default, the first run's node count).
     """
-    dataset = IndexedStreamingDataset(streams=streams_of(splits, cache), shuffle=shuffle, shuffle_seed=seed, batch_size=batch_size,
-                                      num_canonical_nodes=canonical_nodes)
+    dataset = IndexedStreamingDataset(
+        streams=streams_of(splits, cache),
+        shuffle=shuffle,
+        shuffle_seed=seed,
+        batch_size=batch_size,
+        num_canonical_nodes=canonical_nodes,
+    )
     loader = StreamingDataLoader(
         dataset, batch_size=batch_size, collate_fn=collate(pad_id), num_workers=num_workers, drop_last=shuffle
     )

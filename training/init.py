@@ -34,8 +34,10 @@ def check_architecture(source: ModelSource, built: Any) -> None:
     for field, setting in ARCHITECTURE.items():
         mine, other = getattr(built, field, None), getattr(theirs, field, None)
         if mine != other:
-            raise InputError(f"train.init_from {source.ref}: {field} is {other} there but {mine} here ({setting}); "
-                             "configure the same architecture or train from scratch (unset train.init_from)")
+            raise InputError(
+                f"train.init_from {source.ref}: {field} is {other} there but {mine} here ({setting}); "
+                "configure the same architecture or train from scratch (unset train.init_from)"
+            )
 
 
 def load_initial_weights(model: Any, source: ModelSource) -> None:

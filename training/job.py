@@ -43,14 +43,25 @@ class TrainJob(Strict):
     run_name: str = Field(description="Stable across restarts: autoresume finds checkpoints by it.")
     mlflow_uri: str
     mlflow_run_id: str | None = None
-    init_weights: str | None = Field(None, description="Local HF directory or Composer checkpoint to start from (train.init_from, resolved).")
+    init_weights: str | None = Field(
+        None, description="Local HF directory or Composer checkpoint to start from (train.init_from, resolved)."
+    )
     init_ref: str | None = Field(None, description="train.init_from as configured (for the summary and lineage).")
     parent_version: str = Field("", description="The registered version the initial weights are (empty: none).")
-    trial: bool = Field(False, description="A sweep's profiling trial: train max_duration batches and log the throughput; "
-                        "no evaluation, checkpoint or export.")
-    device_memory_mb: int | None = Field(None, gt=0, description="Cap each rank's memory at this (sweep.device_memory_mb): "
-                                         "a trial that needs more runs out of memory, as on a smaller device.")
-    teacher: Teacher | None = Field(None, description="Distil from this teacher's logits (the `distill` stage); None: pretraining.")
+    trial: bool = Field(
+        False,
+        description="A sweep's profiling trial: train max_duration batches and log the throughput; "
+        "no evaluation, checkpoint or export.",
+    )
+    device_memory_mb: int | None = Field(
+        None,
+        gt=0,
+        description="Cap each rank's memory at this (sweep.device_memory_mb): "
+        "a trial that needs more runs out of memory, as on a smaller device.",
+    )
+    teacher: Teacher | None = Field(
+        None, description="Distil from this teacher's logits (the `distill` stage); None: pretraining."
+    )
 
 
 # What a post-training run writes beside MODEL_DIR, SUMMARY and METRICS: the LoRA adapter on its own.
@@ -64,7 +75,9 @@ class FinetuneJob(Strict):
     tune: FinetuneConfig = Field(description="The `sft` or `dpo` section of the run's config.")
     beta: float = Field(0.1, gt=0, description="DPO's beta (dpo.beta).")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="DPO's label smoothing (dpo.label_smoothing).")
-    sft_weight: float = Field(0.0, ge=0, description="Weight of the chosen answers' cross-entropy in DPO's loss (dpo.sft_weight).")
+    sft_weight: float = Field(
+        0.0, ge=0, description="Weight of the chosen answers' cross-entropy in DPO's loss (dpo.sft_weight)."
+    )
     base: str = Field(description="Local HF directory of the model to tune (init_from, resolved); its tokenizer is beside it.")
     base_ref: str = Field(description="init_from as configured (for the summary and lineage).")
     parent_version: str = Field("", description="The registered version the base is (empty: a directory).")

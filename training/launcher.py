@@ -50,10 +50,21 @@ def launch(job: TrainJob | FinetuneJob, nproc: int, out: Path, devices: Devices 
         composer = shutil.which("composer", path=str(Path(sys.executable).parent)) or shutil.which("composer")
         if composer is None:
             raise LatheError("Composer's launcher `composer` is not installed beside this Python; run `make setup`")
-        cmd = [composer, "-n", str(nproc), "--stdout", str(logs / "rank{rank}.stdout.txt"),
-               "--stderr", str(logs / "rank{rank}.stderr.txt")]
-        for var, flag in [("WORLD_SIZE", "--world_size"), ("NODE_RANK", "--node_rank"),
-                          ("MASTER_ADDR", "--master_addr"), ("MASTER_PORT", "--master_port")]:
+        cmd = [
+            composer,
+            "-n",
+            str(nproc),
+            "--stdout",
+            str(logs / "rank{rank}.stdout.txt"),
+            "--stderr",
+            str(logs / "rank{rank}.stderr.txt"),
+        ]
+        for var, flag in [
+            ("WORLD_SIZE", "--world_size"),
+            ("NODE_RANK", "--node_rank"),
+            ("MASTER_ADDR", "--master_addr"),
+            ("MASTER_PORT", "--master_port"),
+        ]:
             if env.get(var):
                 cmd += [flag, env[var]]
         cmd += worker

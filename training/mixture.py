@@ -53,7 +53,9 @@ def run_samples(max_duration: str, global_batch: int, seq_len: int, epoch: int) 
     return {"ba": n * global_batch, "sp": n, "tok": -(-n // seq_len), "ep": n * epoch}[unit]
 
 
-def plan_mixture(streams: list[StreamInfo], new: str | None, replay: float, run_samples_of: int | None = None) -> list[StreamDraw]:
+def plan_mixture(
+    streams: list[StreamInfo], new: str | None, replay: float, run_samples_of: int | None = None
+) -> list[StreamDraw]:
     """Each stream's ``choose`` per epoch, and the tokens it contributes to a run of ``run_samples_of`` samples.
 
     Without a new stream (no document changed) every earlier stream is drawn once per epoch.
@@ -73,8 +75,17 @@ def plan_mixture(streams: list[StreamInfo], new: str | None, replay: float, run_
     draws = []
     for s, choose in zip(earlier, chooses):
         density = s.train_tokens / s.train_samples if s.train_samples else 0.0
-        draws.append(StreamDraw(name=s.name, uri=s.uri, role="new" if s is fresh else "replay", samples=s.train_samples,
-                                choose=choose, tokens=round(budget * choose / epoch * density), has_val=s.val_samples > 0))
+        draws.append(
+            StreamDraw(
+                name=s.name,
+                uri=s.uri,
+                role="new" if s is fresh else "replay",
+                samples=s.train_samples,
+                choose=choose,
+                tokens=round(budget * choose / epoch * density),
+                has_val=s.val_samples > 0,
+            )
+        )
     return [d for d in draws if d.choose or d.has_val]
 
 

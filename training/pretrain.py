@@ -17,7 +17,7 @@ from lathe.tokenizer.config import ShardsConfig, TokenizerConfig
 from lathe.tokenizer.streams import StreamInfo
 from lathe.tokenizer.vocab import vocabulary_hash
 from lathe.training.config import TrainConfig
-from lathe.training.job import METRICS, TrainJob, last_metric
+from lathe.training.job import TrainJob, last_metric
 from lathe.training.launcher import launch
 from lathe.training.mixture import StreamDraw, plan_mixture, run_samples, validation_roles
 from lathe.training.sweep.config import SweepConfig
@@ -45,9 +45,11 @@ def initial_weights(cfg: TrainSections, cache: Path, vocabulary: str, console: C
         if cfg.tokenizer.retrain:
             console.print(f"tokenizer.retrain: a new vocabulary, so training starts from scratch, not from {init.ref}")
             return None
-        raise InputError(f"train.init_from {init.ref} has vocabulary {theirs} but the shards use {vocabulary}; "
-                         "continue with its vocabulary (rerun `lathe run tokenizer --force` without tokenizer.retrain) "
-                         "or train from scratch (unset train.init_from)")
+        raise InputError(
+            f"train.init_from {init.ref} has vocabulary {theirs} but the shards use {vocabulary}; "
+            "continue with its vocabulary (rerun `lathe run tokenizer --force` without tokenizer.retrain) "
+            "or train from scratch (unset train.init_from)"
+        )
     console.print(f"continuing from {init.ref}" + (f" (version {init.version})" if init.version else ""))
     return init
 
@@ -88,8 +90,10 @@ def join_training(cfg: TrainSections, inputs: dict[str, Upstream], fingerprint: 
 
     rank = node_rank()
     if not cfg.train.save_folder:
-        raise InputError(f"node {rank} of a multi-node job: train.save_folder must be an object-store URI every node "
-                         "reads (Composer stages it through each node's disk); set it")
+        raise InputError(
+            f"node {rank} of a multi-node job: train.save_folder must be an object-store URI every node "
+            "reads (Composer stages it through each node's disk); set it"
+        )
     out = inputs["shards"].dir.parent / f"train-node{rank}"
     out.mkdir(parents=True, exist_ok=True)
     job, _ = build_job(cfg, inputs, out, run_name(cfg, fingerprint), console)
@@ -100,8 +104,13 @@ def join_training(cfg: TrainSections, inputs: dict[str, Upstream], fingerprint: 
 
 
 def build_job(
-    cfg: TrainSections, inputs: dict[str, Upstream], out_dir: Path, run_name: str, console: Console,
-    mlflow_uri: str = "", mlflow_run_id: str | None = None,
+    cfg: TrainSections,
+    inputs: dict[str, Upstream],
+    out_dir: Path,
+    run_name: str,
+    console: Console,
+    mlflow_uri: str = "",
+    mlflow_run_id: str | None = None,
 ) -> tuple[TrainJob, list[StreamDraw]]:
     """The job every rank runs, from the config and the finished tokenizer and shards stages."""
     tokenizer = inputs["tokenizer"].path("tokenizer")
@@ -125,8 +134,16 @@ def build_job(
 
 
 def registered_summary(
-    cfg: TrainSections, fingerprint: str, shards: Upstream, job: TrainJob, draws: list[StreamDraw], summary: dict[str, Any],
-    hf_dir: Path, metrics_file: Path, run_id: str | None, tags: dict[str, str] | None = None,
+    cfg: TrainSections,
+    fingerprint: str,
+    shards: Upstream,
+    job: TrainJob,
+    draws: list[StreamDraw],
+    summary: dict[str, Any],
+    hf_dir: Path,
+    metrics_file: Path,
+    run_id: str | None,
+    tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Register a finished run's export under its lineage tags (with an MLflow run to hang it on) and return
     its summary completed with the mixture, the version and the throughput."""
@@ -159,8 +176,11 @@ def train_result(summary: dict[str, Any], artifacts: list[Path], outputs: dict[s
     """What the train stage reports, from its (or its sweep winner's) summary."""
     return StageResult(
         counts={"batches": summary["batches"], "tokens": summary["tokens"], "parameters": summary["parameters"]},
-        metrics={k: float(summary[k]) for k in ("initial_val_loss", "final_val_loss", "initial_replay_val_loss",
-                                                  "final_replay_val_loss", "tokens_per_s") if summary.get(k) is not None},
+        metrics={
+            k: float(summary[k])
+            for k in ("initial_val_loss", "final_val_loss", "initial_replay_val_loss", "final_replay_val_loss", "tokens_per_s")
+            if summary.get(k) is not None
+        },
         artifacts=artifacts,
         details=summary,
         outputs=outputs or {},
@@ -180,8 +200,10 @@ def print_train(summary: dict[str, Any], console: Console) -> None:
         console.print(f"validation loss {start}{final:.3f} (perplexity {summary['final_val_perplexity']:.1f})")
     if summary.get("final_replay_val_loss") is not None:
         before = summary.get("initial_replay_val_loss")
-        console.print(f"earlier snapshots' validation loss {'' if before is None else f'{before:.3f} -> '}"
-                      f"{summary['final_replay_val_loss']:.3f}")
+        console.print(
+            f"earlier snapshots' validation loss {'' if before is None else f'{before:.3f} -> '}"
+            f"{summary['final_replay_val_loss']:.3f}"
+        )
     if summary.get("tokens_per_s"):
         console.print(f"throughput {summary['tokens_per_s']:,.0f} tokens/s; loss spikes: {summary['loss_spikes']}")
     if summary.get("model_version"):

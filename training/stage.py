@@ -34,8 +34,15 @@ def run_train(ctx: StageContext[TrainSections]) -> StageResult:
 
     cfg = ctx.config
     run = mlflow.active_run()
-    job, draws = build_job(cfg, ctx.inputs, ctx.out_dir, run_name(cfg, ctx.fingerprint), ctx.console,
-                           mlflow.get_tracking_uri(), run.info.run_id if run else None)
+    job, draws = build_job(
+        cfg,
+        ctx.inputs,
+        ctx.out_dir,
+        run_name(cfg, ctx.fingerprint),
+        ctx.console,
+        mlflow.get_tracking_uri(),
+        run.info.run_id if run else None,
+    )
     print_mixture(draws, cfg.shards.seq_len, ctx.console)
     preflight(job)  # bad input fails here, before a process or a batch is spent
     nproc = cfg.train.nproc
@@ -60,7 +67,9 @@ def train_section(cfg: Any) -> Any:
     sweep and (when it runs HumanEval on the candidates) the eval section too."""
     if not cfg.sweep.enabled:
         return cfg.train
-    return SweptTrain(train=cfg.train, sweep=cfg.sweep, evaluation=cfg.eval.model_dump(mode="json") if cfg.sweep.evaluate else None)
+    return SweptTrain(
+        train=cfg.train, sweep=cfg.sweep, evaluation=cfg.eval.model_dump(mode="json") if cfg.sweep.evaluate else None
+    )
 
 
 def train_stage(score: Score | None = None) -> Stage[Any]:

@@ -11,8 +11,9 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from composer import Evaluator, Trainer
@@ -67,8 +68,9 @@ def preflight(job: TrainJob) -> dict[str, Any]:
             raise InputError(f"checkpoint folder {folder} is not writable ({exc.strerror}); fix train.save_folder") from None
     pad_id, eos_id = tok.token_to_id(PAD), tok.token_to_id(EOS)
     if job.init_weights:  # the parent's shape must be the configured one
-        check_architecture(ModelSource(job.init_ref or job.init_weights, Path(job.init_weights)),
-                           llama_config(tc.model, vocab, eos_id, pad_id))
+        check_architecture(
+            ModelSource(job.init_ref or job.init_weights, Path(job.init_weights)), llama_config(tc.model, vocab, eos_id, pad_id)
+        )
     return {"vocab_size": vocab, "pad_id": pad_id, "eos_id": eos_id, "seq_len": seq_len}
 
 
@@ -125,8 +127,19 @@ def per_rank_batch(tc: ComposerConfig, setting: str) -> int:
 
 
 def composer_trainer(
-    tc: ComposerConfig, model: Any, train: Any, evaluators: list[Evaluator], *, optimizer: OptimizerConfig, warmup: str,
-    device: str, folder: str | None, run_name: str, loggers: list[Any], callbacks: list[Any], eval_subset_num_batches: int = -1,
+    tc: ComposerConfig,
+    model: Any,
+    train: Any,
+    evaluators: list[Evaluator],
+    *,
+    optimizer: OptimizerConfig,
+    warmup: str,
+    device: str,
+    folder: str | None,
+    run_name: str,
+    loggers: list[Any],
+    callbacks: list[Any],
+    eval_subset_num_batches: int = -1,
 ) -> Trainer:
     """The Composer Trainer every lathe run uses: cosine schedule with warmup, gradient clipping, DDP or
     FSDP2 (with activation checkpointing and CPU offload), checkpoints every save_interval and autoresume
@@ -173,7 +186,9 @@ def composer_trainer(
     )
 
 
-def fit_with_baseline(trainer: Trainer, losses: Callable[[Trainer], dict[str, float]]) -> tuple[int, dict[str, float], dict[str, float]]:
+def fit_with_baseline(
+    trainer: Trainer, losses: Callable[[Trainer], dict[str, float]]
+) -> tuple[int, dict[str, float], dict[str, float]]:
     """Evaluate, train to max_duration, evaluate: (batch resumed at, figures before, figures after).
 
     A resumed run has no "before" (its starting model is gone); a run killed after its last batch
@@ -215,14 +230,27 @@ def run_training(job: TrainJob) -> dict[str, Any]:
     cache = out / "stream-cache"
     with registering_streams():  # concurrent jobs on one host (a sweep) must not race for Streaming's shared memory
         train_spec, train_ds = build_dataloader(
-            [(f"{d.uri}/train", d.choose) for d in job.streams if d.choose], cache / "train", per_rank, True, tc.seed,
-            facts["pad_id"], tc.num_workers, tc.num_canonical_nodes,
+            [(f"{d.uri}/train", d.choose) for d in job.streams if d.choose],
+            cache / "train",
+            per_rank,
+            True,
+            tc.seed,
+            facts["pad_id"],
+            tc.num_workers,
+            tc.num_canonical_nodes,
         )
         datasets, evaluators = [train_ds], []
         for label, uris in ({} if job.trial else job.validation).items():
             spec, dataset = build_dataloader(
-                [(f"{u}/val", None) for u in uris], cache / label, per_rank, False, tc.seed, facts["pad_id"], tc.num_workers,
-                tc.num_canonical_nodes)
+                [(f"{u}/val", None) for u in uris],
+                cache / label,
+                per_rank,
+                False,
+                tc.seed,
+                facts["pad_id"],
+                tc.num_workers,
+                tc.num_canonical_nodes,
+            )
             metrics = ["LanguageCrossEntropy", "LanguagePerplexity", *(["DistillKL"] if job.teacher else [])]
             evaluators.append(Evaluator(label=label, dataloader=spec, metric_names=metrics))
             datasets.append(dataset)
@@ -243,10 +271,18 @@ def run_training(job: TrainJob) -> dict[str, Any]:
         model = DistillLM(model.model, teacher, facts["seq_len"], t.temperature, t.kl_weight, t.ce_weight)
     spikes = LossSpikeMonitor(tc.loss_spike, out / SPIKES, train_ds)
     trainer = composer_trainer(
-        tc, model, train_spec, evaluators, optimizer=optimizer, warmup=warmup, device=device,
-        folder=None if job.trial else job_folder(job), run_name=job.run_name,
+        tc,
+        model,
+        train_spec,
+        evaluators,
+        optimizer=optimizer,
+        warmup=warmup,
+        device=device,
+        folder=None if job.trial else job_folder(job),
+        run_name=job.run_name,
         loggers=run_loggers(tc, out, job.run_name, job.mlflow_uri, job.mlflow_run_id),
-        callbacks=[spikes, TrainMetricsEvery(tc.train_metrics_every)], eval_subset_num_batches=tc.eval_subset_num_batches,
+        callbacks=[spikes, TrainMetricsEvery(tc.train_metrics_every)],
+        eval_subset_num_batches=tc.eval_subset_num_batches,
     )
     if job.trial:  # a profiling trial: its batches and the speed monitor's throughput in metrics.jsonl, nothing else
         trainer.fit()
@@ -268,8 +304,16 @@ def run_training(job: TrainJob) -> dict[str, Any]:
         "initial_replay_val_loss": initial.get("replay_val"),
         "final_replay_val_loss": final.get("replay_val"),
         # distillation: KL(teacher || student) per validation token, before and after
-        **({"initial_val_kl": initial.get("val_kl"), "final_val_kl": final.get("val_kl"), "teacher": job.teacher.ref,
-            "teacher_version": job.teacher.version} if job.teacher else {}),
+        **(
+            {
+                "initial_val_kl": initial.get("val_kl"),
+                "final_val_kl": final.get("val_kl"),
+                "teacher": job.teacher.ref,
+                "teacher_version": job.teacher.version,
+            }
+            if job.teacher
+            else {}
+        ),
         "parameters": parameter_count(model.model),
         "world_size": world,
         "loss_spikes": spikes.spikes,
@@ -316,9 +360,7 @@ def val_losses(trainer: Trainer) -> dict[str, float]:
     return figures
 
 
-def export_model(
-    model: torch.nn.Module, tokenizer_dir: Path, dest: Path, state_dict: dict[str, Any] | None = None
-) -> Path:
+def export_model(model: torch.nn.Module, tokenizer_dir: Path, dest: Path, state_dict: dict[str, Any] | None = None) -> Path:
     """A standard HF checkpoint (safetensors) with the tokenizer beside it; ``state_dict``
     carries the gathered full weights of a sharded (FSDP) model."""
     shutil.rmtree(dest, ignore_errors=True)

@@ -71,7 +71,12 @@ def _candidate_calls(node: ast.AST) -> list[ast.Call]:
 
 def _unwrap(node: ast.expr) -> ast.expr:
     """``tuple(candidate(...))`` / ``list(...)``: the call inside (both sides are compared as sequences)."""
-    while isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("tuple", "list") and len(node.args) == 1:
+    while (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in ("tuple", "list")
+        and len(node.args) == 1
+    ):
         node = node.args[0]
     return node
 
@@ -142,9 +147,16 @@ class _Reader:
                             raise Untranslatable("a test compares identity with a value that is not True, False or None")
                         return self.cases.append(Case(args, expected))
             # abs(candidate(...) - expected) < tolerance
-            if isinstance(op, (ast.Lt, ast.LtE)) and isinstance(left, ast.Call) and isinstance(left.func, ast.Name) \
-                    and left.func.id == "abs" and len(left.args) == 1 and isinstance(left.args[0], ast.BinOp) \
-                    and isinstance(left.args[0].op, ast.Sub) and (args := self.call(left.args[0].left)) is not None:
+            if (
+                isinstance(op, (ast.Lt, ast.LtE))
+                and isinstance(left, ast.Call)
+                and isinstance(left.func, ast.Name)
+                and left.func.id == "abs"
+                and len(left.args) == 1
+                and isinstance(left.args[0], ast.BinOp)
+                and isinstance(left.args[0].op, ast.Sub)
+                and (args := self.call(left.args[0].left)) is not None
+            ):
                 return self.cases.append(Case(args, self.value(left.args[0].right), float(self.value(right))))
         raise Untranslatable(f"an assertion of a form no target can check: {ast.unparse(test)[:80]}")
 
@@ -211,7 +223,9 @@ def read_problem(problem: dict[str, Any]) -> SourceProblem:
     if named := [h for h in helpers if h in docstring]:
         raise Untranslatable(f"the docstring relies on the prompt's Python function {named[0]}, which would need translating")
     doc = docstring.splitlines()
-    return SourceProblem(problem["task_id"], name, tuple(zip(params, types)), returns, doc, _examples(doc, name), tuple(reader.cases))
+    return SourceProblem(
+        problem["task_id"], name, tuple(zip(params, types)), returns, doc, _examples(doc, name), tuple(reader.cases)
+    )
 
 
 def _as_floats(value: Any, t: Ty) -> Any:
@@ -250,6 +264,8 @@ def _floats_suffice(cases: list[Case], types: list[Ty], reference: Any) -> None:
             try:
                 got = reference(*copy.deepcopy(floats))
             except Exception as exc:  # the reference itself refuses floats
-                raise Untranslatable(f"the reference solution fails when integers are passed as floats ({type(exc).__name__})") from None
+                raise Untranslatable(
+                    f"the reference solution fails when integers are passed as floats ({type(exc).__name__})"
+                ) from None
             if not close(got, case.expected, case.tolerance):
                 raise Untranslatable("the tests tell integers from integral floats (3 from 3.0), which only Python can")

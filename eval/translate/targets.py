@@ -116,8 +116,19 @@ class Target:
         cannot splice the next line into a ``//`` comment)."""
         lines = [line.replace("*/", "*\\/").rstrip().rstrip("\\") for line in self.doc(sp)]
         body = [indent + (self.comment_line + line).rstrip() for line in lines]
-        return "\n".join(filter(None, [indent + self.comment_open if self.comment_open else "", *body,
-                                        indent + self.comment_close if self.comment_close else ""])) + "\n"
+        return (
+            "\n".join(
+                filter(
+                    None,
+                    [
+                        indent + self.comment_open if self.comment_open else "",
+                        *body,
+                        indent + self.comment_close if self.comment_close else "",
+                    ],
+                )
+            )
+            + "\n"
+        )
 
     def prompt(self, sp: SourceProblem) -> str:
         """Header, doc comment and the open signature: what the model continues."""
@@ -162,9 +173,11 @@ class JavaScript(Target):
 
     name = "javascript"
     max_int = JS_SAFE_INT
-    reserved = frozenset("arguments await break case catch class const continue debugger default delete do else enum eval export "
-                         "extends false finally for function if implements import in instanceof interface let new null package "
-                         "private protected public return static super switch this throw true try typeof var void while with yield".split())
+    reserved = frozenset(
+        "arguments await break case catch class const continue debugger default delete do else enum eval export "
+        "extends false finally for function if implements import in instanceof interface let new null package "
+        "private protected public return static super switch this throw true try typeof var void while with yield".split()
+    )
 
     def type(self, t: Ty) -> str:
         return "any"
@@ -208,8 +221,11 @@ class JavaScript(Target):
 
     def tests(self, sp: SourceProblem) -> str:
         lines = ["}", "", self.equal_helpers(), f"const candidate = {sp.name};"]
-        lines += [f"lathe_check(candidate({', '.join(self.literal(v, t) for v, (_, t) in zip(c.args, sp.params))}), "
-                  f"{self.expected(sp, c)}, {c.tolerance!r}, {i});" for i, c in enumerate(sp.cases, 1)]
+        lines += [
+            f"lathe_check(candidate({', '.join(self.literal(v, t) for v, (_, t) in zip(c.args, sp.params))}), "
+            f"{self.expected(sp, c)}, {c.tolerance!r}, {i});"
+            for i, c in enumerate(sp.cases, 1)
+        ]
         return "\n".join(lines) + "\n"
 
 
@@ -249,7 +265,9 @@ class TypeScript(JavaScript):
     def equal_helpers(self) -> str:
         typed = JS_EQUAL.replace("lathe_equal(a, b, tol)", "lathe_equal(a: any, b: any, tol: number): boolean")
         typed = typed.replace("(x, i) =>", "(x: any, i: number) =>").replace("(k) =>", "(k: string) =>")
-        return typed.replace("lathe_check(actual, expected, tol, test)", "lathe_check(actual: any, expected: any, tol: number, test: number): void")
+        return typed.replace(
+            "lathe_check(actual, expected, tol, test)", "lathe_check(actual: any, expected: any, tol: number, test: number): void"
+        )
 
 
 # --- statically typed targets --------------------------------------------------------------------
@@ -361,10 +379,12 @@ class Java(Static):
     a ``Pair`` record for two-element tuples."""
 
     name, title = "java", "Java"
-    reserved = frozenset("abstract assert boolean break byte case catch char class const continue default do double else enum "
-                         "extends final finally float for goto if implements import instanceof int interface long native new "
-                         "package private protected public return short static strictfp super switch synchronized this throw "
-                         "throws transient try void volatile while true false null var record yield".split())
+    reserved = frozenset(
+        "abstract assert boolean break byte case catch char class const continue default do double else enum "
+        "extends final finally float for goto if implements import instanceof int interface long native new "
+        "package private protected public return short static strictfp super switch synchronized this throw "
+        "throws transient try void volatile while true false null var record yield".split()
+    )
     scalars = {"int": "long", "float": "double", "str": "String", "bool": "boolean"}
     boxed = {"int": "Long", "float": "Double", "str": "String", "bool": "Boolean"}
     generics = {"list": "ArrayList<{}>", "dict": "HashMap<{}, {}>", "optional": "Optional<{}>", "tuple": "Pair<{}, {}>"}
@@ -412,7 +432,10 @@ class Java(Static):
     def tests(self, sp: SourceProblem) -> str:
         pair = "" if _uses_pairs(sp) else JAVA_PAIR.rstrip("\n") + "\n"  # latheEqual names Pair: declared once, here if not above
         lines = ["    }", "", "    public static void main(String[] args) throws Exception {"]
-        lines += [f"        latheCheck({self.call(sp, c.args)}, {self.expected(sp, c)}, {c.tolerance!r}, {i});" for i, c in enumerate(sp.cases, 1)]
+        lines += [
+            f"        latheCheck({self.call(sp, c.args)}, {self.expected(sp, c)}, {c.tolerance!r}, {i});"
+            for i, c in enumerate(sp.cases, 1)
+        ]
         lines += ["        LatheProof.run(args);", "    }", "", JAVA_EQUAL + pair + "}"]
         return "\n".join(lines) + "\n"
 
@@ -445,16 +468,22 @@ class Cpp(Static):
     """C++17: long, double, std::string, bool, std::vector, std::map, std::optional, std::tuple."""
 
     name, title = "cpp", "C++"
-    reserved = frozenset("alignas alignof and and_eq asm auto bitand bitor bool break case catch char class compl const "
-                         "constexpr const_cast continue decltype default delete do double dynamic_cast else enum explicit "
-                         "export extern false float for friend goto if inline int long mutable namespace new noexcept not "
-                         "not_eq nullptr operator or or_eq private protected public register reinterpret_cast return short "
-                         "signed sizeof static static_assert static_cast struct switch template this thread_local throw true "
-                         "try typedef typeid typename union unsigned using virtual void volatile wchar_t while xor xor_eq".split())
+    reserved = frozenset(
+        "alignas alignof and and_eq asm auto bitand bitor bool break case catch char class compl const "
+        "constexpr const_cast continue decltype default delete do double dynamic_cast else enum explicit "
+        "export extern false float for friend goto if inline int long mutable namespace new noexcept not "
+        "not_eq nullptr operator or or_eq private protected public register reinterpret_cast return short "
+        "signed sizeof static static_assert static_cast struct switch template this thread_local throw true "
+        "try typedef typeid typename union unsigned using virtual void volatile wchar_t while xor xor_eq".split()
+    )
     comment_open, comment_line, comment_close = "", "// ", ""
     scalars = {"int": "long", "float": "double", "str": "std::string", "bool": "bool"}
-    generics = {"list": "std::vector<{}>", "dict": "std::map<{}, {}>", "optional": "std::optional<{}>",
-                "tuple": "std::tuple<{}, {}>"}
+    generics = {
+        "list": "std::vector<{}>",
+        "dict": "std::map<{}, {}>",
+        "optional": "std::optional<{}>",
+        "tuple": "std::tuple<{}, {}>",
+    }
 
     def none(self, t: Ty) -> str:
         return f"{self.type(t)}()"
@@ -489,10 +518,21 @@ class Cpp(Static):
         return "    return {};\n"
 
     def tests(self, sp: SourceProblem) -> str:
-        lines = ["}", "", "#include <cstdio>", CPP_EQUAL, "void lathe_proof(char** argv);", "",
-                 "int main(int argc, char** argv) {", f"    auto candidate = {sp.name};"]
-        lines += [f"    lathe_check<{self.type(sp.returns)}>(candidate({', '.join(self.literal(v, t) for v, (_, t) in zip(c.args, sp.params))}), "
-                  f"{self.expected(sp, c)}, {c.tolerance!r}, {i});" for i, c in enumerate(sp.cases, 1)]
+        lines = [
+            "}",
+            "",
+            "#include <cstdio>",
+            CPP_EQUAL,
+            "void lathe_proof(char** argv);",
+            "",
+            "int main(int argc, char** argv) {",
+            f"    auto candidate = {sp.name};",
+        ]
+        lines += [
+            f"    lathe_check<{self.type(sp.returns)}>(candidate({', '.join(self.literal(v, t) for v, (_, t) in zip(c.args, sp.params))}), "
+            f"{self.expected(sp, c)}, {c.tolerance!r}, {i});"
+            for i, c in enumerate(sp.cases, 1)
+        ]
         lines += ["    lathe_proof(argv);", "    return 0;", "}"]
         return "\n".join(lines) + "\n"
 
@@ -534,9 +574,11 @@ class Rust(Static):
     """Rust 2021: i64, f64, String, bool, Vec, HashMap, Option, tuples."""
 
     name, title = "rust", "Rust"
-    reserved = frozenset("as async await break const continue crate dyn else enum extern false fn for if impl in let loop "
-                         "match mod move mut pub ref return self Self static struct super trait true type unsafe use where while "
-                         "abstract become box do final macro override priv typeof unsized virtual yield try".split())
+    reserved = frozenset(
+        "as async await break const continue crate dyn else enum extern false fn for if impl in let loop "
+        "match mod move mut pub ref return self Self static struct super trait true type unsafe use where while "
+        "abstract become box do final macro override priv typeof unsized virtual yield try".split()
+    )
     comment_open, comment_line, comment_close = "", "/// ", ""
     scalars = {"int": "i64", "float": "f64", "str": "String", "bool": "bool"}
     generics = {"list": "Vec<{}>", "dict": "HashMap<{}, {}>", "optional": "Option<{}>", "tuple": "({}, {})"}
@@ -573,8 +615,11 @@ class Rust(Static):
 
     def tests(self, sp: SourceProblem) -> str:
         lines = ["}", "", RUST_EQUAL, "fn main() {", f"    let candidate = {sp.name};"]
-        lines += [f"    lathe_check({self.call(sp, c.args).replace(sp.name + '(', 'candidate(', 1)}, {self.expected(sp, c)}, "
-                  f"{c.tolerance!r}, {i});" for i, c in enumerate(sp.cases, 1)]
+        lines += [
+            f"    lathe_check({self.call(sp, c.args).replace(sp.name + '(', 'candidate(', 1)}, {self.expected(sp, c)}, "
+            f"{c.tolerance!r}, {i});"
+            for i, c in enumerate(sp.cases, 1)
+        ]
         lines += ["    lathe_proof();", "}"]
         return "\n".join(lines) + "\n"
 

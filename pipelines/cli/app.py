@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -26,14 +26,14 @@ OptionalConfigOpt = typer.Option(None, "--config", "-c", help="YAML profile (def
 SetOpt = typer.Option(None, "--set", help="Override a config value: key.path=value (repeatable).")
 
 
-def load(config: Optional[Path], overrides: Optional[list[str]]) -> "LatheConfig":
+def load(config: Path | None, overrides: list[str] | None) -> LatheConfig:
     """The config from a profile and ``--set`` overrides."""
     from lathe.pipelines.config import load_config
 
     return load_config(config, overrides)
 
 
-def tracked_config(config: Optional[Path], overrides: Optional[list[str]]) -> "LatheConfig":
+def tracked_config(config: Path | None, overrides: list[str] | None) -> LatheConfig:
     """Load the config and point MLflow at its store (for commands that read the Model Registry)."""
     from lathe.core.tracking import setup_tracking
 

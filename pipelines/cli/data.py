@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -14,8 +13,8 @@ from lathe.pipelines.cli.app import OptionalConfigOpt, SetOpt, console, data_app
 def data_clean(
     input: str = typer.Option(..., "--input", "-i", help="Parquet file, directory or glob (`content`, `path` columns)."),
     output: Path = typer.Option(..., "--output", "-o", help="Directory for kept/, dropped/ and xray/."),
-    config: Optional[Path] = OptionalConfigOpt,
-    set_: Optional[list[str]] = SetOpt,
+    config: Path | None = OptionalConfigOpt,
+    set_: list[str] | None = SetOpt,
 ) -> None:
     """Clean any parquet by hand: filters, PII redaction, dedup -> OUTPUT/kept, OUTPUT/dropped."""
     from lathe.core.spark import spark_session
@@ -29,4 +28,6 @@ def data_clean(
     df = with_ids(parquet_dataframe(spark, [input], "parquet"))
     output.mkdir(parents=True, exist_ok=True)
     _, result = clean_and_report(df, cfg.data, output, console)
-    console.print(f"kept {result.counts['kept']:,} -> {output / 'kept'}; dropped {result.counts['dropped']:,} -> {output / 'dropped'}")
+    console.print(
+        f"kept {result.counts['kept']:,} -> {output / 'kept'}; dropped {result.counts['dropped']:,} -> {output / 'dropped'}"
+    )

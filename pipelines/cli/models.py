@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -14,7 +13,7 @@ from lathe.pipelines.cli.app import ConfigOpt, SetOpt, app, console, tracked_con
 @app.command()
 def promote(
     config: Path = ConfigOpt,
-    set_: Optional[list[str]] = SetOpt,
+    set_: list[str] | None = SetOpt,
 ) -> None:
     """Move the `production` alias to the model version that holds `staff` (after staff tried it)."""
     from lathe.core.models import ModelRegistry
@@ -26,9 +25,9 @@ def promote(
 
 @app.command()
 def lineage(
-    version: Optional[str] = typer.Argument(None, help="Model version (default: the one holding `production`)."),
+    version: str | None = typer.Argument(None, help="Model version (default: the one holding `production`)."),
     config: Path = ConfigOpt,
-    set_: Optional[list[str]] = SetOpt,
+    set_: list[str] | None = SetOpt,
 ) -> None:
     """The chain of versions VERSION was trained from, back to the first: snapshot, vocabulary, tokens, val loss."""
     from lathe.core.models import PRODUCTION, ModelRegistry
@@ -41,7 +40,13 @@ def lineage(
         table.add_column(col, justify="right" if col in ("tokens trained", "val loss") else "left")
     for link in chain:
         tokens = link.get("lathe.tokens", "")
-        table.add_row(link["version"], link.get("lathe.method", "?"), link.get("lathe.parent_version") or "-",
-                      link.get("lathe.data_snapshot") or "-", link.get("lathe.tokenizer") or "-",
-                      f"{int(tokens):,}" if tokens else "-", link.get("lathe.val_loss") or "-")
+        table.add_row(
+            link["version"],
+            link.get("lathe.method", "?"),
+            link.get("lathe.parent_version") or "-",
+            link.get("lathe.data_snapshot") or "-",
+            link.get("lathe.tokenizer") or "-",
+            f"{int(tokens):,}" if tokens else "-",
+            link.get("lathe.val_loss") or "-",
+        )
     console.print(table)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -17,9 +17,9 @@ if TYPE_CHECKING:
 
 @app.command()
 def run(
-    stages: Optional[list[str]] = typer.Argument(None, help="Stages to run (with their upstream); default all."),
+    stages: list[str] | None = typer.Argument(None, help="Stages to run (with their upstream); default all."),
     config: Path = ConfigOpt,
-    set_: Optional[list[str]] = SetOpt,
+    set_: list[str] | None = SetOpt,
     force: bool = typer.Option(False, "--force", help="Rerun the named stages (all, if none named) even if done."),
 ) -> None:
     """Run pipeline stages, skipping the ones whose manifest fingerprint matches."""
@@ -34,8 +34,8 @@ def run(
 @app.command()
 def train(
     config: Path = ConfigOpt,
-    set_: Optional[list[str]] = SetOpt,
-    nproc: Optional[int] = typer.Option(None, "--nproc", help="Processes per node (Composer launcher)."),
+    set_: list[str] | None = SetOpt,
+    nproc: int | None = typer.Option(None, "--nproc", help="Processes per node (Composer launcher)."),
     force: bool = typer.Option(False, "--force", help="Retrain from scratch even if done."),
 ) -> None:
     """Train the model (running the stages it needs first); --nproc N for DDP on N processes.
@@ -58,7 +58,7 @@ def train(
 @app.command()
 def sweep(
     config: Path = ConfigOpt,
-    set_: Optional[list[str]] = SetOpt,
+    set_: list[str] | None = SetOpt,
     force: bool = typer.Option(False, "--force", help="Rerun the sweep even if done (finished candidates are still reused)."),
 ) -> None:
     """Train the config's sweep candidates jointly scheduled on this node's devices, register the best and gate it.
@@ -78,10 +78,14 @@ def sweep(
 @app.command()
 def gate(
     config: Path = ConfigOpt,
-    set_: Optional[list[str]] = SetOpt,
-    xcom: Optional[Path] = typer.Option(None, "--xcom", help="Also write the decision here (a pod's /airflow/xcom/return.json)."),
-    stage: str = typer.Option("eval", "--stage", help="The gate stage: eval (pretraining), sft_eval or dpo_eval (post-training), "
-                              "quantize_eval or distill_eval (smaller variants)."),
+    set_: list[str] | None = SetOpt,
+    xcom: Path | None = typer.Option(None, "--xcom", help="Also write the decision here (a pod's /airflow/xcom/return.json)."),
+    stage: str = typer.Option(
+        "eval",
+        "--stage",
+        help="The gate stage: eval (pretraining), sft_eval or dpo_eval (post-training), "
+        "quantize_eval or distill_eval (smaller variants).",
+    ),
 ) -> None:
     """Run a gate stage (if not done) and print the gate's decision as JSON on the last line (for schedulers)."""
     from lathe.pipelines.runner import run_pipeline
@@ -101,7 +105,7 @@ def gate(
 @app.command()
 def summary(
     config: Path = ConfigOpt,
-    set_: Optional[list[str]] = SetOpt,
+    set_: list[str] | None = SetOpt,
 ) -> None:
     """One screen: data kept/dropped, bytes/token, validation loss, pass@k, gate, serving latency, aliases, artifacts."""
     from lathe.core.models import ModelRegistry
@@ -111,18 +115,22 @@ def summary(
     name = cfg.train.registered_model
     registry = ModelRegistry(name)
     aliases, dangling = registry.aliases(), registry.dangling()
-    shown = ", ".join(f"{a} -> v{v}" + (" [red](no such version!)[/]" if a in dangling else "") for a, v in sorted(aliases.items()))
+    shown = ", ".join(
+        f"{a} -> v{v}" + (" [red](no such version!)[/]" if a in dangling else "") for a, v in sorted(aliases.items())
+    )
     extra = [("registry", shown, name)] if aliases else []
     print_summary(Path(cfg.run.runs_dir) / cfg.profile, console, extra)
 
 
 @app.command("replay-spike")
 def replay_spike(
-    run_dir: Optional[Path] = typer.Option(None, "--run", help="The train stage's folder (default: the profile's)."),
+    run_dir: Path | None = typer.Option(None, "--run", help="The train stage's folder (default: the profile's)."),
     config: Path = ConfigOpt,
-    set_: Optional[list[str]] = SetOpt,
-    step: Optional[int] = typer.Option(None, "--step", help="Spike step (default: the first logged)."),
-    shards: Optional[list[str]] = typer.Option(None, "--shards", help="Train split(s), in mixture order; default the ones it trained on."),
+    set_: list[str] | None = SetOpt,
+    step: int | None = typer.Option(None, "--step", help="Spike step (default: the first logged)."),
+    shards: list[str] | None = typer.Option(
+        None, "--shards", help="Train split(s), in mixture order; default the ones it trained on."
+    ),
 ) -> None:
     """Reload a logged loss-spike batch from the shards and score it with the exported model."""
     from lathe.pipelines.runner import finished
@@ -138,15 +146,23 @@ def replay_spike(
     model = trained.path("model")
     batch = load_batch(splits, record, load_tokenizer(model).token_to_id(PAD), trained.dir / "stream-cache" / "replay")
     loss = replay_loss(model, batch)
-    console.print(json.dumps({"step": record["step"], "logged_loss": record["loss"], "replayed_loss_final_model": loss,
-                              "samples": [(s.get("stream", 0), s["shard"], s["position"]) for s in record["samples"]]}))
+    console.print(
+        json.dumps(
+            {
+                "step": record["step"],
+                "logged_loss": record["loss"],
+                "replayed_loss_final_model": loss,
+                "samples": [(s.get("stream", 0), s["shard"], s["position"]) for s in record["samples"]],
+            }
+        )
+    )
 
 
 # `lathe finetune --method`: the stage a method runs and whether it trains LoRA adapters.
 METHODS = {"sft": ("sft", False), "sft-lora": ("sft", True), "dpo": ("dpo", False), "dpo-lora": ("dpo", True)}
 
 
-def finetune_overrides(method: str, data: Optional[str], source: Optional[str]) -> list[str]:
+def finetune_overrides(method: str, data: str | None, source: str | None) -> list[str]:
     """The ``--set`` overrides `lathe finetune` stands for: the method's section, its data, its starting model."""
     if method not in METHODS:
         raise LatheError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -164,7 +180,7 @@ def finetune_overrides(method: str, data: Optional[str], source: Optional[str]) 
 TRAINERS = ("train", "sft", "dpo")  # the stages that register versions
 
 
-def registered_by(cfg: "LatheConfig", stage: str) -> str:
+def registered_by(cfg: LatheConfig, stage: str) -> str:
     """``models:/<name>/<version>`` of the version the profile's finished ``stage`` registered."""
     from lathe.pipelines.runner import finished
 
@@ -177,13 +193,21 @@ def registered_by(cfg: "LatheConfig", stage: str) -> str:
 @app.command()
 def finetune(
     method: str = typer.Option(..., "--method", help="sft, sft-lora, dpo or dpo-lora."),
-    data: Optional[str] = typer.Option(None, "--data", help="prompt/response (sft) or prompt/chosen/rejected (dpo) JSONL or "
-                                       "parquet, local or object store; default: mined pairs (sft), execution feedback (dpo)."),
-    source: Optional[str] = typer.Option(None, "--from", help="Model to tune: a models:/ URI or HF directory (default the "
-                                         "section's init_from, models:/lathe-code@production), or a stage (train, sft, dpo): "
-                                         "the version that stage of this profile registered."),
+    data: str | None = typer.Option(
+        None,
+        "--data",
+        help="prompt/response (sft) or prompt/chosen/rejected (dpo) JSONL or "
+        "parquet, local or object store; default: mined pairs (sft), execution feedback (dpo).",
+    ),
+    source: str | None = typer.Option(
+        None,
+        "--from",
+        help="Model to tune: a models:/ URI or HF directory (default the "
+        "section's init_from, models:/lathe-code@production), or a stage (train, sft, dpo): "
+        "the version that stage of this profile registered.",
+    ),
     config: Path = ConfigOpt,
-    set_: Optional[list[str]] = SetOpt,
+    set_: list[str] | None = SetOpt,
     force: bool = typer.Option(False, "--force", help="Tune again even if done."),
 ) -> None:
     """Post-train a registered model (decontaminated data -> Composer -> a new registered version), then gate it.
@@ -200,4 +224,8 @@ def finetune(
     cfg = load(config, [*finetune_overrides(method, data, source), *(set_ or [])])
     outcome = run_pipeline(cfg, [section, f"{section}_eval"], force=force, console=console)[-1]
     g = json.loads(Path(outcome.manifest["outputs"]["results"]).read_text()).get("gate") or {}
-    print(json.dumps({"method": method, "version": g.get("candidate_version"), "passed": g.get("passed"), "reason": g.get("reason")}))
+    print(
+        json.dumps(
+            {"method": method, "version": g.get("candidate_version"), "passed": g.get("passed"), "reason": g.get("reason")}
+        )
+    )

@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -25,13 +25,14 @@ if TYPE_CHECKING:
 @app.command()
 def serve(
     config: Path = ConfigOpt,
-    set_: Optional[list[str]] = SetOpt,
-    repository: Optional[Path] = typer.Option(None, "--repository", help="Triton model repository; default the package stage's."),
-    http_port: Optional[int] = typer.Option(None, "--http-port", help="HTTP port (default serve.http_port, 8000; 0 = free)."),
-    grpc_port: Optional[int] = typer.Option(None, "--grpc-port", help="gRPC port (default serve.grpc_port, 8001; 0 = free)."),
-    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Prometheus port (default serve.metrics_port, 8002)."),
-    api_port: Optional[int] = typer.Option(None, "--api-port", help="OpenAI-compatible gateway port (default serve.gateway.port, "
-                                                                  "8080; 0 = free; -1 = Triton alone)."),
+    set_: list[str] | None = SetOpt,
+    repository: Path | None = typer.Option(None, "--repository", help="Triton model repository; default the package stage's."),
+    http_port: int | None = typer.Option(None, "--http-port", help="HTTP port (default serve.http_port, 8000; 0 = free)."),
+    grpc_port: int | None = typer.Option(None, "--grpc-port", help="gRPC port (default serve.grpc_port, 8001; 0 = free)."),
+    metrics_port: int | None = typer.Option(None, "--metrics-port", help="Prometheus port (default serve.metrics_port, 8002)."),
+    api_port: int | None = typer.Option(
+        None, "--api-port", help="OpenAI-compatible gateway port (default serve.gateway.port, 8080; 0 = free; -1 = Triton alone)."
+    ),
 ) -> None:
     """Serve the packaged model in the foreground until Ctrl-C: tritonserver and the OpenAI-compatible gateway in front of it."""
     from lathe.pipelines.runner import finished
@@ -43,7 +44,9 @@ def serve(
         try:
             repository = finished("package", Path(cfg.run.runs_dir) / cfg.profile / "package").path("repository")
         except LatheError:
-            raise LatheError("no packaged model repository; run `lathe run package` (or `make package`) first, or pass --repository") from None
+            raise LatheError(
+                "no packaged model repository; run `lathe run package` (or `make package`) first, or pass --repository"
+            ) from None
     if not repository.is_dir():
         raise LatheError(f"model repository {repository} not found; run `lathe run package` (or `make package`) first")
     api = s.gateway.port if api_port is None else api_port
@@ -51,9 +54,14 @@ def serve(
         api = free_port()
     if api > 0 and port_busy(api):
         raise LatheError(f"gateway port {api} is in use; stop what holds it or pass another --api-port")
-    server = TritonServer(repository, s.http_port if http_port is None else http_port, s.grpc_port if grpc_port is None else grpc_port,
-                          s.metrics_port if metrics_port is None else metrics_port, ready_timeout_s=s.ready_timeout_s,
-                          stop_timeout_s=s.stop_timeout_s)
+    server = TritonServer(
+        repository,
+        s.http_port if http_port is None else http_port,
+        s.grpc_port if grpc_port is None else grpc_port,
+        s.metrics_port if metrics_port is None else metrics_port,
+        ready_timeout_s=s.ready_timeout_s,
+        stop_timeout_s=s.stop_timeout_s,
+    )
     stop = {"now": False}
 
     def on_signal(signum: int, frame: object) -> None:  # Ctrl-C or SIGTERM: leave the loop, then stop the server
@@ -64,8 +72,10 @@ def serve(
     signal.signal(signal.SIGINT, on_signal)
     with server:
         e = server.endpoints
-        console.print(f"[bold]serving[/] {s.model_name} from {repository}\n  HTTP    {e.http}  (POST /v2/models/{s.model_name}/generate)\n"
-                      f"  gRPC    {e.grpc}  (lathe complete \"def f(\" --url {e.grpc})\n  metrics {e.metrics}")
+        console.print(
+            f"[bold]serving[/] {s.model_name} from {repository}\n  HTTP    {e.http}  (POST /v2/models/{s.model_name}/generate)\n"
+            f'  gRPC    {e.grpc}  (lathe complete "def f(" --url {e.grpc})\n  metrics {e.metrics}'
+        )
         if api > 0:
             died = _run_gateway(cfg.serve, server, api, telemetry_url(cfg), stop)
         else:
@@ -78,17 +88,17 @@ def serve(
     console.print("stopped")
 
 
-def telemetry_url(cfg: "LatheConfig") -> str:
+def telemetry_url(cfg: LatheConfig) -> str:
     """The telemetry store's URL: serve.gateway.telemetry_url, else SQLite in the profile's runs directory."""
     path = (Path(cfg.run.runs_dir) / cfg.profile / "serve" / "telemetry.db").resolve()
     return cfg.serve.gateway.telemetry_url or f"sqlite:///{path}"
 
 
-def _exited(server: "TritonServer") -> bool:
+def _exited(server: TritonServer) -> bool:
     return server.process is not None and server.process.poll() is not None
 
 
-def _run_gateway(s: "ServeConfig", server: "TritonServer", port: int, telemetry_url: str, stop: dict[str, bool]) -> bool:
+def _run_gateway(s: ServeConfig, server: TritonServer, port: int, telemetry_url: str, stop: dict[str, bool]) -> bool:
     """The gateway in the foreground until a signal or Triton's death; returns whether Triton died."""
     from lathe.serving.gateway import serve_gateway
 
@@ -102,7 +112,9 @@ def _run_gateway(s: "ServeConfig", server: "TritonServer", port: int, telemetry_
                 gateway.should_exit = True
             time.sleep(0.2)
 
-    console.print(f"  API     http://{s.gateway.host}:{port}/v1  (OpenAI-compatible: /v1/completions, /v1/models)\nCtrl-C stops it.")
+    console.print(
+        f"  API     http://{s.gateway.host}:{port}/v1  (OpenAI-compatible: /v1/completions, /v1/models)\nCtrl-C stops it."
+    )
     threading.Thread(target=watch, name="triton-watch", daemon=True).start()
     if not stop["now"]:
         gateway.run()
@@ -118,9 +130,9 @@ def complete(
     max_tokens: int = typer.Option(64, "--max-tokens", help="Tokens to generate at most."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass."),
-    stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop sequence (repeatable)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed."),
-    suffix: Optional[str] = typer.Option(None, "--suffix", help="The code after the cursor: the model fills in the middle."),
+    stop: list[str] | None = typer.Option(None, "--stop", help="Stop sequence (repeatable)."),
+    seed: int | None = typer.Option(None, "--seed", help="Sampling seed."),
+    suffix: str | None = typer.Option(None, "--suffix", help="The code after the cursor: the model fills in the middle."),
 ) -> None:
     """Stream a completion from a running server over gRPC, printing tokens as they arrive."""
     from lathe.serving.client import stream_completion
@@ -144,10 +156,10 @@ def complete(
 @app.command()
 def gateway(
     config: Path = ConfigOpt,
-    set_: Optional[list[str]] = SetOpt,
-    triton_url: Optional[str] = typer.Option(None, "--triton-url", help="Triton gRPC address (default serve.gateway.triton_url)."),
-    host: Optional[str] = typer.Option(None, "--host", help="Address to bind (default serve.gateway.host)."),
-    port: Optional[int] = typer.Option(None, "--port", help="Port (default serve.gateway.port, 8080)."),
+    set_: list[str] | None = SetOpt,
+    triton_url: str | None = typer.Option(None, "--triton-url", help="Triton gRPC address (default serve.gateway.triton_url)."),
+    host: str | None = typer.Option(None, "--host", help="Address to bind (default serve.gateway.host)."),
+    port: int | None = typer.Option(None, "--port", help="Port (default serve.gateway.port, 8080)."),
 ) -> None:
     """The OpenAI-compatible gateway alone, in front of a Triton server elsewhere (its own Deployment in Kubernetes)."""
     from lathe.serving.gateway import serve_gateway
@@ -165,8 +177,10 @@ app.add_typer(api_key, name="api-key")
 
 
 @api_key.command("new")
-def api_key_new(file: Path = typer.Option(..., "--file", help="Key file to append the new key's digest to (serve.gateway.api_keys_file)."),
-                name: str = typer.Option("", "--name", help="A label stored beside the digest (who the key is for).")) -> None:
+def api_key_new(
+    file: Path = typer.Option(..., "--file", help="Key file to append the new key's digest to (serve.gateway.api_keys_file)."),
+    name: str = typer.Option("", "--name", help="A label stored beside the digest (who the key is for)."),
+) -> None:
     """Make a new API key: its digest is appended to FILE, the key itself is printed once and stored nowhere."""
     import secrets
 
@@ -185,8 +199,11 @@ app.add_typer(ab, name="ab")
 
 
 @ab.command("report")
-def ab_report(config: Path = ConfigOpt, set_: Optional[list[str]] = SetOpt,
-              url: Optional[str] = typer.Option(None, "--url", help="Telemetry store URL (default the profile's).")) -> None:
+def ab_report(
+    config: Path = ConfigOpt,
+    set_: list[str] | None = SetOpt,
+    url: str | None = typer.Option(None, "--url", help="Telemetry store URL (default the profile's)."),
+) -> None:
     """Acceptance rate per arm and language, with 95% intervals and a two-proportion test, and which arm is ahead."""
     from rich.table import Table
 
@@ -197,15 +214,24 @@ def ab_report(config: Path = ConfigOpt, set_: Optional[list[str]] = SetOpt,
     store = TelemetryStore(url or telemetry_url(cfg))
     cells = tally(store.outcomes())
     if not cells:
-        raise LatheError(f"no editor events in {store.engine.url.render_as_string(hide_password=True)} yet; "
-                         "editors report them to the gateway's /v1/events")
+        raise LatheError(
+            f"no editor events in {store.engine.url.render_as_string(hide_password=True)} yet; "
+            "editors report them to the gateway's /v1/events"
+        )
     table = Table(title="acceptance by track and language (accepted / shown suggestions)")
     for column in ("track", "versions", "language", "shown", "accepted", "rate", "95% interval"):
         table.add_column(column, justify="right" if column in ("shown", "accepted", "rate", "95% interval") else "left")
     for (track, language), cell in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1] != "all", kv[0][1])):
         lo, hi = wilson(cell.accepted, cell.shown)
-        table.add_row(track, ",".join(sorted(cell.versions)), language, str(cell.shown), str(cell.accepted), f"{cell.rate:.1%}",
-                      f"{lo:.1%} - {hi:.1%}")
+        table.add_row(
+            track,
+            ",".join(sorted(cell.versions)),
+            language,
+            str(cell.shown),
+            str(cell.accepted),
+            f"{cell.rate:.1%}",
+            f"{lo:.1%} - {hi:.1%}",
+        )
     console.print(table)
     for comparison in compare(cells, cfg.serve.gateway.ab.min_shown, cfg.serve.gateway.ab.alpha):
         console.print(f"[bold]{comparison.language}[/]: {comparison.verdict}")
@@ -216,14 +242,20 @@ app.add_typer(feedback, name="feedback")
 
 
 @feedback.command("export")
-def feedback_export(output: Path = typer.Option(..., "--output", help="Directory for pairs.jsonl and labelled.jsonl."),
-                    config: Path = ConfigOpt, set_: Optional[list[str]] = SetOpt,
-                    url: Optional[str] = typer.Option(None, "--url", help="Telemetry store URL (default the profile's).")) -> None:
+def feedback_export(
+    output: Path = typer.Option(..., "--output", help="Directory for pairs.jsonl and labelled.jsonl."),
+    config: Path = ConfigOpt,
+    set_: list[str] | None = SetOpt,
+    url: str | None = typer.Option(None, "--url", help="Telemetry store URL (default the profile's)."),
+) -> None:
     """Accepted and dismissed completions as preference data: chosen/rejected pairs per prompt, and labelled rows."""
     from lathe.serving.telemetry import TelemetryStore, export_preferences
 
     cfg = load(config, set_)
     counts = export_preferences(TelemetryStore(url or telemetry_url(cfg)), output)
     # soft_wrap: paths stay whole on one line whatever the terminal's width (scripts read this line)
-    console.print(f"{counts['pairs']} preference pair(s) -> {output / 'pairs.jsonl'}; "
-                  f"{counts['labelled']} labelled completion(s) -> {output / 'labelled.jsonl'}", soft_wrap=True)
+    console.print(
+        f"{counts['pairs']} preference pair(s) -> {output / 'pairs.jsonl'}; "
+        f"{counts['labelled']} labelled completion(s) -> {output / 'labelled.jsonl'}",
+        soft_wrap=True,
+    )

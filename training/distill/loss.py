@@ -9,7 +9,8 @@ token, the figure distillation must lower.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,8 +61,15 @@ class DistillKL(Metric):
 class DistillLM(CodeLM):
     """A student trained on ``ce_weight`` x cross-entropy + ``kl_weight`` x T^2 x KL to ``teacher`` at ``temperature``."""
 
-    def __init__(self, student: LlamaForCausalLM, teacher: torch.nn.Module, seq_len: int, temperature: float,
-                 kl_weight: float, ce_weight: float) -> None:
+    def __init__(
+        self,
+        student: LlamaForCausalLM,
+        teacher: torch.nn.Module,
+        seq_len: int,
+        temperature: float,
+        kl_weight: float,
+        ce_weight: float,
+    ) -> None:
         super().__init__(student, seq_len)
         self.val_metrics["DistillKL"] = DistillKL()
         self._teacher = (teacher.eval().requires_grad_(False),)  # a tuple: kept out of the module tree (and the checkpoints)

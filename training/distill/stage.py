@@ -69,26 +69,56 @@ def run_distill(ctx: StageContext[DistillSections]) -> StageResult:
     teacher = model_to_tune(pinned(dc.teacher, ctx.observed.get("teacher", "")), ctx.out_dir / "teacher", "distill.teacher")
     vocabulary = vocabulary_hash(ctx.inputs["tokenizer"].path("tokenizer"))
     if (theirs := vocabulary_hash(teacher.path)) != vocabulary:
-        raise InputError(f"distill.teacher {teacher.ref} has vocabulary {theirs} but the shards use {vocabulary}: a teacher's "
-                         "logits must be over the student's tokens; point distill.teacher at a model of this vocabulary")
+        raise InputError(
+            f"distill.teacher {teacher.ref} has vocabulary {theirs} but the shards use {vocabulary}: a teacher's "
+            "logits must be over the student's tokens; point distill.teacher at a model of this vocabulary"
+        )
     cfg = student_sections(ctx.config)
     run = mlflow.active_run()
-    job, draws = build_job(cfg, ctx.inputs, ctx.out_dir, f"{cfg.profile}-distill-{ctx.fingerprint}", ctx.console,
-                           mlflow.get_tracking_uri(), run.info.run_id if run else None)
-    job = job.model_copy(update={"teacher": Teacher(path=str(teacher.path.resolve()), ref=teacher.ref, version=teacher.version,
-                                                    temperature=dc.temperature, kl_weight=dc.kl_weight, ce_weight=dc.ce_weight)})
+    job, draws = build_job(
+        cfg,
+        ctx.inputs,
+        ctx.out_dir,
+        f"{cfg.profile}-distill-{ctx.fingerprint}",
+        ctx.console,
+        mlflow.get_tracking_uri(),
+        run.info.run_id if run else None,
+    )
+    job = job.model_copy(
+        update={
+            "teacher": Teacher(
+                path=str(teacher.path.resolve()),
+                ref=teacher.ref,
+                version=teacher.version,
+                temperature=dc.temperature,
+                kl_weight=dc.kl_weight,
+                ce_weight=dc.ce_weight,
+            )
+        }
+    )
     preflight(job)
-    ctx.console.print(f"distilling {teacher.ref}" + (f" (version {teacher.version})" if teacher.version else "")
-                      + f" into a {dc.model.n_layers} x {dc.model.d_model} student: {dc.nproc} process(es), {dc.max_duration}")
+    ctx.console.print(
+        f"distilling {teacher.ref}"
+        + (f" (version {teacher.version})" if teacher.version else "")
+        + f" into a {dc.model.n_layers} x {dc.model.d_model} student: {dc.nproc} process(es), {dc.max_duration}"
+    )
     if dc.nproc == 1:
         run_training(job)
     else:
         launch(job, dc.nproc, ctx.out_dir)
     summary_file, hf_dir, metrics_file = (Path(ctx.outputs[k]) for k in ("summary", "model", "metrics"))
-    summary = registered_summary(cfg, ctx.fingerprint, ctx.inputs["shards"], job, draws, json.loads(summary_file.read_text()),
-                                 hf_dir, metrics_file, run.info.run_id if run else None,
-                                 tags={"lathe.method": "distill", "lathe.parent_version": teacher.version,
-                                       "lathe.student_init": job.parent_version})
+    summary = registered_summary(
+        cfg,
+        ctx.fingerprint,
+        ctx.inputs["shards"],
+        job,
+        draws,
+        json.loads(summary_file.read_text()),
+        hf_dir,
+        metrics_file,
+        run.info.run_id if run else None,
+        tags={"lathe.method": "distill", "lathe.parent_version": teacher.version, "lathe.student_init": job.parent_version},
+    )
     summary_file.write_text(json.dumps(summary, indent=2))
     print_distilled(summary, ctx.console)
     result = train_result(summary, [p for p in (metrics_file, ctx.out_dir / SPIKES, summary_file) if p.is_file()])
@@ -101,8 +131,10 @@ def print_distilled(summary: dict[str, Any], console: Console) -> None:
     print_train(summary, console)
     if summary.get("final_val_kl") is not None:
         before = summary.get("initial_val_kl")
-        console.print(f"KL to the teacher ({summary['teacher']}) per validation token: "
-                      f"{'' if before is None else f'{before:.3f} -> '}{summary['final_val_kl']:.3f}")
+        console.print(
+            f"KL to the teacher ({summary['teacher']}) per validation token: "
+            f"{'' if before is None else f'{before:.3f} -> '}{summary['final_val_kl']:.3f}"
+        )
 
 
 def distill_headline(manifest: dict[str, Any]) -> str:

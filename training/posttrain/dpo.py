@@ -15,8 +15,9 @@ DPO shares the trainer, loaders, checkpoints, autoresume, logging and FSDP of pr
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,7 +90,12 @@ def encode_preference(
     rejected = encode_pair(prompt_ids, rejected_ids, eos_id, max_len)
     if chosen is None or rejected is None:
         return None
-    return {"chosen_input_ids": chosen[0], "chosen_labels": chosen[1], "rejected_input_ids": rejected[0], "rejected_labels": rejected[1]}
+    return {
+        "chosen_input_ids": chosen[0],
+        "chosen_labels": chosen[1],
+        "rejected_input_ids": rejected[0],
+        "rejected_labels": rejected[1],
+    }
 
 
 def collate_preferences(pad_id: int) -> Callable[[Sequence[Mapping[str, Any]]], dict[str, torch.Tensor]]:
@@ -135,8 +141,11 @@ def reference_logps(model: PreTrainedModel, samples: list[dict[str, Any]], pad_i
 
 
 # MDS columns of encoded pairs with their reference log-probabilities (written by write_preferences).
-PREFERENCE_COLUMNS = {**{f"{side}_{name}": "ndarray:int32" for side in SIDES for name in ("input_ids", "labels")},
-                      "reference_chosen": "float64", "reference_rejected": "float64"}
+PREFERENCE_COLUMNS = {
+    **{f"{side}_{name}": "ndarray:int32" for side in SIDES for name in ("input_ids", "labels")},
+    "reference_chosen": "float64",
+    "reference_rejected": "float64",
+}
 
 
 def write_preferences(samples: Iterable[Mapping[str, Any]], out: str, compression: str | None = "zstd") -> int:
@@ -147,8 +156,12 @@ def write_preferences(samples: Iterable[Mapping[str, Any]], out: str, compressio
     count = 0
     with MDSWriter(out=out, columns=PREFERENCE_COLUMNS, compression=compression) as writer:
         for sample in samples:
-            writer.write({k: np.asarray(sample[k], dtype=np.int32) if t.startswith("ndarray") else float(sample[k])
-                          for k, t in PREFERENCE_COLUMNS.items()})
+            writer.write(
+                {
+                    k: np.asarray(sample[k], dtype=np.int32) if t.startswith("ndarray") else float(sample[k])
+                    for k, t in PREFERENCE_COLUMNS.items()
+                }
+            )
             count += 1
     return count
 
@@ -195,8 +208,11 @@ class DPOModel(ComposerModel):
         super().__init__()
         self.model, self.beta, self.label_smoothing, self.sft_weight = model, beta, label_smoothing, sft_weight
         self.train_metrics = {"PreferenceAccuracy": PreferenceAccuracy(), "RewardMargin": RewardMargin()}
-        self.eval_metrics = {"PreferenceAccuracy": PreferenceAccuracy(), "RewardMargin": RewardMargin(),
-                             "ChosenCrossEntropy": ChosenCrossEntropy()}
+        self.eval_metrics = {
+            "PreferenceAccuracy": PreferenceAccuracy(),
+            "RewardMargin": RewardMargin(),
+            "ChosenCrossEntropy": ChosenCrossEntropy(),
+        }
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(chosen, rejected) log-probabilities of the policy."""

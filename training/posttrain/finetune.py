@@ -20,10 +20,10 @@ from composer.utils import dist, reproducibility
 from lathe.tokenizer.special import PAD
 from lathe.tokenizer.streams import release_filelocks
 from lathe.tokenizer.vocab import load_tokenizer
-from lathe.training.posttrain.dpo import DPOModel, collate_preferences
 from lathe.training.job import ADAPTER_DIR, MODEL_DIR, SUMMARY, FinetuneJob, job_folder
-from lathe.training.posttrain.lora import merged, save_adapter, trainable_share, with_adapters
 from lathe.training.model import CodeLM, parameter_count
+from lathe.training.posttrain.dpo import DPOModel, collate_preferences
+from lathe.training.posttrain.lora import merged, save_adapter, trainable_share, with_adapters
 from lathe.training.posttrain.sft import examples_dataloader
 from lathe.training.posttrain.sft_data import collate_examples
 from lathe.training.trainer import (
@@ -81,8 +81,17 @@ def run_finetune(job: FinetuneJob) -> dict[str, Any]:
     evaluator = Evaluator(label="val", dataloader=val, metric_names=list(FIGURES[job.method]))
     optimizer = tc.optimizer.model_copy(update={"lr": tc.optimizer.lr * tc.lora.lr_multiplier}) if tc.lora else tc.optimizer
     trainer = composer_trainer(
-        tc, model, train, [evaluator], optimizer=optimizer, warmup=tc.warmup, device=device, folder=job_folder(job),
-        run_name=job.run_name, loggers=run_loggers(tc, out, job.run_name, job.mlflow_uri, job.mlflow_run_id), callbacks=[],
+        tc,
+        model,
+        train,
+        [evaluator],
+        optimizer=optimizer,
+        warmup=tc.warmup,
+        device=device,
+        folder=job_folder(job),
+        run_name=job.run_name,
+        loggers=run_loggers(tc, out, job.run_name, job.mlflow_uri, job.mlflow_run_id),
+        callbacks=[],
     )
     resumed_at, initial, final = fit_with_baseline(trainer, lambda t: figures(t, job.method))
     summary: dict[str, Any] = {

@@ -9,8 +9,9 @@ tokens never count.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from composer.core import DataSpec
@@ -19,8 +20,8 @@ from transformers import LlamaForCausalLM
 
 from lathe.training.config import LoraConfig
 from lathe.training.data import streams_of
-from lathe.training.posttrain.lora import with_adapters
 from lathe.training.model import CodeLM
+from lathe.training.posttrain.lora import with_adapters
 from lathe.training.posttrain.sft_data import collate_examples
 
 Collate = Callable[[Sequence[Mapping[str, Any]]], dict[str, torch.Tensor]]
@@ -35,7 +36,9 @@ def examples_dataloader(
     split_uri: str, cache: Path, batch_size: int, collate: Collate, shuffle: bool, seed: int, num_workers: int = 0
 ) -> DataSpec:
     """A DataSpec over a split of variable-length examples (SFT pairs, DPO preferences), batched by ``collate``."""
-    dataset = StreamingDataset(streams=streams_of([(split_uri, None)], cache), shuffle=shuffle, shuffle_seed=seed, batch_size=batch_size)
+    dataset = StreamingDataset(
+        streams=streams_of([(split_uri, None)], cache), shuffle=shuffle, shuffle_seed=seed, batch_size=batch_size
+    )
     loader = StreamingDataLoader(dataset, batch_size=batch_size, collate_fn=collate, drop_last=False, num_workers=num_workers)
     return DataSpec(loader, get_num_tokens_in_batch=real_tokens)
 

@@ -15,7 +15,8 @@ example (padding is masked out of the loss and the attention).
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,7 +67,11 @@ def encode_rows(
 
 
 def encode_pairs(
-    rows: list[Mapping[str, str]], encode_batch: EncodeBatch, eos_id: int, max_len: int, drops: Mapping[str, int] | None = None,
+    rows: list[Mapping[str, str]],
+    encode_batch: EncodeBatch,
+    eos_id: int,
+    max_len: int,
+    drops: Mapping[str, int] | None = None,
     fim: FimIds | None = None,
 ) -> tuple[list[tuple[list[int], list[int]]], dict[str, int]]:
     """(input_ids, labels) of every pair that fits ``max_len``, in order, and the drop counts: ``drops``

@@ -19,8 +19,9 @@ import hashlib
 import json
 import shutil
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from rich.console import Console
 
@@ -51,7 +52,9 @@ def is_val(key: str, fraction: float) -> bool:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64 < fraction
 
 
-def by_split(rows: list[dict[str, str]], fraction: float, key: Callable[[dict[str, str]], str]) -> dict[str, list[dict[str, str]]]:
+def by_split(
+    rows: list[dict[str, str]], fraction: float, key: Callable[[dict[str, str]], str]
+) -> dict[str, list[dict[str, str]]]:
     """Rows into train and val by :func:`is_val` of ``key(row)``."""
     split: dict[str, list[dict[str, str]]] = {"train": [], "val": []}
     for row in rows:
@@ -69,8 +72,10 @@ def context_length(model_dir: Path, tc: FinetuneConfig, setting: str) -> int:
     """The longest example: ``max_seq_len`` when set (within the model's context), else the model's context."""
     context = json.loads((model_dir / "config.json").read_text())["max_position_embeddings"]
     if tc.max_seq_len and tc.max_seq_len > context:
-        raise InputError(f"{setting}.max_seq_len={tc.max_seq_len} exceeds the context of the model it tunes ({context} tokens); "
-                         f"lower it or unset it")
+        raise InputError(
+            f"{setting}.max_seq_len={tc.max_seq_len} exceeds the context of the model it tunes ({context} tokens); "
+            f"lower it or unset it"
+        )
     return tc.max_seq_len or context
 
 
@@ -98,7 +103,9 @@ def write_sft_examples(rows: list[dict[str, str]], base: Path, tc: FinetuneConfi
     tok = load_tokenizer(base)
     counts: Counter[str] = Counter()
     for split, part in by_split(rows, tc.val_fraction, lambda row: row["pair_id"]).items():
-        examples, drops = encode_pairs(part, tokenize(tok), tok.token_to_id(EOS), context_length(base, tc, setting), fim=fim_ids(tok))
+        examples, drops = encode_pairs(
+            part, tokenize(tok), tok.token_to_id(EOS), context_length(base, tc, setting), fim=fim_ids(tok)
+        )
         counts[split] = write_examples(examples, str(out / split))
         counts.update({f"dropped.{k}": v for k, v in drops.items()})
     return dict(counts)
@@ -134,25 +141,38 @@ def tune(ctx: StageContext[PosttrainSections], method: str, examples: Upstream, 
 
     tc: FinetuneConfig = getattr(ctx.config, method)
     base = model_to_tune(pinned(tc.init_from, ctx.observed.get("init_from", "")), ctx.out_dir / "init", f"{method}.init_from")
-    ctx.console.print(f"{method}: tuning {base.ref}" + (f" (version {base.version})" if base.version else "")
-                      + (f" with LoRA rank {tc.lora.rank}" if tc.lora else " (every weight)"))
+    ctx.console.print(
+        f"{method}: tuning {base.ref}"
+        + (f" (version {base.version})" if base.version else "")
+        + (f" with LoRA rank {tc.lora.rank}" if tc.lora else " (every weight)")
+    )
     write = write_sft_examples if method == "sft" else write_dpo_examples
     # Written again on a resumed run: the same rows give the same shards, so the checkpoint's place in them holds.
     shutil.rmtree(ctx.out_dir / EXAMPLES, ignore_errors=True)
     counts = write(rows, base.path, tc, ctx.out_dir / EXAMPLES, method)
     counts["input"] = len(rows)
     if not counts.get("train") or not counts.get("val"):
-        raise InputError(f"{method}: {counts.get('train', 0)} training and {counts.get('val', 0)} validation examples "
-                         f"from {len(rows)} rows; give more data or change {method}.val_fraction / {method}.max_seq_len")
+        raise InputError(
+            f"{method}: {counts.get('train', 0)} training and {counts.get('val', 0)} validation examples "
+            f"from {len(rows)} rows; give more data or change {method}.val_fraction / {method}.max_seq_len"
+        )
     if counts["train"] + counts["val"] + sum(v for k, v in counts.items() if k.startswith("dropped.")) != len(rows):
         raise InputError(f"{method}: examples lost while encoding ({counts}); this is a bug")
     run = mlflow.active_run()
     job = FinetuneJob(
-        method=method, tune=tc, beta=getattr(tc, "beta", 0.1), label_smoothing=getattr(tc, "label_smoothing", 0.0),
+        method=method,
+        tune=tc,
+        beta=getattr(tc, "beta", 0.1),
+        label_smoothing=getattr(tc, "label_smoothing", 0.0),
         sft_weight=getattr(tc, "sft_weight", 0.0),
-        base=str(base.path), base_ref=base.ref, parent_version=base.version, data=str(ctx.out_dir / EXAMPLES),
-        seq_len=context_length(base.path, tc, method), out_dir=str(ctx.out_dir.resolve()),
-        run_name=f"{ctx.config.profile}-{method}-{ctx.fingerprint}", mlflow_uri=mlflow.get_tracking_uri(),
+        base=str(base.path),
+        base_ref=base.ref,
+        parent_version=base.version,
+        data=str(ctx.out_dir / EXAMPLES),
+        seq_len=context_length(base.path, tc, method),
+        out_dir=str(ctx.out_dir.resolve()),
+        run_name=f"{ctx.config.profile}-{method}-{ctx.fingerprint}",
+        mlflow_uri=mlflow.get_tracking_uri(),
         mlflow_run_id=run.info.run_id if run else None,
     )
     if tc.nproc == 1:
@@ -163,8 +183,9 @@ def tune(ctx: StageContext[PosttrainSections], method: str, examples: Upstream, 
         launch(job, tc.nproc, ctx.out_dir)
     summary_file, metrics_file = Path(ctx.outputs["summary"]), Path(ctx.outputs["metrics"])
     summary = json.loads(summary_file.read_text())
-    summary.update(examples=counts, registered_model=tc.registered_model,
-                   tokens_per_s=last_metric(metrics_file, "throughput/tokens_per_sec"))
+    summary.update(
+        examples=counts, registered_model=tc.registered_model, tokens_per_s=last_metric(metrics_file, "throughput/tokens_per_sec")
+    )
     if run is not None:
         lineage = {
             "lathe.profile": ctx.config.profile,
@@ -176,14 +197,19 @@ def tune(ctx: StageContext[PosttrainSections], method: str, examples: Upstream, 
             "lathe.tokens": str(summary["tokens"]),
             "lathe.val_loss": "" if summary.get("final_val_loss") is None else f"{summary['final_val_loss']:.6f}",
         }
-        summary["model_version"] = ModelRegistry(tc.registered_model).register(Path(ctx.outputs["model"]), run.info.run_id, lineage)
+        summary["model_version"] = ModelRegistry(tc.registered_model).register(
+            Path(ctx.outputs["model"]), run.info.run_id, lineage
+        )
     summary_file.write_text(json.dumps(summary, indent=2))
     print_tuned(summary, ctx.console)
     metrics = {k: float(v) for k, v in summary.items() if k.startswith(("initial_", "final_")) and v is not None}
     return StageResult(
         counts={**{f"examples.{k}": v for k, v in counts.items()}, "batches": summary["batches"], "tokens": summary["tokens"]},
-        metrics={**metrics, "trainable_share": summary["trainable_share"],
-                 **({"tokens_per_s": summary["tokens_per_s"]} if summary.get("tokens_per_s") else {})},
+        metrics={
+            **metrics,
+            "trainable_share": summary["trainable_share"],
+            **({"tokens_per_s": summary["tokens_per_s"]} if summary.get("tokens_per_s") else {}),
+        },
         artifacts=[p for p in (metrics_file, summary_file) if p.is_file()],
         details=summary,
     )
@@ -204,16 +230,22 @@ def run_dpo(ctx: StageContext[PosttrainSections]) -> StageResult:
 def print_tuned(summary: dict[str, Any], console: Console) -> None:
     """What post-training changed, on one screen."""
     ex = summary["examples"]
-    console.print(f"[bold]{summary['method']}[/]: {ex['train']} training and {ex['val']} held-out examples; "
-                  f"{summary['batches']} batches, {summary['tokens']:,} tokens; {summary['trainable_share']:.2%} of "
-                  f"{summary['parameters'] / 1e6:.2f}M parameters trained")
+    console.print(
+        f"[bold]{summary['method']}[/]: {ex['train']} training and {ex['val']} held-out examples; "
+        f"{summary['batches']} batches, {summary['tokens']:,} tokens; {summary['trainable_share']:.2%} of "
+        f"{summary['parameters'] / 1e6:.2f}M parameters trained"
+    )
     for key in ("val_loss", "preference_accuracy", "reward_margin"):
         if summary.get(f"final_{key}") is not None:
             before = summary.get(f"initial_{key}")
-            console.print(f"held-out {key.replace('_', ' ')} {'' if before is None else f'{before:.4f} -> '}{summary[f'final_{key}']:.4f}")
+            console.print(
+                f"held-out {key.replace('_', ' ')} {'' if before is None else f'{before:.4f} -> '}{summary[f'final_{key}']:.4f}"
+            )
     if summary.get("model_version"):
-        console.print(f"registered {summary['registered_model']} version {summary['model_version']} "
-                      f"(parent {summary['parent_version'] or 'none'}, method {summary['method']})")
+        console.print(
+            f"registered {summary['registered_model']} version {summary['model_version']} "
+            f"(parent {summary['parent_version'] or 'none'}, method {summary['method']})"
+        )
 
 
 def tuned_headline(manifest: dict[str, Any]) -> str:

@@ -7,8 +7,9 @@ import hashlib
 import itertools
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
@@ -51,34 +52,48 @@ class SweepConfig(Strict):
     one ends off its prediction; each is evaluated, and the best by ``metric`` is registered.
     """
 
-    enabled: bool = Field(False, description="Train the candidates instead of the one `train` config (`lathe sweep` "
-                          "turns it on; so does the DAG's lathe_sweep setting).")
+    enabled: bool = Field(
+        False,
+        description="Train the candidates instead of the one `train` config (`lathe sweep` "
+        "turns it on; so does the DAG's lathe_sweep setting).",
+    )
     candidates: list[Candidate] = Field(default_factory=list, description="Named variations of `train`.")
     grid: dict[str, list[Any]] = Field(
         default_factory=dict,
         description="train.* key path -> values: one candidate per combination (named key=value+...), after `candidates`.",
     )
-    devices: int | None = Field(None, gt=0, description="Devices to share: GPUs of this node, or CPU cores without GPUs; "
-                                "None = all of them.")
+    devices: int | None = Field(
+        None, gt=0, description="Devices to share: GPUs of this node, or CPU cores without GPUs; None = all of them."
+    )
     device_counts: list[int] | None = Field(
-        None, description="Device counts each candidate is trialled on; None = 1, 2, 4, ... up to `devices`, and `devices`.")
+        None, description="Device counts each candidate is trialled on; None = 1, 2, 4, ... up to `devices`, and `devices`."
+    )
     parallelism: list[Parallelism] = Field(
-        ["ddp"], min_length=1, description="Parallelism choices to trial (FSDP only on 2 or more devices).")
+        ["ddp"], min_length=1, description="Parallelism choices to trial (FSDP only on 2 or more devices)."
+    )
     activation_checkpointing: list[bool] = Field([False], min_length=1, description="Trial with and/or without it.")
-    profile_batches: int = Field(8, ge=6, description="Batches per trial; the speed monitor's 5-batch window skips the "
-                                 "first ones (warm-up).")
+    profile_batches: int = Field(
+        8, ge=6, description="Batches per trial; the speed monitor's 5-batch window skips the first ones (warm-up)."
+    )
     device_memory_mb: int | None = Field(
-        None, gt=0, description="Each rank's memory budget: a trial (and a job) needing more runs out of memory and "
+        None,
+        gt=0,
+        description="Each rank's memory budget: a trial (and a job) needing more runs out of memory and "
         "the choice is infeasible. GPUs: a share of the device; CPU: the process's data limit. None = the device's own.",
     )
-    solver_time_limit_s: float = Field(10.0, gt=0, description="CP-SAT's time limit; the best plan found is used "
-                                       "and its optimality gap reported.")
-    replan_margin: float = Field(0.2, ge=0, description="Re-plan the jobs not started yet when one ends this share "
-                                 "earlier or later than predicted.")
-    metric: str = Field("val_loss", description="Picks the winner: val_loss (lowest) or a pass@k figure such as pass@1 "
-                        "or humaneval-js/pass@1 (highest).")
-    evaluate: bool = Field(True, description="Run HumanEval (eval.benchmarks, eval.generation) on every candidate; "
-                           "off: validation loss only.")
+    solver_time_limit_s: float = Field(
+        10.0, gt=0, description="CP-SAT's time limit; the best plan found is used and its optimality gap reported."
+    )
+    replan_margin: float = Field(
+        0.2, ge=0, description="Re-plan the jobs not started yet when one ends this share earlier or later than predicted."
+    )
+    metric: str = Field(
+        "val_loss",
+        description="Picks the winner: val_loss (lowest) or a pass@k figure such as pass@1 or humaneval-js/pass@1 (highest).",
+    )
+    evaluate: bool = Field(
+        True, description="Run HumanEval (eval.benchmarks, eval.generation) on every candidate; off: validation loss only."
+    )
 
     @field_validator("device_counts")
     @classmethod
@@ -108,7 +123,11 @@ def sweep_candidates(train: TrainConfig, sweep: SweepConfig) -> list[tuple[str, 
     """Each candidate's name and full `train` section; one clear line for a bad variation."""
     named = [(c.name, c.set) for c in sweep.candidates]
     keys = list(sweep.grid)
-    named += [(_grid_name(combo), combo) for combo in (dict(zip(keys, values)) for values in itertools.product(*sweep.grid.values()))] if keys else []
+    named += (
+        [(_grid_name(combo), combo) for combo in (dict(zip(keys, values)) for values in itertools.product(*sweep.grid.values()))]
+        if keys
+        else []
+    )
     seen: set[str] = set()
     out = []
     for name, changes in named:

@@ -26,10 +26,20 @@ from lathe.core.tracking import flatten, mlflow_key
 from lathe.training.job import METRICS, MODEL_DIR, SUMMARY, TrainJob
 from lathe.training.launcher import Devices, launch
 from lathe.training.mixture import run_samples
-from lathe.training.sweep.profiler import Choice, Trial, TrialCache, describe, options, profile
-from lathe.training.sweep.schedule import Assignment, Busy, Job, Plan, check_plan, draw_gantt, even_split_makespan, sequential_makespan, solve
 from lathe.training.pretrain import TrainSections, build_job, print_train, registered_summary, train_result
 from lathe.training.sweep.config import Score, candidate_fingerprint, sweep_candidates
+from lathe.training.sweep.profiler import Choice, Trial, TrialCache, describe, options, profile
+from lathe.training.sweep.schedule import (
+    Assignment,
+    Busy,
+    Job,
+    Plan,
+    check_plan,
+    draw_gantt,
+    even_split_makespan,
+    sequential_makespan,
+    solve,
+)
 
 CANDIDATE = "candidate.json"  # written last in a candidate's folder: its figures (it finished)
 
@@ -54,7 +64,9 @@ class Candidate:
         """(training batches, validation batches) of the whole job, for the duration prediction."""
         tc = self.job.train
         epoch = sum(d.choose or 0 for d in self.job.streams)
-        train = -(-run_samples(tc.max_duration, tc.global_train_batch_size, self.job.seq_len, epoch) // tc.global_train_batch_size)
+        train = -(
+            -run_samples(tc.max_duration, tc.global_train_batch_size, self.job.seq_len, epoch) // tc.global_train_batch_size
+        )
         interval = int(tc.eval_interval[:-2]) if tc.eval_interval.endswith("ba") else train
         per_eval = tc.eval_subset_num_batches if tc.eval_subset_num_batches > 0 else 8  # -1: the split; 8 is a guess
         evaluations = 2 + train // max(1, interval)  # before, every interval, after
@@ -93,8 +105,14 @@ def run_sweep(ctx: StageContext[TrainSections], score: Score | None) -> StageRes
         fp = candidate_fingerprint(train, inputs)
         folder = workspace / "candidates" / f"{name}-{fp}"
         folder.mkdir(parents=True, exist_ok=True)
-        job, _ = build_job(cfg.model_copy(update={"train": train}), ctx.inputs, folder, f"{cfg.profile}-sweep-{name}-{fp}",
-                           Console(quiet=True), mlflow.get_tracking_uri())
+        job, _ = build_job(
+            cfg.model_copy(update={"train": train}),
+            ctx.inputs,
+            folder,
+            f"{cfg.profile}-sweep-{name}-{fp}",
+            Console(quiet=True),
+            mlflow.get_tracking_uri(),
+        )
         preflight(job)  # bad input fails here, before any trial
         candidates.append(Candidate(name, fp, folder, job))
     devices, gpu = devices_here(sweep.devices)
@@ -102,29 +120,51 @@ def run_sweep(ctx: StageContext[TrainSections], score: Score | None) -> StageRes
         if (c.dir / CANDIDATE).is_file():
             c.status, c.figures = "reused", json.loads((c.dir / CANDIDATE).read_text())["figures"]
     todo = [c for c in candidates if c.status == "pending"]
-    console.print(f"sweep: {len(candidates)} candidates on {devices} {'GPU' if gpu else 'CPU core'}(s); "
-                  f"{len(candidates) - len(todo)} finished earlier")
+    console.print(
+        f"sweep: {len(candidates)} candidates on {devices} {'GPU' if gpu else 'CPU core'}(s); "
+        f"{len(candidates) - len(todo)} finished earlier"
+    )
     plan = None
     if todo:
-        trials = profile({c.name: c.job for c in todo}, sweep, devices, gpu, TrialCache(workspace / "trials.json"),
-                         workspace / "trials", console)
+        trials = profile(
+            {c.name: c.job for c in todo},
+            sweep,
+            devices,
+            gpu,
+            TrialCache(workspace / "trials.json"),
+            workspace / "trials",
+            console,
+        )
         jobs = []
         for c in todo:
             c.trials = trials[c.name]
             train_batches, eval_batches = c.batches()
-            feasible = options(c.trials, lambda t: t.predict(train_batches, eval_batches))
+            feasible = options(c.trials, lambda t, train=train_batches, val=eval_batches: t.predict(train, val))
             if feasible:
                 jobs.append(Job(c.name, feasible))
             else:
-                c.status, c.reason = "infeasible", "no device count or parallelism fits: " + "; ".join(
-                    f"{ch.devices}x {ch.parallelism}: {describe(t)}" for ch, t in c.trials.items())
+                c.status, c.reason = (
+                    "infeasible",
+                    "no device count or parallelism fits: "
+                    + "; ".join(f"{ch.devices}x {ch.parallelism}: {describe(t)}" for ch, t in c.trials.items()),
+                )
                 console.print(f"[yellow]{c.name}[/]: {c.reason}")
         if jobs:
             plan = solve(jobs, devices, time_limit_s=sweep.solver_time_limit_s)
             write_plan(plan, jobs, ctx.out_dir, "plan")
             print_plan(plan, jobs, console)
-            plan = execute(plan, jobs, {c.name: c for c in todo}, devices, gpu, sweep.replan_margin,
-                           sweep.solver_time_limit_s, sweep.device_memory_mb, ctx.out_dir, console)
+            plan = execute(
+                plan,
+                jobs,
+                {c.name: c for c in todo},
+                devices,
+                gpu,
+                sweep.replan_margin,
+                sweep.solver_time_limit_s,
+                sweep.device_memory_mb,
+                ctx.out_dir,
+                console,
+            )
         for c in todo:
             if c.status == "trained":
                 c.figures = evaluate(c, cfg, score if sweep.evaluate else None, parent.info.run_id if parent else None)
@@ -138,8 +178,18 @@ def train_one(c: Candidate, a: Assignment, gpu: bool, memory_mb: int | None) -> 
     launch(job, choice.devices, c.dir, Devices(a.devices, gpu))
 
 
-def execute(plan: Plan, jobs: list[Job], by_name: dict[str, Candidate], devices: int, gpu: bool, margin: float,
-            time_limit_s: float, memory_mb: int | None, out_dir: Path, console: Console) -> Plan:
+def execute(
+    plan: Plan,
+    jobs: list[Job],
+    by_name: dict[str, Candidate],
+    devices: int,
+    gpu: bool,
+    margin: float,
+    time_limit_s: float,
+    memory_mb: int | None,
+    out_dir: Path,
+    console: Console,
+) -> Plan:
     """Run the planned jobs, each as soon as its devices are free and no job planned before it on them
     waits; re-plan the jobs not started when one ends more than ``margin`` off its prediction.
     Returns the plan as run (assignments with their measured start and end)."""
@@ -160,7 +210,9 @@ def execute(plan: Plan, jobs: list[Job], by_name: dict[str, Candidate], devices:
                 c.assignment, c.started = a, time.perf_counter() - began
                 busy |= set(a.devices)
                 del pending[a.name]
-                console.print(f"start {a.name} on devices {list(a.devices)} ({a.option.label}), predicted {a.option.seconds:.0f} s")
+                console.print(
+                    f"start {a.name} on devices {list(a.devices)} ({a.option.label}), predicted {a.option.seconds:.0f} s"
+                )
                 running[pool.submit(train_one, c, a, gpu, memory_mb)] = c
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             now = time.perf_counter() - began
@@ -173,21 +225,32 @@ def execute(plan: Plan, jobs: list[Job], by_name: dict[str, Candidate], devices:
                 took, predicted = now - c.started, c.assignment.option.seconds
                 error = future.exception()
                 c.status, c.reason = ("failed", str(error)) if error else ("trained", "")
-                console.print(f"{c.name} {c.status} after {took:.0f} s (predicted {predicted:.0f} s)"
-                              + (f": {c.reason}" if error else ""))
+                console.print(
+                    f"{c.name} {c.status} after {took:.0f} s (predicted {predicted:.0f} s)" + (f": {c.reason}" if error else "")
+                )
                 ran.append(Assignment(c.name, c.assignment.option, c.assignment.devices, c.started, now))
                 off = off or abs(took - predicted) > margin * predicted
             if off and pending:  # the rest of the plan was built on a prediction that did not hold
-                still = [Busy(c.name, c.assignment.devices, max(0.1, c.started + c.assignment.option.seconds - now))
-                         for c in running.values() if c.assignment is not None and c.started is not None]
+                still = [
+                    Busy(c.name, c.assignment.devices, max(0.1, c.started + c.assignment.option.seconds - now))
+                    for c in running.values()
+                    if c.assignment is not None and c.started is not None
+                ]
                 replan = solve(list(pending.values()), devices, still, time_limit_s)
                 replans += 1
                 console.print(f"re-planned {len(pending)} job(s): predicted makespan {now + replan.makespan:.0f} s")
-                current = {a.name: Assignment(a.name, a.option, a.devices, now + a.start, now + a.end)
-                           for a in replan.assignments}
+                current = {
+                    a.name: Assignment(a.name, a.option, a.devices, now + a.start, now + a.end) for a in replan.assignments
+                }
                 write_plan(replan, list(pending.values()), out_dir, f"replan-{replans}")
-    measured = Plan(sorted(ran, key=lambda a: (a.start, a.name)), max((a.end for a in ran), default=0.0), plan.lower_bound,
-                    plan.status, plan.solve_s, devices)
+    measured = Plan(
+        sorted(ran, key=lambda a: (a.start, a.name)),
+        max((a.end for a in ran), default=0.0),
+        plan.lower_bound,
+        plan.status,
+        plan.solve_s,
+        devices,
+    )
     measured_json = measured.to_json() | {"predicted_makespan_s": plan.makespan, "replans": replans}
     (out_dir / "measured.json").write_text(json.dumps(measured_json, indent=2))
     draw_gantt(plan, out_dir / "gantt.png", {a.name: (a.start, a.end) for a in ran})
@@ -215,9 +278,11 @@ def print_plan(plan: Plan, jobs: list[Job], console: Console) -> None:
     for a in plan.assignments:
         table.add_row(a.name, ",".join(map(str, a.devices)), a.option.label, f"{a.start:.0f}", f"{a.end - a.start:.0f}")
     console.print(table)
-    console.print(f"predicted makespan {plan.makespan:.0f} s ({plan.status.lower()}, gap {plan.gap:.1%}, solved in "
-                  f"{plan.solve_s:.1f} s); one after another on all devices {sequential_makespan(jobs, plan.devices):.0f} s, "
-                  f"even split {even_split_makespan(jobs, plan.devices):.0f} s")
+    console.print(
+        f"predicted makespan {plan.makespan:.0f} s ({plan.status.lower()}, gap {plan.gap:.1%}, solved in "
+        f"{plan.solve_s:.1f} s); one after another on all devices {sequential_makespan(jobs, plan.devices):.0f} s, "
+        f"even split {even_split_makespan(jobs, plan.devices):.0f} s"
+    )
 
 
 def evaluate(c: Candidate, cfg: Any, score: Score | None, parent_run: str | None) -> dict[str, float]:
@@ -226,8 +291,11 @@ def evaluate(c: Candidate, cfg: Any, score: Score | None, parent_run: str | None
     import mlflow
 
     summary = json.loads((c.dir / SUMMARY).read_text())
-    figures = {k: float(summary[s]) for k, s in (("val_loss", "final_val_loss"), ("replay_val_loss", "final_replay_val_loss"))
-               if summary.get(s) is not None}
+    figures = {
+        k: float(summary[s])
+        for k, s in (("val_loss", "final_val_loss"), ("replay_val_loss", "final_replay_val_loss"))
+        if summary.get(s) is not None
+    }
     if score is not None:
         figures |= score(c.dir / MODEL_DIR, c.dir / "eval", cfg)
     client = mlflow.MlflowClient()
@@ -241,7 +309,7 @@ def evaluate(c: Candidate, cfg: Any, score: Score | None, parent_run: str | None
         params |= {"sweep.devices": str(c.assignment.option.devices), "sweep.option": c.assignment.option.label}
     items = list(params.items())
     for start in range(0, len(items), 100):  # MLflow takes at most 100 params a call
-        client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in items[start:start + 100]])
+        client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in items[start : start + 100]])
     for key, value in figures.items():
         client.log_metric(run.info.run_id, mlflow_key(key), value)
     if c.started is not None and c.ended is not None:
@@ -257,28 +325,52 @@ def pick(candidates: list[Candidate], cfg: Any, ctx: StageContext[Any], plan: Pl
     scored = [c for c in candidates if sweep.metric in c.figures]
     if not scored:
         reasons = "; ".join(f"{c.name}: {c.status} {c.reason}".strip() for c in candidates)
-        raise LatheError(f"no sweep candidate has a {sweep.metric} figure ({reasons}); see the rank logs in "
-                         f"{ctx.out_dir.parent / 'sweep' / 'candidates'}")
+        raise LatheError(
+            f"no sweep candidate has a {sweep.metric} figure ({reasons}); see the rank logs in "
+            f"{ctx.out_dir.parent / 'sweep' / 'candidates'}"
+        )
     best = (min if sweep.lower_is_better() else max)(scored, key=lambda c: c.figures[sweep.metric])
     summary = json.loads((best.dir / SUMMARY).read_text())
     draws = best.job.streams
     run_id = json.loads((best.dir / CANDIDATE).read_text())["mlflow_run_id"] if parent_run else None
-    summary = registered_summary(cfg, ctx.fingerprint, ctx.inputs["shards"], best.job, draws, summary, best.dir / MODEL_DIR,
-                                 best.dir / METRICS, run_id, {"lathe.sweep_candidate": best.name})
+    summary = registered_summary(
+        cfg,
+        ctx.fingerprint,
+        ctx.inputs["shards"],
+        best.job,
+        draws,
+        summary,
+        best.dir / MODEL_DIR,
+        best.dir / METRICS,
+        run_id,
+        {"lathe.sweep_candidate": best.name},
+    )
     summary["sweep"] = {
-        "metric": sweep.metric, "winner": best.name,
-        "candidates": [{"name": c.name, "status": c.status, "reason": c.reason, "figures": c.figures, "dir": str(c.dir),
-                        "option": c.assignment.option.label if c.assignment else None,
-                        "devices": list(c.assignment.devices) if c.assignment else None,
-                        "seconds": None if c.started is None or c.ended is None else c.ended - c.started}
-                       for c in candidates],
+        "metric": sweep.metric,
+        "winner": best.name,
+        "candidates": [
+            {
+                "name": c.name,
+                "status": c.status,
+                "reason": c.reason,
+                "figures": c.figures,
+                "dir": str(c.dir),
+                "option": c.assignment.option.label if c.assignment else None,
+                "devices": list(c.assignment.devices) if c.assignment else None,
+                "seconds": None if c.started is None or c.ended is None else c.ended - c.started,
+            }
+            for c in candidates
+        ],
     }
     summary_file = Path(ctx.outputs["summary"])
     summary_file.write_text(json.dumps(summary, indent=2))
     print_sweep(summary, ctx.console)
     print_train(summary, ctx.console)
-    artifacts = [p for p in (summary_file, ctx.out_dir / "plan.json", ctx.out_dir / "measured.json", ctx.out_dir / "gantt.png")
-                 if p.is_file()]
+    artifacts = [
+        p
+        for p in (summary_file, ctx.out_dir / "plan.json", ctx.out_dir / "measured.json", ctx.out_dir / "gantt.png")
+        if p.is_file()
+    ]
     return train_result(summary, artifacts, {"model": str(best.dir / MODEL_DIR), "metrics": str(best.dir / METRICS)})
 
 
@@ -289,6 +381,11 @@ def print_sweep(summary: dict[str, Any], console: Console) -> None:
     table = Table("candidate", "status", "option", "seconds", *keys, title=f"sweep (by {sweep['metric']})")
     for c in sweep["candidates"]:
         mark = " *" if c["name"] == sweep["winner"] else ""
-        table.add_row(c["name"] + mark, c["status"], c["option"] or "", "" if c["seconds"] is None else f"{c['seconds']:.0f}",
-                      *(f"{c['figures'][k]:.4f}" if k in c["figures"] else "" for k in keys))
+        table.add_row(
+            c["name"] + mark,
+            c["status"],
+            c["option"] or "",
+            "" if c["seconds"] is None else f"{c['seconds']:.0f}",
+            *(f"{c['figures'][k]:.4f}" if k in c["figures"] else "" for k in keys),
+        )
     console.print(table)

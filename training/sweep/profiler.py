@@ -14,9 +14,9 @@ import os
 import platform
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 from rich.console import Console
 
@@ -24,8 +24,8 @@ from lathe.core.errors import LatheError
 from lathe.training.config import TrainConfig
 from lathe.training.job import METRICS, TrainJob, last_metric
 from lathe.training.launcher import Devices, launch
-from lathe.training.sweep.schedule import Option
 from lathe.training.sweep.config import SweepConfig
+from lathe.training.sweep.schedule import Option
 
 # What a rank's log says when its device (or its memory budget) ran out: CUDA's allocator, PyTorch's
 # CPU allocator, Python's own.
@@ -43,8 +43,9 @@ class Choice:
     def apply(self, train: TrainConfig) -> TrainConfig:
         """``train`` set up to run this way (processes, FSDP, activation checkpointing)."""
         fsdp = {"ddp": None, "fsdp_full_shard": "FULL_SHARD", "fsdp_shard_grad_op": "SHARD_GRAD_OP"}[self.parallelism]
-        return train.model_copy(update={"nproc": self.devices, "fsdp": fsdp,
-                                        "activation_checkpointing": self.activation_checkpointing})
+        return train.model_copy(
+            update={"nproc": self.devices, "fsdp": fsdp, "activation_checkpointing": self.activation_checkpointing}
+        )
 
 
 @dataclass
@@ -71,24 +72,43 @@ def hardware() -> str:
 
     if torch.cuda.is_available():
         return f"gpu:{torch.cuda.get_device_name(0)}"
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     return f"cpu:{model}"
 
 
 def trial_key(train: TrainConfig, seq_len: int, choice: Choice, device: str, memory_mb: int | None) -> str:
     """The cache key of a trial: everything that decides its throughput and memory, nothing else."""
-    payload = {"model": train.model.model_dump(mode="json"), "seq_len": seq_len, "choice": asdict(choice),
-               "batch": train.global_train_batch_size, "microbatch": train.device_train_microbatch_size,
-               "precision": train.precision, "offload": train.activation_cpu_offload, "workers": train.num_workers,
-               "hardware": device, "memory_mb": memory_mb}
+    payload = {
+        "model": train.model.model_dump(mode="json"),
+        "seq_len": seq_len,
+        "choice": asdict(choice),
+        "batch": train.global_train_batch_size,
+        "microbatch": train.device_train_microbatch_size,
+        "precision": train.precision,
+        "offload": train.activation_cpu_offload,
+        "workers": train.num_workers,
+        "hardware": device,
+        "memory_mb": memory_mb,
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def choices(sweep: SweepConfig, devices: int, global_batch: int) -> list[Choice]:
     """Every choice to trial: FSDP only on 2 or more devices, device counts that divide the batch."""
-    return [Choice(d, p, ac) for d in sweep.counts(devices) for p in sweep.parallelism for ac in sweep.activation_checkpointing
-            if global_batch % d == 0 and (p == "ddp" or d > 1)]
+    return [
+        Choice(d, p, ac)
+        for d in sweep.counts(devices)
+        for p in sweep.parallelism
+        for ac in sweep.activation_checkpointing
+        if global_batch % d == 0 and (p == "ddp" or d > 1)
+    ]
 
 
 class TrialCache:
@@ -118,11 +138,17 @@ def run_trial(job: TrainJob, choice: Choice, batches: int, out: Path, devices: D
     speed monitor's throughput; out of memory -> an ``oom`` trial, any other failure a ``failed`` one."""
     out.mkdir(parents=True, exist_ok=True)
     (out / METRICS).unlink(missing_ok=True)
-    trial_job = job.model_copy(update={
-        "trial": True, "out_dir": str(out.resolve()), "mlflow_run_id": None, "init_weights": None,
-        "train": job.train.model_copy(update={"max_duration": f"{batches}ba",
-                                              "wandb": job.train.wandb.model_copy(update={"enabled": False})}),
-    })
+    trial_job = job.model_copy(
+        update={
+            "trial": True,
+            "out_dir": str(out.resolve()),
+            "mlflow_run_id": None,
+            "init_weights": None,
+            "train": job.train.model_copy(
+                update={"max_duration": f"{batches}ba", "wandb": job.train.wandb.model_copy(update={"enabled": False})}
+            ),
+        }
+    )
     began = time.perf_counter()
     try:
         launch(trial_job, choice.devices, out, devices)
@@ -139,8 +165,9 @@ def run_trial(job: TrainJob, choice: Choice, batches: int, out: Path, devices: D
     return Trial("ok", samples_per_s / job.train.global_train_batch_size, wall, batches)
 
 
-def profile(jobs: dict[str, TrainJob], sweep: SweepConfig, devices: int, gpu: bool, cache: TrialCache, work: Path,
-            console: Console) -> dict[str, dict[Choice, Trial]]:
+def profile(
+    jobs: dict[str, TrainJob], sweep: SweepConfig, devices: int, gpu: bool, cache: TrialCache, work: Path, console: Console
+) -> dict[str, dict[Choice, Trial]]:
     """Each candidate's trial on each choice (cached ones reused), run one at a time on devices 0..d-1."""
     device = hardware()
     found: dict[str, dict[Choice, Trial]] = {}
@@ -154,8 +181,10 @@ def profile(jobs: dict[str, TrainJob], sweep: SweepConfig, devices: int, gpu: bo
                 trial = run_trial(set_up, choice, sweep.profile_batches, work / key, Devices(tuple(range(choice.devices)), gpu))
                 if trial.status != "failed":  # a failure may be passing (a full disk): try again next time
                     cache.put(key, trial)
-                console.print(f"trial {name} on {choice.devices} x {choice.parallelism}"
-                              f"{' +ac' if choice.activation_checkpointing else ''}: " + describe(trial))
+                console.print(
+                    f"trial {name} on {choice.devices} x {choice.parallelism}"
+                    f"{' +ac' if choice.activation_checkpointing else ''}: " + describe(trial)
+                )
             found[name][choice] = trial
     return found
 
@@ -169,5 +198,8 @@ def describe(trial: Trial) -> str:
 
 def options(trials: dict[Choice, Trial], predict: Callable[[Trial], float]) -> tuple[Option, ...]:
     """The schedulable options of one candidate: its feasible choices with their predicted durations."""
-    return tuple(Option(c.devices, c.parallelism, c.activation_checkpointing, round(predict(t), 1))
-                 for c, t in trials.items() if t.status == "ok" and math.isfinite(predict(t)))
+    return tuple(
+        Option(c.devices, c.parallelism, c.activation_checkpointing, round(predict(t), 1))
+        for c, t in trials.items()
+        if t.status == "ok" and math.isfinite(predict(t))
+    )

@@ -106,19 +106,41 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         """The plan as plan.json keeps it."""
-        return {"makespan_s": self.makespan, "lower_bound_s": self.lower_bound, "gap": self.gap, "status": self.status,
-                "solve_s": self.solve_s, "devices": self.devices, "busy": [asdict(b) for b in self.busy],
-                "candidates": [{"name": a.name, "option": a.option.label, "parallelism": a.option.parallelism,
-                                "activation_checkpointing": a.option.activation_checkpointing, "devices": list(a.devices),
-                                "start_s": a.start, "duration_s": a.end - a.start} for a in self.assignments]}
+        return {
+            "makespan_s": self.makespan,
+            "lower_bound_s": self.lower_bound,
+            "gap": self.gap,
+            "status": self.status,
+            "solve_s": self.solve_s,
+            "devices": self.devices,
+            "busy": [asdict(b) for b in self.busy],
+            "candidates": [
+                {
+                    "name": a.name,
+                    "option": a.option.label,
+                    "parallelism": a.option.parallelism,
+                    "activation_checkpointing": a.option.activation_checkpointing,
+                    "devices": list(a.devices),
+                    "start_s": a.start,
+                    "duration_s": a.end - a.start,
+                }
+                for a in self.assignments
+            ],
+        }
 
 
 def _ticks(seconds: float) -> int:
     return max(1, math.ceil(seconds / TICK_S - 1e-9))
 
 
-def solve(jobs: list[Job], devices: int, busy: list[Busy] | None = None, time_limit_s: float = 10.0,
-          workers: int | None = None, seed: int = 0) -> Plan:
+def solve(
+    jobs: list[Job],
+    devices: int,
+    busy: list[Busy] | None = None,
+    time_limit_s: float = 10.0,
+    workers: int | None = None,
+    seed: int = 0,
+) -> Plan:
     """The minimum-makespan plan for ``jobs`` on ``devices`` identical devices (some busy until a time).
 
     Raises a LatheError naming the job when a job has no option that fits on the devices.
@@ -128,8 +150,10 @@ def solve(jobs: list[Job], devices: int, busy: list[Busy] | None = None, time_li
     busy = busy or []
     for job in jobs:
         if not any(o.devices <= devices for o in job.options):
-            raise LatheError(f"candidate {job.name} has no feasible option on {devices} device(s) (every trial ran out "
-                             "of memory or failed); give it fewer parameters or more devices")
+            raise LatheError(
+                f"candidate {job.name} has no feasible option on {devices} device(s) (every trial ran out "
+                "of memory or failed); give it fewer parameters or more devices"
+            )
     horizon = sum(max(_ticks(o.seconds) for o in j.options) for j in jobs) + max((_ticks(b.until) for b in busy), default=0)
     model = cp_model.CpModel()
     makespan = model.new_int_var(0, horizon, "makespan")
@@ -163,16 +187,25 @@ def solve(jobs: list[Job], devices: int, busy: list[Busy] | None = None, time_li
     status = solver.solve(model)
     took = time.perf_counter() - began
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        raise LatheError(f"the sweep's scheduler found no plan in {time_limit_s:g} s (status {solver.status_name(status)}); "
-                         "raise sweep.solver_time_limit_s")
+        raise LatheError(
+            f"the sweep's scheduler found no plan in {time_limit_s:g} s (status {solver.status_name(status)}); "
+            "raise sweep.solver_time_limit_s"
+        )
     placed = []
     for j in jobs:
         (option,) = [o for o, m in modes[j.name] if solver.boolean_value(m)]
         start_s = solver.value(starts[j.name]) * TICK_S
         placed.append((j.name, option, start_s, start_s + _ticks(option.seconds) * TICK_S))
     assignments = assign_devices(placed, devices, busy)
-    return Plan(assignments, solver.objective_value * TICK_S, solver.best_objective_bound * TICK_S,
-                "OPTIMAL" if status == cp_model.OPTIMAL else "FEASIBLE", took, devices, list(busy))
+    return Plan(
+        assignments,
+        solver.objective_value * TICK_S,
+        solver.best_objective_bound * TICK_S,
+        "OPTIMAL" if status == cp_model.OPTIMAL else "FEASIBLE",
+        took,
+        devices,
+        list(busy),
+    )
 
 
 def assign_devices(placed: list[tuple[str, Option, float, float]], devices: int, busy: list[Busy]) -> list[Assignment]:
@@ -236,14 +269,13 @@ def check_plan(plan: Plan) -> list[str]:
             spans[k].append((a.start, a.end, a.name))
     for k, intervals in spans.items():
         intervals.sort()
-        for (s1, e1, n1), (s2, _, n2) in zip(intervals, intervals[1:]):
+        for (_, e1, n1), (s2, _, n2) in zip(intervals, intervals[1:]):
             if s2 < e1 - 1e-9:
                 problems.append(f"device {k} runs {n1} and {n2} at once ({s2:.1f} s < {e1:.1f} s)")
     return problems
 
 
-def draw_gantt(plan: Plan, path: Path, measured: dict[str, tuple[float, float]] | None = None,
-               title: str = "sweep plan") -> Path:
+def draw_gantt(plan: Plan, path: Path, measured: dict[str, tuple[float, float]] | None = None, title: str = "sweep plan") -> Path:
     """The plan as a Gantt chart (one row per device); ``measured`` (name -> start, end in seconds)
     adds what actually ran, hatched, under each planned bar."""
     from lathe.core.plots import pyplot
@@ -253,19 +285,42 @@ def draw_gantt(plan: Plan, path: Path, measured: dict[str, tuple[float, float]] 
     fig, ax = plt.subplots(figsize=(10, 1.2 + 0.5 * plan.devices))
     for i, a in enumerate(plan.assignments):
         for k in a.devices:
-            ax.barh(k + (0.18 if measured else 0), a.end - a.start, left=a.start, height=0.36 if measured else 0.8,
-                    color=colours(i % 20), edgecolor="black", linewidth=0.5)
-            ax.text(a.start + 0.01 * plan.makespan, k + (0.18 if measured else 0), f"{a.name} ({a.option.label})",
-                    va="center", fontsize=7)
+            ax.barh(
+                k + (0.18 if measured else 0),
+                a.end - a.start,
+                left=a.start,
+                height=0.36 if measured else 0.8,
+                color=colours(i % 20),
+                edgecolor="black",
+                linewidth=0.5,
+            )
+            ax.text(
+                a.start + 0.01 * plan.makespan,
+                k + (0.18 if measured else 0),
+                f"{a.name} ({a.option.label})",
+                va="center",
+                fontsize=7,
+            )
             if measured and a.name in measured:
                 start, end = measured[a.name]
-                ax.barh(k - 0.18, end - start, left=start, height=0.36, color=colours(i % 20), alpha=0.5, hatch="//",
-                        edgecolor="black", linewidth=0.5)
+                ax.barh(
+                    k - 0.18,
+                    end - start,
+                    left=start,
+                    height=0.36,
+                    color=colours(i % 20),
+                    alpha=0.5,
+                    hatch="//",
+                    edgecolor="black",
+                    linewidth=0.5,
+                )
     ax.set_yticks(range(plan.devices), [f"device {k}" for k in range(plan.devices)])
     ax.invert_yaxis()
     ax.set_xlabel("seconds")
-    ax.set_title(f"{title}: predicted makespan {plan.makespan:.1f} s ({plan.status.lower()}, gap {plan.gap:.1%})"
-                 + ("; hatched: measured" if measured else ""))
+    ax.set_title(
+        f"{title}: predicted makespan {plan.makespan:.1f} s ({plan.status.lower()}, gap {plan.gap:.1%})"
+        + ("; hatched: measured" if measured else "")
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
