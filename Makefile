@@ -10,7 +10,7 @@ SET ?=
 SET_FLAGS := $(foreach s,$(SET),--set $(s))
 STAMP := $(VENV)/.lathe-installed
 
-.PHONY: setup system-deps toolchains lock airflow-setup all data tokenizer shards train sweep eval sft dpo quantize distill package serve promote deploy summary k8s-validate dag-test test bench bench-setup chaos clean-runs
+.PHONY: setup system-deps toolchains lock airflow-setup check lint typecheck unit all data tokenizer shards train sweep eval sft dpo quantize distill package serve promote deploy summary k8s-validate dag-test test bench bench-setup chaos clean-runs
 
 ## setup: system packages + .venv with the exact pinned environment + the sandbox's npm toolchains + Airflow's own
 ##        .venv-airflow (idempotent)
@@ -153,6 +153,22 @@ k8s-validate: setup
 ## promote: move `production` to the version staff has tried
 promote: setup
 	$(BIN)/lathe promote --config $(CONFIG) $(SET_FLAGS)
+
+## check: the inner loop, a few minutes: ruff (lint + format), mypy over the package, and the unit tests (every test
+##        not marked `integration`: no Spark session, training run, tritonserver or pipeline). Run it before each
+##        commit; `make test` (the whole suite) before a push. The three run side by side (make -j3 check).
+check: lint typecheck unit
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+## typecheck: mypy sees the package as it installs (lathe.*): the top-level folders linked under build/typecheck/lathe
+TYPECHECK_TREE := build/typecheck/lathe
+LAYERS := core data tokenizer training eval serving deploy pipelines
+typecheck: $(STAMP)
+	@mkdir -p $(TYPECHECK_TREE) && for d in $(LAYERS); do ln -sfn ../../../$$d $(TYPECHECK_TREE)/$$d; done
+	$(BIN)/mypy
+unit: $(STAMP) toolchains
+	$(BIN)/python -m pytest -q -m "not integration" --durations=10 -p no:cacheprovider
 
 ## test: the whole test suite (unit tests beside integration tests with real Spark and MLflow)
 test: setup

@@ -75,7 +75,7 @@ class Language:
         for path, remedy in self.toolchain:
             host = toolchains / path  # an absolute path stays itself
             if not host.is_file():
-                return f"{self.name} needs {host}: {remedy}"
+                return f"{self.name} needs {host}: {remedy.format(toolchains=toolchains)}"
             closed = _closed_to_others(host)
             if closed:
                 return (
@@ -182,7 +182,7 @@ TYPESCRIPT = LANGUAGES.register("typescript")(
         ],
         compile_address_space_mb=1024,  # Go reserves ~750 MB of address space for its heap's maps
         env=(("GOMAXPROCS", "1"),),
-        toolchain=((TSC, "run `make setup` (npm ci --prefix eval/toolchains)"), NODE),
+        toolchain=((TSC, "run `make setup` (npm ci --prefix eval/toolchains), or `npm ci --prefix {toolchains}`"), NODE),
     )
 )
 JAVA = LANGUAGES.register("java")(

@@ -13,11 +13,19 @@ from tests.served import engine, hf_model, int8_model, repository, server  # noq
 REPO = Path(__file__).resolve().parents[1]
 
 
+# Session fixtures that start the real thing: a test using one is an integration test (`make check` leaves it to
+# `make test`), as is every test marked `integration` by hand (one that trains, serves or runs a pipeline itself).
+INTEGRATION_FIXTURES = {"spark", "shards_pipeline", "hf_model", "engine", "int8_model", "repository", "server"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The Airflow backfill's test runs last: its run starts in the background at collection
-    (tests/backfill.py), and the rest of the suite runs while it does."""
+    """Mark the integration tests; the Airflow backfill's test runs last: its run starts in the background at
+    collection (tests/backfill.py), and the rest of the suite runs while it does."""
     from tests.backfill import TEST_ID
 
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
     items.sort(key=lambda item: item.nodeid == TEST_ID)
 
 

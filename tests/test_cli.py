@@ -11,6 +11,8 @@ import pytest
 
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.integration  # every test runs the `lathe` CLI in a subprocess (and `data clean` runs Spark)
+
 LATHE = [sys.executable, "-m", "lathe.pipelines.cli"]
 
 
@@ -27,8 +29,11 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, pattern: str) -> No
     assert re.search(pattern, lines[0]), lines[0]
 
 
-def test_unknown_config_key_is_one_line() -> None:
-    assert_one_line_error(lathe("run", "--set", "data.dedup.thresold=0.5"), r"unknown key data\.dedup\.thresold")
+def test_unknown_config_key_is_one_line(tmp_path: Path) -> None:
+    # a runs folder of its own: were the validation broken, the run would not write into the repository's runs/
+    proc = lathe("run", "--set", f"run.runs_dir={tmp_path / 'runs'}", "--set", "data.dedup.thresold=0.5")
+    assert_one_line_error(proc, r"unknown key data\.dedup\.thresold")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_unknown_stage_is_one_line(tmp_path: Path) -> None:
@@ -36,7 +41,7 @@ def test_unknown_stage_is_one_line(tmp_path: Path) -> None:
     assert_one_line_error(proc, r"unknown stage 'nostage'; valid: canary, data, distill, distill_eval, dpo, dpo_eval, eval, package, pairs")
 
 
-def test_finetune_names_its_method_data_and_starting_model() -> None:
+def test_finetune_names_its_method_data_and_starting_model(tmp_path: Path) -> None:
     from lathe.pipelines.cli.pipeline import finetune_overrides
     from lathe.pipelines.config import load_config
 
@@ -46,11 +51,14 @@ def test_finetune_names_its_method_data_and_starting_model() -> None:
     cfg = load_config(REPO / "configs/tiny.yaml", finetune_overrides("dpo", "feedback/pairs.jsonl", None))
     assert cfg.dpo.lora is None and cfg.dpo.init_from == "models:/lathe-code@production"
     assert cfg.pairs.preference_files == ["feedback/pairs.jsonl"] and not cfg.preferences.execution and cfg.preferences.self_play == 0
-    assert_one_line_error(lathe("finetune", "--method", "rlhf"), r"unknown method 'rlhf'; choose one of sft, sft-lora, dpo, dpo-lora")
+    assert_one_line_error(lathe("finetune", "--method", "rlhf", "--set", f"run.runs_dir={tmp_path / 'runs'}"),
+                          r"unknown method 'rlhf'; choose one of sft, sft-lora, dpo, dpo-lora")
 
 
-def test_missing_config_file_is_one_line() -> None:
-    assert_one_line_error(lathe("run", "--config", "configs/none.yaml"), r"config file configs/none\.yaml not found")
+def test_missing_config_file_is_one_line(tmp_path: Path) -> None:
+    proc = lathe("run", "--config", "configs/none.yaml", "--set", f"run.runs_dir={tmp_path / 'runs'}")
+    assert_one_line_error(proc, r"config file configs/none\.yaml not found")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_data_clean_missing_input_is_one_line(tmp_path: Path) -> None:
@@ -82,9 +90,11 @@ def test_data_clean_by_hand(tmp_path: Path) -> None:
     assert kept.set_index("path").loc["owner.py", "content"] == 'OWNER = "<EMAIL>"\n'
 
 
-def test_sweep_without_candidates_or_with_a_bad_one_is_one_line() -> None:
+def test_sweep_without_candidates_or_with_a_bad_one_is_one_line(tmp_path: Path) -> None:
     tiny = str(REPO / "configs/tiny.yaml")
-    assert_one_line_error(lathe("sweep", "--config", tiny, "--set", "sweep.candidates=[]"),
+    runs = f"run.runs_dir={tmp_path / 'runs'}"
+    assert_one_line_error(lathe("sweep", "--config", tiny, "--set", runs, "--set", "sweep.candidates=[]"),
                           r"configs/tiny\.yaml: the sweep section lists no candidates; add sweep\.candidates or sweep\.grid")
-    assert_one_line_error(lathe("sweep", "--config", tiny, "--set", "sweep.grid={train.model.n_heads: [0]}"),
+    assert_one_line_error(lathe("sweep", "--config", tiny, "--set", runs, "--set", "sweep.grid={train.model.n_heads: [0]}"),
                           r"sweep candidate n_heads=0: train\.model\.n_heads: Input should be greater than 0")
+    assert not (tmp_path / "runs").exists()

@@ -12,6 +12,8 @@ from mlflow.tracking import MlflowClient
 
 from tests import backfill
 
+pytestmark = pytest.mark.integration  # imports the DAG in Airflow's own venv (or runs the backfill)
+
 ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW_PYTHON = ROOT / ".venv-airflow" / "bin" / "python"
 CHAIN = ["data", "tokenizer", "shards", "train", "eval", "gate", "package", "canary", "deploy_staff",

@@ -11,6 +11,8 @@ import socket
 import subprocess
 import sys
 import threading
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from lathe.eval.humaneval import pass_at_k, problems, program, read_samples, sco
 from lathe.eval.languages import PYTHON
 from lathe.eval.sandbox import Sandbox, SandboxUnavailable
 from tests.conftest import REPO
+from tests.sandboxes import leftovers
 
 FAST = EvalConfig(sandbox=SandboxConfig(wall_s=4.0, cpu_s=2, memory_mb=512))
 
@@ -80,19 +83,32 @@ def host_dir(tmp_path: Path) -> Path:
     return victim
 
 
+@pytest.fixture
+def pwned() -> Iterator[str]:
+    """A file name unique to this run, for hostile code to try to create in a host folder (/etc, /dev); removed
+    afterwards should it ever appear there, so a contained run leaves nothing and a broken one leaves nothing either."""
+    name = f"lathe-pwned-{os.getpid()}-{uuid.uuid4().hex}"
+    yield name
+    for folder in ("/etc", "/dev"):
+        (Path(folder) / name).unlink(missing_ok=True)
+
+
 def run_one(completion: str, cfg: EvalConfig = FAST) -> dict:
     return score([{"task_id": TASK, "completion": completion}], cfg, show_progress=False)["results"][0]
 
 
+@pytest.mark.integration  # fork bombs, memory hogs and stuck programs, each until its limit
 def test_hostile_completions_are_contained(host_dir: Path) -> None:
     cases = {
         "infinite loop": ("while True:\n    pass", "timeout"),
         "sleep past the wall clock": ("import time\ntime.sleep(60)", "timeout"),
-        "fork bomb": ("import os\nwhile True:\n    os.fork()", None),
-        "memory bomb": ("x = bytearray(8 << 30)", None),
+        # under the process limit a fork fails (BlockingIOError), and that fails the check: no timeout
+        "fork bomb": ("import os\nwhile True:\n    os.fork()", "failed"),
+        "memory bomb": ("x = bytearray(8 << 30)", "failed"),  # MemoryError: the address-space limit
         "early exit 0": ("import sys\nsys.exit(0)", "failed"),
         "hard exit 0": ("import os\nos._exit(0)", "failed"),
-        "kill the parent": ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nos.kill(-1, signal.SIGKILL)\nos._exit(0)", None),
+        # it sees no process to signal but its own (kill -1: ProcessLookupError): nothing outside is hit
+        "kill the parent": ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nos.kill(-1, signal.SIGKILL)\nos._exit(0)", "failed"),
         "fake success": ("print('PASSED')\nimport os\nos.write(3, b'ok')\nos._exit(0)", "failed"),
         "delete host files": (f"import shutil\nshutil.rmtree({str(host_dir)!r})", "failed"),
         "write outside": (f"open({str(host_dir / 'pwned.txt')!r}, 'w').write('x')", "failed"),
@@ -100,13 +116,10 @@ def test_hostile_completions_are_contained(host_dir: Path) -> None:
     }
     for name, (prefix, status) in cases.items():
         result = run_one(hostile(prefix))
-        assert not result["passed"], name
-        if status:
-            assert result["status"] == status, (name, result)
+        assert not result["passed"] and result["status"] == status, (name, result)
     assert (host_dir / "keep.txt").read_text() == "precious" and not (host_dir / "pwned.txt").exists()
-    leftovers = subprocess.run(["ps", "-eo", "uid="], capture_output=True, text=True).stdout.split()
-    pool = range(FAST.sandbox.base_uid, FAST.sandbox.base_uid + FAST.sandbox.uid_pool)
-    assert not [u for u in leftovers if int(u) in pool]  # no sandbox process survived
+    # no process of these sandboxes survived (score's Sandbox is closed: its fork-server workers count too)
+    assert not leftovers(FAST.sandbox, workers=True)
     # the fork bomb's process limit held the sandbox's uid only: the host can still start many processes
     forks = subprocess.run(["sh", "-c", "for i in $(seq 50); do sleep 0.2 & done; wait; echo done"], capture_output=True, text=True)
     assert forks.returncode == 0 and forks.stdout.strip() == "done"
@@ -184,16 +197,16 @@ def test_cli_scores_a_file_and_names_bad_lines(tmp_path: Path) -> None:
         ("  while (true) {}\n", "timeout"),
         ("  process.exit(0);\n", "failed"),
         ("  console.log('PASSED'); process.exit(0);\n", "failed"),
-        ("  require('fs').writeFileSync('/etc/lathe-pwned', 'x');\n", "failed"),
+        ("  require('fs').writeFileSync('/etc/PWNED', 'x');\n", "failed"),  # PWNED: the run's own file name
     ],
 )
-def test_hostile_javascript_is_contained(body: str, status: str) -> None:
+def test_hostile_javascript_is_contained(body: str, status: str, pwned: str) -> None:
     from lathe.eval.benchmarks import BENCHMARKS
 
     first, reference = next(iter(BENCHMARKS.get("humaneval-js").references().items()))
-    completion = body + reference
+    completion = body.replace("PWNED", pwned) + reference
     result = score([{"task_id": first, "completion": completion}], FAST, show_progress=False, benchmark="humaneval-js")
-    assert result["results"][0]["status"] == status and not Path("/etc/lathe-pwned").exists()
+    assert result["results"][0]["status"] == status and not (Path("/etc") / pwned).exists()
 
 
 # --- the Python fork server: one sandboxed worker per thread, a fresh process tree per program ---
@@ -250,7 +263,7 @@ def test_fork_server_programs_share_nothing_writable() -> None:
     assert second.stdout.splitlines()[1:] == ["[]", "-1"]
 
 
-def test_fork_server_program_sees_only_itself() -> None:
+def test_fork_server_program_sees_only_itself(pwned: str) -> None:
     probe = UID + (
         "import socket\n"
         "print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()), os.getpid(), os.getppid(), os.getcwd())\n"
@@ -258,7 +271,7 @@ def test_fork_server_program_sees_only_itself() -> None:
         "print({k: status[k] for k in ('CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb', 'NoNewPrivs')})\n"
         "print(sorted(os.environ), socket.if_nameindex())\n"
         "try:\n"
-        "    open('/dev/lathe-pwned', 'w')\n"
+        f"    open('/dev/{pwned}', 'w')\n"
         "except OSError as e:\n"
         "    print('dev', e.errno)\n"
     )
@@ -271,16 +284,19 @@ def test_fork_server_program_sees_only_itself() -> None:
     names, interfaces = lines[3].split("] ")
     assert set(eval(names + "]")) <= {"PATH", "HOME", "PWD", "LC_CTYPE"} and eval(interfaces) == [(1, "lo")]
     assert lines[4] == "dev 30"  # EROFS: /dev outlives programs, so it is read-only
-    assert not Path("/dev/lathe-pwned").exists()
+    assert not (Path("/dev") / pwned).exists()
 
 
 def test_fork_server_leaves_nothing_running_and_keeps_its_worker() -> None:
     sleeper = UID + "import subprocess\nsubprocess.Popen(['sleep', '{}'], start_new_session=True)\n"
-    with Sandbox(SandboxConfig(wall_s=1.0, cpu_s=1, memory_mb=512)) as sandbox:
+    cfg = SandboxConfig(wall_s=1.0, cpu_s=1, memory_mb=512)
+    with Sandbox(cfg) as sandbox:
         done = sandbox.run(sleeper.format(3131) + PROOF)
         assert done.completed and not host_processes("sleep 3131")
         stuck = sandbox.run(sleeper.format(3132) + "import time\ntime.sleep(60)\n" + PROOF)
-        assert stuck.timed_out and not stuck.completed and stuck.seconds < 3 and not host_processes("sleep 3132")
+        assert stuck.timed_out and not stuck.completed and not host_processes("sleep 3132")
+        # killed at the wall clock, not when its 60 s sleep ended: a bound that leaves a busy machine its grace
+        assert stuck.returncode == -9 and stuck.seconds < cfg.wall_s * 3 + 10, stuck
         bomb = sandbox.run(UID + "while True:\n    os.fork()\n")
         after = sandbox.run(UID + "import subprocess\nfor _ in range(20):\n    subprocess.run(['true'], check=True)\n" + PROOF)
         assert not bomb.completed and after.completed, after.stderr
@@ -289,11 +305,16 @@ def test_fork_server_leaves_nothing_running_and_keeps_its_worker() -> None:
 
 
 def test_fork_server_recycles_workers_and_closes_them() -> None:
-    with Sandbox(SandboxConfig(wall_s=4.0, worker_runs=2)) as sandbox:
-        uids = [uid_of(sandbox.run(UID + PROOF)) for _ in range(5)]
+    cfg = SandboxConfig(wall_s=4.0, worker_runs=2)
+    with Sandbox(cfg) as sandbox:
+        uids = [uid_of(sandbox.run(UID + PROOF)) for _ in range(4)]
+        running = leftovers(cfg, uids=uids[-1:], workers=True)  # the third worker, one of its programs still to run
+        uids.append(uid_of(sandbox.run(UID + PROOF)))
+    assert running  # what the check below looks for, seen while it runs
     # two programs per worker; the first worker's first was the probe that construction runs
     assert [len(list(runs)) for _, runs in itertools.groupby(uids)] == [1, 2, 2] and len(set(uids)) == 3
-    assert not [u for u in subprocess.run(["ps", "-eo", "uid="], capture_output=True, text=True).stdout.split() if int(u) in uids]
+    # none of this Sandbox's workers is left (another process's sandboxes may draw the same uids meanwhile)
+    assert not leftovers(cfg, uids=uids, workers=True)
 
 
 def test_fork_server_replaces_a_worker_that_died() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from lathe.core.errors import LatheError
@@ -12,6 +13,8 @@ from lathe.core.models import ModelRegistry
 from lathe.eval.config import GateConfig
 from lathe.eval.gate import decide
 from lathe.eval.generate import truncate
+
+pytestmark = pytest.mark.integration  # a real MLflow model registry
 
 NAME = "lathe-code"
 
@@ -35,8 +38,12 @@ def test_gate_moves_staff_only_for_better_candidates_and_promote_moves_productio
     first = decide(registry, "1", {"pass@1": 0.10, "val_loss": 2.0}, cfg)
     assert first.passed and first.reason == "no production version yet"
     assert str(client.get_model_version_by_alias(NAME, "staff").version) == "1"
-    with pytest.raises(Exception):
-        client.get_model_version_by_alias(NAME, "production")  # staff first, production only on promote
+    # staff first, production only on promote: the registry has no such alias, and lathe names it in one line
+    with pytest.raises(MlflowException, match="Registered model alias production not found"):
+        client.get_model_version_by_alias(NAME, "production")
+    assert registry.find("production") is None
+    with pytest.raises(LatheError, match="no version of lathe-code holds the `production` alias"):
+        registry.version_of("production")
     assert registry.promote() == "1"
     assert str(client.get_model_version_by_alias(NAME, "production").version) == "1"
 

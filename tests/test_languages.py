@@ -271,6 +271,7 @@ def listener() -> Iterator[tuple[int, list[object]]]:
     server.close()
 
 
+@pytest.mark.integration  # fork bombs, memory hogs and stuck programs in every compiled language
 @pytest.mark.parametrize("name", COMPILED)
 def test_hostile_programs_are_contained(sandbox: Sandbox, name: str, host_dir: Path, listener: tuple[int, list[object]]) -> None:
     lang, spec = language(name), SPECS[name]
@@ -304,6 +305,7 @@ def test_hostile_programs_are_contained(sandbox: Sandbox, name: str, host_dir: P
     assert accepted == [] and not leftovers()
 
 
+@pytest.mark.integration  # fork bombs, memory hogs and stuck programs in every compiled language
 def test_compile_time_bombs_end_and_leave_nothing_running() -> None:
     cpp = language("cpp")
     rust = language("rust")
@@ -404,7 +406,7 @@ def test_a_language_without_its_toolchain_is_refused_in_one_line(open_tmp: Path)
         with pytest.raises(ToolchainMissing) as refused:
             sandbox.run(spec.program(lang, spec.right), language=lang)
     assert str(refused.value) == (f"typescript needs {open_tmp / TSC}: "
-                                  "run `make setup` (npm ci --prefix eval/toolchains)")
+                                  f"run `make setup` (npm ci --prefix eval/toolchains), or `npm ci --prefix {open_tmp}`")
 
 
 def test_an_interpreter_under_tmp_is_refused_in_one_line(open_tmp: Path) -> None:

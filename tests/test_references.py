@@ -22,6 +22,8 @@ from lathe.eval.humaneval import ToolchainMissing, score
 from lathe.eval.languages import LANGUAGES
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.integration  # every reference solution of a language compiled and run in the sandbox
+
 CFG = EvalConfig(ks=[1], workers=2, sandbox={"wall_s": 30.0, "cpu_s": 20})
 # problems scored per language in `make test` (None: all); the wrong set is the first WRONG of those
 SUBSET = {"humaneval-js": None, "humaneval-ts": 24, "humaneval-java": 12, "humaneval-cpp": 12, "humaneval-rust": 16}

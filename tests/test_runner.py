@@ -13,6 +13,9 @@ from lathe.core.registry import Registry
 from lathe.core.stage import MANIFEST, Stage, StageContext, StageResult
 from lathe.pipelines.config import load_config
 from lathe.pipelines.runner import run_pipeline
+from tests.processes import wait_for_line
+
+pytestmark = pytest.mark.integration  # real pipelines with a real MLflow store
 
 
 class Calls:
@@ -200,7 +203,7 @@ def test_one_run_per_profile_and_a_dead_holder_leaves_no_stale_lock(setup) -> No
         stdout=subprocess.PIPE, text=True,
     )
     try:
-        assert holder.stdout.readline().strip() == "held"
+        assert (wait_for_line(holder, "held", timeout_s=120) or "").strip() == "held"
         with pytest.raises(LatheError, match=rf"profile adhoc is being run by pid {holder.pid} on .* since .*; wait for it"):
             go()
         assert calls.ran == []  # refused before any stage

@@ -14,6 +14,8 @@ from lathe.training.posttrain.lora import merged, trainable_share
 from lathe.training.posttrain.sft import sft_dataloader, sft_model
 from lathe.training.posttrain.sft_data import encode_pairs, write_examples
 
+pytestmark = pytest.mark.integration  # fine-tunes a model
+
 PAD, EOS = 0, 1
 
 

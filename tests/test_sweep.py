@@ -232,7 +232,7 @@ def test_the_executor_runs_as_planned_re_plans_when_off_and_survives_a_failure(t
     a job far off its prediction re-plans the rest, a failing one is recorded, and no device runs two at once."""
     import time
 
-    from lathe.training import sweep as sweep_module
+    from lathe.training.sweep import executor as sweep_module
     from lathe.training.job import TrainJob
     from lathe.training.sweep.executor import Candidate, execute
 

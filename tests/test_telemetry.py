@@ -18,6 +18,8 @@ from lathe.serving.config import AbConfig
 from lathe.serving.server import free_port
 from lathe.serving.telemetry import Served, TelemetryStore, UnknownCompletion, export_preferences, language_of
 
+pytestmark = pytest.mark.integration  # a real PostgreSQL server, and the CLI over a real store
+
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None)
 
 
