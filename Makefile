@@ -13,8 +13,10 @@ STAMP := $(VENV)/.lathe-installed
 .PHONY: setup system-deps toolchains lock airflow-setup check lint typecheck unit all data tokenizer shards train sweep eval sft dpo quantize distill package serve promote deploy summary k8s-validate dag-test test bench bench-setup chaos clean-runs
 
 ## setup: system packages + .venv with the exact pinned environment + the sandbox's npm toolchains + Airflow's own
-##        .venv-airflow (idempotent)
-setup: system-deps $(STAMP) toolchains airflow-setup
+##        .venv-airflow (idempotent). After the system packages, the three installs run side by side: each waits
+##        on downloads and unpacking more than on a core.
+setup: system-deps
+	@$(MAKE) --no-print-directory -j3 $(STAMP) toolchains airflow-setup
 
 ## system-deps: bubblewrap (the sandbox for model-written code), the compilers and runtimes of the sandbox's languages
 ##              at the paths it calls (g++, OpenJDK 17's javac and java, Debian's rustc, Node.js and npm), and

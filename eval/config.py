@@ -92,6 +92,20 @@ class GateConfig(Strict):
         description="On the earlier snapshots' validation data, candidate loss must be <= production's + this: "
         "a retrain may trade a little of the old code for the new, not forget it.",
     )
+    # Figures measured per task (infilling) or per document (bits per byte) on both models: the gate refuses a
+    # candidate only when the paired bootstrap interval of the difference lies wholly on the worse side of the
+    # margin, so a tie within noise passes and a real regression does not.
+    max_infill_pass_drop: float = Field(
+        0.0, ge=0, description="Infilling pass@1 may fall at most this far below production's (a share, 0.01 = 1 point)."
+    )
+    max_infill_edit_similarity_drop: float = Field(
+        0.0, ge=0, description="Infilling edit similarity (0-100) may fall at most this far below production's."
+    )
+    max_bits_per_byte_increase: float = Field(
+        0.0, ge=0, description="Held-out bits per byte may rise at most this far above production's on the same bytes."
+    )
+    confidence: float = Field(0.95, gt=0, lt=1, description="Coverage of the paired bootstrap interval.")
+    bootstrap_resamples: int = Field(2000, ge=100, description="Resamples (tasks or documents, with replacement).")
 
 
 class EvalConfig(Strict):

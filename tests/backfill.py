@@ -9,6 +9,8 @@ polling); the rest of the suite runs meanwhile instead of after it.
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -26,9 +28,11 @@ class Backfill:
     process: subprocess.Popen
     scratch: Path
     output: Path
+    awaited: bool = False  # the test waited for it: not finished by then is a failure too
 
     def wait(self, timeout_s: float = 1800) -> tuple[int, str]:
         """Its exit status and output, once it has finished."""
+        self.awaited = True
         code = self.process.wait(timeout=timeout_s)
         return code, self.output.read_text(errors="replace")
 
@@ -45,15 +49,32 @@ def start() -> Backfill | None:
     env.pop("MLFLOW_TRACKING_URI", None)
     output = scratch / "run_dag.log"
     with output.open("w") as out:
-        process = subprocess.Popen([str(AIRFLOW_PYTHON), str(ROOT / "tests" / "airflow" / "run_dag.py")], env=env,
-                                   stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        # its own process group: stop() ends all of it (the CLI stages, Spark's JVMs, tritonserver), not the direct child only
+        process = subprocess.Popen(
+            [str(AIRFLOW_PYTHON), str(ROOT / "tests" / "airflow" / "run_dag.py")],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+        )
     _RUNNING.append(Backfill(process, scratch, output))
     return _RUNNING[0]
 
 
 def stop() -> None:
-    """End a backfill still running when the session ends (a failed or interrupted session)."""
+    """At the session's end (the test has read what it needs by then): end whatever is left of the backfill's
+    process group (all of it, when the session failed or was interrupted before the backfill finished), and
+    remove its scratch folder, unless the backfill failed: then it stays for a look, and its path is printed."""
     for run in _RUNNING:
-        if run.process.poll() is None:
-            run.process.kill()
-            run.process.wait()
+        cut_short = run.process.poll() is None
+        try:
+            os.killpg(run.process.pid, signal.SIGKILL)  # the group outlives its leader while any member does
+        except ProcessLookupError:
+            pass  # none left
+        run.process.wait()
+        if run.process.returncode != 0 and (run.awaited or not cut_short):
+            print(f"\nthe Airflow backfill failed (exit status {run.process.returncode}); its folder is kept: {run.scratch}")
+        else:  # it succeeded, or the session ended before its test waited for it
+            shutil.rmtree(run.scratch, ignore_errors=True)
+    _RUNNING.clear()

@@ -153,14 +153,17 @@ def make_code_tree(parent: Path) -> Path:
     write(root / "web/app.min.js", "var a=1;" * 10)
     write(root / "web/app.js", "function add(a, b) {\n  return a + b;\n}\nmodule.exports = { add };\n")
     write(root / "web/package-lock.json", '{\n  "name": "acme",\n  "lockfileVersion": 3\n}\n')
-    write(root / "pkg/secrets.py", (
-        'ADMIN = "jane.doe@acme-corp.com"\n'
-        'SERVER = "8.8.4.4"\n'
-        'LOCAL = "127.0.0.1"\n'
-        'AWS_KEY = "AKIAIOSFODNN7EXAMPLE"\n'
-        'DB_URL = "postgres://admin:s3cr3tPass9@db.acme-corp.com/prod"\n'
-        '__version__ = "1.2.3.4"\n'
-    ))
+    write(
+        root / "pkg/secrets.py",
+        (
+            'ADMIN = "jane.doe@acme-corp.com"\n'
+            'SERVER = "8.8.4.4"\n'
+            'LOCAL = "127.0.0.1"\n'
+            'AWS_KEY = "AKIAIOSFODNN7EXAMPLE"\n'
+            'DB_URL = "postgres://admin:s3cr3tPass9@db.acme-corp.com/prod"\n'
+            '__version__ = "1.2.3.4"\n'
+        ),
+    )
     write(root / "README.md", "# acme\n\nA small package used in tests.\n")
     write(root / "data.bin", b"\x00" * 10)  # unknown extension: not a code file, not ingested
     return root

@@ -6,9 +6,9 @@ Registered in conftest.py, so the serving and gateway tests share one server (it
 from __future__ import annotations
 
 import sysconfig
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -38,8 +38,13 @@ def hf_model(tmp_path_factory) -> Path:
     tok = train_bpe(texts, vocab_size=512, reserved_sentinels=4, min_frequency=2)
     out = tmp_path_factory.mktemp("served") / "hf_model"
     torch.manual_seed(0)
-    model = build_model(ModelConfig(d_model=64, n_layers=2, n_heads=2, max_seq_len=128), tok.get_vocab_size(),
-                        tok.token_to_id(EOS), tok.token_to_id(PAD), 128)
+    model = build_model(
+        ModelConfig(d_model=64, n_layers=2, n_heads=2, max_seq_len=128),
+        tok.get_vocab_size(),
+        tok.token_to_id(EOS),
+        tok.token_to_id(PAD),
+        128,
+    )
     model.model.save_pretrained(out)
     save_tokenizer(tok, out)
     return out
@@ -58,7 +63,9 @@ def int8_model(hf_model: Path, tmp_path_factory) -> Path:
     return write_int8(hf_model, tmp_path_factory.mktemp("int8") / "hf_model")
 
 
-def served_repositories(hf_model: Path, tmp_path_factory, cfg: ServeConfig, variants: dict[str, tuple[Path, int]] | None = None) -> dict[str, Path]:
+def served_repositories(
+    hf_model: Path, tmp_path_factory, cfg: ServeConfig, variants: dict[str, tuple[Path, int]] | None = None
+) -> dict[str, Path]:
     """Both repositories of the micro model (and ``variants`` beside it), packaged with ``cfg``."""
     return build_repositories(hf_model, VERSION, tmp_path_factory.mktemp("package"), cfg, variants)
 
@@ -86,7 +93,13 @@ def reference(engine: Engine, prompt: str | list[int], max_tokens: int) -> list[
     """transformers' own greedy generate: the ground truth for every served greedy completion (text, or prompt ids)."""
     ids = engine.encode(prompt) if isinstance(prompt, str) else prompt
     input_ids = torch.tensor([ids])
-    out = engine.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_tokens,
-                                do_sample=False, pad_token_id=engine.pad_id, eos_token_id=sorted(engine.end_ids))
-    new = out[0, len(ids):].tolist()
-    return new[:next((i for i, t in enumerate(new) if t in engine.end_ids), len(new))]  # up to the token that ended it
+    out = engine.model.generate(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        max_new_tokens=max_tokens,
+        do_sample=False,
+        pad_token_id=engine.pad_id,
+        eos_token_id=sorted(engine.end_ids),
+    )
+    new = out[0, len(ids) :].tolist()
+    return new[: next((i for i, t in enumerate(new) if t in engine.end_ids), len(new))]  # up to the token that ended it

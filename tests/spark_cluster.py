@@ -8,9 +8,9 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pyspark
 
@@ -51,20 +51,39 @@ def standalone_cluster(work: Path, workers: int = 2, cores: int = 1, memory: str
 
     def start(name: str, *args: str) -> tuple[subprocess.Popen, Path]:
         log = work / f"{name}.log"
-        proc = subprocess.Popen([spark_class, *args, "--properties-file", str(props)], env=env, stdout=open(log, "w"),
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [spark_class, *args, "--properties-file", str(props)],
+            env=env,
+            stdout=open(log, "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         procs.append(proc)
         return proc, log
 
     try:
-        master, master_log = start("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                                   "--port", str(port), "--webui-port", "0")
+        master, master_log = start(
+            "master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port), "--webui-port", "0"
+        )
         _wait_for(master_log, r"I have been elected leader", master, 60)
         for i in range(workers):
             (work / f"worker-{i}").mkdir()
-            start(f"worker-{i}", "org.apache.spark.deploy.worker.Worker", url, "--host", "127.0.0.1", "--cores", str(cores),
-                  "--memory", memory, "--webui-port", "0", "--work-dir", str(work / f"worker-{i}"))
-        _wait_for(master_log, r"(?s)(Registering worker.*){%d}" % workers, master, 60)
+            start(
+                f"worker-{i}",
+                "org.apache.spark.deploy.worker.Worker",
+                url,
+                "--host",
+                "127.0.0.1",
+                "--cores",
+                str(cores),
+                "--memory",
+                memory,
+                "--webui-port",
+                "0",
+                "--work-dir",
+                str(work / f"worker-{i}"),
+            )
+        _wait_for(master_log, rf"(?s)(Registering worker.*){{{workers}}}", master, 60)
         yield url
     finally:
         for proc in procs:

@@ -38,21 +38,31 @@ def test_unknown_config_key_is_one_line(tmp_path: Path) -> None:
 
 def test_unknown_stage_is_one_line(tmp_path: Path) -> None:
     proc = lathe("run", "nostage", "--config", str(REPO / "configs/tiny.yaml"), "--set", f"run.runs_dir={tmp_path}")
-    assert_one_line_error(proc, r"unknown stage 'nostage'; valid: canary, data, distill, distill_eval, dpo, dpo_eval, eval, package, pairs")
+    assert_one_line_error(
+        proc, r"unknown stage 'nostage'; valid: canary, data, distill, distill_eval, dpo, dpo_eval, eval, package, pairs"
+    )
 
 
 def test_finetune_names_its_method_data_and_starting_model(tmp_path: Path) -> None:
     from lathe.pipelines.cli.pipeline import finetune_overrides
     from lathe.pipelines.config import load_config
 
-    cfg = load_config(REPO / "configs/tiny.yaml", finetune_overrides("sft-lora", "s3://bucket/pairs.jsonl", "models:/lathe-code/7"))
+    cfg = load_config(
+        REPO / "configs/tiny.yaml", finetune_overrides("sft-lora", "s3://bucket/pairs.jsonl", "models:/lathe-code/7")
+    )
     assert cfg.sft.lora is not None and cfg.sft.init_from == "models:/lathe-code/7"
     assert cfg.pairs.sft_files == ["s3://bucket/pairs.jsonl"] and not cfg.pairs.mine
     cfg = load_config(REPO / "configs/tiny.yaml", finetune_overrides("dpo", "feedback/pairs.jsonl", None))
     assert cfg.dpo.lora is None and cfg.dpo.init_from == "models:/lathe-code@production"
-    assert cfg.pairs.preference_files == ["feedback/pairs.jsonl"] and not cfg.preferences.execution and cfg.preferences.self_play == 0
-    assert_one_line_error(lathe("finetune", "--method", "rlhf", "--set", f"run.runs_dir={tmp_path / 'runs'}"),
-                          r"unknown method 'rlhf'; choose one of sft, sft-lora, dpo, dpo-lora")
+    assert (
+        cfg.pairs.preference_files == ["feedback/pairs.jsonl"]
+        and not cfg.preferences.execution
+        and cfg.preferences.self_play == 0
+    )
+    assert_one_line_error(
+        lathe("finetune", "--method", "rlhf", "--set", f"run.runs_dir={tmp_path / 'runs'}"),
+        r"unknown method 'rlhf'; choose one of sft, sft-lora, dpo, dpo-lora",
+    )
 
 
 def test_missing_config_file_is_one_line(tmp_path: Path) -> None:
@@ -68,16 +78,18 @@ def test_data_clean_missing_input_is_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.spark
 def test_data_clean_by_hand(tmp_path: Path) -> None:
-    rows = pd.DataFrame({
-        "content": [
-            "def area(r):\n    return 3.14159 * r * r\n",
-            "def area(r):\n    return 3.14159 * r * r\n",  # exact duplicate
-            "def broken(:\n",
-            'OWNER = "ops@example.org"\n',
-        ],
-        "path": ["geo/area.py", "copy/area.py", "bad.py", "owner.py"],
-        "repo": ["org/geo"] * 4,
-    })
+    rows = pd.DataFrame(
+        {
+            "content": [
+                "def area(r):\n    return 3.14159 * r * r\n",
+                "def area(r):\n    return 3.14159 * r * r\n",  # exact duplicate
+                "def broken(:\n",
+                'OWNER = "ops@example.org"\n',
+            ],
+            "path": ["geo/area.py", "copy/area.py", "bad.py", "owner.py"],
+            "repo": ["org/geo"] * 4,
+        }
+    )
     rows.to_parquet(tmp_path / "in.parquet")
     proc = lathe("data", "clean", "--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -93,8 +105,12 @@ def test_data_clean_by_hand(tmp_path: Path) -> None:
 def test_sweep_without_candidates_or_with_a_bad_one_is_one_line(tmp_path: Path) -> None:
     tiny = str(REPO / "configs/tiny.yaml")
     runs = f"run.runs_dir={tmp_path / 'runs'}"
-    assert_one_line_error(lathe("sweep", "--config", tiny, "--set", runs, "--set", "sweep.candidates=[]"),
-                          r"configs/tiny\.yaml: the sweep section lists no candidates; add sweep\.candidates or sweep\.grid")
-    assert_one_line_error(lathe("sweep", "--config", tiny, "--set", runs, "--set", "sweep.grid={train.model.n_heads: [0]}"),
-                          r"sweep candidate n_heads=0: train\.model\.n_heads: Input should be greater than 0")
+    assert_one_line_error(
+        lathe("sweep", "--config", tiny, "--set", runs, "--set", "sweep.candidates=[]"),
+        r"configs/tiny\.yaml: the sweep section lists no candidates; add sweep\.candidates or sweep\.grid",
+    )
+    assert_one_line_error(
+        lathe("sweep", "--config", tiny, "--set", runs, "--set", "sweep.grid={train.model.n_heads: [0]}"),
+        r"sweep candidate n_heads=0: train\.model\.n_heads: Input should be greater than 0",
+    )
     assert not (tmp_path / "runs").exists()

@@ -70,7 +70,9 @@ def test_defaults_without_a_file() -> None:
     assert cfg.profile == "adhoc" and cfg.data.max_file_bytes == 10
 
 
-@pytest.mark.parametrize("name, low, high", [("125m", 100e6, 160e6), ("350m", 300e6, 400e6), ("1b", 0.9e9, 1.3e9), ("3b", 2.4e9, 3.3e9)])
+@pytest.mark.parametrize(
+    "name, low, high", [("125m", 100e6, 160e6), ("350m", 300e6, 400e6), ("1b", 0.9e9, 1.3e9), ("3b", 2.4e9, 3.3e9)]
+)
 def test_gpu_profiles_validate_and_have_their_size(name: str, low: float, high: float) -> None:
     import re
 
@@ -93,6 +95,8 @@ def test_gpu_profiles_validate_and_have_their_size(name: str, low: float, high: 
 def test_checks_across_sections_run_when_the_config_loads() -> None:
     with pytest.raises(ConfigError, match=r"shards.seq_len=100000 exceeds train.model.max_seq_len=512"):
         load_config(TINY, ["shards.seq_len=100000"])
-    with pytest.raises(ConfigError, match=r"vocab_size=256 leaves no room for merges: .* 400 reserved sentinels already take 664"):
+    with pytest.raises(
+        ConfigError, match=r"vocab_size=256 leaves no room for merges: .* 400 reserved sentinels already take 664"
+    ):
         load_config(TINY, ["tokenizer.vocab_size=256", "tokenizer.reserved_sentinels=400"])
     assert load_config(TINY, ["shards.seq_len=512"]).shards.seq_len == 512  # equal is fine

@@ -16,18 +16,39 @@ pytestmark = pytest.mark.integration  # imports the DAG in Airflow's own venv (o
 
 ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW_PYTHON = ROOT / ".venv-airflow" / "bin" / "python"
-CHAIN = ["data", "tokenizer", "shards", "train", "eval", "gate", "package", "canary", "deploy_staff",
-         "approve_production", "promote", "deploy_production"]
+CHAIN = [
+    "data",
+    "tokenizer",
+    "shards",
+    "train",
+    "eval",
+    "gate",
+    "package",
+    "canary",
+    "deploy_staff",
+    "approve_production",
+    "promote",
+    "deploy_production",
+]
 
 
 def inspect(tmp_path: Path, **variables: str) -> dict:
     if not AIRFLOW_PYTHON.is_file():
         pytest.fail(f"{AIRFLOW_PYTHON} not found; run `make setup` (it installs Airflow in its own venv)")
-    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
-           **{f"AIRFLOW_VAR_{k.upper()}": v for k, v in variables.items()}}
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(tmp_path / "airflow"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
+        **{f"AIRFLOW_VAR_{k.upper()}": v for k, v in variables.items()},
+    }
     out = tmp_path / "dag.json"
-    done = subprocess.run([str(AIRFLOW_PYTHON), str(ROOT / "tests" / "airflow" / "inspect_dag.py"), str(out)],
-                          env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [str(AIRFLOW_PYTHON), str(ROOT / "tests" / "airflow" / "inspect_dag.py"), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(out.read_text())
 
@@ -41,10 +62,18 @@ def test_dag_imports_with_the_intended_graph_locally(tmp_path: Path) -> None:
     assert sorted(tasks["gate"]["downstream"]) == ["gate_failed", "package"]  # a failing candidate stops here
     assert tasks["approve_production"]["type"] == "ApprovalOperator"
     assert {t: tasks[t]["outlets"] for t in ("data", "tokenizer", "shards", "train")} == {
-        "data": ["lathe://tiny/data"], "tokenizer": ["lathe://tiny/tokenizer"], "shards": ["lathe://tiny/shards"], "train": ["lathe://tiny/model"]}
-    assert all(t["retries"] >= 2 and t["timeout_s"] for k, t in tasks.items() if k not in ("gate", "gate_failed", "approve_production"))
-    assert tasks["train"]["command"].endswith("lathe train --config configs/tiny.yaml --set 'eval.ks=[1]' "
-                                              "--set 'run.as_of={{ (data_interval_end or dag_run.run_after).isoformat() }}'")
+        "data": ["lathe://tiny/data"],
+        "tokenizer": ["lathe://tiny/tokenizer"],
+        "shards": ["lathe://tiny/shards"],
+        "train": ["lathe://tiny/model"],
+    }
+    assert all(
+        t["retries"] >= 2 and t["timeout_s"] for k, t in tasks.items() if k not in ("gate", "gate_failed", "approve_production")
+    )
+    assert tasks["train"]["command"].endswith(
+        "lathe train --config configs/tiny.yaml --set 'eval.ks=[1]' "
+        "--set 'run.as_of={{ (data_interval_end or dag_run.run_after).isoformat() }}'"
+    )
     assert "deploy --track staff --dry-run" in tasks["deploy_staff"]["command"]
 
 
@@ -75,9 +104,16 @@ def test_smaller_variants_are_made_and_gated_between_the_gate_and_package(tmp_pa
 def test_same_dag_on_kubernetes_by_configuration(tmp_path: Path) -> None:
     tasks = inspect(tmp_path, lathe_execution="kubernetes", lathe_config="configs/gpu-1b.yaml")["tasks"]
     assert tasks["data"]["type"] == "SparkKubernetesOperator"
-    assert {tasks[t]["type"] for t in ("tokenizer", "shards", "train", "eval", "package", "deploy_staff")} == {"KubernetesPodOperator"}
-    assert tasks["train"]["arguments"] == ["train", "--config", "configs/gpu-1b.yaml",
-                                           "--set", "run.as_of={{ (data_interval_end or dag_run.run_after).isoformat() }}"]
+    assert {tasks[t]["type"] for t in ("tokenizer", "shards", "train", "eval", "package", "deploy_staff")} == {
+        "KubernetesPodOperator"
+    }
+    assert tasks["train"]["arguments"] == [
+        "train",
+        "--config",
+        "configs/gpu-1b.yaml",
+        "--set",
+        "run.as_of={{ (data_interval_end or dag_run.run_after).isoformat() }}",
+    ]
     assert tasks["eval"]["arguments"][:3] == ["gate", "--xcom", "/airflow/xcom/return.json"]
     assert tasks["train"]["outlets"] == ["lathe://gpu-1b/model"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC
 from pathlib import Path
 
 import mlflow
@@ -185,9 +186,16 @@ def test_a_rerun_cleans_only_what_changed_and_equals_a_full_rebuild(spark, tmp_p
     # Nothing changed: the snapshot matches and the stage skips.
     assert [o.status for o in run_pipeline(cfg, ["data"], console=quiet)] == ["skipped"]
     # A change of cleaning config cannot reuse the pool: every file is cleaned again.
-    changed = load_config(None, [f"run.runs_dir={tmp_path / 'runs'}", "profile=fixture",
-                                 f"data.sources=[{{kind: tree, paths: [{tree}], license: MIT}}]",
-                                 "data.max_file_bytes=250000", "data.partitions=2"])
+    changed = load_config(
+        None,
+        [
+            f"run.runs_dir={tmp_path / 'runs'}",
+            "profile=fixture",
+            f"data.sources=[{{kind: tree, paths: [{tree}], license: MIT}}]",
+            "data.max_file_bytes=250000",
+            "data.partitions=2",
+        ],
+    )
     again = run_pipeline(changed, ["data"], console=quiet)[0]
     assert again.manifest["counts"]["processed"] == again.manifest["counts"]["input"]
 
@@ -237,7 +245,7 @@ def test_a_source_as_of_a_past_time_is_read_as_it_was_then(spark, tmp_path: Path
     directory without the files modified after it."""
     import os
     import subprocess
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from lathe.data.config import TreeSourceConfig
     from lathe.data.snapshot import tree_snapshot
@@ -253,14 +261,17 @@ def test_a_source_as_of_a_past_time_is_read_as_it_was_then(spark, tmp_path: Path
             (repo / "pkg" / name).write_text(text)
         stamp = f"2026-01-0{day}T12:00:00+00:00"
         subprocess.run([*git, "add", "-A"], check=True)
-        subprocess.run([*git, "commit", "-qm", f"day {day}"], check=True, env={**os.environ, "GIT_COMMITTER_DATE": stamp,
-                                                                              "GIT_AUTHOR_DATE": stamp})
+        subprocess.run(
+            [*git, "commit", "-qm", f"day {day}"],
+            check=True,
+            env={**os.environ, "GIT_COMMITTER_DATE": stamp, "GIT_AUTHOR_DATE": stamp},
+        )
 
     commit(1, {"a.py": "A = 1\n"})
     commit(2, {"a.py": "A = 2\n", "b.py": "B = 2\n"})
     (repo / "pkg" / "c.py").write_text("C = 3\n")  # uncommitted: no scheduled run reads it
     cfg = TreeSourceConfig(paths=[str(repo / "pkg")], repo="pkg")
-    day = [datetime(2026, 1, d, tzinfo=timezone.utc) for d in (1, 2, 3)]
+    day = [datetime(2026, 1, d, tzinfo=UTC) for d in (1, 2, 3)]
 
     def files(as_of: datetime | None) -> dict[str, str]:
         rows = tree_source(spark, cfg, 10_000, 2, tmp_path / f"staging-{as_of and as_of.day}", as_of).collect()
@@ -295,8 +306,16 @@ def test_a_source_that_yields_no_kept_file_fails_the_stage_in_one_line(spark, tm
     with pytest.raises(InputError, match=r"source tree yielded no kept file \(1 in\); fix data.sources"):
         run_pipeline(cfg, ["data"], console=Console(quiet=True))
     assert not (tmp_path / "runs" / "fixture" / "data" / MANIFEST).exists()
-    warned = load_config(None, [f"run.runs_dir={tmp_path / 'runs'}", "profile=fixture", "data.on_empty_source=warn",
-                                f"data.sources=[{{kind: tree, paths: [{tree}]}}]", "data.partitions=2"])
+    warned = load_config(
+        None,
+        [
+            f"run.runs_dir={tmp_path / 'runs'}",
+            "profile=fixture",
+            "data.on_empty_source=warn",
+            f"data.sources=[{{kind: tree, paths: [{tree}]}}]",
+            "data.partitions=2",
+        ],
+    )
     assert run_pipeline(warned, ["data"], console=Console(quiet=True))[0].manifest["counts"]["kept"] == 0
 
 
@@ -308,10 +327,25 @@ def test_a_standalone_cluster_cleans_exactly_as_local_mode(shards_pipeline, tmp_
     runs, config = tmp_path / "runs", tmp_path / "empty.yaml"
     config.write_text("{}\n")  # with the overrides below: the same config as the session's run
     with standalone_cluster(tmp_path / "cluster", workers=2) as master:
-        sets = [f"run.runs_dir={runs}", *SMALL_PIPELINE, f"spark.master={master}",
-                "spark.conf={spark.executor.memory: 768m, spark.cores.max: '2'}"]
-        done = subprocess.run([str(Path(sys.executable).with_name("lathe")), "run", "data", "--config", str(config),
-                               *(a for s in sets for a in ("--set", s))], capture_output=True, text=True, timeout=600)
+        sets = [
+            f"run.runs_dir={runs}",
+            *SMALL_PIPELINE,
+            f"spark.master={master}",
+            "spark.conf={spark.executor.memory: 768m, spark.cores.max: '2'}",
+        ]
+        done = subprocess.run(
+            [
+                str(Path(sys.executable).with_name("lathe")),
+                "run",
+                "data",
+                "--config",
+                str(config),
+                *(a for s in sets for a in ("--set", s)),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     ran = [w for w in (tmp_path / "cluster").glob("worker-*") if any(w.glob("app-*/*/stderr"))]
     assert len(ran) == 2  # both workers ran an executor of the stage's application

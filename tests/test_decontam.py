@@ -7,7 +7,15 @@ import textwrap
 import pytest
 
 from lathe.core.errors import ConfigError, InputError
-from lathe.data.decontam import CONTAMINATED, NgramIndex, drop_contaminated, humaneval_texts, mark_contaminated, ngram_hashes, tokens
+from lathe.data.decontam import (
+    CONTAMINATED,
+    NgramIndex,
+    drop_contaminated,
+    humaneval_texts,
+    mark_contaminated,
+    ngram_hashes,
+    tokens,
+)
 from lathe.eval.humaneval import problems
 
 REFERENCE = " ".join(f"w{i}" for i in range(30))
@@ -107,7 +115,16 @@ def test_the_xray_reports_pretraining_files_that_overlap_humaneval(spark) -> Non
 
     index = humaneval_index(10)
     assert len(index) == len(NgramIndex.from_texts(humaneval_texts(problems())))  # the package's own problems, as eval reads them
-    rows = [("b/copy.py", "python", "import math\n" + solution_row()), ("a/clean.py", "python", UNRELATED),
-            ("c/copy.js", "javascript", "// " + solution_row()), ("d/empty.py", "python", None)]
+    rows = [
+        ("b/copy.py", "python", "import math\n" + solution_row()),
+        ("a/clean.py", "python", UNRELATED),
+        ("c/copy.js", "javascript", "// " + solution_row()),
+        ("d/empty.py", "python", None),
+    ]
     report = contamination_report(spark.createDataFrame(rows, "path string, lang string, content string"), index)
-    assert report == {"ngram": 10, "files": 2, "by_language": {"javascript": 1, "python": 1}, "examples": ["b/copy.py", "c/copy.js"]}
+    assert report == {
+        "ngram": 10,
+        "files": 2,
+        "by_language": {"javascript": 1, "python": 1},
+        "examples": ["b/copy.py", "c/copy.js"],
+    }

@@ -66,8 +66,16 @@ def test_dpo_model_trains_with_composer_towards_the_chosen_completions() -> None
     from lathe.training.posttrain.dpo import DPOModel, collate_preferences, encode_preference, reference_logps
 
     torch.manual_seed(0)
-    policy = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                          num_attention_heads=2, max_position_embeddings=32))
+    policy = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=50,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=32,
+        )
+    )
     rng = torch.Generator().manual_seed(1)
     pairs = []
     for _ in range(8):
@@ -83,8 +91,16 @@ def test_dpo_model_trains_with_composer_towards_the_chosen_completions() -> None
     assert start.loss.item() == pytest.approx(math.log(2), abs=1e-5)  # policy == reference: every margin is 0
 
     loader = DataLoader(pairs, batch_size=4, shuffle=False, collate_fn=collate)
-    trainer = Trainer(model=model, train_dataloader=loader, max_duration="12ba", device="cpu", progress_bar=False,
-                      optimizers=torch.optim.Adam(model.parameters(), lr=3e-3), log_to_console=False, seed=0)
+    trainer = Trainer(
+        model=model,
+        train_dataloader=loader,
+        max_duration="12ba",
+        device="cpu",
+        progress_bar=False,
+        optimizers=torch.optim.Adam(model.parameters(), lr=3e-3),
+        log_to_console=False,
+        seed=0,
+    )
     trainer.fit()
     model.eval()
     with torch.no_grad():
@@ -102,10 +118,20 @@ def test_rpo_adds_the_chosen_answers_cross_entropy_and_the_metric_reports_it() -
     from lathe.training.posttrain.dpo import ChosenCrossEntropy, DPOModel, collate_preferences, encode_preference, reference_logps
 
     torch.manual_seed(0)
-    policy = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                          num_attention_heads=2, max_position_embeddings=32))
-    pairs = [encode_preference([5, 6, 7], [8, 9], [10, 11, 12], eos_id=1, max_len=16),
-             encode_preference([5, 6], [13, 14, 15, 16], [17], eos_id=1, max_len=16)]
+    policy = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=50,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=32,
+        )
+    )
+    pairs = [
+        encode_preference([5, 6, 7], [8, 9], [10, 11, 12], eos_id=1, max_len=16),
+        encode_preference([5, 6], [13, 14, 15, 16], [17], eos_id=1, max_len=16),
+    ]
     reference_logps(policy, pairs, pad_id=0)
     batch = collate_preferences(pad_id=0)(pairs)
     plain, rpo = DPOModel(policy, beta=0.5), DPOModel(policy, beta=0.5, sft_weight=2.0)
@@ -113,7 +139,9 @@ def test_rpo_adds_the_chosen_answers_cross_entropy_and_the_metric_reports_it() -
         outputs = plain(batch)
         chosen_logp = outputs[0]
         tokens = 3 + 5  # each chosen answer and its EOS
-        assert rpo.loss(outputs, batch).item() == pytest.approx(plain.loss(outputs, batch).item() - 2.0 * chosen_logp.sum().item() / tokens)
+        assert rpo.loss(outputs, batch).item() == pytest.approx(
+            plain.loss(outputs, batch).item() - 2.0 * chosen_logp.sum().item() / tokens
+        )
         metric = ChosenCrossEntropy()
         plain.update_metric(batch, outputs, metric)
         assert metric.compute().item() == pytest.approx(-chosen_logp.sum().item() / tokens)

@@ -108,7 +108,10 @@ def test_hostile_completions_are_contained(host_dir: Path) -> None:
         "early exit 0": ("import sys\nsys.exit(0)", "failed"),
         "hard exit 0": ("import os\nos._exit(0)", "failed"),
         # it sees no process to signal but its own (kill -1: ProcessLookupError): nothing outside is hit
-        "kill the parent": ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nos.kill(-1, signal.SIGKILL)\nos._exit(0)", "failed"),
+        "kill the parent": (
+            "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nos.kill(-1, signal.SIGKILL)\nos._exit(0)",
+            "failed",
+        ),
         "fake success": ("print('PASSED')\nimport os\nos.write(3, b'ok')\nos._exit(0)", "failed"),
         "delete host files": (f"import shutil\nshutil.rmtree({str(host_dir)!r})", "failed"),
         "write outside": (f"open({str(host_dir / 'pwned.txt')!r}, 'w').write('x')", "failed"),
@@ -121,7 +124,9 @@ def test_hostile_completions_are_contained(host_dir: Path) -> None:
     # no process of these sandboxes survived (score's Sandbox is closed: its fork-server workers count too)
     assert not leftovers(FAST.sandbox, workers=True)
     # the fork bomb's process limit held the sandbox's uid only: the host can still start many processes
-    forks = subprocess.run(["sh", "-c", "for i in $(seq 50); do sleep 0.2 & done; wait; echo done"], capture_output=True, text=True)
+    forks = subprocess.run(
+        ["sh", "-c", "for i in $(seq 50); do sleep 0.2 & done; wait; echo done"], capture_output=True, text=True
+    )
     assert forks.returncode == 0 and forks.stdout.strip() == "done"
 
 
@@ -173,11 +178,17 @@ def test_refuses_without_isolation_unless_allowed(monkeypatch) -> None:
 
 def test_cli_scores_a_file_and_names_bad_lines(tmp_path: Path) -> None:
     good = tmp_path / "samples.jsonl"
-    good.write_text("".join(json.dumps({"task_id": t, "completion": p["canonical_solution"]}) + "\n"
-                            for t, p in list(problems().items())[:5]))
+    good.write_text(
+        "".join(json.dumps({"task_id": t, "completion": p["canonical_solution"]}) + "\n" for t, p in list(problems().items())[:5])
+    )
     out = tmp_path / "results.json"
-    proc = subprocess.run([sys.executable, "-m", "lathe.pipelines.cli", "eval", "score", "--samples", str(good), "--output", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lathe.pipelines.cli", "eval", "score", "--samples", str(good), "--output", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
     assert report["pass@1"] == 1.0 and len(report["results"]) == 5 and "pass@10" not in report
@@ -279,8 +290,14 @@ def test_fork_server_program_sees_only_itself(pwned: str) -> None:
     assert run.completed, run.stderr
     lines = run.stdout.splitlines()
     assert lines[1] == "[1, 2] 2 1 /tmp"  # its own PID namespace and /proc: init and itself
-    assert eval(lines[2]) == {"CapInh": "0" * 16, "CapPrm": "0" * 16, "CapEff": "0" * 16, "CapBnd": "0" * 16,
-                              "CapAmb": "0" * 16, "NoNewPrivs": "1"}
+    assert eval(lines[2]) == {
+        "CapInh": "0" * 16,
+        "CapPrm": "0" * 16,
+        "CapEff": "0" * 16,
+        "CapBnd": "0" * 16,
+        "CapAmb": "0" * 16,
+        "NoNewPrivs": "1",
+    }
     names, interfaces = lines[3].split("] ")
     assert set(eval(names + "]")) <= {"PATH", "HOME", "PWD", "LC_CTYPE"} and eval(interfaces) == [(1, "lo")]
     assert lines[4] == "dev 30"  # EROFS: /dev outlives programs, so it is read-only

@@ -57,7 +57,7 @@ def test_language_selection() -> None:
 
 def test_per_language_override_relaxes_only_that_language() -> None:
     cfg = DataConfig(quality={"overrides": {"json": QualityOverride(max_line_length=5000)}})
-    long_json = '{"k": "' + "v" * 2000 + '",\n' + ' "n": 1,\n' * 40 + '}\n'
+    long_json = '{"k": "' + "v" * 2000 + '",\n' + ' "n": 1,\n' * 40 + "}\n"
     assert drop_reason(doc(long_json, path="a.json", lang="json"), cfg) is None
     assert drop_reason(doc("x = '" + "v" * 2000 + "'\n" + "y = 1\n" * 40), cfg) == "max_line_length"
     assert thresholds_for("json", cfg).max_mean_line_length == cfg.quality.max_mean_line_length

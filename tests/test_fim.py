@@ -19,18 +19,21 @@ def test_layouts() -> None:
         fim_prompt([], [], IDS, "pms")
 
 
-@pytest.mark.parametrize("prefix, suffix, room, kept", [
-    (10, 10, 100, (10, 10)),  # fits: nothing cut
-    (200, 10, 103, (90, 10)),  # a short suffix stays whole, the prefix gives way
-    (10, 200, 103, (10, 90)),  # a short prefix stays whole, the suffix takes the rest
-    (200, 200, 103, (75, 25)),  # both long: the suffix keeps a quarter
-    (0, 0, 4, (0, 0)),
-])
+@pytest.mark.parametrize(
+    "prefix, suffix, room, kept",
+    [
+        (10, 10, 100, (10, 10)),  # fits: nothing cut
+        (200, 10, 103, (90, 10)),  # a short suffix stays whole, the prefix gives way
+        (10, 200, 103, (10, 90)),  # a short prefix stays whole, the suffix takes the rest
+        (200, 200, 103, (75, 25)),  # both long: the suffix keeps a quarter
+        (0, 0, 4, (0, 0)),
+    ],
+)
 def test_fit_keeps_the_code_nearest_the_cursor(prefix: int, suffix: int, room: int, kept: tuple[int, int]) -> None:
     p, s = list(range(prefix)), list(range(1000, 1000 + suffix))
     got_p, got_s = fit_context(p, s, room)
     assert (len(got_p), len(got_s)) == kept
-    assert got_p == p[len(p) - kept[0]:] and got_s == s[:kept[1]]  # the prefix keeps its end, the suffix its start
+    assert got_p == p[len(p) - kept[0] :] and got_s == s[: kept[1]]  # the prefix keeps its end, the suffix its start
     assert len(fim_prompt(got_p, got_s, IDS)) <= room
 
 
@@ -48,7 +51,7 @@ def test_training_and_serving_lay_out_fim_alike(engine: Engine) -> None:
     cut = fim_split(text, doc, 0, 1.0, 0.0)
     [(tokens, fim)] = encode_documents([(doc, text)], lambda texts: [engine.encode(t) for t in texts], ids, 0, 1.0, 0.0)
     served = engine.parse(cut.prefix, {"suffix": cut.suffix, "max_tokens": 8}).prompt_ids
-    assert fim and tokens[: len(served)] == served and tokens[len(served):-1] == engine.encode(cut.middle)
+    assert fim and tokens[: len(served)] == served and tokens[len(served) : -1] == engine.encode(cut.middle)
 
 
 def test_served_fim_prompts_are_cut_to_leave_room_for_the_middle(engine: Engine) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -11,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from lathe.core.errors import LatheError
 from lathe.core.models import ModelRegistry
 from lathe.eval.config import GateConfig
-from lathe.eval.gate import decide
+from lathe.eval.gate import Paired, decide, paired_interval
 from lathe.eval.generate import truncate
 
 pytestmark = pytest.mark.integration  # a real MLflow model registry
@@ -33,7 +34,9 @@ def registry(client: MlflowClient) -> ModelRegistry:
     return ModelRegistry(NAME, client)
 
 
-def test_gate_moves_staff_only_for_better_candidates_and_promote_moves_production(client: MlflowClient, registry: ModelRegistry) -> None:
+def test_gate_moves_staff_only_for_better_candidates_and_promote_moves_production(
+    client: MlflowClient, registry: ModelRegistry
+) -> None:
     cfg = GateConfig(min_pass_at_1_gain=0.0, max_val_loss_increase=0.05)
     first = decide(registry, "1", {"pass@1": 0.10, "val_loss": 2.0}, cfg)
     assert first.passed and first.reason == "no production version yet"
@@ -108,7 +111,9 @@ def test_completions_are_cut_at_the_first_stop_sequence() -> None:
     assert truncate("    if x:\n        return 1\n    return 2", stops) == "    if x:\n        return 1\n    return 2"
 
 
-def test_an_alias_pointing_at_a_missing_version_is_an_error_not_none(client: MlflowClient, registry: ModelRegistry, tmp_path: Path) -> None:
+def test_an_alias_pointing_at_a_missing_version_is_an_error_not_none(
+    client: MlflowClient, registry: ModelRegistry, tmp_path: Path
+) -> None:
     import sqlite3
 
     registry.set_alias("production", "1")
@@ -132,3 +137,47 @@ def test_a_loss_production_was_never_measured_on_is_left_out(registry) -> None:
     left_out = decide(registry, "3", {"pass@1": 0.0}, cfg, compare_loss=False)
     assert left_out.passed and "val_loss" not in registry.figures("3")
     assert not decide(registry, "4", {"pass@1": -0.1}, cfg, compare_loss=False).passed  # pass@k still decides
+
+
+def test_paired_interval_matches_a_hand_computed_case_and_is_seeded() -> None:
+    # every item one point better: each resample's difference is exactly +1 (no noise at all)
+    same = Paired([2.0, 3.0, 4.0], [1.0, 2.0, 3.0], higher_is_better=True)
+    assert paired_interval(same, 0.95, 500) == (1.0, 1.0)
+    # weighted: bits per byte, (bits_c - bits_p) / bytes, each document 2 bits worse per 100 bytes
+    bpb = Paired([12.0, 22.0], [10.0, 20.0], higher_is_better=False, weights=[100.0, 100.0])
+    assert bpb.figures() == (0.17, 0.15) and paired_interval(bpb, 0.95, 500) == pytest.approx((0.02, 0.02))
+    noisy = Paired([1.0, 0.0] * 20, [0.0, 1.0] * 20, higher_is_better=True)
+    assert paired_interval(noisy, 0.9, 400) == paired_interval(noisy, 0.9, 400)  # the same verdict every time
+    low, high = paired_interval(noisy, 0.9, 400)
+    assert low < 0 < high  # a tie: as many tasks won as lost
+
+
+def test_the_gate_refuses_a_worse_infiller_beyond_noise_and_passes_one_within_it(registry: ModelRegistry) -> None:
+    cfg = GateConfig(max_infill_pass_drop=0.01)
+    decide(registry, "1", {"pass@1": 0.0}, cfg)
+    registry.promote()
+    rng = np.random.default_rng(7)
+    production = (rng.random(400) < 0.30).astype(float)  # passes 30% of 400 tasks
+    # within noise: the same tasks, a handful flipped each way
+    flips = rng.choice(400, size=12, replace=False)
+    tied = production.copy()
+    tied[flips] = 1 - tied[flips]
+    within = decide(registry, "2", {"pass@1": 0.0}, cfg, paired={"infill_pass@1": Paired(tied, production, True, 0.01)})
+    assert within.passed, within.reason
+    # worse beyond the margin: half of production's passes lost
+    worse_tasks = production.copy()
+    worse_tasks[np.flatnonzero(production)[::2]] = 0.0
+    worse = decide(registry, "3", {"pass@1": 0.0}, cfg, paired={"infill_pass@1": Paired(worse_tasks, production, True, 0.01)})
+    assert not worse.passed
+    assert worse.reason.startswith(f"infill_pass@1 {worse_tasks.mean():.4f} < production {production.mean():.4f} beyond noise")
+    # bits per byte: lower is better; a candidate worse on every document is refused
+    docs = rng.integers(200, 2000, size=50).astype(float)
+    prod_bits = docs * 1.5
+    refused = decide(
+        registry,
+        "4",
+        {"pass@1": 0.0},
+        cfg,
+        paired={"bits_per_byte": Paired(prod_bits * 1.1, prod_bits, False, 0.0, weights=docs)},
+    )
+    assert not refused.passed and refused.reason.startswith("bits_per_byte 1.6500 > production 1.5000 beyond noise")

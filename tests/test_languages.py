@@ -115,14 +115,14 @@ fn main() {
         exit0="std::process::exit(0);",
         broken='a + "x"',
         loop="let mut spin: u64 = 1;\n    while spin != 0 { spin = spin.wrapping_add(1); }",
-        bomb='let mut spawned = 0;\n    for _ in 0..1000 {\n'
-             '        if std::process::Command::new("/bin/sleep").arg("3133").spawn().is_ok() { spawned += 1; }\n'
-             '    }\n    println!("spawned {}", spawned);',
+        bomb="let mut spawned = 0;\n    for _ in 0..1000 {\n"
+        '        if std::process::Command::new("/bin/sleep").arg("3133").spawn().is_ok() { spawned += 1; }\n'
+        '    }\n    println!("spawned {}", spawned);',
         write='if std::fs::write("$host/pwned.txt", "x").is_err() { std::process::exit(3); }',
         network='let far = "1.1.1.1:53".parse().unwrap();\n'
-                '    if TcpStream::connect("127.0.0.1:$port").is_err()\n'
-                '        && TcpStream::connect_timeout(&far, Duration::from_secs(2)).is_err() {\n'
-                '        std::process::exit(3);\n    }',
+        '    if TcpStream::connect("127.0.0.1:$port").is_err()\n'
+        "        && TcpStream::connect_timeout(&far, Duration::from_secs(2)).is_err() {\n"
+        "        std::process::exit(3);\n    }",
     ),
     "java": Spec(
         template="""import java.util.*;
@@ -152,12 +152,12 @@ class Problem {
         exit0="System.exit(0);",
         broken='return a + "x";',
         loop="long spin = 0;\n        while (spin >= 0) spin++;",
-        bomb='int spawned = 0;\n        for (int i = 0; i < 1000; i++) {\n'
-             '            try { new ProcessBuilder("/bin/sleep", "3133").start(); spawned++; }\n'
-             '            catch (java.io.IOException e) { }\n'
-             '        }\n        System.out.println("spawned " + spawned);',
+        bomb="int spawned = 0;\n        for (int i = 0; i < 1000; i++) {\n"
+        '            try { new ProcessBuilder("/bin/sleep", "3133").start(); spawned++; }\n'
+        "            catch (java.io.IOException e) { }\n"
+        '        }\n        System.out.println("spawned " + spawned);',
         write='try { java.nio.file.Files.writeString(java.nio.file.Path.of("$host/pwned.txt"), "x"); }\n'
-              "        catch (java.io.IOException e) { System.exit(3); }",
+        "        catch (java.io.IOException e) { System.exit(3); }",
         network='if (!latheConnects("127.0.0.1", $port) && !latheConnects("1.1.1.1", 53)) System.exit(3);',
     ),
     "typescript": Spec(
@@ -175,17 +175,21 @@ if (add(1, 2) !== 3) throw new Error("AssertionError: add(1, 2) !== 3");""",
         loop="let spin = 0;\nwhile (spin >= 0) spin++;",
         # node's spawn fails asynchronously; the children keep it alive until the wall clock
         bomb='const cp = require("child_process");\n'
-             'for (let i = 0; i < 1000; i++) cp.spawn("/bin/sh", ["-c", "sleep 3133"]).on("error", () => {});',
+        'for (let i = 0; i < 1000; i++) cp.spawn("/bin/sh", ["-c", "sleep 3133"]).on("error", () => {});',
         write='try { require("fs").writeFileSync("$host/pwned.txt", "x"); } catch (e) { process.exit(3); }',
         # connecting is asynchronous: the proof has run by then, and exit status 3 undoes it
         network='const net = require("net");\n'
-                'net.connect($port, "127.0.0.1").on("connect", () => console.log("CONNECTED")).on("error", () =>\n'
-                '  net.connect(53, "1.1.1.1").on("connect", () => console.log("CONNECTED")).on("error", () => process.exit(3)));',
+        'net.connect($port, "127.0.0.1").on("connect", () => console.log("CONNECTED")).on("error", () =>\n'
+        '  net.connect(53, "1.1.1.1").on("connect", () => console.log("CONNECTED")).on("error", () => process.exit(3)));',
     ),
 }
 # JavaScript: TypeScript's program without the types
-SPECS["javascript"] = Spec(template=SPECS["typescript"].template.replace(": number", ""), right="return a + b;",
-                           wrong="return a - b;", exit0="process.exit(0);")
+SPECS["javascript"] = Spec(
+    template=SPECS["typescript"].template.replace(": number", ""),
+    right="return a + b;",
+    wrong="return a - b;",
+    exit0="process.exit(0);",
+)
 COMPILED = ["cpp", "rust", "java", "typescript"]
 # How each `bomb` ends: C++ forks without end and TypeScript's children keep node alive, so a limit (CPU or
 # wall clock) kills them; Rust counts the spawns its process limit refused, then runs its tests to the end;
@@ -210,8 +214,12 @@ def sandbox() -> Iterator[Sandbox]:
 
 
 def host_can_fork(count: int = 50) -> bool:
-    forks = subprocess.run(["sh", "-c", f"for i in $(seq {count}); do sleep 0.2 & done; wait; echo done"],
-                           capture_output=True, text=True, check=False)
+    forks = subprocess.run(
+        ["sh", "-c", f"for i in $(seq {count}); do sleep 0.2 & done; wait; echo done"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return forks.returncode == 0 and forks.stdout.strip() == "done"
 
 
@@ -313,16 +321,19 @@ def test_compile_time_bombs_end_and_leave_nothing_running() -> None:
         # the compiler reads until it is out of (address) space
         "endless include": (cpp, '#include "/dev/zero"\nint main() {}\n'),
         # each loop stays under g++'s iteration limit; together they take hours
-        "constant evaluation": (cpp, (
-            "constexpr long spin() {\n  long s = 0;\n"
-            "  for (long i = 0; i < 200000; i++) for (long j = 0; j < 200000; j++) s += j;\n"
-            "  return s;\n}\nstatic_assert(spin() != 1);\nint main() {}\n"
-        )),
+        "constant evaluation": (
+            cpp,
+            (
+                "constexpr long spin() {\n  long s = 0;\n"
+                "  for (long i = 0; i < 200000; i++) for (long j = 0; j < 200000; j++) s += j;\n"
+                "  return s;\n}\nstatic_assert(spin() != 1);\nint main() {}\n"
+            ),
+        ),
         # rustc's constant evaluator has a step limit: a compile error, not a timeout
-        "rust constant evaluation": (rust, (
-            "const SPIN: u64 = { let mut i = 0u64; while i < u64::MAX { i += 1; } i };\n"
-            "fn main() { println!(\"{}\", SPIN); }\n"
-        )),
+        "rust constant evaluation": (
+            rust,
+            ('const SPIN: u64 = { let mut i = 0u64; while i < u64::MAX { i += 1; } i };\nfn main() { println!("{}", SPIN); }\n'),
+        ),
     }
     cfg = SandboxConfig(wall_s=1.5, cpu_s=3, memory_mb=512)  # the wall clock before the CPU limit
     with Sandbox(cfg) as sandbox:
@@ -405,8 +416,9 @@ def test_a_language_without_its_toolchain_is_refused_in_one_line(open_tmp: Path)
     with Sandbox(FAST.model_copy(update={"toolchains": str(open_tmp)})) as sandbox:  # an empty folder: no tsc
         with pytest.raises(ToolchainMissing) as refused:
             sandbox.run(spec.program(lang, spec.right), language=lang)
-    assert str(refused.value) == (f"typescript needs {open_tmp / TSC}: "
-                                  f"run `make setup` (npm ci --prefix eval/toolchains), or `npm ci --prefix {open_tmp}`")
+    assert str(refused.value) == (
+        f"typescript needs {open_tmp / TSC}: run `make setup` (npm ci --prefix eval/toolchains), or `npm ci --prefix {open_tmp}`"
+    )
 
 
 def test_an_interpreter_under_tmp_is_refused_in_one_line(open_tmp: Path) -> None:
@@ -415,6 +427,9 @@ def test_an_interpreter_under_tmp_is_refused_in_one_line(open_tmp: Path) -> None
     copy = open_tmp / "python-copy"
     shutil.copy("/usr/bin/python3", copy)
     for python in (link, copy):
-        with pytest.raises(SandboxUnavailable, match=rf"^sandbox interpreter {python} lives under /tmp, which each "
-                           r"sandbox replaces with a private one; set eval\.sandbox\.python to an interpreter outside /tmp$"):
+        with pytest.raises(
+            SandboxUnavailable,
+            match=rf"^sandbox interpreter {python} lives under /tmp, which each "
+            r"sandbox replaces with a private one; set eval\.sandbox\.python to an interpreter outside /tmp$",
+        ):
             Sandbox(FAST.model_copy(update={"python": str(python)}))

@@ -16,8 +16,14 @@ ROOF = "pipelines"
 # Run where lathe is not installed (copied into Triton model repositories; the sandbox's
 # fork server, under the sandbox's own interpreter): they import no lathe module, except
 # each other under the names they are copied as.
-STANDALONE = ("serving/engine.py", "serving/triton_model.py", "serving/protocol.py", "core/fim.py", "core/quant.py",
-              "eval/sandbox_worker.py")
+STANDALONE = (
+    "serving/engine.py",
+    "serving/triton_model.py",
+    "serving/protocol.py",
+    "core/fim.py",
+    "core/quant.py",
+    "eval/sandbox_worker.py",
+)
 STANDALONE_IMPORTS = ("lathe.serving.protocol", "lathe.core.fim", "lathe.core.quant")
 
 
@@ -103,7 +109,8 @@ def file_circles(root: Path) -> list[str]:
     naming its files from the alphabetically first, so a circle is reported once."""
     graph = {
         str(path.relative_to(root)): {str(f.relative_to(root)) for f in imported_files(path, root)}
-        for folder in (GROUND, *COMPONENTS, ROOF) for path in sorted((root / folder).rglob("*.py"))
+        for folder in (GROUND, *COMPONENTS, ROOF)
+        for path in sorted((root / folder).rglob("*.py"))
     }
     circles: set[tuple[str, ...]] = set()
 
@@ -162,7 +169,8 @@ def test_site_packages_gets_one_top_level_package() -> None:
     # the list is checked against the tree: every folder with an __init__.py ships, under its own name
     tree = {
         "lathe." + ".".join(init.parent.relative_to(REPO).parts): str(init.parent.relative_to(REPO))
-        for folder in (GROUND, *COMPONENTS, ROOF) for init in (REPO / folder).rglob("__init__.py")
+        for folder in (GROUND, *COMPONENTS, ROOF)
+        for init in (REPO / folder).rglob("__init__.py")
     }
     assert sorted(setuptools["packages"]) == sorted(tree)
     assert setuptools["package-dir"] == tree

@@ -16,8 +16,16 @@ from lathe.training.posttrain.lora import load_adapter, merged, save_adapter, tr
 
 def tiny_llama() -> LlamaForCausalLM:
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                        num_attention_heads=4, max_position_embeddings=32)).eval()
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=97,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=32,
+        )
+    ).eval()
 
 
 def test_lora_trains_only_adapters_and_merges_to_the_same_outputs(tmp_path: Path) -> None:

@@ -21,8 +21,9 @@ SAMPLES = [np.random.default_rng(0).integers(0, 4096, 128).astype(np.uint16) for
 def test_shards_and_index_are_byte_identical_to_streaming(tmp_path: Path, compression: str | None) -> None:
     from streaming import MDSWriter
 
-    with MDSWriter(out=str(tmp_path / "theirs"), columns={"tokens": "ndarray:uint16:128"}, compression=compression,
-                   size_limit=20_000) as theirs:
+    with MDSWriter(
+        out=str(tmp_path / "theirs"), columns={"tokens": "ndarray:uint16:128"}, compression=compression, size_limit=20_000
+    ) as theirs:
         for s in SAMPLES:
             theirs.write({"tokens": s})
     ours = ShardWriter(str(tmp_path / "ours"), "tokens", np.uint16, 128, Codec.parse(compression), 20_000)
@@ -49,14 +50,18 @@ def test_a_merged_index_over_sub_folders_reads_back_in_order(tmp_path: Path) -> 
     assert len(ds) == len(SAMPLES) and all((ds[i]["tokens"] == SAMPLES[i]).all() for i in range(len(ds)))
 
 
-def test_writing_imports_neither_streaming_nor_torch() -> None:
-    code = ("import sys, tempfile, numpy as np\n"
-            "from lathe.tokenizer.mds import Codec, ShardWriter\n"
-            "w = ShardWriter(tempfile.mkdtemp(), 't', np.uint16, 8, Codec.parse('zstd'), 1 << 20)\n"
-            "w.write(np.arange(8)); w.finish()\n"
-            "print(sorted(m for m in ('streaming', 'torch', 'transformers') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+def test_writing_imports_neither_streaming_nor_torch(tmp_path: Path) -> None:
+    code = (
+        "import sys, numpy as np\n"
+        "from lathe.tokenizer.mds import Codec, ShardWriter\n"
+        "w = ShardWriter(sys.argv[1], 't', np.uint16, 8, Codec.parse('zstd'), 1 << 20)\n"
+        "w.write(np.arange(8)); w.finish()\n"
+        "print(sorted(m for m in ('streaming', 'torch', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "shards")], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]" and list((tmp_path / "shards").iterdir())  # it wrote there
 
 
 def test_bad_settings_are_one_clear_error(tmp_path: Path) -> None:

@@ -88,7 +88,10 @@ def test_methods_and_async_functions_are_dedented_to_top_level_text() -> None:
     assert push.prompt == 'def push(self, item):\n    """Put item on top."""\n'
     assert push.response == "    self.items.append(item)\n"
     # The string's continuation lines are indented less than the method: left as written.
-    assert help_.prompt == '@property\ndef help(self) -> str:\n    """A text that is indented less than the method inside its string."""\n'
+    assert (
+        help_.prompt
+        == '@property\ndef help(self) -> str:\n    """A text that is indented less than the method inside its string."""\n'
+    )
     assert help_.response == '    return """usage:\n  push ITEM\n"""\n'
     assert fetch.prompt == 'async def fetch(self, url):\n    """Fetch url."""\n'
     assert fetch.response == "    async with session.get(url) as r:\n        return await r.text()\n"
@@ -205,7 +208,11 @@ def test_mine_pairs_keeps_python_files_and_gives_one_row_per_pair(spark) -> None
     ]
     df = spark.createDataFrame(rows, "id string, path string, content string, lang string")
     out = sorted(mine_pairs(df).collect(), key=lambda r: (r.source_id, r.pair_id))
-    assert [(r.source_id, r.path, r.name) for r in out] == [("a", "geometry.py", "hypot"), ("b", "prop.py", "C.x"), ("b", "prop.py", "C.x")]
+    assert [(r.source_id, r.path, r.name) for r in out] == [
+        ("a", "geometry.py", "hypot"),
+        ("b", "prop.py", "C.x"),
+        ("b", "prop.py", "C.x"),
+    ]
     [hypot] = [r for r in out if r.name == "hypot"]
     assert hypot.pair_id == pair_id("a", "hypot")
     assert (hypot.prompt, hypot.response, hypot.tests) == (lambda p: (p.prompt, p.response, p.tests))(mine_functions(SOURCE)[0])
@@ -222,9 +229,11 @@ def test_mine_pairs_names_missing_columns(spark) -> None:
 def test_pairs_carry_their_files_absolute_imports_for_running_their_tests() -> None:
     source = (
         "from __future__ import annotations\nimport os, sys as system\nfrom . import sibling\nfrom collections import (\n"
-        "    Counter,\n    deque,\n)\n\ndef count(xs):\n    \"\"\"Count.\n\n    >>> count('aab')['a']\n    2\n    \"\"\"\n"
+        '    Counter,\n    deque,\n)\n\ndef count(xs):\n    """Count.\n\n    >>> count(\'aab\')[\'a\']\n    2\n    """\n'
         "    return Counter(xs)\n"
     )
     (pair,) = mine_functions(source)
-    assert pair.imports == "from __future__ import annotations\nimport os, sys as system\nfrom collections import Counter, deque\n"
+    assert (
+        pair.imports == "from __future__ import annotations\nimport os, sys as system\nfrom collections import Counter, deque\n"
+    )
     assert pair.tests and pair.prompt.startswith("def count(xs):")  # the prompt stays the function alone

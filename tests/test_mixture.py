@@ -13,8 +13,16 @@ from lathe.training.mixture import plan_mixture, run_samples, validation_roles
 
 
 def stream(name: str, train: int, val: int = 2, density: int = 100) -> StreamInfo:
-    return StreamInfo(name=name, uri=f"/s/{name}", snapshot=name, docs=train, train_samples=train,
-                      train_tokens=train * density, val_samples=val, val_tokens=val * density)
+    return StreamInfo(
+        name=name,
+        uri=f"/s/{name}",
+        snapshot=name,
+        docs=train,
+        train_samples=train,
+        train_tokens=train * density,
+        val_samples=val,
+        val_tokens=val * density,
+    )
 
 
 def test_the_new_stream_is_seen_once_and_earlier_ones_share_the_replay_part_by_size() -> None:
@@ -69,8 +77,11 @@ def test_no_training_samples_is_one_clear_error() -> None:
 
 def previous(tmp_path: Path, version: str = "2", vocabulary: str = "v1", **config: object) -> Upstream:
     cfg = {"seq_len": 128, "fim_rate": 0.5, "fim_spm_rate": 0.5, "seed": 0, "output": None, **config}
-    manifest = {"version": version, "config": cfg,
-                "details": {"vocabulary": vocabulary, "streams": [stream("0000-abc", 5).model_dump()]}}
+    manifest = {
+        "version": version,
+        "config": cfg,
+        "details": {"vocabulary": vocabulary, "streams": [stream("0000-abc", 5).model_dump()]},
+    }
     return Upstream("shards", tmp_path / "shards.previous", {}, manifest)
 
 

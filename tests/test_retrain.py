@@ -47,20 +47,37 @@ def copy_packages(names: list[str], tree: Path) -> int:
 
 
 def retrain_config(tree: Path, runs: Path, *extra: str):
-    return load_config(None, [
-        f"run.runs_dir={runs}", "profile=retrain",
-        f"data.sources=[{{kind: tree, paths: [{tree}], repo: stdlib}}]", "data.partitions=2",
-        "tokenizer.vocab_size=512", "tokenizer.reserved_sentinels=4", "tokenizer.heldout_fraction=0.1",
-        "tokenizer.ablation_vocab_sizes=[]",
-        "shards.seq_len=128", "shards.partitions=2", "shards.val_fraction=0.1",
-        "train.model={d_model: 64, n_layers: 2, n_heads: 2, max_seq_len: 128}", "train.optimizer.lr=0.01",
-        "train.warmup=2ba", "train.max_duration=12ba", "train.global_train_batch_size=4",
-        "train.device_train_microbatch_size=4", "train.eval_interval=12ba", "train.eval_subset_num_batches=4",
-        "train.save_interval=12ba", "train.wandb.enabled=false", "train.continued={lr: 0.005, warmup: 1ba}",
-        "train.init_from=models:/lathe-code@production",
-        "eval.ks=[1]", "eval.generation={limit: 2, n: 1, max_new_tokens: 8}",
-        *extra,
-    ])
+    return load_config(
+        None,
+        [
+            f"run.runs_dir={runs}",
+            "profile=retrain",
+            f"data.sources=[{{kind: tree, paths: [{tree}], repo: stdlib}}]",
+            "data.partitions=2",
+            "tokenizer.vocab_size=512",
+            "tokenizer.reserved_sentinels=4",
+            "tokenizer.heldout_fraction=0.1",
+            "tokenizer.ablation_vocab_sizes=[]",
+            "shards.seq_len=128",
+            "shards.partitions=2",
+            "shards.val_fraction=0.1",
+            "train.model={d_model: 64, n_layers: 2, n_heads: 2, max_seq_len: 128}",
+            "train.optimizer.lr=0.01",
+            "train.warmup=2ba",
+            "train.max_duration=12ba",
+            "train.global_train_batch_size=4",
+            "train.device_train_microbatch_size=4",
+            "train.eval_interval=12ba",
+            "train.eval_subset_num_batches=4",
+            "train.save_interval=12ba",
+            "train.wandb.enabled=false",
+            "train.continued={lr: 0.005, warmup: 1ba}",
+            "train.init_from=models:/lathe-code@production",
+            "eval.ks=[1]",
+            "eval.generation={limit: 2, n: 1, max_new_tokens: 8}",
+            *extra,
+        ],
+    )
 
 
 def manifest(profile: Path, stage: str) -> dict:

@@ -42,16 +42,37 @@ def make_registry(calls: Calls, verify=None) -> Registry[Stage]:
             if not (name == "first" and calls.skip_output):
                 target.write_text(f"{name}:{ctx.config.data.quality.max_line_length}:{ctx.observed}")
             (ctx.out_dir / "report.json").write_text("{}")
-            return StageResult(counts={"input": 3, "kept": 2, "dropped": 1}, metrics={"score": 0.5},
-                               artifacts=[ctx.out_dir / "report.json"],
-                               outputs={"out": str(target)} if target != ctx.out_dir / "out.txt" else {})
+            return StageResult(
+                counts={"input": 3, "kept": 2, "dropped": 1},
+                metrics={"score": 0.5},
+                artifacts=[ctx.out_dir / "report.json"],
+                outputs={"out": str(target)} if target != ctx.out_dir / "out.txt" else {},
+            )
+
         return run
 
     reg: Registry[Stage] = Registry("stage")
-    reg.register("first")(Stage("first", (), lambda c: c.data.quality, runner("first"), outputs={"out": "out.txt"},
-                                headline=lambda m: f"{m['counts']['kept']} kept", verify=verify))
-    reg.register("second")(Stage("second", ("first",), lambda c: c.data.dedup, runner("second"),
-                                 outputs={"out": "out.txt", "report": "report.json"}, observe=lambda c: dict(calls.observed)))
+    reg.register("first")(
+        Stage(
+            "first",
+            (),
+            lambda c: c.data.quality,
+            runner("first"),
+            outputs={"out": "out.txt"},
+            headline=lambda m: f"{m['counts']['kept']} kept",
+            verify=verify,
+        )
+    )
+    reg.register("second")(
+        Stage(
+            "second",
+            ("first",),
+            lambda c: c.data.dedup,
+            runner("second"),
+            outputs={"out": "out.txt", "report": "report.json"},
+            observe=lambda c: dict(calls.observed),
+        )
+    )
     return reg
 
 
@@ -139,7 +160,9 @@ def test_each_pipeline_uses_its_own_store_in_one_process(tmp_path: Path, monkeyp
         client = mlflow.MlflowClient(f"sqlite:///{tmp_path / name / 'mlflow.db'}")
         assert len(client.search_runs([client.get_experiment_by_name("lathe").experiment_id])) == 3
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'chosen.db'}")
-    run_pipeline(load_config(None, [f"run.runs_dir={tmp_path / 'c'}"]), registry=make_registry(Calls()), console=Console(quiet=True))
+    run_pipeline(
+        load_config(None, [f"run.runs_dir={tmp_path / 'c'}"]), registry=make_registry(Calls()), console=Console(quiet=True)
+    )
     assert (tmp_path / "chosen.db").is_file() and not (tmp_path / "c" / "mlflow.db").exists()
 
 
@@ -198,9 +221,15 @@ def test_one_run_per_profile_and_a_dead_holder_leaves_no_stale_lock(setup) -> No
 
     out, calls, go = setup
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom lathe.pipelines.runner import profile_lock\n"
-         "with profile_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(120)\n", str(out)],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom pathlib import Path\nfrom lathe.pipelines.runner import profile_lock\n"
+            "with profile_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(120)\n",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert (wait_for_line(holder, "held", timeout_s=120) or "").strip() == "held"

@@ -58,7 +58,10 @@ def test_jsonl_rows_are_read_and_each_bad_row_is_counted_by_reason(tmp_path: Pat
         ],
     )
     rows, drops = read_records(path)
-    assert rows == [{"prompt": "def f():\n", "response": "    return 1\n", "suffix": ""}, {"prompt": "", "response": "print(1)\n", "suffix": ""}]
+    assert rows == [
+        {"prompt": "def f():\n", "response": "    return 1\n", "suffix": ""},
+        {"prompt": "", "response": "print(1)\n", "suffix": ""},
+    ]
     assert drops == {"empty_response": 1, "missing_field": 3, "not_json": 3}
 
 
@@ -158,8 +161,16 @@ def test_mds_examples_train_on_the_response_tokens_only(tmp_path: Path) -> None:
     assert batch["attention_mask"].sum(dim=1).tolist() == [longest, short]
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=301, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                         num_attention_heads=2, max_position_embeddings=64))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=301,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=64,
+        )
+    )
     out = model(**batch)
     # The model's loss is the mean cross-entropy over the response tokens and EOS, nothing else.
     logits, labels = out.logits[:, :-1], batch["labels"][:, 1:]
@@ -186,8 +197,9 @@ def test_the_gateways_fill_in_the_middle_feedback_trains_on_the_prompt_the_serve
     rows, drops = read_records(path, PREFERENCE_FIELDS)
     assert [r["suffix"] for r in rows] == ["z", ""] and drops == {"missing_field": 1}
     fim = FimIds(prefix=-1, middle=-2, suffix=-3)
-    examples, counts = encode_pairs([{"prompt": "ab", "suffix": "z", "response": "c"}, {"prompt": "ab", "response": "c"}],
-                                    byte_ids, EOS, max_len=16, fim=fim)
+    examples, counts = encode_pairs(
+        [{"prompt": "ab", "suffix": "z", "response": "c"}, {"prompt": "ab", "response": "c"}], byte_ids, EOS, max_len=16, fim=fim
+    )
     a, b, c, z = (ord(ch) + 1 for ch in "abcz")
     assert examples[0] == ([-1, a, b, -3, z, -2, c, EOS], [IGNORE_INDEX] * 6 + [c, EOS])  # PSM, loss on the middle only
     assert examples[1] == ([a, b, c, EOS], [IGNORE_INDEX] * 2 + [c, EOS]) and counts == {}

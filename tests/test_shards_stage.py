@@ -20,10 +20,10 @@ from lathe.tokenizer.shards import VAL_SALT
 from lathe.tokenizer.special import EOS, FIM_PREFIX, PAD
 from lathe.tokenizer.splits import stable_fraction
 from lathe.tokenizer.stage import SHARDS, TOKENIZER, run_shards
-
-STAGES = {s.name: s for s in (DATA, TOKENIZER)}
 from lathe.tokenizer.vocab import load_tokenizer
 from tests.conftest import only_stream
+
+STAGES = {s.name: s for s in (DATA, TOKENIZER)}
 
 pytestmark = pytest.mark.spark
 QUIET = Console(quiet=True)
@@ -73,8 +73,30 @@ def test_shards_read_back_with_every_token(pipeline) -> None:
     assert 0.3 < counts["train.fim_docs"] / counts["train.docs"] < 0.7
 
 
-def test_split_is_a_stable_hash_of_the_id(pipeline) -> None:
+# Pinned once (SHA-256 of "shards-val:<id>", first 32 bits / 2^32): a change of the hash, its salt or the
+# split's rule moves documents between train and val, and these literals catch it.
+PINNED_FRACTIONS = {
+    "doc-1": 0.655952590983361,
+    "doc-3": 0.1348561905324459,
+    "doc-7": 0.9329667766578496,
+    "doc-9": 0.07291242969222367,
+    "doc-11": 0.06614941218867898,
+    "doc-14": 0.04287441563792527,
+}
+PINNED_VAL = {"doc-9", "doc-11", "doc-14"}  # at shards.val_fraction = 0.1
+
+
+def test_split_is_a_stable_hash_of_the_id(pipeline, spark) -> None:
+    from lathe.tokenizer.splits import stable_fraction_col
+
     out, cfg, _ = pipeline
+    assert cfg.shards.val_fraction == 0.1 and VAL_SALT == "shards-val"
+    assert {i: stable_fraction(i, VAL_SALT) for i in PINNED_FRACTIONS} == pytest.approx(PINNED_FRACTIONS, abs=1e-12)
+    ids = spark.createDataFrame([(i,) for i in PINNED_FRACTIONS], "id string")
+    on_spark = {r["id"]: r["f"] for r in ids.select("id", stable_fraction_col(ids["id"], VAL_SALT).alias("f")).collect()}
+    assert on_spark == pytest.approx(PINNED_FRACTIONS, abs=1e-12)  # the column the shards stage splits by
+    assert {i for i, f in on_spark.items() if f < cfg.shards.val_fraction} == PINNED_VAL
+    # the stage split the session's documents by that same rule
     kept = pd.read_parquet(out / "data" / "kept")
     in_val = sum(stable_fraction(i, VAL_SALT) < cfg.shards.val_fraction for i in kept["id"])
     counts = json.loads((out / "shards" / MANIFEST).read_text())["counts"]

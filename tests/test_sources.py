@@ -15,8 +15,18 @@ from tests.conftest import write
 
 
 def test_language_table() -> None:
-    cases = {"a/b.py": "python", "x.H": "c", "m.hpp": "cpp", "w.tsx": "typescript", "s.sh": "shell",
-             "q.sql": "sql", "Makefile": "makefile", "c.yml": "yaml", "go.sum": "lockfile", "x.bin": None}
+    cases = {
+        "a/b.py": "python",
+        "x.H": "c",
+        "m.hpp": "cpp",
+        "w.tsx": "typescript",
+        "s.sh": "shell",
+        "q.sql": "sql",
+        "Makefile": "makefile",
+        "c.yml": "yaml",
+        "go.sum": "lockfile",
+        "x.bin": None,
+    }
     assert {p: language_of(p) for p in cases} == cases
     assert canonical_language("C++") == "cpp" and canonical_language(None, "a.rs") == "rust"
 
@@ -54,16 +64,18 @@ def test_tree_source_reads_and_flags_files(spark, code_tree: Path) -> None:
 
 
 def _stack_frame() -> pd.DataFrame:
-    return pd.DataFrame({
-        "hexsha": ["a" * 40, "b" * 40],
-        "size": [14, 30],
-        "ext": ["py", "js"],
-        "lang": ["Python", "JavaScript"],
-        "max_stars_repo_path": ["src/a.py", "lib/b.js"],
-        "max_stars_repo_name": ["org/repo", "org/web"],
-        "max_stars_repo_licenses": [["MIT"], ["Apache-2.0", "MIT"]],
-        "content": ["def f(): pass\n", "function g() { return 1; }\n"],
-    })
+    return pd.DataFrame(
+        {
+            "hexsha": ["a" * 40, "b" * 40],
+            "size": [14, 30],
+            "ext": ["py", "js"],
+            "lang": ["Python", "JavaScript"],
+            "max_stars_repo_path": ["src/a.py", "lib/b.js"],
+            "max_stars_repo_name": ["org/repo", "org/web"],
+            "max_stars_repo_licenses": [["MIT"], ["Apache-2.0", "MIT"]],
+            "content": ["def f(): pass\n", "function g() { return 1; }\n"],
+        }
+    )
 
 
 @pytest.mark.spark

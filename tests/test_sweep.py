@@ -17,6 +17,7 @@ from lathe.core.errors import ConfigError, LatheError
 from lathe.pipelines.config import load_config
 from lathe.pipelines.runner import run_pipeline
 from lathe.training.config import TrainConfig
+from lathe.training.sweep.config import SweepConfig, sweep_candidates
 from lathe.training.sweep.profiler import Choice, Trial, TrialCache, choices, profile, trial_key
 from lathe.training.sweep.schedule import (
     Assignment,
@@ -29,7 +30,6 @@ from lathe.training.sweep.schedule import (
     sequential_makespan,
     solve,
 )
-from lathe.training.sweep.config import SweepConfig, sweep_candidates
 from tests.conftest import SMALL_PIPELINE
 
 QUIET = Console(quiet=True)
@@ -41,16 +41,20 @@ def ddp(devices: int, seconds: float) -> Option:
 
 # --- the scheduling model ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("jobs, devices, optimum", [
-    # Two jobs that scale badly: side by side on one device each (4) beats both on two in turn (3 + 3).
-    ([Job("a", (ddp(1, 4), ddp(2, 3))), Job("b", (ddp(1, 4), ddp(2, 3)))], 2, 4.0),
-    # Three of them on two devices: two side by side (6), then the third on both (4).
-    ([Job(n, (ddp(1, 6), ddp(2, 4))) for n in "abc"], 2, 10.0),
-    # A job that only fits on both devices runs alone; the two small ones share the devices around it.
-    ([Job("wide", (ddp(2, 5),)), Job("b", (ddp(1, 3),)), Job("c", (ddp(1, 3),))], 2, 8.0),
-    # Perfect scaling: any packing that keeps all four devices busy; area 4 x 4 / 4 = 4.
-    ([Job(n, (ddp(1, 8), ddp(2, 4), ddp(4, 2))) for n in "ab"], 4, 4.0),
-])
+
+@pytest.mark.parametrize(
+    "jobs, devices, optimum",
+    [
+        # Two jobs that scale badly: side by side on one device each (4) beats both on two in turn (3 + 3).
+        ([Job("a", (ddp(1, 4), ddp(2, 3))), Job("b", (ddp(1, 4), ddp(2, 3)))], 2, 4.0),
+        # Three of them on two devices: two side by side (6), then the third on both (4).
+        ([Job(n, (ddp(1, 6), ddp(2, 4))) for n in "abc"], 2, 10.0),
+        # A job that only fits on both devices runs alone; the two small ones share the devices around it.
+        ([Job("wide", (ddp(2, 5),)), Job("b", (ddp(1, 3),)), Job("c", (ddp(1, 3),))], 2, 8.0),
+        # Perfect scaling: any packing that keeps all four devices busy; area 4 x 4 / 4 = 4.
+        ([Job(n, (ddp(1, 8), ddp(2, 4), ddp(4, 2))) for n in "ab"], 4, 4.0),
+    ],
+)
 def test_the_solver_finds_known_optimal_makespans(jobs: list[Job], devices: int, optimum: float) -> None:
     plan = solve(jobs, devices, time_limit_s=10, workers=2)
     assert plan.status == "OPTIMAL" and plan.gap == 0
@@ -78,8 +82,10 @@ def test_re_planning_works_around_the_jobs_still_running() -> None:
 def test_no_device_is_double_booked_on_random_instances() -> None:
     rng = random.Random(7)
     for _ in range(8):
-        jobs = [Job(f"j{i}", tuple(ddp(d, round(rng.uniform(5, 30) / d ** rng.uniform(0.3, 1.0), 1)) for d in (1, 2, 4)))
-                for i in range(rng.randint(3, 7))]
+        jobs = [
+            Job(f"j{i}", tuple(ddp(d, round(rng.uniform(5, 30) / d ** rng.uniform(0.3, 1.0), 1)) for d in (1, 2, 4)))
+            for i in range(rng.randint(3, 7))
+        ]
         plan = solve(jobs, 4, time_limit_s=5, workers=2)
         assert check_plan(plan) == []
         area = sum(min(o.devices * o.seconds for o in j.options) for j in jobs) / 4
@@ -89,8 +95,14 @@ def test_no_device_is_double_booked_on_random_instances() -> None:
 
 def test_the_plan_checker_catches_a_double_booking() -> None:
     option = ddp(1, 4)
-    plan = Plan([Assignment("a", option, (0,), 0, 4), Assignment("b", option, (0,), 2, 6),
-                 Assignment("c", ddp(2, 1), (1,), 0, 1)], 6, 6, "FEASIBLE", 0, 2)
+    plan = Plan(
+        [Assignment("a", option, (0,), 0, 4), Assignment("b", option, (0,), 2, 6), Assignment("c", ddp(2, 1), (1,), 0, 1)],
+        6,
+        6,
+        "FEASIBLE",
+        0,
+        2,
+    )
     problems = check_plan(plan)
     assert any("device 0 runs a and b at once" in p for p in problems)
     assert any("c runs on 1 devices, its option needs 2" in p for p in problems)
@@ -104,9 +116,12 @@ def test_the_common_practices_makespans() -> None:
 
 # --- candidates and the profiler ----------------------------------------------------------------------
 
+
 def test_candidates_expand_and_bad_variations_are_one_line() -> None:
-    sweep = SweepConfig(candidates=[{"name": "narrow", "set": {"train.model.d_model": 128}}],
-                        grid={"train.optimizer.lr": [1e-3, 3e-3], "train.max_duration": ["20ba"]})
+    sweep = SweepConfig(
+        candidates=[{"name": "narrow", "set": {"train.model.d_model": 128}}],
+        grid={"train.optimizer.lr": [1e-3, 3e-3], "train.max_duration": ["20ba"]},
+    )
     named = sweep_candidates(TrainConfig(), sweep)
     assert [n for n, _ in named] == ["narrow", "lr=0.001+max_duration=20ba", "lr=0.003+max_duration=20ba"]
     assert named[0][1].model.d_model == 128 and named[2][1].optimizer.lr == 3e-3
@@ -121,15 +136,34 @@ def test_candidates_expand_and_bad_variations_are_one_line() -> None:
 def test_trials_are_keyed_by_what_decides_throughput() -> None:
     base, choice = TrainConfig(), Choice(1, "ddp", False)
     key = trial_key(base, 128, choice, "cpu:x", None)
-    assert trial_key(base.model_copy(update={"optimizer": base.optimizer.model_copy(update={"lr": 1e-5})}), 128, choice,
-                     "cpu:x", None) == key  # the learning rate does not change the speed: candidates share trials
+    assert (
+        trial_key(
+            base.model_copy(update={"optimizer": base.optimizer.model_copy(update={"lr": 1e-5})}), 128, choice, "cpu:x", None
+        )
+        == key
+    )  # the learning rate does not change the speed: candidates share trials
     wider = base.model_copy(update={"model": base.model.model_copy(update={"d_model": 512})})
-    assert len({key, trial_key(wider, 128, choice, "cpu:x", None), trial_key(base, 256, choice, "cpu:x", None),
-                trial_key(base, 128, Choice(2, "ddp", False), "cpu:x", None), trial_key(base, 128, choice, "gpu:H100", None),
-                trial_key(base, 128, choice, "cpu:x", 512)}) == 6
+    assert (
+        len(
+            {
+                key,
+                trial_key(wider, 128, choice, "cpu:x", None),
+                trial_key(base, 256, choice, "cpu:x", None),
+                trial_key(base, 128, Choice(2, "ddp", False), "cpu:x", None),
+                trial_key(base, 128, choice, "gpu:H100", None),
+                trial_key(base, 128, choice, "cpu:x", 512),
+            }
+        )
+        == 6
+    )
     picked = choices(SweepConfig(parallelism=["ddp", "fsdp_full_shard"], activation_checkpointing=[False, True]), 4, 8)
-    assert {(c.devices, c.parallelism) for c in picked} == {(1, "ddp"), (2, "ddp"), (4, "ddp"), (2, "fsdp_full_shard"),
-                                                            (4, "fsdp_full_shard")}  # FSDP only on 2 or more
+    assert {(c.devices, c.parallelism) for c in picked} == {
+        (1, "ddp"),
+        (2, "ddp"),
+        (4, "ddp"),
+        (2, "fsdp_full_shard"),
+        (4, "fsdp_full_shard"),
+    }  # FSDP only on 2 or more
     assert len(picked) == 10 and {c.devices for c in choices(SweepConfig(), 4, 6)} == {1, 2}  # counts must divide the batch
 
 
@@ -138,8 +172,16 @@ def test_the_profiler_reuses_cached_trials(tmp_path: Path) -> None:
     train = TrainConfig()
     from lathe.training.job import TrainJob
 
-    job = TrainJob(train=train, seq_len=128, streams=[], validation={}, tokenizer="/nonexistent", out_dir=str(tmp_path),
-                   run_name="x", mlflow_uri="")
+    job = TrainJob(
+        train=train,
+        seq_len=128,
+        streams=[],
+        validation={},
+        tokenizer="/nonexistent",
+        out_dir=str(tmp_path),
+        run_name="x",
+        mlflow_uri="",
+    )
     from lathe.training.sweep.profiler import hardware
 
     sweep = SweepConfig(device_counts=[1, 2])
@@ -157,13 +199,22 @@ def test_the_profiler_reuses_cached_trials(tmp_path: Path) -> None:
 SWEEP = [
     "train.init_from=null",
     "train.model={d_model: 64, n_layers: 2, n_heads: 2, max_seq_len: 128}",
-    "train.warmup=2ba", "train.max_duration=12ba", "train.global_train_batch_size=4", "train.device_train_microbatch_size=4",
-    "train.eval_interval=12ba", "train.eval_subset_num_batches=2", "train.save_interval=6ba", "train.wandb.enabled=false",
+    "train.warmup=2ba",
+    "train.max_duration=12ba",
+    "train.global_train_batch_size=4",
+    "train.device_train_microbatch_size=4",
+    "train.eval_interval=12ba",
+    "train.eval_subset_num_batches=2",
+    "train.save_interval=6ba",
+    "train.wandb.enabled=false",
     "sweep.grid={train.optimizer.lr: [0.0003, 0.01]}",
     # Too big for each rank's 300 MB: its trial runs out of memory and it is recorded as infeasible.
     "sweep.candidates=[{name: big, set: {train.model.d_model: 1024, train.model.n_layers: 8, train.model.n_heads: 8}}]",
-    "sweep.device_counts=[1]", "sweep.device_memory_mb=300", "sweep.profile_batches=6",
-    "eval.ks=[1]", "eval.generation={limit: 2, n: 1, max_new_tokens: 8, temperature: 0.0}",
+    "sweep.device_counts=[1]",
+    "sweep.device_memory_mb=300",
+    "sweep.profile_batches=6",
+    "eval.ks=[1]",
+    "eval.generation={limit: 2, n: 1, max_new_tokens: 8, temperature: 0.0}",
 ]
 
 
@@ -232,8 +283,8 @@ def test_the_executor_runs_as_planned_re_plans_when_off_and_survives_a_failure(t
     a job far off its prediction re-plans the rest, a failing one is recorded, and no device runs two at once."""
     import time
 
-    from lathe.training.sweep import executor as sweep_module
     from lathe.training.job import TrainJob
+    from lathe.training.sweep import executor as sweep_module
     from lathe.training.sweep.executor import Candidate, execute
 
     actual = {"quick": 0.3, "slow": 1.5, "boom": 0.1, "after": 0.4, "wide": 0.3}  # quick is 5x faster than predicted
@@ -244,15 +295,33 @@ def test_the_executor_runs_as_planned_re_plans_when_off_and_survives_a_failure(t
             raise LatheError("training failed (exit 1); rank logs in ...")
 
     monkeypatch.setattr(sweep_module, "train_one", stand_in)
-    job = TrainJob(train=TrainConfig(), seq_len=128, streams=[], validation={}, tokenizer="t", out_dir=str(tmp_path),
-                   run_name="x", mlflow_uri="")
-    jobs = [Job("quick", (ddp(1, 1.5),)), Job("slow", (ddp(1, 1.5),)), Job("boom", (ddp(1, 0.1),)),
-            Job("after", (ddp(1, 0.4),)), Job("wide", (ddp(2, 0.3),))]
+    job = TrainJob(
+        train=TrainConfig(),
+        seq_len=128,
+        streams=[],
+        validation={},
+        tokenizer="t",
+        out_dir=str(tmp_path),
+        run_name="x",
+        mlflow_uri="",
+    )
+    jobs = [
+        Job("quick", (ddp(1, 1.5),)),
+        Job("slow", (ddp(1, 1.5),)),
+        Job("boom", (ddp(1, 0.1),)),
+        Job("after", (ddp(1, 0.4),)),
+        Job("wide", (ddp(2, 0.3),)),
+    ]
     candidates = {j.name: Candidate(j.name, "fp", tmp_path / j.name, job) for j in jobs}
     plan = solve(jobs, 2, workers=2)
     ran = execute(plan, jobs, candidates, 2, False, 0.2, 5.0, None, tmp_path, QUIET)
-    assert {n: c.status for n, c in candidates.items()} == {"quick": "trained", "slow": "trained", "boom": "failed",
-                                                           "after": "trained", "wide": "trained"}
+    assert {n: c.status for n, c in candidates.items()} == {
+        "quick": "trained",
+        "slow": "trained",
+        "boom": "failed",
+        "after": "trained",
+        "wide": "trained",
+    }
     assert "training failed" in candidates["boom"].reason
     assert check_plan(ran) == [] and len(ran.assignments) == 5  # as run: no device double-booked
     measured = json.loads((tmp_path / "measured.json").read_text())

@@ -8,8 +8,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -33,14 +33,33 @@ def postgres_url() -> Iterator[str]:
         shutil.chown(data, "postgres")
         as_postgres = ["runuser", "-u", "postgres", "--"]
     port = free_port()
-    subprocess.run([*as_postgres, str(PG_BIN / "initdb"), "-D", str(data / "db"), "-U", "lathe", "--auth=trust"], check=True,
-                   capture_output=True)
-    subprocess.run([*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(data / "db"), "-l", str(data / "log"), "-w", "start",
-                    "-o", f"-p {port} -k {data} -h 127.0.0.1"], check=True, capture_output=True)
+    subprocess.run(
+        [*as_postgres, str(PG_BIN / "initdb"), "-D", str(data / "db"), "-U", "lathe", "--auth=trust"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            *as_postgres,
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(data / "db"),
+            "-l",
+            str(data / "log"),
+            "-w",
+            "start",
+            "-o",
+            f"-p {port} -k {data} -h 127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield f"postgresql+psycopg://lathe@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(data / "db"), "-m", "fast", "-w", "stop"], capture_output=True)
+        subprocess.run(
+            [*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(data / "db"), "-m", "fast", "-w", "stop"], capture_output=True
+        )
         shutil.rmtree(data, ignore_errors=True)
 
 
@@ -60,7 +79,9 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def served(id: str, track: str, texts: list[str], prompt: str = "def f(", language: str = "python", version: str = "3") -> Served:
-    return Served(id, "u", track, "lathe-code", version, language, prompt, "\n", texts, ["stop"] * len(texts), 5, 7, 0.1, 0.01, {})
+    return Served(
+        id, "u", track, "lathe-code", version, language, prompt, "\n", texts, ["stop"] * len(texts), 5, 7, 0.1, 0.01, {}
+    )
 
 
 def test_store_records_events_and_survives_reopening(store_url: str) -> None:
@@ -100,7 +121,9 @@ def test_preference_export_pairs_chosen_with_rejected(store_url: str, tmp_path: 
 def test_a_bad_store_url_is_one_line() -> None:
     from lathe.core.errors import InputError
 
-    with pytest.raises(InputError, match="telemetry store postgresql\\+psycopg://nobody:\\*\\*\\*@127.0.0.1:1/x cannot be opened"):
+    with pytest.raises(
+        InputError, match="telemetry store postgresql\\+psycopg://nobody:\\*\\*\\*@127.0.0.1:1/x cannot be opened"
+    ):
         TelemetryStore("postgresql+psycopg://nobody:secret@127.0.0.1:1/x")
 
 
@@ -119,7 +142,11 @@ def test_statistics() -> None:
     lo, hi = wilson(20, 100)
     assert 0.13 < lo < 0.14 and 0.28 < hi < 0.29  # the textbook Wilson interval for 20/100
     assert two_proportion_p(200, 1000, 260, 1000) < 0.01 and two_proportion_p(20, 100, 21, 100) > 0.5
-    assert language_of(None, "src/App.tsx") == "typescript" and language_of("Go", None) == "go" and language_of(None, None) == "unknown"
+    assert (
+        language_of(None, "src/App.tsx") == "typescript"
+        and language_of("Go", None) == "go"
+        and language_of(None, None) == "unknown"
+    )
 
 
 def outcomes(track: str, shown: int, accepted: int, language: str = "python") -> list[dict]:
@@ -148,9 +175,14 @@ def test_lathe_ab_report_and_feedback_export(tmp_path: Path) -> None:
     report = subprocess.run([*lathe, "ab", "report", "--url", url], capture_output=True, text=True, timeout=120)
     assert report.returncode == 0, report.stderr
     assert "candidate is ahead: 35.0% vs 20.0% accepted" in report.stdout and "production" in report.stdout
-    export = subprocess.run([*lathe, "feedback", "export", "--url", url, "--output", str(tmp_path / "fb")], capture_output=True,
-                            text=True, timeout=120)
+    export = subprocess.run(
+        [*lathe, "feedback", "export", "--url", url, "--output", str(tmp_path / "fb")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert export.returncode == 0 and "600 labelled completion(s)" in export.stdout
-    empty = subprocess.run([*lathe, "ab", "report", "--url", f"sqlite:///{tmp_path / 'empty.db'}"], capture_output=True, text=True,
-                           timeout=120)
+    empty = subprocess.run(
+        [*lathe, "ab", "report", "--url", f"sqlite:///{tmp_path / 'empty.db'}"], capture_output=True, text=True, timeout=120
+    )
     assert empty.returncode == 2 and "no editor events" in empty.stderr and empty.stderr.count("\n") == 1

@@ -68,7 +68,7 @@ def test_lion_follows_its_update_rule_and_minimises_a_quadratic() -> None:
         opt.zero_grad()
         (w**2).sum().backward()
         opt.step()
-    assert float((w.detach()**2).sum()) < 0.05 * 34  # sign updates oscillate near 0, but the loss falls 50x
+    assert float((w.detach() ** 2).sum()) < 0.05 * 34  # sign updates oscillate near 0, but the loss falls 50x
     p = torch.nn.Parameter(torch.ones(3))
     p.grad = torch.zeros(3)
     DecoupledLionW([p], lr=0.1, weight_decay=0.5).step()
@@ -106,7 +106,10 @@ def worker(job: TrainJob, out: Path) -> subprocess.Popen:
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "lathe.training.worker", str(out / "job.json")],
-        stdout=open(out / "stdout.txt", "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        stdout=open(out / "stdout.txt", "w"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
     )
 
 
@@ -124,9 +127,10 @@ def trained(shards_pipeline):
     """The train stage through the runner (in process): MLflow, W&B offline, export, registry."""
     profile_dir, _, _ = shards_pipeline
     cfg = load_config(None, [f"run.runs_dir={profile_dir.parent}", *SMALL_PIPELINE, *MICRO])
-    os.environ["WANDB_MODE"] = "offline"
-    outcomes = run_pipeline(cfg, ["train"], console=QUIET)
-    return profile_dir / "train", outcomes
+    with pytest.MonkeyPatch.context() as env:  # the module's tests run with it; restored after them
+        env.setenv("WANDB_MODE", "offline")
+        outcomes = run_pipeline(cfg, ["train"], console=QUIET)
+        yield profile_dir / "train", outcomes
 
 
 def test_training_lowers_validation_loss_and_tracks_everything(trained) -> None:
@@ -138,7 +142,12 @@ def test_training_lowers_validation_loss_and_tracks_everything(trained) -> None:
     manifest = json.loads((out / MANIFEST).read_text())
     client = mlflow.MlflowClient(f"sqlite:///{out.parent.parent / 'mlflow.db'}")
     run = client.get_run(manifest["mlflow"]["run_id"])
-    assert {"loss.train.total", "metrics.val.LanguageCrossEntropy", "throughput.tokens_per_sec", "lr-DecoupledAdamW.group0"} <= set(run.data.metrics)
+    assert {
+        "loss.train.total",
+        "metrics.val.LanguageCrossEntropy",
+        "throughput.tokens_per_sec",
+        "lr-DecoupledAdamW.group0",
+    } <= set(run.data.metrics)
     version = client.get_model_version("lathe-code", summary["model_version"])
     assert version.run_id == run.info.run_id
     offline = list((out / "wandb").glob("offline-run-*/*.wandb"))
@@ -161,8 +170,20 @@ def test_exported_model_loads_and_generates(trained) -> None:
     tok = AutoTokenizer.from_pretrained(str(out / "hf_model"))
     assert model.config.model_type == "llama" and model.config.vocab_size == len(tok) == 512
     ids = tok("def main(", return_tensors="pt").input_ids
-    gen = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
-    assert gen.shape[1] > ids.shape[1] and isinstance(tok.decode(gen[0]), str)
+    # EOS may not end it early (min_new_tokens): exactly 8 new tokens, after the prompt as it was
+    gen = model.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert gen.shape == (1, ids.shape[1] + 8) and torch.equal(gen[:, : ids.shape[1]], ids)
+    # greedy decoding with the KV cache is the argmax of full forward passes over the growing sequence (EOS
+    # suppressed as min_new_tokens suppresses it): the exported config and weights describe one model
+    eos = model.generation_config.eos_token_id
+    by_hand = ids
+    with torch.no_grad():
+        for _ in range(8):
+            logits = model(by_hand).logits[0, -1]
+            logits[[eos] if isinstance(eos, int) else list(eos)] = float("-inf")
+            by_hand = torch.cat([by_hand, logits.argmax().view(1, 1)], dim=1)
+    assert torch.equal(gen, by_hand), (gen, by_hand)
+    assert isinstance(tok.decode(gen[0]), str)
 
 
 def test_second_run_skips_training(trained, shards_pipeline) -> None:
@@ -182,18 +203,41 @@ def lathe_train(runs: Path, extra: list[str], env: dict[str, str], own_machine: 
     """
     node = env.get("NODE_RANK", "single")
     (runs / "empty.yaml").write_text("{}\n")  # the same config as load_config(None, ...): fingerprints match the copy
-    sets = [f"run.runs_dir={runs}", *SMALL_PIPELINE, *MICRO, "train.max_duration=6ba", "train.wandb.enabled=false",
-            f"train.save_folder={runs / 'checkpoints'}", *extra]
+    sets = [
+        f"run.runs_dir={runs}",
+        *SMALL_PIPELINE,
+        *MICRO,
+        "train.max_duration=6ba",
+        "train.wandb.enabled=false",
+        f"train.save_folder={runs / 'checkpoints'}",
+        *extra,
+    ]
     cmd = [str(Path(sys.executable).with_name("lathe")), "train", "--config", str(runs / "empty.yaml")]
     if own_machine:
         (runs / f"tmp-{node}").mkdir()
         (runs / "checkpoints").mkdir(exist_ok=True)
         (runs / f"disk-{node}").mkdir()
         env = {**env, "TMPDIR": str(runs / f"tmp-{node}")}
-        cmd = ["bwrap", "--dev-bind", "/", "/", "--tmpfs", "/dev/shm", "--bind", str(runs / f"disk-{node}"),
-               str(runs / "checkpoints"), "--die-with-parent", "--", *cmd]
-    return subprocess.Popen([*cmd, *(a for s in sets for a in ("--set", s))], env={**os.environ, "OMP_NUM_THREADS": "1", **env},
-                            stdout=open(runs / f"node-{node}.txt", "w"), stderr=subprocess.STDOUT)
+        cmd = [
+            "bwrap",
+            "--dev-bind",
+            "/",
+            "/",
+            "--tmpfs",
+            "/dev/shm",
+            "--bind",
+            str(runs / f"disk-{node}"),
+            str(runs / "checkpoints"),
+            "--die-with-parent",
+            "--",
+            *cmd,
+        ]
+    return subprocess.Popen(
+        [*cmd, *(a for s in sets for a in ("--set", s))],
+        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+        stdout=open(runs / f"node-{node}.txt", "w"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -216,10 +260,15 @@ def two_rank_runs(shards_pipeline, tmp_path_factory) -> dict[str, Path]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    nodes = [lathe_train(out["two_nodes"], ["train.nproc=1"], {"NODE_RANK": str(rank), "WORLD_SIZE": "2",
-                                                             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)},
-                        own_machine=rank == 1)
-             for rank in (0, 1)]
+    nodes = [
+        lathe_train(
+            out["two_nodes"],
+            ["train.nproc=1"],
+            {"NODE_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)},
+            own_machine=rank == 1,
+        )
+        for rank in (0, 1)
+    ]
     for rank, node in enumerate(nodes):
         assert node.wait(timeout=300) == 0, (out["two_nodes"] / f"node-{rank}.txt").read_text()[-3000:]
     return {name: runs / "small" for name, runs in out.items()}
@@ -251,7 +300,9 @@ def test_a_joining_node_needs_shared_checkpoints_and_finished_inputs(shards_pipe
     monkeypatch.setenv("NODE_RANK", "1")
     cfg = load_config(None, [f"run.runs_dir={profile_dir.parent}", *SMALL_PIPELINE, *MICRO])
     inputs, _ = planned(cfg, "train")
-    with pytest.raises(InputError, match="node 1 of a multi-node job: train.save_folder must be an object-store URI every node reads"):
+    with pytest.raises(
+        InputError, match="node 1 of a multi-node job: train.save_folder must be an object-store URI every node reads"
+    ):
         join_training(cfg, inputs, "fp", QUIET)
     other = load_config(None, [f"run.runs_dir={profile_dir.parent}", *SMALL_PIPELINE, *MICRO, "shards.seq_len=64"])
     with pytest.raises(InputError, match=r"stage shards is not finished under this config in .*; node 0 runs it first"):
@@ -289,14 +340,19 @@ def test_spike_is_logged_with_samples_that_replay_exactly(shards_pipeline, tmp_p
     from lathe.training.trainer import run_training
 
     profile_dir, _, _ = shards_pipeline
-    sensitive = ["train.loss_spike={window: 2, sigmas: 0.0, min_ratio: 1.0, action: skip}", "train.max_duration=12ba",
-                 "train.wandb.enabled=false"]
+    sensitive = [
+        "train.loss_spike={window: 2, sigmas: 0.0, min_ratio: 1.0, action: skip}",
+        "train.max_duration=12ba",
+        "train.wandb.enabled=false",
+    ]
     run_training(job_for(shards_pipeline, tmp_path, sensitive, "spiky"))
     assert list(private_tempdir.glob("*_filelock")) == []  # the train and val datasets' Streaming lock files are removed
     record = read_spike(tmp_path / "loss_spikes.jsonl")
     assert record["action"] == "skip" and len(record["samples"]) == 4
-    assert all(s["stream"] == 0 and s["shard"].startswith("part-") and ".mds" in s["shard"] and s["position"] >= 0
-               for s in record["samples"])
+    assert all(
+        s["stream"] == 0 and s["shard"].startswith("part-") and ".mds" in s["shard"] and s["position"] >= 0
+        for s in record["samples"]
+    )
     pad = load_tokenizer(profile_dir / "tokenizer").token_to_id(PAD)
     batch = load_batch([str(only_stream(profile_dir) / "train")], record, pad, tmp_path / "cache")  # digests checked inside
     assert batch["input_ids"].shape == (4, 128)
@@ -314,7 +370,9 @@ def test_bad_input_fails_before_compute(shards_pipeline, tmp_path: Path) -> None
     copy = tmp_path / "mds"
     shutil.copytree(only_stream(profile_dir), copy)
     job = job_for(shards_pipeline, tmp_path / "c", [])
-    job = job.model_copy(update={"streams": [job.streams[0].model_copy(update={"uri": str(copy)})], "validation": {"val": [str(copy)]}})
+    job = job.model_copy(
+        update={"streams": [job.streams[0].model_copy(update={"uri": str(copy)})], "validation": {"val": [str(copy)]}}
+    )
     (copy / "val" / "index.json").write_text("{not json")
     with pytest.raises(InputError, match=r"MDS index .*val/index.json is corrupt"):
         preflight(job)
@@ -346,8 +404,16 @@ def test_eval_stage_generates_scores_and_gates(trained, shards_pipeline) -> None
 
     out, _ = trained
     profile_dir, _, _ = shards_pipeline
-    cfg = load_config(None, [f"run.runs_dir={profile_dir.parent}", *SMALL_PIPELINE, *MICRO, "eval.ks=[1, 2]",
-                             "eval.generation={limit: 4, n: 2, max_new_tokens: 16, temperature: 0.8}"])
+    cfg = load_config(
+        None,
+        [
+            f"run.runs_dir={profile_dir.parent}",
+            *SMALL_PIPELINE,
+            *MICRO,
+            "eval.ks=[1, 2]",
+            "eval.generation={limit: 4, n: 2, max_new_tokens: 16, temperature: 0.8}",
+        ],
+    )
     assert [o.status for o in run_pipeline(cfg, ["eval"], console=QUIET)][-1] == "ran"
     report = json.loads((profile_dir / "eval" / "results.json").read_text())
     assert set(report) >= {"pass@1", "pass@2", "results", "gate"} and len(report["results"]) == 8
@@ -356,7 +422,9 @@ def test_eval_stage_generates_scores_and_gates(trained, shards_pipeline) -> None
     assert report["gate"]["passed"] and (profile_dir / "eval" / "report.md").read_text().startswith("# HumanEval report")
     client = MlflowClient(f"sqlite:///{profile_dir.parent / 'mlflow.db'}")
     version = client.get_model_version_by_alias("lathe-code", "staff")
-    assert version.tags["gate"] == "passed" and float(version.tags["eval.val_loss"]) == pytest.approx(report["gate"]["candidate"]["val_loss"])
+    assert version.tags["gate"] == "passed" and float(version.tags["eval.val_loss"]) == pytest.approx(
+        report["gate"]["candidate"]["val_loss"]
+    )
 
 
 def test_evaluate_a_registered_version_by_alias(trained, shards_pipeline, tmp_path: Path, monkeypatch) -> None:
@@ -377,7 +445,9 @@ def test_evaluate_a_registered_version_by_alias(trained, shards_pipeline, tmp_pa
     # per language: the JavaScript translation generated with its own stop sequence, scored by Node.js, charted
     js = report["benchmarks"]["humaneval-js"]
     assert js["problems"] == 2 and "pass@1" in js and sum(js["statuses"].values()) == 2
-    completions = [json.loads(line)["completion"] for line in (tmp_path / "ev" / "samples-humaneval-js.jsonl").read_text().splitlines()]
+    completions = [
+        json.loads(line)["completion"] for line in (tmp_path / "ev" / "samples-humaneval-js.jsonl").read_text().splitlines()
+    ]
     assert len(completions) == 2 and not any("\n}" in c for c in completions)
     assert (tmp_path / "ev" / "languages.png").is_file() and "| humaneval-js |" in (tmp_path / "ev" / "report.md").read_text()
     with pytest.raises(InputError, match="cannot fetch model models:/lathe-code/99"):
@@ -391,19 +461,32 @@ def test_package_and_canary_serve_the_staff_version(trained, shards_pipeline) ->
     from mlflow.tracking import MlflowClient
 
     profile_dir, _, _ = shards_pipeline
-    cfg = load_config(None, [f"run.runs_dir={profile_dir.parent}", *SMALL_PIPELINE, *MICRO, "eval.ks=[1, 2]",
-                             "eval.generation={limit: 4, n: 2, max_new_tokens: 16, temperature: 0.8}",
-                             "serve.canary_load={clients: 3, seconds: 2, max_tokens: 8}"])
+    cfg = load_config(
+        None,
+        [
+            f"run.runs_dir={profile_dir.parent}",
+            *SMALL_PIPELINE,
+            *MICRO,
+            "eval.ks=[1, 2]",
+            "eval.generation={limit: 4, n: 2, max_new_tokens: 16, temperature: 0.8}",
+            "serve.canary_load={clients: 3, seconds: 2, max_tokens: 8}",
+        ],
+    )
     outcomes = {o.name: o.status for o in run_pipeline(cfg, ["canary"], console=QUIET)}
     assert outcomes["package"] == "ran" and outcomes["canary"] == "ran" and outcomes["eval"] == "skipped"
     client = MlflowClient(f"sqlite:///{profile_dir.parent / 'mlflow.db'}")
     staff = client.get_model_version_by_alias("lathe-code", "staff")
     package = json.loads((profile_dir / "package" / "package.json").read_text())
-    assert package["version"] == int(staff.version) and (profile_dir / "package" / "triton" / "lathe-code" / str(staff.version) / "model.py").is_file()
+    assert (
+        package["version"] == int(staff.version)
+        and (profile_dir / "package" / "triton" / "lathe-code" / str(staff.version) / "model.py").is_file()
+    )
     assert client.get_model_version("lathe-code", str(staff.version)).tags["triton_repository"].endswith("package/triton")
     canary = json.loads((profile_dir / "canary" / "canary.json").read_text())
     assert canary["load"]["failures"] == 0 and canary["load"]["requests"] > 0 and canary["version"] == int(staff.version)
-    assert canary["fim"]["prompt_tokens"] > 3 and canary["fim"]["suffix"] == "\n\nprint(fibonacci(10))\n"  # the gateway's FIM answer
+    assert (
+        canary["fim"]["prompt_tokens"] > 3 and canary["fim"]["suffix"] == "\n\nprint(fibonacci(10))\n"
+    )  # the gateway's FIM answer
 
     # The package stage is fingerprinted by the version the alias holds: unmoved, it skips ...
     assert {o.name: o.status for o in run_pipeline(cfg, ["package"], console=QUIET)}["package"] == "skipped"
@@ -424,11 +507,23 @@ def test_package_and_canary_serve_the_staff_version(trained, shards_pipeline) ->
     rows = {stage: (headline, where) for stage, headline, where in summary_rows(profile_dir)}
     # pipeline order; the post-training stages follow when tests/test_posttrain.py ran them in this folder first
     assert list(rows)[:7] == ["data", "tokenizer", "shards", "train", "eval", "package", "canary"]
-    assert set(list(rows)[7:]) <= {"pairs", "sft", "sft_eval", "preferences", "dpo", "dpo_eval", "quantize", "quantize_eval",
-                                   "distill", "distill_eval"}
+    assert set(list(rows)[7:]) <= {
+        "pairs",
+        "sft",
+        "sft_eval",
+        "preferences",
+        "dpo",
+        "dpo_eval",
+        "quantize",
+        "quantize_eval",
+        "distill",
+        "distill_eval",
+    }
     assert rows["package"] == (f"lathe-code v{moved.version} (@staff)", str(profile_dir / "package" / "triton"))
     assert rows["train"][1] == str(profile_dir / "train" / "hf_model") and "val loss" in rows["train"][0]
-    assert "0 failed" in rows["canary"][0] and rows["data"][0].startswith(f"{json.loads((profile_dir / 'data' / MANIFEST).read_text())['counts']['input']:,} files in")
+    assert "0 failed" in rows["canary"][0] and rows["data"][0].startswith(
+        f"{json.loads((profile_dir / 'data' / MANIFEST).read_text())['counts']['input']:,} files in"
+    )
     console = Console(record=True, width=250)
     print_summary(profile_dir, console)
     assert f"Triton answered {canary['prompt']!r} with {canary['completion']!r}" in console.export_text()
@@ -445,15 +540,40 @@ def test_int8_variant_and_distilled_student_are_registered_gated_packaged_and_se
     client = MlflowClient(f"sqlite:///{profile_dir.parent / 'mlflow.db'}")
     trained_version = json.loads((out / "train_summary.json").read_text())["model_version"]
     client.set_registered_model_alias("lathe-code", "staff", trained_version)  # (the package test moved it)
-    student = [f"distill.{k}" for k in ("model={d_model: 64, n_layers: 1, n_heads: 2, max_seq_len: 128}", "optimizer.lr=0.01",
-                                        "warmup=2ba", "max_duration=16ba", "global_train_batch_size=4", "device_train_microbatch_size=4",
-                                        "eval_interval=16ba", "save_interval=16ba", "eval_subset_num_batches=4", "wandb.enabled=false",
-                                        "teacher=models:/lathe-code@staff", "temperature=2.0", "kl_weight=0.8", "ce_weight=0.2")]
-    cfg = load_config(None, [f"run.runs_dir={profile_dir.parent}", *SMALL_PIPELINE, *MICRO, *student, "eval.ks=[1]",
-                             "eval.generation={limit: 2, n: 1, max_new_tokens: 8, temperature: 0.0}",
-                             "serve.quantization=int8", "serve.student=true",
-                             "serve.quantize={agreement_prompts: 6, agreement_tokens: 16, val_batches: 4, batch_size: 4}",
-                             "serve.canary_load={clients: 2, seconds: 1, max_tokens: 8}"])
+    student = [
+        f"distill.{k}"
+        for k in (
+            "model={d_model: 64, n_layers: 1, n_heads: 2, max_seq_len: 128}",
+            "optimizer.lr=0.01",
+            "warmup=2ba",
+            "max_duration=16ba",
+            "global_train_batch_size=4",
+            "device_train_microbatch_size=4",
+            "eval_interval=16ba",
+            "save_interval=16ba",
+            "eval_subset_num_batches=4",
+            "wandb.enabled=false",
+            "teacher=models:/lathe-code@staff",
+            "temperature=2.0",
+            "kl_weight=0.8",
+            "ce_weight=0.2",
+        )
+    ]
+    cfg = load_config(
+        None,
+        [
+            f"run.runs_dir={profile_dir.parent}",
+            *SMALL_PIPELINE,
+            *MICRO,
+            *student,
+            "eval.ks=[1]",
+            "eval.generation={limit: 2, n: 1, max_new_tokens: 8, temperature: 0.0}",
+            "serve.quantization=int8",
+            "serve.student=true",
+            "serve.quantize={agreement_prompts: 6, agreement_tokens: 16, val_batches: 4, batch_size: 4}",
+            "serve.canary_load={clients: 2, seconds: 1, max_tokens: 8}",
+        ],
+    )
     outcomes = {o.name: o.status for o in run_pipeline(cfg, ["quantize_eval", "distill_eval"], console=QUIET)}
     assert outcomes == {**outcomes, "quantize": "ran", "quantize_eval": "ran", "distill": "ran", "distill_eval": "ran"}
     registry = ModelRegistry("lathe-code", client)
@@ -473,7 +593,9 @@ def test_int8_variant_and_distilled_student_are_registered_gated_packaged_and_se
     assert d["final_val_kl"] < d["initial_val_kl"] and d["teacher_version"] == trained_version
     assert d["parameters"] < json.loads((out / "train_summary.json").read_text())["parameters"]
     tags = registry.tags(d["model_version"])
-    assert tags["lathe.method"] == "distill" and tags["lathe.parent_version"] == trained_version and tags["lathe.student_init"] == ""
+    assert (
+        tags["lathe.method"] == "distill" and tags["lathe.parent_version"] == trained_version and tags["lathe.student_init"] == ""
+    )
     assert registry.find("staff-distill") == d["model_version"]
     distill_eval = json.loads((profile_dir / "distill_eval" / "results.json").read_text())
     assert distill_eval["gate"]["alias"] == "staff-distill" and "val_loss" in distill_eval["gate"]["candidate"]
@@ -495,7 +617,8 @@ def test_int8_variant_and_distilled_student_are_registered_gated_packaged_and_se
     package = json.loads((profile_dir / "package" / "package.json").read_text())
     assert package["variants"].keys() == {"lathe-code-distill"} and package["not_served"] == {
         "lathe-code-int8": f"`staff-int8` holds version {q['model_version']}, quantised from version {trained_version}, but `staff` "
-                           f"holds version {d['model_version']}: `lathe run quantize_eval` quantises it"}
+        f"holds version {d['model_version']}: `lathe run quantize_eval` quantises it"
+    }
     client.set_registered_model_alias("lathe-code", "staff", trained_version)
     for alias in ("production", "production-int8", "production-distill"):  # later tests' gates expect no production
         client.delete_registered_model_alias("lathe-code", alias)

@@ -15,7 +15,19 @@ from lathe.eval.translate import GENERATOR_VERSION
 from lathe.eval.translate.generate import DATA, MANIFEST, write
 from lathe.eval.translate.source import read_problem
 from lathe.eval.translate.targets import TARGETS
-from lathe.eval.translate.types import BOOL, FLOAT, INT, STR, Ty, Untranslatable, from_annotation, list_of, of_value, optional, unify
+from lathe.eval.translate.types import (
+    BOOL,
+    FLOAT,
+    INT,
+    STR,
+    Ty,
+    Untranslatable,
+    from_annotation,
+    list_of,
+    of_value,
+    optional,
+    unify,
+)
 
 LANGUAGES = ["javascript", "typescript", "java", "cpp", "rust"]
 FAST = EvalConfig(workers=2, sandbox={"wall_s": 20.0, "cpu_s": 15})
@@ -42,16 +54,19 @@ def test_types_from_annotations_and_values() -> None:
 
 
 def test_tests_are_read_by_running_them() -> None:
-    sp = read_problem(problem(
-        "def f(xs: list, k):\n    \"\"\"Doc.\n    >>> f([1, 2], 3)\n    3\n    \"\"\"\n",
-        "def check(candidate):\n"
-        "    assert candidate([1], 2) == 2\n"
-        "    for x in range(2, 4):\n        assert candidate([x], x + 1) == x + 1, 'loop'\n"
-        "    assert abs(candidate([0.5], 1) - 1.0) < 1e-3\n"
-        "    assert not candidate([], 0)\n"
-        "    lst = [9, 8]\n    assert tuple(candidate(lst, 7)) == tuple(f(lst, 7))\n"
-        "    assert True\n",
-        "    return k\n"))
+    sp = read_problem(
+        problem(
+            'def f(xs: list, k):\n    """Doc.\n    >>> f([1, 2], 3)\n    3\n    """\n',
+            "def check(candidate):\n"
+            "    assert candidate([1], 2) == 2\n"
+            "    for x in range(2, 4):\n        assert candidate([x], x + 1) == x + 1, 'loop'\n"
+            "    assert abs(candidate([0.5], 1) - 1.0) < 1e-3\n"
+            "    assert not candidate([], 0)\n"
+            "    lst = [9, 8]\n    assert tuple(candidate(lst, 7)) == tuple(f(lst, 7))\n"
+            "    assert True\n",
+            "    return k\n",
+        )
+    )
     assert [c.args for c in sp.cases] == [([1], 2), ([2], 3), ([3], 4), ([0.5], 1), ([], 0), ([9, 8], 7)]
     assert [c.expected for c in sp.cases] == [2, 3, 4, 1.0, False, 7]  # the reference solution computed the last one
     assert sp.cases[3].tolerance == 1e-3 and sp.cases[0].tolerance == 1e-6
@@ -59,15 +74,41 @@ def test_tests_are_read_by_running_them() -> None:
     assert sp.examples[0].args == ([1, 2], 3) and sp.examples[0].expected == 3
 
 
-@pytest.mark.parametrize(("prompt", "test", "canonical", "reason"), [
-    ("def f(x):\n    pass\n", "def check(candidate):\n    if candidate(1):\n        assert True\n", "    return 1\n", "outside an assertion"),
-    ("def f(x):\n    pass\n", "def check(candidate):\n    while False:\n        pass\n    assert candidate(1) == 1\n", "    return 1\n", "of kind While"),
-    ("def f(x):\n    pass\n", "def check(candidate):\n    assert candidate(1) > 0\n", "    return 1\n", "no target can check"),
-    ("def g(s):\n    return s\n\n\ndef f(s):\n    \"\"\"Undo g.\"\"\"\n", "def check(candidate):\n    assert candidate('a') == 'a'\n",
-     "    return s\n", "relies on the prompt's Python function g"),
-    ("def f(x):\n    pass\n", "def check(candidate):\n    assert candidate(3) is True\n    assert candidate(3.0) is False\n",
-     "    return isinstance(x, int)\n", "3 from 3.0"),
-])
+@pytest.mark.parametrize(
+    ("prompt", "test", "canonical", "reason"),
+    [
+        (
+            "def f(x):\n    pass\n",
+            "def check(candidate):\n    if candidate(1):\n        assert True\n",
+            "    return 1\n",
+            "outside an assertion",
+        ),
+        (
+            "def f(x):\n    pass\n",
+            "def check(candidate):\n    while False:\n        pass\n    assert candidate(1) == 1\n",
+            "    return 1\n",
+            "of kind While",
+        ),
+        (
+            "def f(x):\n    pass\n",
+            "def check(candidate):\n    assert candidate(1) > 0\n",
+            "    return 1\n",
+            "no target can check",
+        ),
+        (
+            'def g(s):\n    return s\n\n\ndef f(s):\n    """Undo g."""\n',
+            "def check(candidate):\n    assert candidate('a') == 'a'\n",
+            "    return s\n",
+            "relies on the prompt's Python function g",
+        ),
+        (
+            "def f(x):\n    pass\n",
+            "def check(candidate):\n    assert candidate(3) is True\n    assert candidate(3.0) is False\n",
+            "    return isinstance(x, int)\n",
+            "3 from 3.0",
+        ),
+    ],
+)
 def test_untranslatable_problems_say_why(prompt: str, test: str, canonical: str, reason: str) -> None:
     with pytest.raises(Untranslatable, match=reason):
         read_problem(problem(prompt, test, canonical))
@@ -75,8 +116,13 @@ def test_untranslatable_problems_say_why(prompt: str, test: str, canonical: str,
 
 def test_integral_floats_that_do_not_matter_are_translated() -> None:
     # grades given as 3 and 4.0: the reference gives the same answers with every number a float
-    sp = read_problem(problem("def f(xs):\n    pass\n", "def check(candidate):\n    assert candidate([3, 4.0]) == 7\n"
-                              "    assert candidate([1.5]) == 1.5\n", "    return sum(xs)\n"))
+    sp = read_problem(
+        problem(
+            "def f(xs):\n    pass\n",
+            "def check(candidate):\n    assert candidate([3, 4.0]) == 7\n    assert candidate([1.5]) == 1.5\n",
+            "    return sum(xs)\n",
+        )
+    )
     assert dict(sp.params) == {"xs": list_of(FLOAT)}
 
 
@@ -84,24 +130,27 @@ def test_integral_floats_that_do_not_matter_are_translated() -> None:
 STRING = 'a "q" \\ \n\t\x01 é'
 
 
-@pytest.mark.parametrize(("language", "value", "t", "literal"), [
-    ("javascript", STRING, STR, '"a \\"q\\" \\\\ \\n\\t\\x01 \\u{e9}"'),
-    ("javascript", None, optional(INT), "undefined"),
-    ("typescript", {"a": [1.5]}, Ty("dict", (STR, list_of(FLOAT))), '{"a": [1.5]}'),
-    ("java", STRING, STR, '"a \\"q\\" \\\\ \\n\\t\\001 \\u00e9"'),
-    ("java", [1, -2], list_of(INT), "new ArrayList<Long>(Arrays.asList(1L, -2L))"),
-    ("java", [], list_of(STR), "new ArrayList<String>()"),
-    ("java", (1, 2.0), Ty("tuple", (INT, FLOAT)), "new Pair<Long, Double>(1L, 2.0)"),
-    ("java", None, optional(INT), "Optional.empty()"),
-    ("cpp", 3, FLOAT, "3.0"),
-    ("cpp", "a\x01b", STR, 'std::string("a\\001b")'),
-    ("cpp", {"k": 1}, Ty("dict", (STR, INT)), 'std::map<std::string, long>({{std::string("k"), 1L}})'),
-    ("cpp", 7, optional(INT), "std::optional<long>(7L)"),
-    ("rust", [[1], []], list_of(list_of(INT)), "vec![vec![1], Vec::<i64>::new()]"),
-    ("rust", ("x", True), Ty("tuple", (STR, BOOL)), '(String::from("x"), true)'),
-    ("rust", 1e-07, FLOAT, "1e-07"),
-    ("rust", None, optional(STR), "None"),
-])
+@pytest.mark.parametrize(
+    ("language", "value", "t", "literal"),
+    [
+        ("javascript", STRING, STR, '"a \\"q\\" \\\\ \\n\\t\\x01 \\u{e9}"'),
+        ("javascript", None, optional(INT), "undefined"),
+        ("typescript", {"a": [1.5]}, Ty("dict", (STR, list_of(FLOAT))), '{"a": [1.5]}'),
+        ("java", STRING, STR, '"a \\"q\\" \\\\ \\n\\t\\001 \\u00e9"'),
+        ("java", [1, -2], list_of(INT), "new ArrayList<Long>(Arrays.asList(1L, -2L))"),
+        ("java", [], list_of(STR), "new ArrayList<String>()"),
+        ("java", (1, 2.0), Ty("tuple", (INT, FLOAT)), "new Pair<Long, Double>(1L, 2.0)"),
+        ("java", None, optional(INT), "Optional.empty()"),
+        ("cpp", 3, FLOAT, "3.0"),
+        ("cpp", "a\x01b", STR, 'std::string("a\\001b")'),
+        ("cpp", {"k": 1}, Ty("dict", (STR, INT)), 'std::map<std::string, long>({{std::string("k"), 1L}})'),
+        ("cpp", 7, optional(INT), "std::optional<long>(7L)"),
+        ("rust", [[1], []], list_of(list_of(INT)), "vec![vec![1], Vec::<i64>::new()]"),
+        ("rust", ("x", True), Ty("tuple", (STR, BOOL)), '(String::from("x"), true)'),
+        ("rust", 1e-07, FLOAT, "1e-07"),
+        ("rust", None, optional(STR), "None"),
+    ],
+)
 def test_literals(language: str, value: object, t: Ty, literal: str) -> None:
     assert TARGETS[language].literal(value, t) == literal
 
@@ -119,9 +168,11 @@ def test_values_a_language_cannot_hold_are_refused() -> None:
 
 # --- float tolerance, in each language's sandbox -------------------------------------------------
 FLOATS = problem(
-    "from typing import List\n\n\ndef mean(xs: List[float]) -> float:\n    \"\"\"The mean.\n    >>> mean([1.0, 2.0])\n    1.5\n    \"\"\"\n",
+    'from typing import List\n\n\ndef mean(xs: List[float]) -> float:\n    """The mean.\n    >>> mean([1.0, 2.0])\n    1.5\n    """\n',
     "def check(candidate):\n    assert candidate([1.0, 2.0]) == 1.5\n    assert abs(candidate([0.1, 0.2]) - 0.15) < 1e-3\n",
-    "    return sum(xs) / len(xs)\n", "mean")
+    "    return sum(xs) / len(xs)\n",
+    "mean",
+)
 # mean + 1e-9 passes (within 1e-6 of 1.5); mean + 0.01 fails the first case
 BODIES = {
     "javascript": "  return xs.reduce((a, b) => a + b, 0) / xs.length + {d};\n",
@@ -145,11 +196,17 @@ def test_floats_compare_within_the_tolerance(language: str, sandbox: Sandbox) ->
     sp = read_problem(FLOATS)
     row = TARGETS[language].translate(sp)
     # the docstring's example, written in the language (Java: mean(new ArrayList<Double>(Arrays.asList(1.0, 2.0))))
-    assert f">>> {TARGETS[language].call(sp, ([1.0, 2.0],))}\n" in row["prompt"].replace(" * ", "").replace("/// ", "").replace("// ", "")
+    assert f">>> {TARGETS[language].call(sp, ([1.0, 2.0],))}\n" in row["prompt"].replace(" * ", "").replace("/// ", "").replace(
+        "// ", ""
+    )
     assert language in ("javascript", "typescript") or "mean([1.0, 2.0])" not in row["prompt"]
     runner = RUNNERS.get(language)
+
     def run(delta: str) -> object:
-        return sandbox.run(row["prompt"] + BODIES[language].format(d=delta) + "\n\n" + row["test"] + "\n\n" + runner.proof, language=runner)
+        return sandbox.run(
+            row["prompt"] + BODIES[language].format(d=delta) + "\n\n" + row["test"] + "\n\n" + runner.proof, language=runner
+        )
+
     close, far = run("1e-9"), run("0.01")
     assert close.completed, close.stderr
     assert not far.completed and far.stage == "run" and "AssertionError: test 1" in far.stderr, far.stderr

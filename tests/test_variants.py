@@ -17,8 +17,16 @@ from lathe.serving.quantize import greedy_tokens, token_agreement
 from lathe.training.distill.loss import DistillKL, DistillLM, kl_per_token, predicting
 
 # A fixed prompt set: code of several shapes, as an editor sends it.
-PROMPTS = ["def fibonacci(n):\n    ", "import os\n", "class Heap:\n    def push(self, item):\n        ", "for i in range(10):\n",
-           "# sort the list in place\n", "return [x for x in ", "while True:\n    line = ", "def main():\n    args = "]
+PROMPTS = [
+    "def fibonacci(n):\n    ",
+    "import os\n",
+    "class Heap:\n    def push(self, item):\n        ",
+    "for i in range(10):\n",
+    "# sort the list in place\n",
+    "return [x for x in ",
+    "while True:\n    line = ",
+    "def main():\n    args = ",
+]
 
 
 def test_int8_checkpoint_is_smaller_loads_quantised_and_stays_close(hf_model: Path, int8_model: Path) -> None:
@@ -43,8 +51,11 @@ def test_int8_checkpoint_is_smaller_loads_quantised_and_stays_close(hf_model: Pa
 def test_token_agreement_counts_positions_prefixes_and_whole_completions() -> None:
     figures = token_agreement([[1, 2, 3, 4], [5, 6], [7]], [[1, 2, 9, 4], [5, 6], [7, 8]])
     # 8 positions (the longer of each pair): 3 + 2 + 1 agree; before the first difference 2 + 2 + 1; 1 of 3 identical
-    assert figures == {"token_agreement": pytest.approx(6 / 8), "prefix_agreement": pytest.approx(5 / 8),
-                       "exact_match": pytest.approx(1 / 3)}
+    assert figures == {
+        "token_agreement": pytest.approx(6 / 8),
+        "prefix_agreement": pytest.approx(5 / 8),
+        "exact_match": pytest.approx(1 / 3),
+    }
 
 
 def test_int8_greedy_completions_agree_with_fp32_on_most_tokens_of_a_fixed_prompt_set(hf_model: Path, int8_model: Path) -> None:
@@ -81,12 +92,54 @@ def test_package_writes_the_variants_beside_the_model(hf_model: Path, int8_model
         check_repository(roots["python"], "lathe-code-int8", 4)
 
 
+def reference_kl(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(teacher_T || student_T) summed over the kept positions, written out position by position: the sum over the
+    vocabulary of p * (log p - log q), p the teacher's and q the student's softmax of logits / T (no F.kl_div)."""
+    total = torch.zeros((), dtype=torch.float64)
+    for b, t in mask.nonzero().tolist():
+        log_p = torch.log_softmax(teacher[b, t].double() / temperature, -1)
+        log_q = torch.log_softmax(student[b, t].double() / temperature, -1)
+        total = total + (log_p.exp() * (log_p - log_q)).sum()
+    return total
+
+
+def test_kl_per_token_is_the_teachers_kl_to_the_student_at_the_temperature() -> None:
+    import math
+
+    # teacher (3/4, 1/4) at T = 2 (logits 2 ln 3 and 0), student uniform; a second position that the mask leaves out
+    teacher = torch.tensor([[[2 * math.log(3.0), 0.0], [5.0, -5.0]]])
+    student = torch.tensor([[[0.0, 0.0], [-5.0, 5.0]]])
+    mask = torch.tensor([[True, False]])
+    by_hand = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)  # KL(teacher || student) = 0.1308...
+    reverse = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)  # KL(student || teacher) = 0.1438...: not it
+    assert float(kl_per_token(student, teacher, mask, temperature=2.0)) == pytest.approx(by_hand, abs=1e-6)
+    assert float(reference_kl(student, teacher, mask, 2.0)) == pytest.approx(by_hand, abs=1e-7)  # float32 logits
+    assert abs(by_hand - reverse) > 0.01
+    # at T = 1 the teacher is (9/10, 1/10)
+    at_one = 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)
+    assert float(kl_per_token(student, teacher, mask)) == pytest.approx(at_one, abs=1e-6)
+    # several positions and a larger vocabulary: the sum over the kept positions
+    torch.manual_seed(1)
+    student, teacher = torch.randn(2, 5, 7) * 3, torch.randn(2, 5, 7) * 3
+    mask = torch.tensor([[True, True, False, True, False], [False, True, True, True, True]])
+    for temperature in (1.0, 2.0, 0.5):
+        assert float(kl_per_token(student, teacher, mask, temperature)) == pytest.approx(
+            float(reference_kl(student, teacher, mask, temperature)), rel=1e-5
+        )
+
+
 def test_kl_is_zero_for_the_teachers_own_logits_and_the_loss_mixes_kl_and_cross_entropy() -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                         max_position_embeddings=32)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=32,
+    )
     student, teacher = LlamaForCausalLM(config), LlamaForCausalLM(config)
     ids = torch.randint(0, 64, (2, 16))
     labels = ids.clone()
@@ -103,8 +156,8 @@ def test_kl_is_zero_for_the_teachers_own_logits_and_the_loss_mixes_kl_and_cross_
     assert "teacher" not in dict(only_ce.named_modules()) and not any("_teacher" in k for k in only_ce.state_dict())
     only_kl = DistillLM(student, teacher, 16, temperature=2.0, kl_weight=1.0, ce_weight=0.0)
     out = only_kl.forward(batch)
-    expected = 4.0 * kl_per_token(out["logits"], logits, mask, 2.0) / mask.sum()
-    assert torch.allclose(only_kl.loss(out, batch), expected, atol=1e-6)
+    expected = 4.0 * reference_kl(out["logits"].detach(), logits.detach(), mask, 2.0) / mask.sum()  # T^2 x KL per token
+    assert float(only_kl.loss(out, batch).detach()) == pytest.approx(float(expected), abs=1e-6)  # float32 sums
     only_kl.loss(out, batch).backward()
     assert student.model.layers[0].mlp.up_proj.weight.grad is not None and teacher.model.layers[0].mlp.up_proj.weight.grad is None
 
@@ -114,4 +167,6 @@ def test_kl_is_zero_for_the_teachers_own_logits_and_the_loss_mixes_kl_and_cross_
         eval_batch = {"input_ids": ids, "labels": labels.clone()}
         student_logits = only_kl.eval_forward(eval_batch)
         metric.update(eval_batch, student_logits, only_kl.labels)
-    assert float(metric.compute()) == pytest.approx(float(kl_per_token(student_logits, logits, mask) / mask.sum()), rel=1e-4)
+    assert float(metric.compute()) == pytest.approx(
+        float(reference_kl(student_logits, logits.detach(), mask) / mask.sum()), rel=1e-4
+    )

@@ -13,12 +13,23 @@ if bag.import_errors:
     Path(sys.argv[1]).write_text(json.dumps({"import_errors": {k: v.splitlines()[-1] for k, v in bag.import_errors.items()}}))
     sys.exit(0)
 dag = bag.dags["raw_to_production"]
-Path(sys.argv[1]).write_text(json.dumps({
-    "import_errors": {},
-    "schedule": str(getattr(dag, "schedule", None) or dag.timetable),
-    "tasks": {t.task_id: {"type": type(t).__name__, "downstream": sorted(t.downstream_task_ids), "retries": t.retries,
-                          "timeout_s": t.execution_timeout.total_seconds() if t.execution_timeout else None,
-                          "outlets": [a.uri for a in t.outlets], "command": getattr(t, "bash_command", None),
-                          "arguments": getattr(t, "arguments", None)}
-              for t in dag.tasks},
-}))
+Path(sys.argv[1]).write_text(
+    json.dumps(
+        {
+            "import_errors": {},
+            "schedule": str(getattr(dag, "schedule", None) or dag.timetable),
+            "tasks": {
+                t.task_id: {
+                    "type": type(t).__name__,
+                    "downstream": sorted(t.downstream_task_ids),
+                    "retries": t.retries,
+                    "timeout_s": t.execution_timeout.total_seconds() if t.execution_timeout else None,
+                    "outlets": [a.uri for a in t.outlets],
+                    "command": getattr(t, "bash_command", None),
+                    "arguments": getattr(t, "arguments", None),
+                }
+                for t in dag.tasks
+            },
+        }
+    )
+)

@@ -22,29 +22,54 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+# tests/backfill.py names the folder and removes it itself; `make dag-test` gets one of its own, removed on success
+OWN_SCRATCH = not os.environ.get("LATHE_DAG_TEST_DIR")
 scratch = Path(os.environ.get("LATHE_DAG_TEST_DIR") or tempfile.mkdtemp(prefix="lathe-dag-test-"))
 SOURCE = scratch / "src"
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 # What lands in the repository on each day of the backfill (commits at noon UTC).
-DAYS = [(datetime(2026, 1, 1, tzinfo=UTC), ["email", "importlib", "concurrent", "json"]),
-        (datetime(2026, 1, 2, tzinfo=UTC), ["http", "xml"]),
-        (datetime(2026, 1, 3, tzinfo=UTC), ["urllib", "logging"])]
-SMALL = [f"run.runs_dir={scratch / 'runs'}", f"data.sources=[{{kind: tree, paths: [{SOURCE}], repo: stdlib}}]",
-         "spark.shuffle_partitions=2", "data.partitions=2", "shards.partitions=2",
-         "tokenizer.vocab_size=512", "tokenizer.ablation_vocab_sizes=[]", "tokenizer.heldout_fraction=0.1",
-         "tokenizer.reserved_sentinels=4", "shards.seq_len=128", "shards.val_fraction=0.1",
-         "train.model={d_model: 64, n_layers: 2, n_heads: 2, max_seq_len: 128}", "train.max_duration=8ba",
-         "train.warmup=2ba", "train.eval_interval=8ba", "train.save_interval=8ba", "train.global_train_batch_size=4",
-         "train.device_train_microbatch_size=4", "train.wandb.enabled=false", "eval.ks=[1]", "eval.generation={limit: 2, n: 1, max_new_tokens: 8}",
-         "serve.canary_load={clients: 2, seconds: 2, max_tokens: 4}",
-         # the backfill is about the chain of versions, so the gate lets a tiny model's noise through
-         "eval.gate={max_val_loss_increase: 10, max_replay_val_loss_increase: 10}"]
-os.environ.update({
-    "AIRFLOW_HOME": str(scratch / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
-    "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"), "AIRFLOW_VAR_LATHE_HOME": str(ROOT),
-    "AIRFLOW_VAR_LATHE_SET": " ".join(f"'{s}'" for s in SMALL), "AIRFLOW_VAR_LATHE_DEPLOY_ARGS": "--dry-run",
-    "WANDB_MODE": "offline",
-})
+DAYS = [
+    (datetime(2026, 1, 1, tzinfo=UTC), ["email", "importlib", "concurrent", "json"]),
+    (datetime(2026, 1, 2, tzinfo=UTC), ["http", "xml"]),
+    (datetime(2026, 1, 3, tzinfo=UTC), ["urllib", "logging"]),
+]
+SMALL = [
+    f"run.runs_dir={scratch / 'runs'}",
+    f"data.sources=[{{kind: tree, paths: [{SOURCE}], repo: stdlib}}]",
+    "spark.shuffle_partitions=2",
+    "data.partitions=2",
+    "shards.partitions=2",
+    "tokenizer.vocab_size=512",
+    "tokenizer.ablation_vocab_sizes=[]",
+    "tokenizer.heldout_fraction=0.1",
+    "tokenizer.reserved_sentinels=4",
+    "shards.seq_len=128",
+    "shards.val_fraction=0.1",
+    "train.model={d_model: 64, n_layers: 2, n_heads: 2, max_seq_len: 128}",
+    "train.max_duration=8ba",
+    "train.warmup=2ba",
+    "train.eval_interval=8ba",
+    "train.save_interval=8ba",
+    "train.global_train_batch_size=4",
+    "train.device_train_microbatch_size=4",
+    "train.wandb.enabled=false",
+    "eval.ks=[1]",
+    "eval.generation={limit: 2, n: 1, max_new_tokens: 8}",
+    "serve.canary_load={clients: 2, seconds: 2, max_tokens: 4}",
+    # the backfill is about the chain of versions, so the gate lets a tiny model's noise through
+    "eval.gate={max_val_loss_increase: 10, max_replay_val_loss_increase: 10}",
+]
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(scratch / "airflow"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW_VAR_LATHE_HOME": str(ROOT),
+        "AIRFLOW_VAR_LATHE_SET": " ".join(f"'{s}'" for s in SMALL),
+        "AIRFLOW_VAR_LATHE_DEPLOY_ARGS": "--dry-run",
+        "WANDB_MODE": "offline",
+    }
+)
 subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
 
 import threading  # noqa: E402
@@ -65,9 +90,11 @@ from sqlalchemy.orm import joinedload  # noqa: E402
 def answer_approval() -> bool:
     """Record "Approve" for a waiting approve_production not answered yet; True once done."""
     with create_session() as session:
-        ti = session.scalar(select(TaskInstance).where(TaskInstance.task_id == "approve_production",
-                                                       TaskInstance.state == TaskInstanceState.AWAITING_INPUT)
-                              .options(joinedload(TaskInstance.hitl_detail)))
+        ti = session.scalar(
+            select(TaskInstance)
+            .where(TaskInstance.task_id == "approve_production", TaskInstance.state == TaskInstanceState.AWAITING_INPUT)
+            .options(joinedload(TaskInstance.hitl_detail))
+        )
         if ti is None or ti.hitl_detail is None or ti.hitl_detail.responded_at is not None:
             return False
         detail = ti.hitl_detail
@@ -102,8 +129,11 @@ def commit_day(day: datetime, packages: list[str]) -> None:
     stamp = (day + timedelta(hours=12)).isoformat()
     git = ["git", "-C", str(SOURCE), "-c", "user.email=dag-test@example.org", "-c", "user.name=dag-test"]
     subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-qm", f"code of {day.date()}"], check=True,
-                   env={**os.environ, "GIT_AUTHOR_DATE": stamp, "GIT_COMMITTER_DATE": stamp})
+    subprocess.run(
+        [*git, "commit", "-qm", f"code of {day.date()}"],
+        check=True,
+        env={**os.environ, "GIT_AUTHOR_DATE": stamp, "GIT_COMMITTER_DATE": stamp},
+    )
 
 
 SOURCE.mkdir(parents=True, exist_ok=True)
@@ -115,8 +145,20 @@ threading.Thread(target=approve_when_asked, daemon=True).start()
 dag = DagBag(dag_folder=str(ROOT / "dags")).dags["raw_to_production"]
 for t in dag.tasks:
     t.retries = 0  # a failure here is a bug to report now, not after the production retry delays
-expected_success = ["data", "tokenizer", "shards", "train", "eval", "gate", "package", "canary", "deploy_staff",
-                    "approve_production", "promote", "deploy_production"]
+expected_success = [
+    "data",
+    "tokenizer",
+    "shards",
+    "train",
+    "eval",
+    "gate",
+    "package",
+    "canary",
+    "deploy_staff",
+    "approve_production",
+    "promote",
+    "deploy_production",
+]
 # The first run serves for real; later ones mark the serving tasks done (their CLI calls are the
 # same each day) and spend the time on what the backfill is about: data, shards, training, gate.
 SERVING = "^(package|canary|deploy_staff|deploy_production)$"
@@ -128,5 +170,11 @@ for i, (day, _) in enumerate(DAYS):  # a backfill: one run per day, oldest first
     bad = [t for t in expected_success if not states.get(t, "").endswith("success")]
     bad += [t for t in ("gate_failed",) if not states.get(t, "").endswith("skipped")]
     if bad:
-        sys.exit(f"dag.test {day.date()}: unexpected states for {bad}")
-print(f"dag.test: raw_to_production ran raw -> production end to end for {len(DAYS)} intervals ({scratch})")
+        sys.exit(f"dag.test {day.date()}: unexpected states for {bad} (its folder is kept: {scratch})")
+print(
+    f"dag.test: raw_to_production ran raw -> production end to end for {len(DAYS)} intervals ({scratch}"
+    f"{', removed' if OWN_SCRATCH else ''})",
+    flush=True,
+)
+if OWN_SCRATCH:
+    shutil.rmtree(scratch, ignore_errors=True)
