@@ -76,7 +76,9 @@ def load_causal_lm(model_dir: str | Path, device: str = "cpu") -> Any:
 
     scheme = quantization_of(model_dir)
     if scheme == "none":
-        return AutoModelForCausalLM.from_pretrained(str(model_dir)).to(device).eval()
+        # typed as the nn.Module it is: transformers' `to` (functools.wraps of Module.to) loses its self binding for mypy
+        fp32: torch.nn.Module = AutoModelForCausalLM.from_pretrained(str(model_dir))
+        return fp32.to(device).eval()
     if scheme != INT8:
         raise ValueError(f"{model_dir}: quantization scheme {scheme!r} is not one this engine loads (int8)")
     if not device.startswith("cpu"):

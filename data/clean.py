@@ -246,6 +246,7 @@ def clean_dataset(df: DataFrame, cfg: DataConfig, output: Path, previous_pool: P
     if kept_rows + dropped_rows != input_rows:
         raise LedgerError(f"ledger mismatch in {output}: kept {kept_rows} + dropped {dropped_rows} != input {input_rows}")
     sums = final.where(F.col("reason").isNull()).agg(*[F.sum(c).alias(c) for c in PII_COLUMNS]).first()
+    assert sums is not None  # a global aggregate has one row, even over no rows
     redactions = {c.removeprefix("pii_"): int(sums[c] or 0) for c in PII_COLUMNS}
     delta = None
     if previous_pool is not None:

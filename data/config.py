@@ -185,10 +185,15 @@ class DedupConfig(Strict):
     )
 
 
+def _embedded_only() -> list[SourceConfig]:
+    """The default sources: the embedded corpus alone."""
+    return [EmbeddedSourceConfig()]
+
+
 class DataConfig(Strict):
     """The data stage: raw sources to clean, deduplicated parquet."""
 
-    sources: list[SourceConfig] = Field(default_factory=lambda: [EmbeddedSourceConfig()])
+    sources: list[SourceConfig] = Field(default_factory=_embedded_only)
     max_file_bytes: int = Field(1_000_000, gt=0, description="Larger files are dropped as `oversize`.")
     languages: list[str] | None = Field(
         None, description="Keep only these canonical languages (others dropped as `language`); None = all."

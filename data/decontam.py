@@ -145,7 +145,7 @@ def mark_contaminated(df: DataFrame, index: NgramIndex, columns: list[str]) -> D
                 else None
                 for reason, row in zip(earlier, texts)
             ]
-            yield pdf.assign(reason=reasons)
+            yield pdf.assign(reason=pd.Series(reasons, index=pdf.index, dtype=object))  # None: not contaminated
 
     return df.mapInPandas(mark, schema)
 

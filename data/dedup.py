@@ -24,6 +24,7 @@ import math
 import re
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
+from typing import overload
 
 import numpy as np
 import pandas as pd
@@ -139,6 +140,10 @@ def minhash(hashes: np.ndarray, num_perm: int, seed: int) -> np.ndarray:
     return signature
 
 
+@overload
+def collision_probability(jaccard: float, bands: int, rows: int) -> float: ...
+@overload
+def collision_probability(jaccard: np.ndarray, bands: int, rows: int) -> np.ndarray: ...
 def collision_probability(jaccard: float | np.ndarray, bands: int, rows: int) -> float | np.ndarray:
     """Probability that two files with this Jaccard similarity share at least one of ``bands`` buckets."""
     return 1.0 - (1.0 - np.asarray(jaccard, dtype=float) ** rows) ** bands
@@ -239,7 +244,12 @@ def add_features(df: DataFrame, cfg: DedupConfig) -> DataFrame:
                 hashes.append(exact_hash(content) if candidate and cfg.exact else None)
                 sigs.append(found[0] if found else None)
                 keys.append(found[1] if found else None)
-            yield pdf.assign(exact_hash=hashes, signature=sigs, bands=keys)
+            # object columns, None where a file gets no feature (what assigning the lists made)
+            yield pdf.assign(
+                exact_hash=pd.Series(hashes, index=pdf.index, dtype=object),
+                signature=pd.Series(sigs, index=pdf.index, dtype=object),
+                bands=pd.Series(keys, index=pdf.index, dtype=object),
+            )
 
     return df.mapInPandas(add, schema)
 
@@ -299,7 +309,7 @@ def verified_pairs(sigs: DataFrame, cfg: DedupConfig) -> DataFrame:
     ends = edges.select("src", "dst", F.explode(F.array("src", "dst")).alias("id"))
     threshold = cfg.threshold
 
-    @F.pandas_udf(T.BooleanType())
+    @F.pandas_udf(T.BooleanType())  # type: ignore[call-overload]  # pyspark's stubs lack the type-hinted form (returnType only)
     def similar(sets: pd.Series) -> pd.Series:
         return pd.Series([exact_jaccard(a, b) >= threshold for a, b in sets])
 

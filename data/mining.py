@@ -191,6 +191,7 @@ def mine_pairs(df: DataFrame) -> DataFrame:
         raise InputError(
             f"mining pairs needs columns {missing}, which the input lacks (it has {df.columns}); pass clean data (kept/)"
         )
+    assert lang is not None  # else `missing` named "lang" above
 
     def mine(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for pdf in batches:

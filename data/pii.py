@@ -24,7 +24,7 @@ import ipaddress
 import itertools
 import re
 import string
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from detect_secrets.plugins import (
@@ -676,7 +676,7 @@ def find_private_keys(text: str) -> Iterator[Span]:
 # keys, fine-grained GitHub tokens, Discord tokens' 38-character HMAC, Mailgun, Shopify). Each
 # regex runs only on files holding one of its literals: a substring test
 # costs ~1% of a regex scan, and most files hold none of them.
-_TOKEN_FORMATS: tuple[tuple[tuple[str, ...], tuple[re.Pattern[str], ...]], ...] = (
+_TOKEN_FORMATS: tuple[tuple[tuple[str, ...], Sequence[re.Pattern[str]]], ...] = (
     (("A3T", "ABIA", "ACCA", "AKIA", "ASIA"), aws.AWSKeyDetector.denylist[:1]),
     (("aws", "AWS", "Aws"), aws.AWSKeyDetector.denylist[1:]),  # `aws_secret = "<40 chars>"`
     (("ghp_", "gho_", "ghu_", "ghs_", "ghr_"), github_token.GitHubTokenDetector.denylist),

@@ -32,6 +32,7 @@ from lathe.data.sources import (
     commit_as_of,
     expand_parquet_paths,
     git_toplevel,
+    in_repo,
     modified_by,
     sample_embedded,
     subtree_at,
@@ -40,7 +41,7 @@ from lathe.data.sources import (
 )
 
 Snapshot = dict[str, Any]
-SNAPSHOTS: Registry[Callable[[Any], Snapshot]] = Registry("source kind")
+SNAPSHOTS: Registry[Callable[[Any, datetime | None], Snapshot]] = Registry("source kind")
 
 
 def digest(items: Iterable[Any]) -> str:
@@ -97,7 +98,7 @@ def tree_snapshot(cfg: TreeSourceConfig, as_of: datetime | None = None) -> Snaps
         else:
             listing = (
                 (f.path, _stat(Path(f.abs_path)))
-                for f in walk_code_files(root, f"{repo}/", lambda _rel, repo=repo: repo)
+                for f in walk_code_files(root, f"{repo}/", in_repo(repo))
                 if modified_by(f.abs_path, as_of)
             )
             repos.append({"path": str(root), "repo": repo, "listing": digest(listing)})
@@ -107,7 +108,7 @@ def tree_snapshot(cfg: TreeSourceConfig, as_of: datetime | None = None) -> Snaps
 @SNAPSHOTS.register("parquet")
 def parquet_snapshot(cfg: ParquetSourceConfig, as_of: datetime | None = None) -> Snapshot:
     """Every parquet file (written by ``as_of``) with its size and mtime (local) or ETag (object stores)."""
-    files = []
+    files: list[tuple[str, str | tuple[int, int] | None]] = []
     for f in expand_parquet_paths(cfg.paths, as_of):
         if "://" in f and not f.startswith("file://"):
             files.append((f, _remote_version(f)))

@@ -85,6 +85,11 @@ def read_text_file(abs_path: str, size_bytes: int, max_bytes: int) -> tuple[str 
 _SKIP_DIRS = frozenset({"__pycache__", ".git", "node_modules"})
 
 
+def in_repo(repo: str) -> Callable[[str], str]:
+    """A ``repo_of`` for :func:`walk_code_files` that puts every file in ``repo``."""
+    return lambda _rel: repo
+
+
 def walk_code_files(
     root: Path, prefix: str, repo_of: Callable[[str], str], skip: frozenset[str] = _SKIP_DIRS
 ) -> Iterator[ListedFile]:
@@ -238,9 +243,7 @@ def tree_source(
         elif git_toplevel(root):
             files += git_files(root, f"{repo}/", repo)
         else:
-            files += (
-                f for f in walk_code_files(root, f"{repo}/", lambda _rel, repo=repo: repo) if modified_by(f.abs_path, as_of)
-            )
+            files += (f for f in walk_code_files(root, f"{repo}/", in_repo(repo)) if modified_by(f.abs_path, as_of))
     return _files_dataframe(spark, files, "tree", cfg.license, max_bytes, partitions)
 
 
@@ -274,7 +277,7 @@ def sample_embedded(cfg: EmbeddedSourceConfig) -> list[ListedFile]:
             # The interpreter's own site-packages lives inside the stdlib tree; the venv's is sampled instead.
             files += walk_code_files(root, prefix, lambda rel: "cpython", _SKIP_DIRS | {"site-packages", "dist-packages"})
         else:
-            files += walk_code_files(root, prefix, lambda rel, repo=root.name: repo)
+            files += walk_code_files(root, prefix, in_repo(root.name))
 
     def key(f: ListedFile) -> str:
         return hashlib.sha256(f"{cfg.seed}:{f.path}".encode()).hexdigest()

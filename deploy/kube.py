@@ -256,13 +256,16 @@ class KubeCluster:
 
     def rollout_done(self, namespace: str, name: str) -> bool | None:
         d = self.apps.read_namespaced_deployment(name, namespace)
-        for cond in d.status.conditions or []:
+        # the server always returns status and metadata.generation; the client types them Optional
+        s, generation = d.status, d.metadata.generation if d.metadata else None
+        if s is None or generation is None:
+            return None
+        for cond in s.conditions or []:
             if cond.type == "Progressing" and cond.reason == "ProgressDeadlineExceeded":
                 return False
         want = d.spec.replicas or 0
-        s = d.status
         if (
-            (s.observed_generation or 0) >= d.metadata.generation
+            (s.observed_generation or 0) >= generation
             and (s.updated_replicas or 0) == want
             and (s.available_replicas or 0) == want
             and (s.replicas or 0) == want

@@ -59,7 +59,7 @@ class Benchmark:
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as fh:  # type: ignore[operator]
+    with opener(path, "rt") as fh:
         return [json.loads(line) for line in fh if line.strip()]
 
 

@@ -453,6 +453,7 @@ class Sandbox:
 
     def _bwrap(self, uid: int) -> list[str]:
         """Into the sandbox as ``uid``: all namespaces, read-only host, private /tmp, empty environment."""
+        assert self.bwrap and self.setpriv  # isolation (a uid) is used only once _probe found both
         return [
             self.setpriv,
             "--reuid",

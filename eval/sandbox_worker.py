@@ -155,7 +155,7 @@ def _program(fds: list[int], started_w: int, limits: list[int]) -> None:
     os.close(5)
 
     main = type(sys)("__main__")
-    main.__file__, main.__cached__ = PROGRAM, None
+    main.__dict__.update(__file__=PROGRAM, __cached__=None)  # as runpy sets them
     sys.modules["__main__"] = main
     sys.argv = [PROGRAM, "3", "4"]
     try:
@@ -165,7 +165,8 @@ def _program(fds: list[int], started_w: int, limits: list[int]) -> None:
         status = _exit_status(exc)
     except BaseException as exc:
         # reported as CPython reports it, without this frame
-        exc.__traceback__ = exc.__traceback__.tb_next
+        if exc.__traceback__ is not None:  # always set on a raised exception
+            exc.__traceback__ = exc.__traceback__.tb_next
         sys.excepthook(type(exc), exc, exc.__traceback__)
         status = 1
     # CPython's finalisation, in its order: join non-daemon threads, atexit, flush stdio

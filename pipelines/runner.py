@@ -174,6 +174,7 @@ def _close_abandoned_runs(profile: str, experiment_name: str, console: Console) 
     no live process owns them (a run killed mid-stage never got to end its runs)."""
     client = mlflow.MlflowClient()
     experiment = mlflow.get_experiment_by_name(experiment_name)
+    assert experiment is not None  # setup_tracking, just before, made it
     abandoned = client.search_runs(
         [experiment.experiment_id], f"tags.`lathe.profile` = '{profile}' and attributes.status = 'RUNNING'"
     )

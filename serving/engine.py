@@ -386,7 +386,9 @@ class ContinuousBatcher:
         self._admit()
         if not self._rows:
             return
-        picks = engine._pick(self._batch.logits, self._rows)
+        batch = self._batch
+        assert batch is not None  # running rows are always in the batch (_admit, _keep)
+        picks = engine._pick(batch.logits, self._rows)
         keep: list[int] = []
         for i, (row, token) in enumerate(zip(self._rows, picks)):
             event = engine._advance(row, token)
@@ -396,7 +398,6 @@ class ContinuousBatcher:
         self._keep(keep)
         if not self._rows:
             return
-        batch = self._batch
         batch.mask = torch.cat([batch.mask, torch.ones_like(batch.mask[:, :1])], dim=-1)
         batch.positions = batch.positions + 1
         step = torch.tensor([picks[i] for i in keep], device=engine.device).unsqueeze(-1)
@@ -413,6 +414,7 @@ class ContinuousBatcher:
         if not keep:
             self._batch = None
         else:
+            assert self._batch is not None  # rows were running, so they are in the batch
             self._batch.select(keep)
 
     def _admit(self) -> None:

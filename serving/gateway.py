@@ -29,7 +29,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,7 +244,7 @@ class Upstream:
         except Exception:  # unreachable, or mid-restart: not ready
             return False
 
-    async def stream(self, prompt: str, params: dict[str, Any], request_id: str) -> AsyncIterator[Chunk]:
+    async def stream(self, prompt: str, params: dict[str, Any], request_id: str) -> AsyncGenerator[Chunk, None]:
         """One completion's chunks as Triton streams them; ``ApiError`` for a refused request or an unreachable server."""
         import grpc
         import tritonclient.grpc.aio as grpcaio
@@ -406,7 +406,7 @@ class Completions:
             raise failed
         return self._merge(streams, firsts)
 
-    async def _merge(self, streams: list[AsyncIterator[Chunk]], firsts: list[Chunk]) -> AsyncIterator[str]:
+    async def _merge(self, streams: list[AsyncGenerator[Chunk, None]], firsts: list[Chunk]) -> AsyncIterator[str]:
         import json
 
         queue: asyncio.Queue[tuple[int, Chunk | BaseException | None]] = asyncio.Queue()

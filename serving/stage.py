@@ -83,7 +83,7 @@ def run_package(ctx: StageContext[ServeSections]) -> StageResult:
     published = publish(roots, cfg.publish_uri, cfg.model_name, int(version)) if cfg.publish_uri else {}
     if published:
         registry.set_tags(version, {"published_repository": published["python"]})
-    info = {
+    info: dict[str, Any] = {
         "model": name,
         "version": int(version),
         "track": cfg.track,

@@ -40,7 +40,9 @@ def draw_sample(
     if not training:
         return [], heldout
     train = marked.where(F.col("h") >= cfg.heldout_fraction)
-    total = train.agg(F.sum(F.octet_length("content"))).first()[0] or 0
+    row = train.agg(F.sum(F.octet_length("content"))).first()
+    assert row is not None  # a global aggregate has one row, even over no rows
+    total = row[0] or 0
     fraction = min(1.0, cfg.sample_bytes / total) if total else 1.0
     sampled = train.sample(fraction=fraction, seed=cfg.seed) if fraction < 1.0 else train
     texts = [r["content"] for r in sampled.orderBy("id").select("content").collect()]

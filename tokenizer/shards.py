@@ -104,6 +104,7 @@ def write_stream(
 
         started = time.perf_counter()
         context = TaskContext.get()
+        assert context is not None  # this runs in a Spark task
         task = context.partitionId()
         # The Rust tokenizer's thread pool would take every core of the executor, once per
         # concurrent task; a task owns `spark.task.cpus` of them. Read when the pool starts (the
@@ -155,6 +156,7 @@ def write_stream(
                     local, remote = (tempfile.mkdtemp(prefix="lathe-mds-"), out) if "://" in out else (out, None)
                     writer = ShardWriter(local, "tokens", dtype, seq_len, codec, size_limit)
                     packer, docs, fim_docs = Packer(seq_len, pad_id, dtype), 0, 0
+                assert writer is not None and packer is not None  # made for the part above
                 docs += 1
                 fim_docs += int(fim)
                 for sample in packer.add(tokens):

@@ -85,7 +85,7 @@ def run_tokenizer(ctx: StageContext[TokenizerSections]) -> StageResult:
     ablation = [main]
     for size in sorted(set(cfg.ablation_vocab_sizes) - {cfg.vocab_size}) if not reuse else []:
         ablation.append(evaluate(train_bpe(texts, size, cfg.reserved_sentinels, cfg.min_frequency), heldout))
-    report = {
+    report: dict[str, Any] = {
         "sample_files": len(texts),
         "sample_bytes": sum(len(t.encode("utf-8")) for t in texts),
         "main": main,

@@ -15,6 +15,7 @@ import torch
 from composer.core import DataSpec
 from composer.utils import dist
 from streaming import Stream, StreamingDataLoader, StreamingDataset
+from streaming.base.format.base.reader import JointReader
 
 from lathe.core.errors import InputError
 
@@ -29,7 +30,9 @@ class IndexedStreamingDataset(StreamingDataset):
     def locate(self, sample_id: int) -> tuple[int, str, int]:
         """(stream, shard file, position in shard) of a global sample index."""
         shard_id, offset = self.spanner[sample_id]
-        return int(self.stream_per_shard[shard_id]), self.shards[shard_id].raw_data.basename, int(offset)
+        shard = self.shards[shard_id]
+        assert isinstance(shard, JointReader)  # MDS shards (what lathe writes) are read whole, not split
+        return int(self.stream_per_shard[shard_id]), shard.raw_data.basename, int(offset)
 
 
 def check_split(uri: str) -> dict[str, Any]:
@@ -75,8 +78,8 @@ def streams_of(splits: list[tuple[str, int | None]], cache: Path) -> list[Stream
 
     out = []
     for i, (uri, choose) in enumerate(splits):
-        where = {"remote": uri, "local": str(cache / f"{i:03d}")} if "://" in uri else {"local": uri}
-        out.append(Stream(**where, choose=choose))
+        remote, local = (uri, str(cache / f"{i:03d}")) if "://" in uri else (None, uri)
+        out.append(Stream(remote=remote, local=local, choose=choose))
     return out
 
 

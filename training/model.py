@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from composer.metrics.nlp import LanguageCrossEntropy, LanguagePerplexity
@@ -11,6 +11,10 @@ from composer.models import HuggingFaceModel
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lathe.training.config import ModelConfig
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PretrainedConfig, PreTrainedModel
 
 
 def ffn_hidden(cfg: ModelConfig) -> int:
@@ -40,8 +44,9 @@ def llama_config(cfg: ModelConfig, vocab_size: int, eos_id: int, pad_id: int) ->
     )
 
 
-def flops_per_token(cfg: LlamaConfig, seq_len: int) -> float:
-    """Training FLOPs per token: 6 x (non-embedding params + LM head) + attention (PaLM appendix B)."""
+def flops_per_token(cfg: PretrainedConfig, seq_len: int) -> float:
+    """Training FLOPs per token: 6 x (non-embedding params + LM head) + attention (PaLM appendix B), from
+    a Llama-shaped config (a :class:`LlamaConfig`, or the config of a model loaded from lathe's checkpoints)."""
     d, layers = cfg.hidden_size, cfg.num_hidden_layers
     kv = cfg.num_key_value_heads * (d // cfg.num_attention_heads)
     per_layer = d * d * 2 + d * kv * 2 + 3 * d * cfg.intermediate_size  # q, o, k, v, gate/up/down
@@ -52,7 +57,7 @@ def flops_per_token(cfg: LlamaConfig, seq_len: int) -> float:
 class CodeLM(HuggingFaceModel):
     """Composer wrapper: cross-entropy / perplexity metrics and FLOPs for MFU."""
 
-    def __init__(self, model: LlamaForCausalLM, seq_len: int) -> None:
+    def __init__(self, model: PreTrainedModel | PeftModel, seq_len: int) -> None:
         super().__init__(
             model,
             use_logits=True,

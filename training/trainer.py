@@ -13,7 +13,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from composer import Evaluator, Trainer
@@ -34,6 +34,10 @@ from lathe.training.init import check_architecture, load_initial_weights
 from lathe.training.job import METRICS, MODEL_DIR, SPIKES, SUMMARY, TrainJob, job_folder
 from lathe.training.model import build_model, llama_config, parameter_count
 from lathe.training.optim import build_optimizer
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
 
 def preflight(job: TrainJob) -> dict[str, Any]:
@@ -360,7 +364,9 @@ def val_losses(trainer: Trainer) -> dict[str, float]:
     return figures
 
 
-def export_model(model: torch.nn.Module, tokenizer_dir: Path, dest: Path, state_dict: dict[str, Any] | None = None) -> Path:
+def export_model(
+    model: PreTrainedModel | PeftModel, tokenizer_dir: Path, dest: Path, state_dict: dict[str, Any] | None = None
+) -> Path:
     """A standard HF checkpoint (safetensors) with the tokenizer beside it; ``state_dict``
     carries the gathered full weights of a sharded (FSDP) model."""
     shutil.rmtree(dest, ignore_errors=True)

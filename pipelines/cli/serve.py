@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -137,7 +137,7 @@ def complete(
     """Stream a completion from a running server over gRPC, printing tokens as they arrive."""
     from lathe.serving.client import stream_completion
 
-    params: dict[str, object] = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p}
+    params: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p}
     if stop:
         params["stop"] = list(stop)
     if seed is not None:

@@ -10,14 +10,17 @@ token, the figure distillation must lower.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
-from transformers import LlamaForCausalLM
+from transformers import PreTrainedModel
 
 from lathe.training.model import CodeLM
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 TEACHER_LOGITS = "teacher_logits"  # where the teacher's logits ride along with an evaluation batch
 
@@ -41,6 +44,8 @@ class DistillKL(Metric):
 
     full_state_update = False
     needs_batch = True  # Composer hands it the batch, which carries the teacher's logits
+    total: torch.Tensor  # the states add_state registers (nn.Module's __getattr__ types them Tensor | Module)
+    tokens: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()
@@ -63,7 +68,7 @@ class DistillLM(CodeLM):
 
     def __init__(
         self,
-        student: LlamaForCausalLM,
+        student: PreTrainedModel | PeftModel,
         teacher: torch.nn.Module,
         seq_len: int,
         temperature: float,
@@ -71,6 +76,7 @@ class DistillLM(CodeLM):
         ce_weight: float,
     ) -> None:
         super().__init__(student, seq_len)
+        assert self.val_metrics is not None  # CodeLM passes eval_metrics, so Composer built the dict
         self.val_metrics["DistillKL"] = DistillKL()
         self._teacher = (teacher.eval().requires_grad_(False),)  # a tuple: kept out of the module tree (and the checkpoints)
         self.temperature, self.kl_weight, self.ce_weight = temperature, kl_weight, ce_weight

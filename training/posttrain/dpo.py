@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from torchmetrics import MeanMetric, Metric
 from transformers import PreTrainedModel
 
 from lathe.training.posttrain.sft_data import IGNORE_INDEX, encode_pair, pad_batch
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 SIDES = ("chosen", "rejected")
 
@@ -184,6 +187,8 @@ class ChosenCrossEntropy(Metric):
     gate watches, so preference training cannot trade away the likelihood of good code unnoticed."""
 
     full_state_update = False
+    nll: torch.Tensor  # the states add_state registers (nn.Module's __getattr__ types them Tensor | Module)
+    tokens: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()
@@ -204,11 +209,13 @@ class DPOModel(ComposerModel):
     """DPO as a Composer model: batches from :func:`collate_preferences` with stored reference
     log-probabilities; the loss of :func:`dpo_loss`; preference accuracy and reward margin as metrics."""
 
-    def __init__(self, model: PreTrainedModel, beta: float, label_smoothing: float = 0.0, sft_weight: float = 0.0) -> None:
+    def __init__(
+        self, model: PreTrainedModel | PeftModel, beta: float, label_smoothing: float = 0.0, sft_weight: float = 0.0
+    ) -> None:
         super().__init__()
         self.model, self.beta, self.label_smoothing, self.sft_weight = model, beta, label_smoothing, sft_weight
-        self.train_metrics = {"PreferenceAccuracy": PreferenceAccuracy(), "RewardMargin": RewardMargin()}
-        self.eval_metrics = {
+        self.train_metrics: dict[str, Metric] = {"PreferenceAccuracy": PreferenceAccuracy(), "RewardMargin": RewardMargin()}
+        self.eval_metrics: dict[str, Metric] = {
             "PreferenceAccuracy": PreferenceAccuracy(),
             "RewardMargin": RewardMargin(),
             "ChosenCrossEntropy": ChosenCrossEntropy(),

@@ -16,6 +16,9 @@ from typing import Any
 import torch
 from composer import Evaluator, Trainer
 from composer.utils import dist, reproducibility
+from peft import PeftModel
+from torch.utils.data import DataLoader
+from transformers import PreTrainedModel
 
 from lathe.tokenizer.special import PAD
 from lathe.tokenizer.streams import release_filelocks
@@ -50,7 +53,7 @@ def base_model(job: FinetuneJob) -> Any:
     return AutoModelForCausalLM.from_pretrained(job.base, dtype=torch.float32)
 
 
-def composer_model(job: FinetuneJob, policy: torch.nn.Module) -> Any:
+def composer_model(job: FinetuneJob, policy: PreTrainedModel | PeftModel) -> Any:
     """The Composer model of the method: the causal-LM loss on responses (SFT) or the DPO loss."""
     if job.method == "sft":
         return CodeLM(policy, job.seq_len)
@@ -114,11 +117,12 @@ def run_finetune(job: FinetuneJob) -> dict[str, Any]:
         (out / SUMMARY).write_text(json.dumps(summary, indent=2))
     trainer.close()
     for spec in (train, val):
+        assert isinstance(spec.dataloader, DataLoader)  # examples_dataloader's StreamingDataLoader
         release_filelocks(spec.dataloader.dataset)
     return summary
 
 
-def export(job: FinetuneJob, policy: torch.nn.Module, state: dict[str, Any] | None, out: Path) -> None:
+def export(job: FinetuneJob, policy: PreTrainedModel | PeftModel, state: dict[str, Any] | None, out: Path) -> None:
     """The tuned model as an HF checkpoint with the base's tokenizer; with LoRA also the adapter alone.
 
     A sharded (FSDP) policy cannot merge in place: its gathered weights are loaded into a fresh
@@ -130,5 +134,6 @@ def export(job: FinetuneJob, policy: torch.nn.Module, state: dict[str, Any] | No
     if state is not None:
         policy = with_adapters(base_model(job), job.tune.lora)
         policy.load_state_dict(state)
+    assert isinstance(policy, PeftModel)  # with LoRA the policy is the base with adapters (with_adapters)
     save_adapter(policy, out / ADAPTER_DIR)
     export_model(merged(policy), Path(job.base), out / MODEL_DIR)

@@ -26,7 +26,11 @@ def with_adapters(model: PreTrainedModel, cfg: LoraConfig) -> PeftModel:
     if unknown:
         raise ConfigError(f"LoRA target modules {unknown} are not linear layers of the model; choose from {sorted(names)}")
     peft_cfg = PeftLoraConfig(
-        r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules), task_type="CAUSAL_LM"
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # peft annotates int but only divides by it: a float scale works
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules),
+        task_type="CAUSAL_LM",
     )
     return get_peft_model(model, peft_cfg)
 

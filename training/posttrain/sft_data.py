@@ -41,7 +41,7 @@ def encode_pair(prompt_ids: list[int], response_ids: list[int], eos_id: int, max
 
 
 def encode_rows(
-    rows: list[Mapping[str, str]], answers: tuple[str, ...], encode_batch: EncodeBatch, fim: FimIds | None = None
+    rows: Sequence[Mapping[str, str]], answers: tuple[str, ...], encode_batch: EncodeBatch, fim: FimIds | None = None
 ) -> list[tuple[list[int], list[list[int]]]]:
     """Per row, (prompt ids, ids of each of its ``answers`` fields), tokenized in one ``encode_batch`` call.
 
@@ -67,7 +67,7 @@ def encode_rows(
 
 
 def encode_pairs(
-    rows: list[Mapping[str, str]],
+    rows: Sequence[Mapping[str, str]],
     encode_batch: EncodeBatch,
     eos_id: int,
     max_len: int,

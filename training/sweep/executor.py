@@ -14,9 +14,11 @@ import json
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
@@ -93,6 +95,7 @@ def run_sweep(ctx: StageContext[TrainSections], score: Score | None) -> StageRes
     from lathe.training.trainer import preflight
 
     cfg, console = ctx.config, ctx.console
+    assert isinstance(cfg, BaseModel)  # the run's whole config (the train stage's), so each candidate copies it
     sweep = cfg.sweep
     named = sweep_candidates(cfg.train, sweep)
     if not named:
@@ -139,7 +142,7 @@ def run_sweep(ctx: StageContext[TrainSections], score: Score | None) -> StageRes
         for c in todo:
             c.trials = trials[c.name]
             train_batches, eval_batches = c.batches()
-            feasible = options(c.trials, lambda t, train=train_batches, val=eval_batches: t.predict(train, val))
+            feasible = options(c.trials, partial(Trial.predict, batches=train_batches, eval_batches=eval_batches))
             if feasible:
                 jobs.append(Job(c.name, feasible))
             else:
@@ -300,6 +303,8 @@ def evaluate(c: Candidate, cfg: Any, score: Score | None, parent_run: str | None
         figures |= score(c.dir / MODEL_DIR, c.dir / "eval", cfg)
     client = mlflow.MlflowClient()
     experiment = mlflow.get_experiment_by_name(cfg.run.experiment)
+    if experiment is None:  # the runner's setup_tracking made it; deleted since
+        raise LatheError(f"MLflow experiment {cfg.run.experiment!r} not found; rerun the pipeline to recreate it")
     tags = {"lathe.profile": cfg.profile, "lathe.sweep_candidate": c.name, "lathe.fingerprint": c.fingerprint}
     if parent_run:
         tags["mlflow.parentRunId"] = parent_run
