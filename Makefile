@@ -192,6 +192,7 @@ bench: setup bench-setup
 	$(BIN)/python benchmarks/shards_bench.py --runs runs/$$(basename $(CONFIG) .yaml)
 	$(BIN)/python benchmarks/train_bench.py --runs runs/$$(basename $(CONFIG) .yaml) --config $(CONFIG)
 	$(BIN)/python benchmarks/eval_bench.py
+	$(BIN)/python benchmarks/infill_bench.py --model runs/$$(basename $(CONFIG) .yaml)/train/hf_model --tasks 200
 	$(BIN)/lathe run package --config $(CONFIG)
 	$(BIN)/python benchmarks/serve_bench.py --package runs/$$(basename $(CONFIG) .yaml)/package
 	$(BIN)/python benchmarks/retrain_bench.py
