@@ -12,7 +12,7 @@ from __future__ import annotations
 import gzip
 import lzma
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,31 @@ def compressed_bits_per_byte(documents: Iterable[str | bytes], compressor: str) 
         raise InputError("no non-empty documents to compress")
     compress = COMPRESSORS[compressor]
     return 8 * sum(len(compress(d)) for d in data) / sum(len(d) for d in data)
+
+
+def packed_documents(
+    samples: Iterable[Iterable[int]], eos_id: int, pad_id: int, skip_ids: Collection[int] = ()
+) -> Iterator[list[int]]:
+    """The documents packed into ``samples`` (the shards stage's layout), in order, as token ids without their end.
+
+    Packing concatenates documents that each end in ``eos_id`` and pads only the tail of a writer part's last
+    sample, so stripping each sample's trailing ``pad_id`` and cutting at every ``eos_id`` gives the documents
+    back whole, across sample and part boundaries. A document holding any of ``skip_ids`` (the FIM sentinels:
+    a transformed document, not the text as written) is left out, and so is an unfinished one at the end.
+    """
+    skip = set(skip_ids)
+    doc: list[int] = []
+    for sample in samples:
+        ids = [int(t) for t in sample]
+        while ids and ids[-1] == pad_id:
+            ids.pop()
+        for t in ids:
+            if t != eos_id:
+                doc.append(t)
+                continue
+            if doc and not skip.intersection(doc):
+                yield doc
+            doc = []
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from lathe.core.config import Strict
@@ -108,6 +110,42 @@ class GateConfig(Strict):
     bootstrap_resamples: int = Field(2000, ge=100, description="Resamples (tasks or documents, with replacement).")
 
 
+FimMode = Literal["psm", "spm"]
+
+
+def _both_modes() -> list[FimMode]:
+    return ["psm", "spm"]
+
+
+class InfillingConfig(Strict):
+    """The product's own task, measured on every candidate: HumanEval single-line infilling (eval/infilling.py),
+    greedy middles in each FIM mode, beside the trivial floors (an empty middle, the line above) on the same tasks."""
+
+    enabled: bool = Field(True, description="Measure infilling in the eval stage (and, with a production version, gate on it).")
+    tasks: int = Field(
+        48,
+        gt=0,
+        description="A fixed, seeded subset of the single-line set's 1,033 tasks (48: 96 greedy middles and ~300 sandboxed "
+        "programs with the floors, about a minute on 2 CPU cores for the tiny model; the gate's bootstrap needs dozens).",
+    )
+    seed: int = Field(0, description="Picks the subset: the same seed measures every candidate and production on the same tasks.")
+    modes: list[FimMode] = Field(
+        default_factory=_both_modes, min_length=1, description="FIM prompt layouts, each measured (and gated) on its own."
+    )
+    max_new_tokens: int = Field(24, gt=0, description="Token budget of one middle (a single line needs far fewer).")
+
+
+class BitsPerByteConfig(Strict):
+    """The model's bits per byte on held-out documents (the validation split of the new data, decoded from its
+    shards; FIM-transformed documents left out), beside gzip -9 and xz -9e on the same bytes."""
+
+    enabled: bool = Field(True, description="Measure bits per byte when the trainer's summary names validation streams.")
+    documents: int = Field(32, gt=0, description="At most this many documents, the first of the split in its seeded order.")
+    max_bytes: int = Field(
+        262_144, gt=0, description="Stop adding documents once this many bytes are taken (bounds the CPU time of scoring)."
+    )
+
+
 class EvalConfig(Strict):
     """HumanEval scoring."""
 
@@ -134,6 +172,8 @@ class EvalConfig(Strict):
     ks: list[int] = Field(default_factory=lambda: [1, 10, 100], description="pass@k reported for each k <= n.")
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    infilling: InfillingConfig = Field(default_factory=InfillingConfig)
+    bits_per_byte: BitsPerByteConfig = Field(default_factory=BitsPerByteConfig)
     workers: int | None = Field(None, gt=0, description="Parallel sandboxes; None = the machine's cores.")
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
 

@@ -19,6 +19,7 @@ from lathe.core.plots import pyplot
 from lathe.eval.benchmarks import BENCHMARKS
 from lathe.eval.config import EvalConfig
 from lathe.eval.humaneval import score
+from lathe.eval.quality import print_quality, quality_markdown
 from lathe.eval.sandbox import toolchains_dir
 
 PER_BENCHMARK = (
@@ -110,6 +111,7 @@ def write_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
             figures = " | ".join(f"{b[k]:.4f}" if k in b else "-" for k in names)
             lines.append(f"| {name} | {figures} | {b.get('problems', 0)} | {b.get('samples', 0)} | {b.get('skipped', '')} |")
         lines += ["", "![per language](languages.png)", ""]
+    lines += quality_markdown(report)
     gate = report.get("gate")
     if gate:
         lines += [f"**Gate: {'passed' if gate['passed'] else 'failed'}** ({gate['reason']})", ""]
@@ -162,6 +164,7 @@ def print_eval(report: dict[str, Any], console: Console) -> None:
     for name, b in list(report.get("benchmarks", {}).items())[1:]:
         figures = ", ".join(f"{k} = {v:.4f}" for k, v in b.items() if k.startswith("pass@")) or f"skipped: {b.get('skipped')}"
         console.print(f"  {name}: {figures}")
+    print_quality(report, console)
     gate = report.get("gate")
     if gate:
         verdict = "[green]passed[/]: staff alias set" if gate["passed"] else "[red]failed[/]: nothing moves"

@@ -20,6 +20,7 @@ unbiased estimator), exact match (whitespace-split tokens), edit similarity (rap
 
 from __future__ import annotations
 
+import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -104,6 +105,15 @@ def infilling_tasks(name: str) -> list[InfillingTask]:
     if name not in INFILLING_SETS:
         raise InputError(f"unknown infilling set {name!r}; choose one of {', '.join(INFILLING_SETS)}")
     return INFILLING_SETS[name]()
+
+
+def task_subset(tasks: Sequence[InfillingTask], n: int, seed: int) -> list[InfillingTask]:
+    """``n`` of ``tasks`` drawn without replacement by ``seed``, kept in their set's order (all when ``n`` covers them):
+    the same figures for every model measured with the same seed."""
+    if n >= len(tasks):
+        return list(tasks)
+    picked = sorted(random.Random(seed).sample(range(len(tasks)), n))
+    return [tasks[i] for i in picked]
 
 
 # ---- measures of one middle (pure) ----

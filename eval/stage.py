@@ -6,14 +6,28 @@ the same stage under their own names (`sft_eval`, `dpo_eval`): every registered 
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 from typing import Any, Protocol
 
-from lathe.core.models import PRODUCTION, STAFF, ModelRegistry, variant_alias
+from lathe.core.models import PRODUCTION, STAFF, ModelRegistry, resolve_model, variant_alias
 from lathe.core.stage import Stage, StageContext, StageResult, Upstream, json_summary
 from lathe.core.tracking import figure_name, mlflow_key
 from lathe.eval.config import EvalConfig
 from lathe.eval.evaluate import evaluate_model, print_eval, report_figures, samples_file, write_report
-from lathe.eval.gate import decide
+from lathe.eval.gate import Paired, decide
+from lathe.eval.infilling import SINGLE_LINE, InfillingTask
+from lathe.eval.quality import (
+    floor_figures,
+    held_out_documents,
+    infilling_floors,
+    infilling_subset,
+    measure_quality,
+    paired_figures,
+    paired_summary,
+    quality_figures,
+    quality_summary,
+)
 
 
 class EvalSections(Protocol):
@@ -45,6 +59,24 @@ def candidate(inputs: dict[str, Upstream]) -> Upstream:
     return trainer
 
 
+def measure_production(
+    name: str,
+    production: str,
+    tasks: list[InfillingTask],
+    documents: list[str],
+    candidate_quality: dict[str, Any],
+    ctx: StageContext[EvalSections],
+) -> tuple[dict[str, Any], dict[str, Paired]]:
+    """Production's infilling and bits per byte on the candidate's tasks and documents, and the gate's pairs of them."""
+    cfg = ctx.config.eval
+    # a temporary cache: production's weights need not stay in the candidate's run folder
+    with tempfile.TemporaryDirectory(prefix="lathe-production-") as cache:
+        model_dir = resolve_model(f"models:/{name}/{production}", Path(cache))
+        ctx.console.print(f"measuring production (version {production}) on the same infilling tasks and documents")
+        theirs = measure_quality(model_dir, tasks, documents, cfg)
+    return theirs, paired_figures(candidate_quality, theirs, cfg.gate)
+
+
 def run_eval(ctx: StageContext[EvalSections], alias: str = STAFF) -> StageResult:
     """Generate, score, report, gate (a pass moves ``alias``)."""
     cfg = ctx.config.eval
@@ -53,6 +85,28 @@ def run_eval(ctx: StageContext[EvalSections], alias: str = STAFF) -> StageResult
     report = evaluate_model(str(train.path("model")), cfg, ctx.out_dir)
     figures = report_figures(report)
     figures.update({k: float(trained[after]) for k, (_, after) in LOSS_FIGURES.items() if trained.get(after) is not None})
+    # The product's own task and bits per byte, on the same items production is measured on below.
+    model_dir = resolve_model(str(train.path("model")), ctx.out_dir / "model")  # as evaluate_model resolved it
+    tasks = infilling_subset(cfg) if cfg.infilling.enabled else []
+    documents, no_documents = (
+        held_out_documents(trained, model_dir, cfg.bits_per_byte) if cfg.bits_per_byte.enabled else ([], None)
+    )
+    quality = measure_quality(model_dir, tasks, documents, cfg)
+    floors: dict[str, Any] = {}
+    if tasks:
+        measured = quality["infilling"]
+        if "skipped" not in measured:
+            floors = infilling_floors(tasks, cfg)
+        report["infilling"] = {
+            "set": SINGLE_LINE,
+            "tasks": len(tasks),
+            "seed": cfg.infilling.seed,
+            "max_new_tokens": cfg.infilling.max_new_tokens,
+            **({"skipped": measured["skipped"]} if "skipped" in measured else {"modes": measured, "floors": floors}),
+        }
+    if cfg.bits_per_byte.enabled:
+        report["bits_per_byte"] = quality.get("bits_per_byte") or {"skipped": no_documents}
+    figures.update(quality_figures(quality))
     name, version = trained.get("registered_model"), trained.get("model_version")
     if name and version:
         registry = ModelRegistry(name)
@@ -62,7 +116,15 @@ def run_eval(ctx: StageContext[EvalSections], alias: str = STAFF) -> StageResult
             # A tuned model's loss is on its own held-out pairs, and production was not measured on them (the
             # run started from another version, or resumed): its recorded loss means something else.
             report["held_out_loss"] = figures.pop("val_loss", None)
-        decision = decide(registry, str(version), figures, cfg.gate, here, compare_loss=comparable, alias=alias)
+        production, theirs = registry.find(PRODUCTION), None
+        paired: dict[str, Paired] = {}
+        # production's middles are needed only where the candidate's were measured (its vocabulary has FIM sentinels)
+        pairable = tasks if "modes" in report.get("infilling", {}) else []
+        if production is not None and production != str(version) and (pairable or documents):
+            theirs, paired = measure_production(name, production, pairable, documents, quality, ctx)
+            # production's figures measured now, on the same tasks and bytes, replace those recorded when it was a candidate
+            here = {**(here or {}), **quality_figures(theirs)}
+        decision = decide(registry, str(version), figures, cfg.gate, here, compare_loss=comparable, alias=alias, paired=paired)
         report["gate"] = {
             "passed": decision.passed,
             "reason": decision.reason,
@@ -71,6 +133,8 @@ def run_eval(ctx: StageContext[EvalSections], alias: str = STAFF) -> StageResult
             "production_version": decision.production_version,
             "candidate": decision.candidate,
             "production": decision.production,
+            "production_quality": None if theirs is None else quality_summary(theirs),
+            "paired": paired_summary(paired, cfg.gate),
         }
     artifacts = write_report(report, ctx.out_dir)
     print_eval(report, ctx.console)
@@ -80,7 +144,7 @@ def run_eval(ctx: StageContext[EvalSections], alias: str = STAFF) -> StageResult
             "samples": report["samples"],
             "passed": sum(r["passed"] for r in report["results"]),
         },
-        metrics={mlflow_key(k): float(v) for k, v in figures.items()},
+        metrics={mlflow_key(k): float(v) for k, v in (figures | floor_figures(floors)).items()},
         artifacts=[
             *(
                 samples_file(ctx.out_dir, name, i == 0)
@@ -118,7 +182,9 @@ def gate_stage(name: str, trainer: str, optional: bool = False, alias: str = STA
         inputs=(trainer,),
         section=lambda cfg: cfg.eval,
         run=lambda ctx: run_eval(ctx, alias),
-        version="2",  # 2: results.json reports every benchmark of eval.benchmarks (per language)
+        # 2: results.json reports every benchmark of eval.benchmarks (per language);
+        # 3: infilling (with floors) and bits per byte measured, and paired with production's for the gate
+        version="3",
         outputs={"report": "report.md", "results": "results.json", "samples": "samples.jsonl"},
         summarize=json_summary("results.json", print_eval),
         headline=eval_headline,

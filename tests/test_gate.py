@@ -181,3 +181,14 @@ def test_the_gate_refuses_a_worse_infiller_beyond_noise_and_passes_one_within_it
         paired={"bits_per_byte": Paired(prod_bits * 1.1, prod_bits, False, 0.0, weights=docs)},
     )
     assert not refused.passed and refused.reason.startswith("bits_per_byte 1.6500 > production 1.5000 beyond noise")
+
+
+def test_infilling_pass_at_1_is_gated_with_noise_not_as_a_language(registry: ModelRegistry) -> None:
+    cfg = GateConfig(max_language_regression=0.0)
+    assert decide(registry, "1", {"pass@1": 0.1, "humaneval-js/pass@1": 0.2, "infill/psm/pass@1": 0.5}, cfg).passed
+    registry.promote()
+    # a lower recorded infill/psm/pass@1 alone does not fail it: only the paired comparison on the same tasks may
+    ours = decide(registry, "2", {"pass@1": 0.1, "humaneval-js/pass@1": 0.2, "infill/psm/pass@1": 0.3}, cfg)
+    assert ours.passed, ours.reason
+    worse = decide(registry, "3", {"pass@1": 0.1, "humaneval-js/pass@1": 0.1, "infill/psm/pass@1": 0.3}, cfg)
+    assert not worse.passed and "humaneval-js/pass@1" in worse.reason and "infill" not in worse.reason

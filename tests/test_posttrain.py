@@ -41,6 +41,7 @@ TUNE = [
     "preferences.generation={n: 2, max_new_tokens: 24, temperature: 0.9}",
     "eval.ks=[1]",
     "eval.generation={limit: 2, n: 1, max_new_tokens: 8, temperature: 0.0}",
+    "eval.infilling.tasks=16",
 ]
 
 
@@ -144,7 +145,18 @@ def test_sft_lora_tunes_production_registers_its_lineage_and_is_gated(production
     gate = json.loads((outcomes["sft_eval"].out_dir / "results.json").read_text())["gate"]
     assert gate["candidate_version"] == version and gate["production_version"] == "1"
     assert gate["production"]["val_loss"] == pytest.approx(sft["initial_val_loss"])  # production on the same held-out pairs
-    assert gate["passed"] and registry.find("staff") == version and registry.find("production") == "1"  # staff, not promoted
+    # The tuned model and production generated middles for the same infilling tasks: the gate paired them per task.
+    # (A tuned model has held-out pairs, not documents: no bits per byte, and the report says why.)
+    results = json.loads((outcomes["sft_eval"].out_dir / "results.json").read_text())
+    assert set(results["infilling"]["modes"]) == {"psm", "spm"} and set(results["infilling"]["floors"]) == {
+        "empty",
+        "previous-line",
+    }
+    assert "no validation stream" in results["bits_per_byte"]["skipped"]
+    assert set(gate["paired"]) == {f"infill/{m}/{k}" for m in ("psm", "spm") for k in ("pass@1", "edit_similarity")}
+    assert gate["production"]["infill/psm/pass@1"] == pytest.approx(gate["paired"]["infill/psm/pass@1"]["production"])
+    assert gate["passed"], gate["reason"]
+    assert registry.find("staff") == version and registry.find("production") == "1"  # staff, not promoted
 
     from lathe.pipelines.cli.pipeline import registered_by
 

@@ -75,6 +75,7 @@ def retrain_config(tree: Path, runs: Path, *extra: str):
             "train.init_from=models:/lathe-code@production",
             "eval.ks=[1]",
             "eval.generation={limit: 2, n: 1, max_new_tokens: 8}",
+            "eval.infilling.tasks=8",
             *extra,
         ],
     )
@@ -149,6 +150,25 @@ def test_a_retrain_learns_the_new_files_and_continues_from_production(spark, tmp
     # ... and on day 1's validation data, so forgetting the old code would show
     assert gate["production"]["replay_val_loss"] == pytest.approx(trained["initial_replay_val_loss"])
     assert gate["candidate"]["replay_val_loss"] == pytest.approx(trained["final_replay_val_loss"])
+    # ... and production generated on the same infilling tasks and scored the same held-out bytes: the gate paired them.
+    paired = gate["paired"]
+    assert set(paired) == {
+        "infill/psm/pass@1",
+        "infill/psm/edit_similarity",
+        "infill/spm/pass@1",
+        "infill/spm/edit_similarity",
+        "bits_per_byte",
+    }
+    assert all(p["items"] == 8 for k, p in paired.items() if k.startswith("infill/"))
+    assert paired["bits_per_byte"]["higher_is_better"] is False and paired["bits_per_byte"]["items"] > 0
+    for key, p in paired.items():
+        assert p["candidate"] == pytest.approx(gate["candidate"][key]) and p["production"] == pytest.approx(
+            gate["production"][key]
+        )
+        low, high = p["interval"]  # the point estimate lies in it (up to rounding: one document resamples to itself)
+        assert low - 1e-9 <= p["candidate"] - p["production"] <= high + 1e-9
+    assert set(gate["production_quality"]["infilling"]) == {"psm", "spm"}
+    print("paired", paired)
 
     # The registry lost the version train registered: train is not "done" any more, and eval gates the new one.
     registry.client.delete_model_version("lathe-code", version)

@@ -420,6 +420,29 @@ def test_eval_stage_generates_scores_and_gates(trained, shards_pipeline) -> None
     samples = [json.loads(line) for line in (profile_dir / "eval" / "samples.jsonl").read_text().splitlines()]
     assert [s["task_id"] for s in samples] == [r["task_id"] for r in report["results"]]
     assert report["gate"]["passed"] and (profile_dir / "eval" / "report.md").read_text().startswith("# HumanEval report")
+    # The product's task: infilling per FIM mode beside the floors (same tasks, same scoring), and bits per byte
+    # on the held-out documents beside the compressors; all in the stage's MLflow metrics.
+    infilling = report["infilling"]
+    assert infilling["tasks"] == 48 and set(infilling["modes"]) == {"psm", "spm"}
+    assert set(infilling["floors"]) == {"empty", "previous-line"} and infilling["floors"]["empty"]["edit_similarity"] == 0.0
+    for part in (*infilling["modes"].values(), *infilling["floors"].values()):
+        assert set(part) >= {"pass@1", "exact_match", "edit_similarity", "ended"} and len(part["results"]) == 48
+    bpb = report["bits_per_byte"]
+    assert bpb["documents"] > 0 and 0 < bpb["xz-9e"] < bpb["gzip-9"] < 8 and 0 < bpb["model"]
+    print(
+        "infilling",
+        {
+            m: {k: f[k] for k in ("pass@1", "exact_match", "edit_similarity", "ended")}
+            for m, f in [*infilling["modes"].items(), *infilling["floors"].items()]
+        },
+    )
+    print("bits per byte", {k: bpb[k] for k in ("model", "gzip-9", "xz-9e", "documents", "bytes")})
+    metrics = json.loads((profile_dir / "eval" / "manifest.json").read_text())["metrics"]
+    assert {"infill/psm/pass_at_1", "infill/spm/edit_similarity", "infill/floor/previous-line/edit_similarity"} <= set(metrics)
+    assert metrics["bits_per_byte"] == pytest.approx(bpb["model"]) and "xz_bits_per_byte" in metrics
+    assert report["gate"]["paired"] == {}  # no production version: nothing to pair with
+    page = (profile_dir / "eval" / "report.md").read_text()
+    assert "## Infilling" in page and "| floor: previous-line |" in page and "bits per byte: model" in page
     client = MlflowClient(f"sqlite:///{profile_dir.parent / 'mlflow.db'}")
     version = client.get_model_version_by_alias("lathe-code", "staff")
     assert version.tags["gate"] == "passed" and float(version.tags["eval.val_loss"]) == pytest.approx(

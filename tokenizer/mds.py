@@ -16,7 +16,7 @@ import bz2
 import gzip
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,6 +149,47 @@ class ShardWriter:
         self._flush()
         write_index(self.shards, os.path.join(self.local, INDEX))
         return self.shards
+
+
+def _unzstd(data: bytes) -> bytes:
+    import zstd
+
+    return bytes(zstd.decompress(data))
+
+
+_DECOMPRESS: dict[str, Callable[[bytes], bytes]] = {
+    "zstd": _unzstd,
+    "gz": gzip.decompress,
+    "bz2": bz2.decompress,
+}
+
+
+def read_samples(local: str) -> Iterator[np.ndarray]:
+    """Every sample of a local MDS folder this writer wrote (one fixed-shape ndarray column), in index order.
+
+    The writer's inverse, without ``streaming`` (no shared memory, no locks, no torch import): for reading a
+    split back outside training, e.g. the eval stage's held-out documents.
+    """
+    with open(os.path.join(local, INDEX)) as f:
+        shards = json.load(f)["shards"]
+    for entry in shards:
+        (encoding,) = entry["column_encodings"]
+        _, dtype, length = encoding.split(":")
+        raw_path = os.path.join(local, entry["raw_data"]["basename"])
+        if os.path.exists(raw_path):  # streaming may have left the decompressed file beside the zipped one
+            with open(raw_path, "rb") as f:
+                raw = f.read()
+        else:
+            zipped = entry["zip_data"]
+            with open(os.path.join(local, zipped["basename"]), "rb") as f:
+                raw = _DECOMPRESS[entry["compression"].partition(":")[0]](f.read())
+        n = int(np.frombuffer(raw, np.uint32, 1)[0])
+        offsets = np.frombuffer(raw, np.uint32, n + 1, offset=4)
+        for i in range(n):
+            sample = np.frombuffer(raw[offsets[i] : offsets[i + 1]], dtype=np.dtype(dtype))
+            if sample.size != int(length):
+                raise InputError(f"{local}: shard {entry['raw_data']['basename']} sample {i} is not {encoding}")
+            yield sample
 
 
 def write_index(shards: list[dict[str, Any]], path: str) -> None:

@@ -57,7 +57,10 @@ SMALL = [
     "eval.generation={limit: 2, n: 1, max_new_tokens: 8}",
     "serve.canary_load={clients: 2, seconds: 2, max_tokens: 4}",
     # the backfill is about the chain of versions, so the gate lets a tiny model's noise through
-    "eval.gate={max_val_loss_increase: 10, max_replay_val_loss_increase: 10}",
+    "eval.gate={max_val_loss_increase: 10, max_replay_val_loss_increase: 10, max_infill_pass_drop: 1, "
+    "max_infill_edit_similarity_drop: 100, max_bits_per_byte_increase: 10}",
+    "eval.infilling={tasks: 8, max_new_tokens: 8}",
+    "eval.bits_per_byte={documents: 4}",
 ]
 os.environ.update(
     {
