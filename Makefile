@@ -10,7 +10,7 @@ SET ?=
 SET_FLAGS := $(foreach s,$(SET),--set $(s))
 STAMP := $(VENV)/.lathe-installed
 
-.PHONY: setup system-deps toolchains lock airflow-setup check lint typecheck unit all data tokenizer shards train sweep eval sft dpo quantize distill package serve promote deploy summary k8s-validate dag-test test bench bench-setup chaos clean-runs
+.PHONY: test-spark test-rest cpu-profile setup system-deps toolchains lock airflow-setup check lint typecheck unit all data tokenizer shards train sweep eval sft dpo quantize distill package serve promote deploy summary k8s-validate dag-test test bench bench-setup chaos clean-runs
 
 ## setup: system packages + .venv with the exact pinned environment + the sandbox's npm toolchains + Airflow's own
 ##        .venv-airflow (idempotent). After the system packages, the three installs run side by side: each waits
@@ -41,22 +41,29 @@ $(TOOLCHAINS)/node_modules/.installed: $(TOOLCHAINS)/package.json $(TOOLCHAINS)/
 	npm ci --prefix $(TOOLCHAINS) --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $@
 
-$(STAMP): requirements/lock.txt requirements/no-deps.txt pyproject.toml
+## The installer: uv (pinned), in a venv of its own. It installs the same locked wheels as pip, downloading and
+## unpacking them in parallel (setup's three installs took ~9.5 minutes with pip, most of it torch's CUDA wheels).
+UV_VERSION := 0.13.9
+UV := build/uv/bin/uv
+UV_INSTALL = $(UV) pip install -q --compile-bytecode --python
+$(UV):
+	$(PYTHON) -m venv build/uv
+	build/uv/bin/pip install -q uv==$(UV_VERSION)
+
+$(STAMP): requirements/lock.txt requirements/no-deps.txt pyproject.toml | $(UV)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements/lock.txt
-	$(BIN)/pip install -q --no-deps -r requirements/no-deps.txt
-	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(UV_INSTALL) $(BIN)/python -r requirements/lock.txt
+	$(UV_INSTALL) $(BIN)/python --no-deps -r requirements/no-deps.txt
+	$(UV_INSTALL) $(BIN)/python --no-deps --no-build-isolation -e .
 	touch $@
 
 ## airflow-setup: Airflow 3 in its own venv (its providers would replace pyspark and downgrade kubernetes in .venv)
 AIRFLOW_VENV := .venv-airflow
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 airflow-setup: $(AIRFLOW_STAMP)
-$(AIRFLOW_STAMP): requirements/airflow.txt
+$(AIRFLOW_STAMP): requirements/airflow.txt | $(UV)
 	test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
-	$(AIRFLOW_VENV)/bin/pip install -q --upgrade pip
-	$(AIRFLOW_VENV)/bin/pip install -q -r requirements/airflow.txt
+	$(UV_INSTALL) $(AIRFLOW_VENV)/bin/python -r requirements/airflow.txt
 	touch $@
 
 ## dag-test: a dag.test() backfill of raw_to_production over three days of a growing git repository (real stages through the CLI)
@@ -83,6 +90,12 @@ all: setup
 	$(BIN)/lathe promote --config $(CONFIG) $(SET_FLAGS)
 	$(BIN)/lathe deploy --track production --config $(CONFIG) $(SET_FLAGS) $(call deploy_flags,production)
 	$(BIN)/lathe summary --config $(CONFIG) $(SET_FLAGS)
+
+## cpu-profile: a model worth looking at, trained on this 2-core CPU (configs/cpu.yaml: ~30 minutes of the train stage,
+##              about an hour end to end), then its table against the profile's goals (benchmarks/cpu_profile.py)
+cpu-profile: setup
+	$(MAKE) --no-print-directory all CONFIG=configs/cpu.yaml
+	$(BIN)/python benchmarks/cpu_profile.py --runs runs/cpu
 
 ## data: the Spark data stage (ingest, clean, PII, dedup, x-ray)
 data: setup
@@ -172,9 +185,17 @@ typecheck: $(STAMP)
 unit: $(STAMP) toolchains
 	$(BIN)/python -m pytest -q -m "not integration" --durations=10 -p no:cacheprovider
 
-## test: the whole test suite (unit tests beside integration tests with real Spark and MLflow)
+## test: the whole test suite (unit tests beside integration tests with real Spark and MLflow), in two pytest processes
+##       side by side: the Spark chain (`-m spark`: the session's SparkSession, the shards pipeline on it, the models
+##       trained from it) and the rest (serving, sandboxes, the Airflow backfill, unit tests). On 2 cores one half
+##       computes while the other waits on a JVM, a server or a sandbox. Each prints its 15 slowest tests.
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 test: setup
-	$(BIN)/python -m pytest -q --durations=15
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-spark test-rest
+test-spark: $(STAMP)
+	$(PYTEST) -m spark
+test-rest: $(STAMP) toolchains
+	$(PYTEST) -m "not spark"
 
 ## bench-setup: the benchmarks' own venv with the peers that must stay out of the product's lock (datatrove)
 BENCH_VENV := .venv-bench
@@ -191,6 +212,7 @@ bench: setup bench-setup
 	$(BIN)/lathe run shards --config $(CONFIG)
 	$(BIN)/python benchmarks/shards_bench.py --runs runs/$$(basename $(CONFIG) .yaml)
 	$(BIN)/python benchmarks/train_bench.py --runs runs/$$(basename $(CONFIG) .yaml) --config $(CONFIG)
+	$(BIN)/python benchmarks/cpu_train_choices.py
 	$(BIN)/python benchmarks/eval_bench.py
 	$(BIN)/python benchmarks/infill_bench.py --model runs/$$(basename $(CONFIG) .yaml)/train/hf_model --tasks 200
 	$(BIN)/lathe run package --config $(CONFIG)

@@ -16,6 +16,10 @@ sample of --mb MB) grows by --growth of its files between two days.
    continued model, and a model trained from scratch on the same token budget, vocabulary
    and mixture (the new stream plus train.mixture.replay of day 1's); and the same three on
    day 1's validation data, which shows what continuing forgot.
+3. The customization figures on day 2's new files (the new stream's held-out documents): bits per
+   byte and line completion (exact match, edit similarity) of the day-1 model (production), the
+   day-2 model (continued) and the from-scratch model, beside gzip's bits per byte and the
+   previous-line floor on the same bytes and cuts.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rich.console import Console
 
 from benchmarks.common import emit
-from lathe.core.models import PRODUCTION, ModelRegistry
+from lathe.core.models import PRODUCTION, ModelRegistry, resolve_model
+from lathe.eval.held_out import held_out_documents
+from lathe.eval.quality import line_floor, line_subset, measure_quality
 from lathe.pipelines.config import load_config
 from lathe.pipelines.runner import run_pipeline
 
@@ -107,6 +113,10 @@ def main() -> None:
     day2 = timed(cfg, stages)
     profile = runs / cfg.profile
     continued = _summary(profile)
+    new_files = {
+        "day1_model": resolve_model(f"models:/{cfg.train.registered_model}/1", args.work / "cache"),
+        "day2_model": _kept_model(profile, args.work / "day2_model"),
+    }
 
     # The same day-2 snapshot cleaned from nothing, in its own runs folder.
     t0 = time.perf_counter()
@@ -116,6 +126,8 @@ def main() -> None:
     # From scratch on the same shards and vocabulary, same token budget.
     timed(config(tree, runs, args.batches, "train.init_from=null"), ["train"], force=True)
     scratch = _summary(profile)
+    new_files["scratch_model"] = profile / "train" / "hf_model"
+    on_new_files = customization(continued, new_files, cfg)
 
     emit(
         {
@@ -135,9 +147,34 @@ def main() -> None:
             "replay_val_loss_production_model": _rounded(continued.get("initial_replay_val_loss")),
             "replay_val_loss_continued_model": _rounded(continued.get("final_replay_val_loss")),
             "replay_val_loss_scratch_model": _rounded(scratch.get("final_replay_val_loss")),
+            **on_new_files,
         },
         args.out,
     )
+
+
+def _kept_model(profile: Path, to: Path) -> Path:
+    """A copy of the train stage's model (the next train run replaces it)."""
+    shutil.copytree(profile / "train" / "hf_model", to, dirs_exist_ok=True)
+    return to
+
+
+def customization(trained: dict, models: dict[str, Path], cfg) -> dict[str, float | int]:
+    """Bits per byte and line completion of each model on day 2's new files (the new stream's held-out
+    documents), with gzip's and the previous-line floor's on the same bytes and cuts."""
+    documents, why = held_out_documents(trained, next(iter(models.values())), cfg.eval.bits_per_byte)
+    if not documents:
+        raise SystemExit(f"no held-out documents of day 2's files: {why}")
+    out: dict[str, float | int] = {"new_files_documents": len(documents)}
+    for name, model_dir in models.items():
+        quality = measure_quality(model_dir, [], documents, cfg.eval)
+        out[f"new_files_bits_per_byte_{name}"] = round(quality["bits_per_byte"]["model"], 4)
+        out[f"new_files_line_exact_match_{name}"] = round(quality["line_completion"]["exact_match"], 4)
+        out[f"new_files_line_edit_similarity_{name}"] = round(quality["line_completion"]["edit_similarity"], 2)
+        out["new_files_gzip_bits_per_byte"] = round(quality["bits_per_byte"]["gzip-9"], 4)
+    out["new_files_line_tasks"] = len(line_subset(documents, cfg.eval))
+    out["new_files_line_edit_similarity_floor"] = round(line_floor(line_subset(documents, cfg.eval))["edit_similarity"], 2)
+    return out
 
 
 def _rounded(value: float | None) -> float | None:

@@ -106,6 +106,12 @@ class GateConfig(Strict):
     max_bits_per_byte_increase: float = Field(
         0.0, ge=0, description="Held-out bits per byte may rise at most this far above production's on the same bytes."
     )
+    min_language_documents: int = Field(
+        8,
+        ge=1,
+        description="Bits per byte is also gated per language with at least this many held-out documents on both models "
+        "(fewer: reported, not gated; one document's bits are no sample of a language).",
+    )
     confidence: float = Field(0.95, gt=0, lt=1, description="Coverage of the paired bootstrap interval.")
     bootstrap_resamples: int = Field(2000, ge=100, description="Resamples (tasks or documents, with replacement).")
 
@@ -136,14 +142,26 @@ class InfillingConfig(Strict):
 
 
 class BitsPerByteConfig(Strict):
-    """The model's bits per byte on held-out documents (the validation split of the new data, decoded from its
-    shards; FIM-transformed documents left out), beside gzip -9 and xz -9e on the same bytes."""
+    """The model's bits per byte on held-out documents (the validation documents of the new data's stream, as
+    the shards stage kept them; eval/held_out.py), beside gzip -9 and xz -9e on the same bytes, overall and per
+    language. The same documents are line completion's (:class:`LineCompletionConfig`)."""
 
     enabled: bool = Field(True, description="Measure bits per byte when the trainer's summary names validation streams.")
-    documents: int = Field(32, gt=0, description="At most this many documents, the first of the split in its seeded order.")
+    documents: int = Field(32, gt=0, description="At most this many documents, the first in a seeded order of their ids.")
     max_bytes: int = Field(
         262_144, gt=0, description="Stop adding documents once this many bytes are taken (bounds the CPU time of scoring)."
     )
+
+
+class LineCompletionConfig(Strict):
+    """Line completion on the held-out documents (eval/line_completion.py): each cut at a seeded point inside a
+    line, the model completes that line; exact match and edit similarity per language, beside the previous-line
+    floor, and production's on the same tasks."""
+
+    enabled: bool = Field(True, description="Measure line completion when there are held-out documents.")
+    tasks: int = Field(32, gt=0, description="At most this many tasks, one per held-out document.")
+    seed: int = Field(0, description="Picks each document's line and column: every model is measured on the same cuts.")
+    max_new_tokens: int = Field(32, gt=0, description="Token budget of one line's rest.")
 
 
 class EvalConfig(Strict):
@@ -174,6 +192,7 @@ class EvalConfig(Strict):
     gate: GateConfig = Field(default_factory=GateConfig)
     infilling: InfillingConfig = Field(default_factory=InfillingConfig)
     bits_per_byte: BitsPerByteConfig = Field(default_factory=BitsPerByteConfig)
+    line_completion: LineCompletionConfig = Field(default_factory=LineCompletionConfig)
     workers: int | None = Field(None, gt=0, description="Parallel sandboxes; None = the machine's cores.")
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
 

@@ -12,6 +12,28 @@ from lathe.eval.config import GenerationConfig
 from lathe.eval.languages import PYTHON, Language
 
 
+def greedy_continuations(
+    model: Any, prompts: list[list[int]], pad_id: int, max_new_tokens: int, **kwargs: Any
+) -> list[list[int]]:
+    """The greedy new tokens of ``model`` (an HF causal LM) after each prompt, generated as one left-padded batch
+    (every prompt ends where its continuation starts); ``kwargs`` go to ``generate`` (the end ids, stop strings).
+    A row that ended early is padded with ``pad_id`` after its end."""
+    width = max(len(p) for p in prompts)
+    input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=model.device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad_id,
+            use_cache=True,
+            **kwargs,
+        )
+    return out[:, width:].tolist()
+
+
 def truncate(text: str, stops: list[str]) -> str:
     """Cut a completion at the first stop sequence."""
     cut = len(text)

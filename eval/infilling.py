@@ -242,10 +242,10 @@ def generate_middles(
     closes the middle (``<|endoftext|>``, as the shards stage trains it, or ``<fim_pad>`` where the
     vocabulary has it, as the engine stops); ``ended`` says whether it did within ``max_new_tokens``.
     """
-    import torch
     from transformers import AutoTokenizer
 
     from lathe.core.quant import load_causal_lm
+    from lathe.eval.generate import greedy_continuations
 
     if mode not in ("psm", "spm"):
         raise InputError(f"FIM mode {mode!r} is not one of psm, spm")
@@ -272,21 +272,8 @@ def generate_middles(
     for start in range(0, len(tasks), batch_size):
         batch = tasks[start : start + batch_size]
         prompts = [fim_prompt(*fit_context(encode(t.prefix), encode(t.suffix), context - new_tokens), ids, mode) for t in batch]
-        width = max(len(p) for p in prompts)
-        # left padding: every prompt ends where its middle starts
-        input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=model.device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=input_ids,
-                attention_mask=mask,
-                max_new_tokens=new_tokens,
-                do_sample=False,
-                pad_token_id=pad_id,
-                eos_token_id=end_ids,
-                use_cache=True,
-            )
-        for task, row in zip(batch, out[:, width:].tolist()):
+        rows = greedy_continuations(model, prompts, pad_id, new_tokens, eos_token_id=end_ids)
+        for task, row in zip(batch, rows):
             end = next((i for i, t in enumerate(row) if t in end_ids), None)
             middle = row if end is None else row[:end]
             samples.append(

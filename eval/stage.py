@@ -16,12 +16,14 @@ from lathe.core.tracking import figure_name, mlflow_key
 from lathe.eval.config import EvalConfig
 from lathe.eval.evaluate import evaluate_model, print_eval, report_figures, samples_file, write_report
 from lathe.eval.gate import Paired, decide
+from lathe.eval.held_out import HeldOutDocument, held_out_documents
 from lathe.eval.infilling import SINGLE_LINE, InfillingTask
 from lathe.eval.quality import (
     floor_figures,
-    held_out_documents,
     infilling_floors,
     infilling_subset,
+    line_floor,
+    line_subset,
     measure_quality,
     paired_figures,
     paired_summary,
@@ -63,11 +65,12 @@ def measure_production(
     name: str,
     production: str,
     tasks: list[InfillingTask],
-    documents: list[str],
+    documents: list[HeldOutDocument],
     candidate_quality: dict[str, Any],
     ctx: StageContext[EvalSections],
 ) -> tuple[dict[str, Any], dict[str, Paired]]:
-    """Production's infilling and bits per byte on the candidate's tasks and documents, and the gate's pairs of them."""
+    """Production's infilling, bits per byte and line completion on the candidate's tasks and documents, and the
+    gate's pairs of them."""
     cfg = ctx.config.eval
     # a temporary cache: production's weights need not stay in the candidate's run folder
     with tempfile.TemporaryDirectory(prefix="lathe-production-") as cache:
@@ -89,7 +92,9 @@ def run_eval(ctx: StageContext[EvalSections], alias: str = STAFF) -> StageResult
     model_dir = resolve_model(str(train.path("model")), ctx.out_dir / "model")  # as evaluate_model resolved it
     tasks = infilling_subset(cfg) if cfg.infilling.enabled else []
     documents, no_documents = (
-        held_out_documents(trained, model_dir, cfg.bits_per_byte) if cfg.bits_per_byte.enabled else ([], None)
+        held_out_documents(trained, model_dir, cfg.bits_per_byte)
+        if cfg.bits_per_byte.enabled or cfg.line_completion.enabled
+        else ([], None)
     )
     quality = measure_quality(model_dir, tasks, documents, cfg)
     floors: dict[str, Any] = {}
@@ -106,6 +111,9 @@ def run_eval(ctx: StageContext[EvalSections], alias: str = STAFF) -> StageResult
         }
     if cfg.bits_per_byte.enabled:
         report["bits_per_byte"] = quality.get("bits_per_byte") or {"skipped": no_documents}
+    if "line_completion" in quality:
+        lines = line_subset(documents, cfg)
+        report["line_completion"] = {**quality["line_completion"], "seed": cfg.line_completion.seed, "floor": line_floor(lines)}
     figures.update(quality_figures(quality))
     name, version = trained.get("registered_model"), trained.get("model_version")
     if name and version:
@@ -167,11 +175,24 @@ def verify_gated(manifest: dict[str, Any], inputs: dict[str, Upstream]) -> str |
 
 
 def eval_headline(manifest: dict[str, Any]) -> str:
-    """pass@k and the gate's verdict."""
-    ks = ", ".join(f"{figure_name(k)} {v:.3f}" for k, v in manifest["metrics"].items() if k.startswith("pass"))
+    """pass@k, bits per byte beside gzip's, infilling and line completion edit similarity beside their floors, and the
+    gate's verdict."""
+    metrics = manifest["metrics"]
+    parts = [", ".join(f"{figure_name(k)} {v:.3f}" for k, v in metrics.items() if k.startswith("pass"))]
+    if "bits_per_byte" in metrics:
+        parts.append(f"bits/byte {metrics['bits_per_byte']:.2f} (gzip {metrics['gzip_bits_per_byte']:.2f})")
+    floor = metrics.get("infill/floor/previous-line/edit_similarity")
+    modes = [k for k in metrics if k.startswith("infill/") and k.endswith("/edit_similarity") and "/floor/" not in k]
+    if modes and floor is not None:
+        similarity = ", ".join(f"{k.split('/')[1]} {metrics[k]:.1f}" for k in modes)
+        parts.append(f"infill edit sim {similarity} (floor {floor:.1f})")
+    if "line/edit_similarity" in metrics:
+        parts.append(f"line edit sim {metrics['line/edit_similarity']:.1f}")
     gate = (manifest.get("details") or {}).get("gate") or {}
-    verdict = f"gate {'passed' if gate.get('passed') else 'FAILED'} for v{gate.get('candidate_version')}" if gate else "no gate"
-    return f"{ks}; {verdict}"
+    parts.append(
+        f"gate {'passed' if gate.get('passed') else 'FAILED'} for v{gate.get('candidate_version')}" if gate else "no gate"
+    )
+    return "; ".join(p for p in parts if p)
 
 
 def gate_stage(name: str, trainer: str, optional: bool = False, alias: str = STAFF) -> Stage[Any]:
@@ -183,8 +204,9 @@ def gate_stage(name: str, trainer: str, optional: bool = False, alias: str = STA
         section=lambda cfg: cfg.eval,
         run=lambda ctx: run_eval(ctx, alias),
         # 2: results.json reports every benchmark of eval.benchmarks (per language);
-        # 3: infilling (with floors) and bits per byte measured, and paired with production's for the gate
-        version="3",
+        # 3: infilling (with floors) and bits per byte measured, and paired with production's for the gate;
+        # 4: held-out documents as the shards stage kept them, bits per byte per language, line completion
+        version="4",
         outputs={"report": "report.md", "results": "results.json", "samples": "samples.jsonl"},
         summarize=json_summary("results.json", print_eval),
         headline=eval_headline,

@@ -37,7 +37,7 @@ def print_summary(
     extra: list[tuple[str, str, str]] | None = None,
     stages: Registry[Stage[Any]] | None = None,
 ) -> None:
-    """The table, then the canary's completion."""
+    """The table, then the canary's completions: the prompt alone, then at a cursor with code after it."""
     stages = stages or pipeline_stages()
     table = Table(title=f"lathe: {profile_dir.name}", show_lines=False)
     for col in ("stage", "result", "artifacts"):
@@ -50,3 +50,8 @@ def print_summary(
         report = Path(stages.get("canary").upstream(profile_dir / "canary", canary).uri("report"))
         c = json.loads(report.read_text())
         console.print(f"Triton answered {c['prompt']!r} with {c['completion']!r}", highlight=False)
+        if fim := c.get("fim"):  # the product's task, last: the served middle between the prompt and its suffix
+            console.print(
+                f"At the cursor in {c['prompt'] + '<cursor>' + fim['suffix']!r}, Triton wrote {fim['completion']!r}",
+                highlight=False,
+            )

@@ -149,9 +149,11 @@ def test_the_floors_in_the_sandbox(single: list[InfillingTask]) -> None:
     empty = score_infilling(floor_samples(single, "empty"), single, FLOOR_CFG)
     assert 0.025 <= empty["pass@1"] <= 0.027  # measured: 27 / 1033 = 2.61%
     assert empty["exact_match"] == 0.0 and empty["edit_similarity"] == 0.0 and empty["ended"] == 1.0
-    copied = score_infilling(floor_samples(single, "previous-line"), single, FLOOR_CFG)
-    assert copied["edit_similarity"] == pytest.approx(26.03, abs=0.5)
-    assert 0.015 <= copied["pass@1"] <= 0.022  # measured: 19 / 1033 = 1.84%
+    # copying the line above: its edit similarity needs no sandbox (score_infilling's measure, task by task); its
+    # pass@1 (19 / 1,033 = 1.84%, measured by benchmarks/infill_bench.py) is left to the bench: its programs that
+    # loop forever cost the suite ~30 s of timeouts
+    copied = [edit_similarity(s["completion"], t.middle) for s, t in zip(floor_samples(single, "previous-line"), single)]
+    assert sum(copied) / len(copied) == pytest.approx(26.03, abs=0.5)
 
 
 # ---- generation with a tiny random model ----

@@ -42,6 +42,7 @@ TUNE = [
     "eval.ks=[1]",
     "eval.generation={limit: 2, n: 1, max_new_tokens: 8, temperature: 0.0}",
     "eval.infilling.tasks=16",
+    "eval.line_completion={tasks: 8, max_new_tokens: 8}",
 ]
 
 

@@ -169,6 +169,14 @@ def test_a_retrain_learns_the_new_files_and_continues_from_production(spark, tmp
         assert low - 1e-9 <= p["candidate"] - p["production"] <= high + 1e-9
     assert set(gate["production_quality"]["infilling"]) == {"psm", "spm"}
     print("paired", paired)
+    # Day 2's model knows day 2's new files better than day 1's: bits per byte and line completion on the new
+    # stream's held-out documents (http, urllib), the same bytes and the same cuts for both models.
+    ours, theirs = gate["candidate"], gate["production"]
+    print({k: (ours[k], theirs[k]) for k in ("bits_per_byte", "line/exact_match", "line/edit_similarity")})
+    assert ours["bits_per_byte"] < theirs["bits_per_byte"] - 0.05
+    assert ours["line/edit_similarity"] > theirs["line/edit_similarity"]
+    lines = json.loads((profile / "eval" / "results.json").read_text())["line_completion"]
+    assert lines["tasks"] == gate["production_quality"]["line_completion"]["tasks"] == 32  # cut from few documents
 
     # The registry lost the version train registered: train is not "done" any more, and eval gates the new one.
     registry.client.delete_model_version("lathe-code", version)

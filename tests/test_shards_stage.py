@@ -20,6 +20,7 @@ from lathe.tokenizer.shards import VAL_SALT
 from lathe.tokenizer.special import EOS, FIM_PREFIX, PAD
 from lathe.tokenizer.splits import stable_fraction
 from lathe.tokenizer.stage import SHARDS, TOKENIZER, run_shards
+from lathe.tokenizer.streams import HELD_OUT
 from lathe.tokenizer.vocab import load_tokenizer
 from tests.conftest import only_stream
 
@@ -101,6 +102,12 @@ def test_split_is_a_stable_hash_of_the_id(pipeline, spark) -> None:
     in_val = sum(stable_fraction(i, VAL_SALT) < cfg.shards.val_fraction for i in kept["id"])
     counts = json.loads((out / "shards" / MANIFEST).read_text())["counts"]
     assert counts["val.docs"] == in_val and counts["train.docs"] == len(kept) - in_val
+    # the validation documents are kept beside the shards as written, with their language, for the evaluations
+    held = pd.read_parquet(only_stream(out) / HELD_OUT)
+    val = kept[[stable_fraction(i, VAL_SALT) < cfg.shards.val_fraction for i in kept["id"]]]
+    assert sorted(held["id"]) == sorted(val["id"]) and len(held) == in_val
+    by_id = val.set_index("id")
+    assert all(r.content == by_id.loc[r.id, "content"] and r.lang == by_id.loc[r.id, "lang"] for r in held.itertuples())
 
 
 def test_same_inputs_give_the_same_samples_in_the_same_order(pipeline) -> None:

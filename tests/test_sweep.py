@@ -215,6 +215,8 @@ SWEEP = [
     "sweep.profile_batches=6",
     "eval.ks=[1]",
     "eval.generation={limit: 2, n: 1, max_new_tokens: 8, temperature: 0.0}",
+    "eval.infilling={tasks: 8, max_new_tokens: 8}",
+    "eval.line_completion={tasks: 8, max_new_tokens: 8}",
 ]
 
 

@@ -440,9 +440,16 @@ def test_eval_stage_generates_scores_and_gates(trained, shards_pipeline) -> None
     metrics = json.loads((profile_dir / "eval" / "manifest.json").read_text())["metrics"]
     assert {"infill/psm/pass_at_1", "infill/spm/edit_similarity", "infill/floor/previous-line/edit_similarity"} <= set(metrics)
     assert metrics["bits_per_byte"] == pytest.approx(bpb["model"]) and "xz_bits_per_byte" in metrics
+    # per language (the shards stage kept the held-out documents with their language), and line completion on them
+    assert set(bpb["languages"]) and sum(f["bytes"] for f in bpb["languages"].values()) == bpb["bytes"]
+    lines = report["line_completion"]
+    assert 0 < lines["tasks"] <= min(32, bpb["documents"]) and lines["floor"]["tasks"] == lines["tasks"]
+    assert set(lines["languages"]) <= set(bpb["languages"]) and 0 <= lines["edit_similarity"] <= 100
+    assert {"line/edit_similarity", "line/exact_match", *(f"bits_per_byte/{lang}" for lang in bpb["languages"])} <= set(metrics)
     assert report["gate"]["paired"] == {}  # no production version: nothing to pair with
     page = (profile_dir / "eval" / "report.md").read_text()
-    assert "## Infilling" in page and "| floor: previous-line |" in page and "bits per byte: model" in page
+    assert "## Infilling" in page and "| floor: previous-line |" in page and "## Bits per byte on held-out documents" in page
+    assert "## Line completion on held-out documents (seed 0)" in page
     client = MlflowClient(f"sqlite:///{profile_dir.parent / 'mlflow.db'}")
     version = client.get_model_version_by_alias("lathe-code", "staff")
     assert version.tags["gate"] == "passed" and float(version.tags["eval.val_loss"]) == pytest.approx(
@@ -547,9 +554,13 @@ def test_package_and_canary_serve_the_staff_version(trained, shards_pipeline) ->
     assert "0 failed" in rows["canary"][0] and rows["data"][0].startswith(
         f"{json.loads((profile_dir / 'data' / MANIFEST).read_text())['counts']['input']:,} files in"
     )
-    console = Console(record=True, width=250)
+    console = Console(record=True, width=1000)
     print_summary(profile_dir, console)
-    assert f"Triton answered {canary['prompt']!r} with {canary['completion']!r}" in console.export_text()
+    text = console.export_text()
+    assert f"Triton answered {canary['prompt']!r} with {canary['completion']!r}" in text
+    # ... and ends with the product's task: the served middle at a cursor, next to the code around it
+    at_cursor = canary["prompt"] + "<cursor>" + canary["fim"]["suffix"]
+    assert text.rstrip().splitlines()[-1] == f"At the cursor in {at_cursor!r}, Triton wrote {canary['fim']['completion']!r}"
 
 
 def test_int8_variant_and_distilled_student_are_registered_gated_packaged_and_served(trained, shards_pipeline) -> None:
@@ -591,6 +602,10 @@ def test_int8_variant_and_distilled_student_are_registered_gated_packaged_and_se
             *student,
             "eval.ks=[1]",
             "eval.generation={limit: 2, n: 1, max_new_tokens: 8, temperature: 0.0}",
+            # the variants' gates, not the quality measures (tests/test_training.py's eval test checks those), at their smallest
+            "eval.infilling={tasks: 8, max_new_tokens: 8}",
+            "eval.bits_per_byte.documents=8",
+            "eval.line_completion={tasks: 8, max_new_tokens: 8}",
             "serve.quantization=int8",
             "serve.student=true",
             "serve.quantize={agreement_prompts: 6, agreement_tokens: 16, val_batches: 4, batch_size: 4}",

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from rich.console import Console
@@ -35,7 +35,7 @@ from lathe.tokenizer.fim import SpecialIds, encode_documents
 from lathe.tokenizer.mds import INDEX, Codec, ShardWriter, under, upload_folder, write_index
 from lathe.tokenizer.pack import Packer, token_dtype
 from lathe.tokenizer.splits import stable_fraction_col
-from lathe.tokenizer.streams import LEDGER, StreamInfo, prune_root, release_filelocks
+from lathe.tokenizer.streams import HELD_OUT, LEDGER, StreamInfo, prune_root, release_filelocks
 
 SPLITS = ("train", "val")
 VAL_SALT = "shards-val"
@@ -90,7 +90,7 @@ def write_stream(
     dtype = token_dtype(vocab_size)
     slots = cfg.partitions * len(SPLITS)
     order = stable_fraction_col(F.col("id"), f"shards-order-{cfg.seed}")
-    split = F.when(stable_fraction_col(F.col("id"), VAL_SALT) < cfg.val_fraction, "val").otherwise("train")
+    split = split_col(cfg.val_fraction)
     part = F.least(F.floor(order * cfg.partitions), F.lit(cfg.partitions - 1)).cast("int")
     keyed = docs.select("id", "content", split.alias("split"), part.alias("part"), order.alias("order"))
     slot = F.when(F.col("split") == SPLITS[0], 0).otherwise(cfg.partitions) + F.col("part")
@@ -196,6 +196,18 @@ def print_task_balance(parts: list[dict], console: Console) -> None:
         names = ", ".join(f"{r['split']}/{r['part']}" for r in rows)
         table.add_row(str(task), names, f"{sum(r['tokens'] for r in rows):,}", f"{rows[0]['seconds']:.2f}")
     console.print(table)
+
+
+def split_col(val_fraction: float) -> Column:
+    """Each document's split: "val" for a stable hash of its id below ``val_fraction``, else "train"."""
+    return F.when(stable_fraction_col(F.col("id"), VAL_SALT) < val_fraction, "val").otherwise("train")
+
+
+def write_held_out(docs: DataFrame, stream_uri: str, val_fraction: float) -> None:
+    """The stream's validation documents as written (id, lang, path, content), one parquet file: what the
+    evaluations that need text and its language read instead of decoding the packed shards."""
+    held = docs.where(split_col(val_fraction) == "val").select("id", "lang", "path", "content").orderBy("id")
+    held.coalesce(1).write.mode("overwrite").parquet(f"{stream_uri}/{HELD_OUT}")
 
 
 def with_digest(docs: DataFrame) -> DataFrame:

@@ -7,9 +7,10 @@ operator) can say which split a document id belongs to without Spark.
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
-from pyspark.sql import Column
-from pyspark.sql import functions as F
+if TYPE_CHECKING:  # Spark only for the column form: the eval stage hashes ids without it
+    from pyspark.sql import Column
 
 _SCALE = float(1 << 32)
 
@@ -21,5 +22,7 @@ def stable_fraction(doc_id: str, salt: str) -> float:
 
 def stable_fraction_col(doc_id: Column, salt: str) -> Column:
     """:func:`stable_fraction` as a Spark column expression (same values)."""
+    from pyspark.sql import functions as F
+
     digest = F.sha2(F.concat(F.lit(f"{salt}:"), doc_id), 256)
     return F.conv(F.substring(digest, 1, 8), 16, 10).cast("double") / F.lit(_SCALE)

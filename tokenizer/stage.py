@@ -25,6 +25,7 @@ from lathe.tokenizer.shards import (
     read_back,
     summarize_parts,
     with_digest,
+    write_held_out,
     write_ledger,
     write_split_indexes,
     write_stream,
@@ -177,6 +178,7 @@ def run_shards(ctx: StageContext[TokenizerSections]) -> StageResult:
                 )
             first = head if split == "train" else first
         write_ledger(docs, uri)
+        write_held_out(docs, uri, cfg.val_fraction)
         streams.append(
             StreamInfo(
                 name=new,

@@ -27,6 +27,9 @@ from lathe.core.config import Strict
 from lathe.core.stage import Upstream
 
 LEDGER = "docs"  # <stream>/docs: parquet (id, digest) of the documents a stream holds
+# <stream>/held_out: parquet (id, lang, path, content) of the stream's validation documents as written, for the
+# evaluations that need text and its language (bits per byte and line completion per language)
+HELD_OUT = "held_out"
 # Shards settings that change what a stream's samples are: earlier streams made with others are not reused.
 SAMPLE_SETTINGS = ("seq_len", "fim_rate", "fim_spm_rate", "seed")
 

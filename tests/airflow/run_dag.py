@@ -61,6 +61,7 @@ SMALL = [
     "max_infill_edit_similarity_drop: 100, max_bits_per_byte_increase: 10}",
     "eval.infilling={tasks: 8, max_new_tokens: 8}",
     "eval.bits_per_byte={documents: 4}",
+    "eval.line_completion={tasks: 4, max_new_tokens: 8}",
 ]
 os.environ.update(
     {
