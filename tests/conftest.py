@@ -16,9 +16,6 @@ REPO = Path(__file__).resolve().parents[1]
 # Session fixtures that start the real thing: a test using one is an integration test (`make check` leaves it to
 # `make test`), as is every test marked `integration` by hand (one that trains, serves or runs a pipeline itself).
 INTEGRATION_FIXTURES = {"spark", "shards_pipeline", "hf_model", "engine", "int8_model", "repository", "server"}
-# ... and a test on the session's Spark chain (its SparkSession, the shards pipeline built on it, the models trained
-# from those shards) is a `spark` test: `make test` runs them in one process, every other test in a second beside it.
-SPARK_FIXTURES = {"spark", "shards_pipeline"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -27,11 +24,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     from tests.backfill import TEST_ID
 
     for item in items:
-        fixtures = set(getattr(item, "fixturenames", ()))
-        if INTEGRATION_FIXTURES & fixtures:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
-        if SPARK_FIXTURES & fixtures:
-            item.add_marker(pytest.mark.spark)
     items.sort(key=lambda item: item.nodeid == TEST_ID)
 
 
