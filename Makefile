@@ -188,9 +188,10 @@ unit: $(STAMP) toolchains
 
 ## test: the whole test suite (unit tests beside integration tests with real Spark and MLflow). One process: split in
 ##       two side by side (the Spark chain and the rest) it took longer on 2 cores (30.9 against 26.8 minutes), the
-##       suite being bound by CPU, not by waits.
+##       suite being bound by CPU, not by waits. Every test's time goes to build/test-times.xml (JUnit), where the
+##       suite's cost by file and by fixture can be read.
 test: setup
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q --durations=15 --junitxml=build/test-times.xml
 
 ## bench-setup: the benchmarks' own venv with the peers that must stay out of the product's lock (datatrove)
 BENCH_VENV := .venv-bench

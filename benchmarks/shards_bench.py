@@ -51,7 +51,13 @@ def single_process(docs: pd.DataFrame, tok, cfg: ShardsConfig, fast: bool) -> tu
         return [e.ids for e in encode(texts, add_special_tokens=False)]
 
     encoded = encode_documents(
-        list(zip(docs["id"], docs["content"])), encode_batch, ids, cfg.seed, cfg.fim_rate, cfg.fim_spm_rate
+        list(zip(docs["id"], docs["content"])),
+        encode_batch,
+        ids,
+        cfg.seed,
+        cfg.fim_rate,
+        cfg.fim_spm_rate,
+        cfg.fim_example_tokens,
     )
     for tokens, _ in encoded:
         for _sample in packer.add(tokens):

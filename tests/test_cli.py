@@ -43,6 +43,12 @@ def test_unknown_stage_is_one_line(tmp_path: Path) -> None:
     )
 
 
+def test_an_unknown_command_is_a_usage_error_not_a_traceback() -> None:
+    proc = lathe("nosuchcommand")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "│" not in proc.stderr, proc.stderr
+    assert "Error: No such command 'nosuchcommand'." in proc.stderr and "--help' for help." in proc.stderr
+
+
 def test_finetune_names_its_method_data_and_starting_model(tmp_path: Path) -> None:
     from lathe.pipelines.cli.pipeline import finetune_overrides
     from lathe.pipelines.config import load_config

@@ -6,7 +6,7 @@ import pytest
 
 from lathe.core.fim import FimIds, fim_prompt, fit_context
 from lathe.serving.engine import Engine, RequestError
-from lathe.tokenizer.fim import SpecialIds, encode_documents, fim_split
+from lathe.tokenizer.fim import SpecialIds, encode_documents, fim_splits
 from tests.served import reference
 
 IDS = FimIds(prefix=-1, middle=-2, suffix=-3)
@@ -47,8 +47,8 @@ def test_training_and_serving_lay_out_fim_alike(engine: Engine) -> None:
     vocab = engine.tokenizer.get_vocab()
     ids = SpecialIds(engine.eos_id, vocab["<fim_prefix>"], vocab["<fim_middle>"], vocab["<fim_suffix>"])
     text = "def area(r):\n    return 3.14159 * r * r\n\nprint(area(2))\n"
-    doc = next(str(i) for i in range(1000) if (cut := fim_split(text, str(i), 0, 1.0, 0.0)) and cut.prefix and cut.suffix)
-    cut = fim_split(text, doc, 0, 1.0, 0.0)
+    doc = next(str(i) for i in range(1000) if (cut := fim_splits(text, str(i), 0, 1.0, 0.0)[0]) and cut.prefix and cut.suffix)
+    [cut] = fim_splits(text, doc, 0, 1.0, 0.0)
     [(tokens, fim)] = encode_documents([(doc, text)], lambda texts: [engine.encode(t) for t in texts], ids, 0, 1.0, 0.0)
     served = engine.parse(cut.prefix, {"suffix": cut.suffix, "max_tokens": 8}).prompt_ids
     assert fim and tokens[: len(served)] == served and tokens[len(served) : -1] == engine.encode(cut.middle)

@@ -10,7 +10,7 @@ import pytest
 
 from lathe.core.errors import InputError
 from lathe.tokenizer.config import TokenizerConfig
-from lathe.tokenizer.fim import SpecialIds, encode_document, fim_split
+from lathe.tokenizer.fim import FRAME_TOKENS, SpecialIds, encode_document, fim_splits, line_pieces
 from lathe.tokenizer.pack import Packer
 from lathe.tokenizer.special import BASE_SPECIAL_TOKENS, EOS, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, special_tokens
 from lathe.tokenizer.vocab import load_tokenizer, new_tokenizer, save_tokenizer, train_bpe
@@ -90,8 +90,8 @@ def test_fim_keeps_every_character_and_one_of_each_marker(seed: int) -> None:
     assert fim and tokens[-1] == IDS.eos and tokens.count(IDS.eos) == 1
     for marker in (IDS.prefix, IDS.middle, IDS.suffix):
         assert tokens.count(marker) == 1
-    cut = fim_split(text, f"doc{seed}", 1, 1.0, 0.5)
-    assert cut is not None and cut.prefix + cut.middle + cut.suffix == text
+    [cut] = fim_splits(text, f"doc{seed}", 1, 1.0, 0.5)
+    assert cut.prefix + cut.middle + cut.suffix == text
     body = tokens[:-1]
     if cut.mode == "psm":
         p, s, m = body.index(IDS.prefix), body.index(IDS.suffix), body.index(IDS.middle)
@@ -103,13 +103,46 @@ def test_fim_keeps_every_character_and_one_of_each_marker(seed: int) -> None:
         assert char_decode(body[m + 1 :]) + char_decode(body[2:m]) == text
 
 
+def test_line_pieces_cut_after_newlines_and_keep_every_character() -> None:
+    text = "".join(f"line {i}\n" for i in range(40))
+    pieces = line_pieces(text, 4)
+    assert "".join(pieces) == text and len(pieces) == 4
+    assert all(p.endswith("\n") for p in pieces) and max(map(len, pieces)) - min(map(len, pieces)) <= len("line 10\n")
+    assert line_pieces("x" * 100, 5) == ["x" * 100]  # one line: nowhere to cut
+    assert line_pieces(text, 1) == [text] and line_pieces("", 3) == [""]
+
+
+def test_a_long_fim_document_becomes_examples_that_each_fit_the_context() -> None:
+    """Each piece's prefix, suffix, middle and end lie within ``context`` tokens, and together they are the document."""
+    text = "".join(f"value_{i} = compute({i})\n" for i in range(200))  # 5,000+ characters: one token each
+    context = 256
+    tokens, fim = encode_document(text, "long", char_encode, IDS, seed=0, rate=1.0, spm_rate=0.5, context=context)
+    assert fim
+    examples, start = [], 0
+    for end in (i for i, t in enumerate(tokens) if t == IDS.eos):
+        examples.append(tokens[start : end + 1])
+        start = end + 1
+    assert start == len(tokens) and len(examples) >= len(text) // (context - FRAME_TOKENS)
+    line = max(map(len, text.splitlines(keepends=True)))
+    assert all(len(e) <= context + line for e in examples)  # a cut moves to the next line end: at most a line over
+    assert all(e.count(m) == 1 for e in examples for m in (IDS.prefix, IDS.middle, IDS.suffix))
+    pieces = [p.prefix + p.middle + p.suffix for p in fim_splits(text, "long", 0, 1.0, 0.5, len(examples)) or []]
+    assert "".join(pieces) == text
+    # a short document is one example, cut as without a context; a plain document is never cut
+    short = "def f(x):\n    return x * 2\n"
+    assert encode_document(short, "s", char_encode, IDS, 0, 1.0, 0.5, context) == encode_document(
+        short, "s", char_encode, IDS, 0, 1.0, 0.5
+    )
+    assert encode_document(text, "p", char_encode, IDS, 0, 0.0, 0.5, context) == (char_encode(text) + [IDS.eos], False)
+
+
 def test_fim_is_deterministic_per_id_and_follows_the_rate() -> None:
     text = "def f(x):\n    return x * 2\n"
     assert encode_document(text, "a", char_encode, IDS, 0, 0.5, 0.5) == encode_document(text, "a", char_encode, IDS, 0, 0.5, 0.5)
     assert encode_document(text, "a", char_encode, IDS, 0, 0.0, 0.5) == (char_encode(text) + [IDS.eos], False)
-    share = sum(fim_split(text, str(i), 0, 0.3, 0.5) is not None for i in range(2000)) / 2000
+    share = sum(fim_splits(text, str(i), 0, 0.3, 0.5) is not None for i in range(2000)) / 2000
     assert 0.25 < share < 0.35
-    modes = [fim_split(text, str(i), 0, 1.0, 0.5).mode for i in range(2000)]
+    modes = [fim_splits(text, str(i), 0, 1.0, 0.5)[0].mode for i in range(2000)]
     assert 0.45 < modes.count("spm") / 2000 < 0.55
 
 

@@ -57,6 +57,52 @@ def test_spike_detector_flags_jumps_not_noise() -> None:
     assert det.update(float("nan")).spike
 
 
+def test_a_time_budget_ends_training_and_its_cosine_schedule_on_time() -> None:
+    """A real Composer run whose batches take ~20 ms, a 1 s budget and a ceiling of 1,000 batches: it stops
+    near 1 s (not at the ceiling), and its learning rate has decayed to the schedule's floor at the end."""
+    from composer import Trainer
+    from composer.callbacks import LRMonitor
+    from composer.core import Callback
+    from composer.models import ComposerClassifier
+    from composer.optim import CosineAnnealingWithWarmupScheduler
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lathe.training.callbacks import TimeBudget
+    from lathe.training.config import TrainConfig
+
+    with pytest.raises(ValueError, match=r"time_budget_s needs train.max_duration in batches .* write it as <n>ba"):
+        TrainConfig(time_budget_s=10, max_duration="1000tok")
+
+    class Slow(Callback):
+        def batch_end(self, state, logger) -> None:  # type: ignore[no-untyped-def]
+            time.sleep(0.02)
+
+    lrs: list[float] = []
+
+    class LastLr(Callback):
+        def batch_end(self, state, logger) -> None:  # type: ignore[no-untyped-def]
+            lrs.append(state.schedulers[0].get_last_lr()[0])
+
+    data = TensorDataset(torch.randn(64, 4), torch.randint(0, 2, (64,)))
+    model = ComposerClassifier(torch.nn.Linear(4, 2), num_classes=2)
+    trainer = Trainer(
+        model=model,
+        train_dataloader=DataLoader(data, batch_size=4),
+        max_duration="1000ba",
+        optimizers=torch.optim.SGD(model.parameters(), lr=1.0),
+        schedulers=CosineAnnealingWithWarmupScheduler(t_warmup="2ba", alpha_f=0.1),
+        callbacks=[Slow(), LastLr(), LRMonitor(), TimeBudget(1.0, probe=10, skip=2)],
+        device="cpu",
+        progress_bar=False,
+    )
+    started = time.perf_counter()
+    trainer.fit()
+    took = time.perf_counter() - started
+    batches = int(trainer.state.timestamp.batch)
+    assert 15 < batches < 60 and took < 2.0, (batches, took)
+    assert lrs[-1] == pytest.approx(0.1, abs=0.02) and max(lrs) == pytest.approx(1.0, abs=0.05)
+
+
 def test_lion_follows_its_update_rule_and_minimises_a_quadratic() -> None:
     w = torch.nn.Parameter(torch.tensor([5.0, -3.0]))
     opt = DecoupledLionW([w], lr=0.1, betas=(0.9, 0.99), weight_decay=0.0)

@@ -57,6 +57,13 @@ class ShardsConfig(Strict):
     seq_len: int = Field(512, ge=8, description="Tokens per packed sample.")
     fim_rate: float = Field(0.5, ge=0, le=1, description="Share of documents turned into fill-in-the-middle examples.")
     fim_spm_rate: float = Field(0.5, ge=0, le=1, description="Share of FIM examples in SPM order (the rest PSM).")
+    fim_context: int | None = Field(
+        None,
+        ge=16,
+        description="Longest FIM example in tokens: a longer FIM document is cut at line ends into pieces that each "
+        "become a FIM example, so a middle and its end share one packed sample. None = half of seq_len (an example "
+        "that long lies whole in one sample about half the time); at most seq_len.",
+    )
     val_fraction: float = Field(0.02, gt=0, lt=1, description="Share of documents (stable hash of id) in validation.")
     seed: int = Field(0, description="Seed of the FIM decisions and of the sample order.")
     partitions: int = Field(4, ge=1, description="Writer partitions per split (one MDS sub-directory each).")
@@ -65,3 +72,17 @@ class ShardsConfig(Strict):
     output: str | None = Field(
         None, description="Where the shards go: a local path or an object-store URI; default the stage folder."
     )
+
+    @model_validator(mode="after")
+    def _fim_fits(self) -> ShardsConfig:
+        if self.fim_context is not None and self.fim_context > self.seq_len:
+            raise ValueError(
+                f"shards.fim_context={self.fim_context} is longer than shards.seq_len={self.seq_len}: a FIM example "
+                "would never fit one sample; lower shards.fim_context or leave it unset"
+            )
+        return self
+
+    @property
+    def fim_example_tokens(self) -> int:
+        """The longest FIM example, in tokens (``fim_context``, or half of ``seq_len``)."""
+        return self.fim_context or self.seq_len // 2

@@ -256,6 +256,6 @@ SHARDS: Stage[Any] = Stage(
     outputs={"mds": "mds"},  # mds/<stream>/{train,val}; shards.output puts them elsewhere (an object store)
     summarize=summarize_shards_stage,
     headline=shards_headline,
-    version="2",  # 2: one stream per data snapshot
+    version="3",  # 2: one stream per data snapshot; 3: a long FIM document is cut into context-sized examples
     incremental=True,  # the earlier streams are kept and a new one holds the new documents
 )

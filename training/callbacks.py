@@ -135,6 +135,47 @@ class TrainMetricsEvery(Callback):
             state.train_metrics = self._metrics  # checkpoints and callers after fit see them all
 
 
+class TimeBudget(Callback):
+    """Fits ``max_duration`` to a wall-clock budget: after ``skip`` warm-up batches it times ``probe`` more,
+    then sets ``max_duration`` to the batches that fit in what is left of ``seconds`` (never above the
+    configured ceiling). Composer's schedulers read ``max_duration`` at every step, so a cosine decay
+    ends at its floor on time instead of being cut off. Rank 0 decides and every rank takes its number:
+    ranks that disagreed on the length would wait on each other forever.
+    """
+
+    def __init__(self, seconds: float, probe: int = 20, skip: int = 3, margin: float = 0.97) -> None:
+        self.seconds, self.probe, self.skip, self.margin = seconds, probe, skip, margin
+        self.started = 0.0
+        self.probe_started = 0.0
+        self.batches = 0
+        self.fitted: int | None = None  # the batches chosen, once chosen
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        self.started, self.batches, self.fitted = time.perf_counter(), 0, None
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        from composer.core import Time, TimeUnit
+
+        if self.fitted is not None:
+            return
+        self.batches += 1
+        now = time.perf_counter()
+        if self.batches == self.skip:
+            self.probe_started = now
+        if self.batches < self.skip + self.probe:
+            return
+        per_batch = (now - self.probe_started) / self.probe
+        done = int(state.timestamp.batch)
+        ceiling = state.max_duration
+        assert ceiling is not None and ceiling.unit == TimeUnit.BATCH  # the config's validator asks for <n>ba
+        left = (self.seconds - (now - self.started)) * self.margin
+        chosen = [min(ceiling.value, done + max(1, int(left / per_batch)))]
+        dist.broadcast_object_list(chosen, src=0)
+        self.fitted = chosen[0]
+        state.max_duration = Time(self.fitted, TimeUnit.BATCH)
+        logger.log_hyperparameters({"time_budget/batches": self.fitted, "time_budget/seconds_per_batch": per_batch})
+
+
 class JsonlLogger(LoggerDestination):
     """Every logged metric as a JSON line (step, metrics): easy to diff between runs."""
 

@@ -156,6 +156,23 @@ class TrainConfig(ComposerConfig):
     )
     continued: ContinueConfig = Field(default_factory=ContinueConfig)
     mixture: MixtureConfig = Field(default_factory=MixtureConfig)
+    time_budget_s: float | None = Field(
+        None,
+        gt=0,
+        description="Wall-clock seconds the training loop may take, from its first batch: once a few batches are "
+        "timed, max_duration (in ba) is lowered to the batches that fit, so the cosine schedule still ends at its "
+        "floor; max_duration stays the ceiling. For a profile that is to train for a fixed time on machines of "
+        "unequal speed. None = max_duration as given.",
+    )
+
+    @model_validator(mode="after")
+    def _budget_in_batches(self) -> TrainConfig:
+        if self.time_budget_s is not None and not self.max_duration.endswith("ba"):
+            raise ValueError(
+                f"train.time_budget_s needs train.max_duration in batches (the ceiling), got {self.max_duration!r}; "
+                "write it as <n>ba"
+            )
+        return self
 
 
 class FinetuneConfig(ComposerConfig):

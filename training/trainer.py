@@ -27,7 +27,7 @@ from lathe.core.models import ModelSource
 from lathe.tokenizer.special import EOS, PAD
 from lathe.tokenizer.streams import release_filelocks
 from lathe.tokenizer.vocab import copy_tokenizer, load_tokenizer
-from lathe.training.callbacks import JsonlLogger, LossSpikeMonitor, MLflowRunLogger, TrainMetricsEvery
+from lathe.training.callbacks import JsonlLogger, LossSpikeMonitor, MLflowRunLogger, TimeBudget, TrainMetricsEvery
 from lathe.training.config import ComposerConfig, OptimizerConfig
 from lathe.training.data import build_dataloader, check_split, registering_streams
 from lathe.training.init import check_architecture, load_initial_weights
@@ -285,7 +285,11 @@ def run_training(job: TrainJob) -> dict[str, Any]:
         folder=None if job.trial else job_folder(job),
         run_name=job.run_name,
         loggers=run_loggers(tc, out, job.run_name, job.mlflow_uri, job.mlflow_run_id),
-        callbacks=[spikes, TrainMetricsEvery(tc.train_metrics_every)],
+        callbacks=[
+            spikes,
+            TrainMetricsEvery(tc.train_metrics_every),
+            *([TimeBudget(tc.time_budget_s)] if tc.time_budget_s else []),
+        ],
         eval_subset_num_batches=tc.eval_subset_num_batches,
     )
     if job.trial:  # a profiling trial: its batches and the speed monitor's throughput in metrics.jsonl, nothing else

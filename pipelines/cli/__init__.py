@@ -29,12 +29,17 @@ def main() -> None:
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
     except Exception as exc:
         import click
+        from typer.exceptions import TyperException
 
-        if isinstance(exc, click.exceptions.ClickException):
+        # Typer 0.2x parses with its own copy of click: a usage error (an unknown command, a missing argument) is a
+        # TyperException there, click's own ClickException elsewhere; both know how to print themselves.
+        if isinstance(exc, (click.exceptions.ClickException, TyperException)) and hasattr(exc, "show"):
             exc.show()
-            sys.exit(exc.exit_code)
+            sys.exit(getattr(exc, "exit_code", 2))
         if isinstance(exc, click.exceptions.Abort):
             sys.exit(130)
         raise
