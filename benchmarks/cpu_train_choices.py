@@ -6,13 +6,17 @@ model shape and vocabulary, fp32 against bf16 autocast, eager against torch.comp
 Each row times forward + backward + AdamW steps of lathe's model (transformers' Llama, SwiGLU, tied
 embeddings, SDPA attention) on random token ids, after one warm-up step, with torch's threads set to the
 machine's cores. Beside the rows: the GEMM throughput of this CPU in fp32 and bf16 (what says whether bf16
-can help: without native bf16 instructions it is emulated) and torch's CPU capability.
+can help: without native bf16 instructions it is emulated) and torch's CPU capability; and the profile's
+row again in a fresh process under each memory allocator, glibc's and jemalloc's (`lathe.core.allocator`,
+as `make cpu-profile` trains), since a step frees and re-faults hundreds of megabytes of activations.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from benchmarks.common import emit
+from lathe.core.allocator import jemalloc_env
 from lathe.training.config import ModelConfig
 from lathe.training.model import ffn_hidden
 
@@ -97,18 +102,33 @@ def step_tokens_per_s(row: tuple, steps: int) -> dict:
     }
 
 
+def in_fresh_process(row: int, steps: int, env: dict[str, str]) -> dict:
+    """One row timed by a new interpreter with ``env`` (an allocator is chosen when a process starts)."""
+    cmd = [sys.executable, __file__, "--row", str(row), "--steps", str(steps)]
+    done = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--row", type=int, help="time this row alone and print it as JSON (for a fresh process)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/cpu_train_choices.json"))
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
+    if args.row is not None:
+        print(json.dumps(step_tokens_per_s(ROWS[args.row], args.steps)))
+        return
+    jemalloc = jemalloc_env()
     report = {
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "gemm_gflops_fp32": round(gemm_gflops(torch.float32), 1),
         "gemm_gflops_bf16": round(gemm_gflops(torch.bfloat16, n=3), 1),
         "rows": [step_tokens_per_s(row, args.steps) for row in ROWS],
+        # row 4: the profile's shape and vocabulary (4 x 256, 8,192)
+        "allocator_glibc": in_fresh_process(4, args.steps, {}),
+        "allocator_jemalloc": in_fresh_process(4, args.steps, jemalloc) if jemalloc else "libjemalloc2 not installed",
     }
     emit(report, args.out)
 

@@ -58,6 +58,7 @@ def single_process(docs: pd.DataFrame, tok, cfg: ShardsConfig, fast: bool) -> tu
         cfg.fim_rate,
         cfg.fim_spm_rate,
         cfg.fim_example_tokens,
+        cfg.fim_line_rate,
     )
     for tokens, _ in encoded:
         for _sample in packer.add(tokens):

@@ -119,9 +119,9 @@ def test_same_dag_on_kubernetes_by_configuration(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(2400)  # it waits for the background backfill (started at collection), at most 1,800 s
-def test_a_backfill_of_three_intervals_retrains_three_chained_versions() -> None:
-    """`make dag-test`: dag.test() over three daily intervals of a git source that gains code each day,
-    every stage run for real through the CLI on a small profile, each run approved and promoted."""
+def test_a_backfill_of_two_intervals_retrains_two_chained_versions() -> None:
+    """`make dag-test` (two of its three days): dag.test() over daily intervals of a git source that gains code
+    each day, every stage run for real through the CLI on a small profile, each run approved and promoted."""
     from lathe.core.models import ModelRegistry
 
     run = backfill.start()  # started at collection; this waits for it
@@ -129,12 +129,12 @@ def test_a_backfill_of_three_intervals_retrains_three_chained_versions() -> None
         pytest.fail(f"{AIRFLOW_PYTHON} not found; run `make setup` (it installs Airflow in its own venv)")
     code, output = run.wait()
     assert code == 0, output[-3000:]
-    assert "ran raw -> production end to end for 3 intervals" in output
+    assert "ran raw -> production end to end for 2 intervals" in output
     registry = ModelRegistry("lathe-code", MlflowClient(f"sqlite:///{run.scratch / 'runs' / 'mlflow.db'}"))
-    chain = registry.lineage_chain("3")
-    assert [link["version"] for link in chain] == ["3", "2", "1"]  # each interval continued from the one before
-    tags = [registry.lineage(v) for v in ("1", "2", "3")]
-    assert [t["lathe.parent_version"] for t in tags] == ["", "1", "2"]
-    assert len({t["lathe.data_snapshot"] for t in tags}) == 3  # one snapshot per interval
-    assert len({t["lathe.tokenizer"] for t in tags}) == 1  # one vocabulary, kept across the retrains
-    assert registry.find("production") == "3"
+    chain = registry.lineage_chain("2")
+    assert [link["version"] for link in chain] == ["2", "1"]  # the second interval continued from the first
+    tags = [registry.lineage(v) for v in ("1", "2")]
+    assert [t["lathe.parent_version"] for t in tags] == ["", "1"]
+    assert len({t["lathe.data_snapshot"] for t in tags}) == 2  # one snapshot per interval
+    assert len({t["lathe.tokenizer"] for t in tags}) == 1  # one vocabulary, kept across the retrain
+    assert registry.find("production") == "2"

@@ -10,7 +10,7 @@ import pytest
 
 from lathe.core.errors import InputError
 from lathe.tokenizer.config import TokenizerConfig
-from lathe.tokenizer.fim import FRAME_TOKENS, SpecialIds, encode_document, fim_splits, line_pieces
+from lathe.tokenizer.fim import FRAME_TOKENS, SpecialIds, encode_document, fim_splits, line_pieces, line_span
 from lathe.tokenizer.pack import Packer
 from lathe.tokenizer.special import BASE_SPECIAL_TOKENS, EOS, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, special_tokens
 from lathe.tokenizer.vocab import load_tokenizer, new_tokenizer, save_tokenizer, train_bpe
@@ -134,6 +134,19 @@ def test_a_long_fim_document_becomes_examples_that_each_fit_the_context() -> Non
         short, "s", char_encode, IDS, 0, 1.0, 0.5
     )
     assert encode_document(text, "p", char_encode, IDS, 0, 0.0, 0.5, context) == (char_encode(text) + [IDS.eos], False)
+
+
+def test_line_middles_are_whole_lines_mostly_one() -> None:
+    text = "".join(f"    x_{i} = f({i})\n" for i in range(30))
+    spans = [line_span(text, random.Random(seed)) for seed in range(400)]
+    middles = [text[i:j] for i, j in spans]
+    assert all(text[:i] == "" or text[:i].endswith("\n") for i, _ in spans) and all(m.endswith("\n") for m in middles)
+    lines = [m.count("\n") for m in middles]
+    assert 0.4 < lines.count(1) / len(lines) < 0.6 and 0.15 < lines.count(2) / len(lines) < 0.35
+    cuts = [fim_splits(text, str(i), 0, 1.0, 0.5, line_rate=0.5) for i in range(400)]
+    whole = sum(c[0].middle.endswith("\n") and (c[0].prefix == "" or c[0].prefix.endswith("\n")) for c in cuts if c)
+    assert 0.45 < whole / 400 < 0.7  # half are line middles; a random cut is whole lines now and then
+    assert fim_splits(text, "a", 0, 1.0, 0.5) == fim_splits(text, "a", 0, 1.0, 0.5, line_rate=0.0)
 
 
 def test_fim_is_deterministic_per_id_and_follows_the_rate() -> None:

@@ -58,8 +58,9 @@ def test_spike_detector_flags_jumps_not_noise() -> None:
 
 
 def test_a_time_budget_ends_training_and_its_cosine_schedule_on_time() -> None:
-    """A real Composer run whose batches take ~20 ms, a 1 s budget and a ceiling of 1,000 batches: it stops
-    near 1 s (not at the ceiling), and its learning rate has decayed to the schedule's floor at the end."""
+    """A real Composer run whose batches take at least 20 ms, a 1 s budget and a ceiling of 1,000 batches (20 s):
+    it stops far below the ceiling, and its learning rate has decayed to the schedule's floor at the end. (No
+    bound on the wall time: a busy machine makes the batches slower and the fitted run shorter.)"""
     from composer import Trainer
     from composer.callbacks import LRMonitor
     from composer.core import Callback
@@ -95,11 +96,9 @@ def test_a_time_budget_ends_training_and_its_cosine_schedule_on_time() -> None:
         device="cpu",
         progress_bar=False,
     )
-    started = time.perf_counter()
     trainer.fit()
-    took = time.perf_counter() - started
     batches = int(trainer.state.timestamp.batch)
-    assert 15 < batches < 60 and took < 2.0, (batches, took)
+    assert batches <= 50 and len(lrs) == batches  # 1 s holds at most 50 batches of 20 ms
     assert lrs[-1] == pytest.approx(0.1, abs=0.02) and max(lrs) == pytest.approx(1.0, abs=0.05)
 
 

@@ -57,6 +57,14 @@ class ShardsConfig(Strict):
     seq_len: int = Field(512, ge=8, description="Tokens per packed sample.")
     fim_rate: float = Field(0.5, ge=0, le=1, description="Share of documents turned into fill-in-the-middle examples.")
     fim_spm_rate: float = Field(0.5, ge=0, le=1, description="Share of FIM examples in SPM order (the rest PSM).")
+    fim_line_rate: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of FIM examples whose middle is whole lines (one, or more with halving odds) instead of "
+        "the span between two random characters: a completion at a line's end, which a small model learns to close "
+        "sooner. The rest keep the random cut, so a cursor inside a line stays trained.",
+    )
     fim_context: int | None = Field(
         None,
         ge=16,

@@ -53,15 +53,33 @@ def line_pieces(text: str, pieces: int) -> list[str]:
     return [text[a:b] for a, b in zip(cuts, cuts[1:])]
 
 
-def fim_splits(text: str, doc_id: str, seed: int, rate: float, spm_rate: float, pieces: int = 1) -> list[FimSplit] | None:
+def line_span(text: str, rng: random.Random) -> tuple[int, int]:
+    """A middle of whole lines: from the start of a random line, one line, or more with halving odds
+    (1: 1/2, 2: 1/4, ...); the prefix ends and the suffix starts at a line boundary."""
+    starts = [0, *(i + 1 for i, c in enumerate(text) if c == "\n" and i + 1 < len(text))]
+    first = rng.randrange(len(starts))
+    last = first + 1
+    while last < len(starts) and rng.random() < 0.5:
+        last += 1
+    return starts[first], starts[last] if last < len(starts) else len(text)
+
+
+def fim_splits(
+    text: str, doc_id: str, seed: int, rate: float, spm_rate: float, pieces: int = 1, line_rate: float = 0.0
+) -> list[FimSplit] | None:
     """The FIM cuts of a document, one per piece of :func:`line_pieces`, or None when it stays a plain
-    left-to-right document (decided once per document, so ``rate`` is the share of documents)."""
+    left-to-right document (decided once per document, so ``rate`` is the share of documents). A share
+    ``line_rate`` of the pieces gets a middle of whole lines (:func:`line_span`), the rest one between two
+    random characters."""
     rng = random.Random(f"fim:{seed}:{doc_id}")
     if rng.random() >= rate:
         return None
     out = []
     for piece in line_pieces(text, pieces):
-        i, j = sorted((rng.randint(0, len(piece)), rng.randint(0, len(piece))))
+        if line_rate and rng.random() < line_rate:
+            i, j = line_span(piece, rng)
+        else:
+            i, j = sorted((rng.randint(0, len(piece)), rng.randint(0, len(piece))))
         mode = "spm" if rng.random() < spm_rate else "psm"
         out.append(FimSplit(mode, piece[:i], piece[i:j], piece[j:]))
     return out
@@ -104,6 +122,7 @@ def encode_documents(
     rate: float,
     spm_rate: float,
     context: int | None = None,
+    line_rate: float = 0.0,
 ) -> list[tuple[list[int], bool]]:
     """Token ids of (id, text) documents, FIM-transformed or not, each ending in ``<|endoftext|>``.
 
@@ -115,7 +134,7 @@ def encode_documents(
     whole = encode_batch([text for _, text in docs])
     room = None if context is None else max(1, context - FRAME_TOKENS)
     cuts = [
-        fim_splits(text, doc_id, seed, rate, spm_rate, 1 if room is None else -(-len(tokens) // room))
+        fim_splits(text, doc_id, seed, rate, spm_rate, 1 if room is None else -(-len(tokens) // room), line_rate)
         for (doc_id, text), tokens in zip(docs, whole)
     ]
     encoded = iter(encode_batch([piece for splits in cuts for c in splits or [] for piece in (c.prefix, c.middle, c.suffix)]))

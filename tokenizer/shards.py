@@ -86,7 +86,7 @@ def write_stream(
     spark = docs.sparkSession
     shared = spark.sparkContext.broadcast(tokenizer_json)
     seed, rate, spm_rate, seq_len, size_limit = cfg.seed, cfg.fim_rate, cfg.fim_spm_rate, cfg.seq_len, cfg.shard_size_limit
-    fim_context = cfg.fim_example_tokens
+    fim_context, line_rate = cfg.fim_example_tokens, cfg.fim_line_rate
     codec = Codec.parse(cfg.compression)  # fail in the driver, before any task starts
     dtype = token_dtype(vocab_size)
     slots = cfg.partitions * len(SPLITS)
@@ -146,7 +146,7 @@ def write_stream(
 
         for pdf in batches:
             docs_in = list(zip(pdf["id"], pdf["content"]))
-            encoded = encode_documents(docs_in, encode_batch, ids, seed, rate, spm_rate, fim_context)
+            encoded = encode_documents(docs_in, encode_batch, ids, seed, rate, spm_rate, fim_context, line_rate)
             for key_split, key_part, (tokens, fim) in zip(pdf["split"], pdf["part"], encoded):
                 key = (key_split, int(key_part))
                 if key != current:

@@ -31,7 +31,7 @@ LEDGER = "docs"  # <stream>/docs: parquet (id, digest) of the documents a stream
 # evaluations that need text and its language (bits per byte and line completion per language)
 HELD_OUT = "held_out"
 # Shards settings that change what a stream's samples are: earlier streams made with others are not reused.
-SAMPLE_SETTINGS = ("seq_len", "fim_rate", "fim_spm_rate", "fim_context", "seed")
+SAMPLE_SETTINGS = ("seq_len", "fim_rate", "fim_spm_rate", "fim_line_rate", "fim_context", "seed")
 
 
 class StreamInfo(Strict):

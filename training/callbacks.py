@@ -136,44 +136,52 @@ class TrainMetricsEvery(Callback):
 
 
 class TimeBudget(Callback):
-    """Fits ``max_duration`` to a wall-clock budget: after ``skip`` warm-up batches it times ``probe`` more,
-    then sets ``max_duration`` to the batches that fit in what is left of ``seconds`` (never above the
-    configured ceiling). Composer's schedulers read ``max_duration`` at every step, so a cosine decay
-    ends at its floor on time instead of being cut off. Rank 0 decides and every rank takes its number:
-    ranks that disagreed on the length would wait on each other forever.
+    """Fits ``max_duration`` to a wall-clock budget from the measured step time.
+
+    After ``skip`` warm-up batches it times the batches that follow; at ``probe``, ``2 x probe``,
+    ``4 x probe``, ... timed batches, while less than half the budget is spent, it sets
+    ``max_duration`` to the batches that fit in what is left (never above the configured ceiling).
+    The estimate sharpens as the run goes (a machine shared with other work speeds up or slows
+    down), and it stops moving in the second half, where the learning rate decays. Composer's
+    schedulers read ``max_duration`` at every step, so the cosine decay ends at its floor on time
+    instead of being cut off. Rank 0 decides and every rank takes its number: ranks that disagreed
+    on the length would wait on each other forever.
     """
 
     def __init__(self, seconds: float, probe: int = 20, skip: int = 3, margin: float = 0.97) -> None:
         self.seconds, self.probe, self.skip, self.margin = seconds, probe, skip, margin
         self.started = 0.0
-        self.probe_started = 0.0
+        self.timing_from = 0.0
         self.batches = 0
-        self.fitted: int | None = None  # the batches chosen, once chosen
+        self.next_fit = skip + probe
+        self.ceiling = 0  # the configured max_duration, in batches
 
     def fit_start(self, state: State, logger: Logger) -> None:
-        self.started, self.batches, self.fitted = time.perf_counter(), 0, None
+        from composer.core import TimeUnit
+
+        assert state.max_duration is not None and state.max_duration.unit == TimeUnit.BATCH  # the config asks for <n>ba
+        self.started, self.batches, self.next_fit = time.perf_counter(), 0, self.skip + self.probe
+        self.ceiling = int(state.max_duration.value)
 
     def batch_end(self, state: State, logger: Logger) -> None:
         from composer.core import Time, TimeUnit
 
-        if self.fitted is not None:
-            return
         self.batches += 1
         now = time.perf_counter()
         if self.batches == self.skip:
-            self.probe_started = now
-        if self.batches < self.skip + self.probe:
+            self.timing_from = now
+        if self.batches != self.next_fit:
             return
-        per_batch = (now - self.probe_started) / self.probe
-        done = int(state.timestamp.batch)
-        ceiling = state.max_duration
-        assert ceiling is not None and ceiling.unit == TimeUnit.BATCH  # the config's validator asks for <n>ba
+        timed = self.batches - self.skip
+        self.next_fit = self.skip + 2 * timed
+        if now - self.started > self.seconds / 2 and timed > self.probe:
+            return  # the decay has begun: the length stays as last fitted
+        per_batch = (now - self.timing_from) / timed
         left = (self.seconds - (now - self.started)) * self.margin
-        chosen = [min(ceiling.value, done + max(1, int(left / per_batch)))]
+        chosen = [min(self.ceiling, int(state.timestamp.batch) + max(1, int(left / per_batch)))]
         dist.broadcast_object_list(chosen, src=0)
-        self.fitted = chosen[0]
-        state.max_duration = Time(self.fitted, TimeUnit.BATCH)
-        logger.log_hyperparameters({"time_budget/batches": self.fitted, "time_budget/seconds_per_batch": per_batch})
+        state.max_duration = Time(chosen[0], TimeUnit.BATCH)
+        logger.log_metrics({"time_budget/batches": chosen[0], "time_budget/seconds_per_batch": per_batch})
 
 
 class JsonlLogger(LoggerDestination):

@@ -1,5 +1,5 @@
 """`make dag-test`: a backfill of raw_to_production over three daily intervals with `dag.test()`
-(in .venv-airflow).
+(in .venv-airflow; LATHE_DAG_TEST_DAYS=2 backfills the first two, as the test suite does).
 
 The source is a git repository that gains code every day (commits dated inside each
 interval). Each interval's run reads it as of its data interval's end, and runs every stage
@@ -32,7 +32,7 @@ DAYS = [
     (datetime(2026, 1, 1, tzinfo=UTC), ["email", "importlib", "concurrent", "json"]),
     (datetime(2026, 1, 2, tzinfo=UTC), ["http", "xml"]),
     (datetime(2026, 1, 3, tzinfo=UTC), ["urllib", "logging"]),
-]
+][: int(os.environ.get("LATHE_DAG_TEST_DAYS", "3"))]
 SMALL = [
     f"run.runs_dir={scratch / 'runs'}",
     f"data.sources=[{{kind: tree, paths: [{SOURCE}], repo: stdlib}}]",
