@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,52 @@ def tracking_uri(runs_dir: Path, configured: str | None) -> str:
     return configured or f"sqlite:///{runs_dir.resolve()}/mlflow.db"
 
 
+def _migrated_store() -> Path | None:
+    """An empty SQLite store MLflow has created and migrated, one per MLflow version, in the user's cache
+    (None where the cache is not writable: then each new store migrates itself)."""
+    import mlflow
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lathe"
+    template = cache / f"mlflow-{mlflow.__version__}.db"
+    if template.is_file():
+        return template
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache) as scratch:
+            partial = Path(scratch) / "mlflow.db"
+            mlflow.MlflowClient(f"sqlite:///{partial}").search_experiments()  # creates the tables, migrates them
+            partial.replace(template)  # whole or not at all, whichever process gets there first
+    except OSError:
+        return None
+    return template
+
+
+def seed_store(uri: str) -> None:
+    """Start a new SQLite store as a copy of an empty migrated one: MLflow's migrations take ~4 s per new
+    store on 2 cores, and every profile, backfill day and test makes a store. Its Default experiment
+    keeps its artifacts under the store's folder. No-op for an existing store or another backend."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    if path.exists() or (template := _migrated_store()) is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        copy = Path(scratch) / path.name
+        copy.write_bytes(template.read_bytes())
+        now = int(time.time() * 1000)
+        with sqlite3.connect(copy) as db:
+            db.execute(
+                "UPDATE experiments SET artifact_location = ?, creation_time = ?, last_update_time = ? WHERE experiment_id = 0",
+                (str(path.parent.resolve() / "mlartifacts" / "0"), now, now),
+            )
+        db.close()
+        try:
+            os.link(copy, path)  # never replaces a store another process created meanwhile
+        except FileExistsError:
+            pass
+
+
 def setup_tracking(runs_dir: Path, configured_uri: str | None, experiment: str) -> str:
     """Point MLflow at the store and experiment (artifacts beside the store); return the URI."""
     import mlflow
@@ -27,6 +76,7 @@ def setup_tracking(runs_dir: Path, configured_uri: str | None, experiment: str) 
     global _last_set
     uri = tracking_uri(runs_dir, configured_uri)
     runs_dir.mkdir(parents=True, exist_ok=True)
+    seed_store(uri)
     mlflow.set_tracking_uri(uri)
     _last_set = uri
     if mlflow.get_experiment_by_name(experiment) is None:

@@ -276,3 +276,45 @@ def test_optional_stages_run_only_when_named_or_needed() -> None:
     assert default == ["data", "tokenizer", "shards", "train", "eval", "package", "canary"]  # `make all`: no post-training
     assert [s.name for s in select_stages(["sft_eval"])] == ["data", "pairs", "sft", "sft_eval"]
     assert [s.name for s in select_stages(["dpo"])] == ["data", "pairs", "preferences", "dpo"]
+
+
+def test_a_new_sqlite_store_starts_from_the_migrated_template(tmp_path: Path, monkeypatch) -> None:
+    import sqlite3
+
+    from lathe.core.tracking import seed_store, setup_tracking
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = setup_tracking(tmp_path / "runs", None, "lathe")
+    assert list((tmp_path / "cache" / "lathe").glob("mlflow-*.db"))  # made once, by MLflow itself
+    client = mlflow.MlflowClient(uri)
+    default = client.get_experiment("0")
+    assert default.name == "Default" and default.artifact_location == str((tmp_path / "runs" / "mlartifacts" / "0").resolve())
+    with mlflow.start_run(experiment_id=client.get_experiment_by_name("lathe").experiment_id) as run:
+        mlflow.log_metric("loss", 1.5)
+    assert client.get_run(run.info.run_id).data.metrics == {"loss": 1.5}
+    # an existing store is never replaced: its runs stay
+    seed_store(uri)
+    with sqlite3.connect(uri.removeprefix("sqlite:///")) as db:
+        assert db.execute("SELECT count(*) FROM runs").fetchone() == (1,)
+
+
+def test_spark_driver_maps_the_class_data_sharing_archive_when_there_is_one(tmp_path: Path, monkeypatch) -> None:
+    from lathe.core import spark as core_spark
+
+    archive = tmp_path / "spark-driver.jsa"
+    monkeypatch.setattr(core_spark, "cds_archive", lambda: archive)
+    assert "SharedArchiveFile" not in core_spark.driver_java_options()
+    archive.write_bytes(b"")
+    assert f"-XX:SharedArchiveFile={archive}" in core_spark.driver_java_options()
+    dump = core_spark.driver_java_options(tmp_path / "new.jsa")
+    assert f"-XX:ArchiveClassesAtExit={tmp_path / 'new.jsa'}" in dump and "SharedArchiveFile" not in dump
+    assert "-Dlog4j.configurationFile=" in dump  # the log config rides along either way
+
+
+def test_the_suites_spark_driver_runs_on_the_archive_make_setup_wrote(spark) -> None:
+    from lathe.core.spark import cds_archive
+
+    assert cds_archive().is_file(), f"{cds_archive()} is missing: `make setup` writes it"
+    bean = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()
+    assert f"-XX:SharedArchiveFile={cds_archive()}" in list(bean.getInputArguments())
