@@ -358,10 +358,19 @@ def test_a_joining_node_needs_shared_checkpoints_and_finished_inputs(shards_pipe
 
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(shards_pipeline, tmp_path: Path) -> None:
+    import shutil
+
     extra = ["train.max_duration=60ba", "train.wandb.enabled=false"]
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    # One at a time: streaming keys its shared memory by the local shard folder.
-    assert worker(job_for(shards_pipeline, whole, extra, "ref"), whole).wait(timeout=300) == 0
+    # The uninterrupted run beside the broken one, on its own copy of the shards: Streaming keys its
+    # shared memory by the local shard folder.
+    copy = tmp_path / "mds"
+    shutil.copytree(only_stream(shards_pipeline[0]), copy)
+    ref = job_for(shards_pipeline, whole, extra, "ref")
+    ref = ref.model_copy(
+        update={"streams": [ref.streams[0].model_copy(update={"uri": str(copy)})], "validation": {"val": [str(copy)]}}
+    )
+    reference = worker(ref, whole)
     job = job_for(shards_pipeline, broken, extra, "broken")
     proc = worker(job, broken)
     deadline = time.time() + 240
@@ -374,6 +383,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(shards_pipeline, tmp_p
     proc.wait()
     assert not (broken / "train_summary.json").exists()
     assert worker(job, broken).wait(timeout=300) == 0, (broken / "stdout.txt").read_text()[-2000:]
+    assert reference.wait(timeout=300) == 0, (whole / "stdout.txt").read_text()[-2000:]
     summary = json.loads((broken / "train_summary.json").read_text())
     assert 8 <= summary["resumed_at_batch"] < 60 and summary["batches"] == 60
     a, b = train_losses(whole), train_losses(broken)
