@@ -223,6 +223,7 @@ bench: setup bench-setup
 	$(BIN)/lathe run package --config $(CONFIG)
 	$(BIN)/python benchmarks/serve_bench.py --package runs/$$(basename $(CONFIG) .yaml)/package
 	$(BIN)/python benchmarks/retrain_bench.py
+	$(BIN)/python benchmarks/spark_startup.py
 	$(BIN)/python benchmarks/posttrain_bench.py --config $(CONFIG)
 	$(BIN)/python benchmarks/sweep_bench.py
 	$(BIN)/python benchmarks/inference_bench.py --config $(CONFIG)

@@ -11,6 +11,7 @@ from lathe.core.spark import SparkConfig
 from tests.served import engine, hf_model, int8_model, repository, server  # noqa: F401 - session fixtures shared by serving and gateway tests
 
 REPO = Path(__file__).resolve().parents[1]
+CANARIES = REPO / "tests" / "data" / "canaries"
 
 
 # Session fixtures that start the real thing: a test using one is an integration test (`make check` leaves it to
@@ -65,7 +66,8 @@ def spark():
 
 SMALL_PIPELINE = [
     "profile=small",
-    "data.sources=[{kind: embedded, max_bytes: 1500000, include_site_packages: false}]",
+    # the standard library, and the canary repository: credentials planted in Python, JavaScript and YAML
+    f"data.sources=[{{kind: embedded, max_bytes: 1500000, include_site_packages: false}}, {{kind: tree, paths: [{CANARIES}], license: MIT}}]",
     "data.partitions=2",
     "tokenizer.vocab_size=512",
     "tokenizer.reserved_sentinels=4",

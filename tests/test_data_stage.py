@@ -16,7 +16,7 @@ from rich.console import Console
 from lathe.core.stage import MANIFEST
 from lathe.pipelines.config import LatheConfig, load_config
 from lathe.pipelines.runner import run_pipeline
-from tests.conftest import SMALL_PIPELINE, make_code_tree
+from tests.conftest import CANARIES, SMALL_PIPELINE, make_code_tree, only_stream
 from tests.spark_cluster import standalone_cluster
 
 pytestmark = pytest.mark.spark
@@ -355,3 +355,62 @@ def test_a_standalone_cluster_cleans_exactly_as_local_mode(shards_pipeline, tmp_
     assert len(cluster) > 50 and cluster.equals(local)
     counts = [json.loads((d / "data" / MANIFEST).read_text())["counts"] for d in (runs / "small", profile_dir)]
     assert counts[0] == counts[1]
+
+
+# The credentials planted in tests/data/canaries (each as written there).
+PLANTED = [
+    "AKIAQ7LCNRY2X4TZ9W3M",
+    "q8Rz1vK0tLmN3bX7cY5wA2dF6gH9jP4sE0uI1oTb",
+    "Vn7kQ2zXpL9wX4mR",
+    "ghp_4fHq9ZtL2mXc8VbN1pRs7KdY3wJe6TuA0gQi",
+    "sk_live_51HqLcnRyT0k3nZ9xQ2vB7mW4pD8sF6gJ1kL3zX5c",
+    "xoxb-2210598671-3826619854261-Zq8LtR4mWc7VnB2pKs9Dy6Hf",
+    "9f8Kq2LmZ7xR4tVb1NcW6pYs3JdH0gUe5aTi8oQn",
+    "Tz4!mQ8rLw2#Xn6v",
+    "SG.hL3qN8vR2tXw.Kp7mZc4Yb9Fd1Gs6Jn0Qe5Ua3Ti8Oy2Lr4Hx7Vw1Mb",
+]
+
+
+def leaked(text: str) -> list[str]:
+    """The planted credentials any 8-character piece of which is in ``text``: a FIM example cuts a document
+    at random characters and reorders the pieces, so a whole secret need not be contiguous in a shard."""
+    return [s for s in PLANTED if any(s[i : i + 8] in text for i in range(len(s) - 7))]
+
+
+def test_planted_credentials_reach_no_kept_row_shard_vocabulary_or_xray(shards_pipeline) -> None:
+    from streaming import StreamingDataset
+
+    from lathe.tokenizer.special import PAD
+    from lathe.tokenizer.vocab import load_tokenizer
+
+    profile_dir, _, _ = shards_pipeline
+    assert len(leaked("".join(f.read_text() for f in CANARIES.rglob("*.*")))) == len(PLANTED)  # the check sees them
+    kept = pd.read_parquet(profile_dir / "data" / "kept", columns=["path", "content"]).set_index("path")["content"]
+    canaries = kept[kept.index.str.startswith("canaries/billing/")]
+    # every canary file is kept, redacted: the secrets are gone, not the files
+    assert sorted(canaries.index) == [
+        "canaries/billing/deploy.yaml",
+        "canaries/billing/notify.js",
+        "canaries/billing/settings.py",
+    ]
+    assert all("<KEY>" in text for text in canaries) and "<PASSWORD>" in canaries["canaries/billing/deploy.yaml"]
+    assert leaked("".join(kept)) == []
+    pool = pd.read_parquet(profile_dir / "data" / "pool", columns=["content"])["content"].dropna()
+    assert leaked("".join(pool)) == []
+    # every training and validation sample, decoded as the model reads it
+    tok = load_tokenizer(profile_dir / "tokenizer")
+    pad = tok.token_to_id(PAD)
+    decoded = []
+    for split in ("train", "val"):
+        ds = StreamingDataset(local=str(only_stream(profile_dir) / split), shuffle=False, batch_size=1)
+        decoded += [tok.decode([int(t) for t in ds[i]["tokens"] if t != pad], skip_special_tokens=False) for i in range(len(ds))]
+    shards = "".join(decoded)
+    assert "invoice_total" in shards or "formatAmount" in shards  # the canary files did reach the shards
+    assert leaked(shards) == []
+    assert leaked((profile_dir / "tokenizer" / "tokenizer.json").read_text()) == []
+    xray = [
+        f.read_text(errors="replace")
+        for f in (profile_dir / "data" / "xray").rglob("*")
+        if f.suffix in {".json", ".md", ".html", ".txt", ".csv"}
+    ]
+    assert xray and leaked("".join(xray)) == []
