@@ -96,7 +96,7 @@ def profile_table(runs: Path) -> dict[str, Any]:
         },
         "infilling_tasks": infilling["tasks"],
         "infilling": {
-            label: {k: f[k] for k in ("pass@1", "exact_match", "edit_similarity", "ended")}
+            label: {k: f[k] for k in ("pass@1", "exact_match", "edit_similarity", "ended", "end_probability") if k in f}
             for label, f in [*infilling["modes"].items(), *((f"floor {n}", f) for n, f in infilling["floors"].items())]
         },
     }

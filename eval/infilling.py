@@ -171,7 +171,8 @@ def score_infilling(
     assembly, classification and pool as :func:`lathe.eval.humaneval.score`: the completion after
     the prompt is the rest of the prefix, the middle and the suffix). Returns pass@k per reachable
     k over the infilling tasks, the mean exact match (0-1), edit similarity (0-100) and share of
-    ended generations, and per-sample results in input order.
+    ended generations, the mean ``end_probability`` where every sample has one (a model's middles), and
+    per-sample results in input order.
     """
     samples = list(samples)
     by_id = {t.task_id: t for t in tasks}
@@ -215,6 +216,8 @@ def score_infilling(
     report["exact_match"] = float(np.mean([r["exact_match"] for r in results]))
     report["edit_similarity"] = float(np.mean([r["edit_similarity"] for r in results]))
     report["ended"] = float(np.mean([r["ended"] for r in results]))
+    if all("end_probability" in sample for sample in samples):  # a model's middles (the floors have none)
+        report["end_probability"] = float(np.mean([sample["end_probability"] for sample in samples]))
     report["tasks"] = len(per_task)
     report["samples"] = len(results)
     for key in ("isolation", "samples_per_s", "median_sample_s"):
@@ -240,7 +243,8 @@ def generate_middles(
     FIM ids, prefix and suffix cut by :func:`lathe.core.fim.fit_context` to leave ``max_new_tokens``
     of the context for the middle, as the served engine does. Generation stops where the model
     closes the middle (``<|endoftext|>``, as the shards stage trains it, or ``<fim_pad>`` where the
-    vocabulary has it, as the engine stops); ``ended`` says whether it did within ``max_new_tokens``.
+    vocabulary has it, as the engine stops); ``ended`` says whether it did within ``max_new_tokens``, and
+    ``end_probability`` is :func:`end_probabilities` after the true middle.
     """
     from transformers import AutoTokenizer
 
@@ -271,9 +275,22 @@ def generate_middles(
     samples: list[dict[str, Any]] = []
     for start in range(0, len(tasks), batch_size):
         batch = tasks[start : start + batch_size]
-        prompts = [fim_prompt(*fit_context(encode(t.prefix), encode(t.suffix), context - new_tokens), ids, mode) for t in batch]
+        cut = [(encode(t.prefix), encode(t.suffix)) for t in batch]
+        prompts = [fim_prompt(*fit_context(prefix, suffix, context - new_tokens), ids, mode) for prefix, suffix in cut]
         rows = greedy_continuations(model, prompts, pad_id, new_tokens, eos_token_id=end_ids)
-        for task, row in zip(batch, rows):
+        # the true middle after the same prompt, cut further only where the middle is longer than the budget
+        truths = [encode(t.middle) for t in batch]
+        ending = end_probabilities(
+            model,
+            [
+                fim_prompt(*fit_context(prefix, suffix, context - max(new_tokens, len(m) + 1)), ids, mode)
+                for (prefix, suffix), m in zip(cut, truths)
+            ],
+            truths,
+            end_ids,
+            pad_id,
+        )
+        for task, row, p_end in zip(batch, rows, ending):
             end = next((i for i, t in enumerate(row) if t in end_ids), None)
             middle = row if end is None else row[:end]
             samples.append(
@@ -282,6 +299,26 @@ def generate_middles(
                     "completion": tok.decode(middle, skip_special_tokens=True),
                     "ended": end is not None,
                     "tokens": len(middle),
+                    "end_probability": p_end,
                 }
             )
     return samples
+
+
+def end_probabilities(
+    model: Any, prompts: Sequence[list[int]], middles: Sequence[list[int]], end_ids: Sequence[int], pad_id: int
+) -> list[float]:
+    """The probability the model gives to closing each middle at its true end: after ``prompt + middle``
+    (teacher-forced), the summed probability of ``end_ids``. Greedy decoding ends a middle only once this
+    is the likeliest token, so it shows a model learning to end a middle before ``ended`` does."""
+    import torch
+
+    rows = [[*p, *m] for p, m in zip(prompts, middles)]
+    width = max(len(r) for r in rows)
+    input_ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], device=model.device)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=model.device)
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=mask).logits
+    last = torch.tensor([len(r) - 1 for r in rows], device=model.device)
+    probs = logits[torch.arange(len(rows), device=model.device), last].float().softmax(-1)
+    return probs[:, list(end_ids)].sum(-1).tolist()

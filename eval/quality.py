@@ -36,6 +36,9 @@ from lathe.eval.infilling import (
 from lathe.eval.line_completion import FLOOR, LineTask, complete_lines, floor_completions, line_tasks, score_lines
 
 INFILL_FIGURES = ("pass@1", "exact_match", "edit_similarity", "ended")
+# a model's mean probability of closing the middle at its true end (eval/infilling.py: end_probabilities);
+# the floors, which are not models, have none
+END_PROBABILITY = "end_probability"
 LINE_FIGURES = ("exact_match", "edit_similarity")
 # figure name -> the bits-per-byte report's key
 BPB_FIGURES = {"bits_per_byte": "model", "gzip_bits_per_byte": "gzip-9", "xz_bits_per_byte": "xz-9e"}
@@ -50,7 +53,7 @@ def _scored(samples: list[dict[str, Any]], tasks: list[InfillingTask], cfg: Eval
     """The figures of one set of middles and its per-task results (one sample per task, in task order)."""
     # pass@1 whatever eval.ks says: one greedy middle per task
     scored = score_infilling(samples, tasks, cfg.model_copy(update={"ks": [1]}))
-    return {k: scored[k] for k in INFILL_FIGURES} | {
+    return {k: scored[k] for k in (*INFILL_FIGURES, END_PROBABILITY) if k in scored} | {
         "results": [
             {k: r[k] for k in ("task_id", "passed", "exact_match", "edit_similarity", "ended")} | {"completion": s["completion"]}
             for s, r in zip(samples, scored["results"])
@@ -147,7 +150,8 @@ def quality_figures(quality: dict[str, Any]) -> dict[str, float]:
         f"infill/{mode}/{k}": float(m[k])
         for mode, m in (quality.get("infilling") or {}).items()
         if mode != "skipped"
-        for k in INFILL_FIGURES
+        for k in (*INFILL_FIGURES, END_PROBABILITY)
+        if k in m
     }
     bpb = quality.get("bits_per_byte") or {}
     if "model" in bpb:
@@ -247,7 +251,14 @@ def _infilling_rows(report: dict[str, Any]) -> list[list[str]]:
     rows += [(f"production {mode}", m) for mode, m in _production(report, "infilling").items() if mode != "skipped"]
     rows += [(f"floor: {floor}", f) for floor, f in (infilling.get("floors") or {}).items()]
     return [
-        [label, f"{f['pass@1']:.4f}", f"{f['exact_match']:.4f}", f"{f['edit_similarity']:.1f}", f"{f['ended']:.2f}"]
+        [
+            label,
+            f"{f['pass@1']:.4f}",
+            f"{f['exact_match']:.4f}",
+            f"{f['edit_similarity']:.1f}",
+            f"{f['ended']:.2f}",
+            format(f[END_PROBABILITY], ".3f") if END_PROBABILITY in f else "-",
+        ]
         for label, f in rows
     ]
 
@@ -309,7 +320,7 @@ def _sections(report: dict[str, Any]) -> list[Section | str]:
         out.append(f"infilling: skipped ({infilling['skipped']})")
     elif infilling:
         title = f"Infilling ({infilling['tasks']} single-line tasks, seed {infilling['seed']})"
-        out.append((title, ["", "pass@1", "exact match", "edit similarity", "ended"], _infilling_rows(report)))
+        out.append((title, ["", "pass@1", "exact match", "edit similarity", "ended", "p(end)"], _infilling_rows(report)))
     bpb = report.get("bits_per_byte")
     if bpb and "skipped" in bpb:
         out.append(f"bits per byte: skipped ({bpb['skipped']})")

@@ -100,3 +100,14 @@ def test_checks_across_sections_run_when_the_config_loads() -> None:
     ):
         load_config(TINY, ["tokenizer.vocab_size=256", "tokenizer.reserved_sentinels=400"])
     assert load_config(TINY, ["shards.seq_len=512"]).shards.seq_len == 512  # equal is fine
+
+
+def test_the_cpu_profile_trains_python_on_short_fim_examples() -> None:
+    """configs/cpu.yaml: its choices hold together (benchmarks/README.md, "The CPU profile", measures them)."""
+    cfg = load_config(REPO / "configs" / "cpu.yaml")
+    assert cfg.data.languages == ["python"]
+    # several whole FIM examples, each with its middle's end, in one training sample
+    assert cfg.shards.fim_context is not None and 2 * cfg.shards.fim_context <= cfg.shards.seq_len
+    assert cfg.shards.fim_rate >= 0.5 and cfg.shards.fim_line_rate >= 0.5
+    assert cfg.train.time_budget_s is not None and cfg.train.time_budget_s <= 1800
+    assert cfg.train.init_from is None and cfg.train.registered_model != load_config(TINY).train.registered_model

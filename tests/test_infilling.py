@@ -190,9 +190,21 @@ def test_generation_fills_the_middle(hf_model: Path, mode: str) -> None:
     alone = generate_middles(hf_model, [TOY], mode=mode, max_new_tokens=8, batch_size=1)[0]
     assert alone["tokens"] == len(want) and alone["ended"] == (end is not None)
     assert alone["completion"] == tok.decode(want, skip_special_tokens=True)
+    # its end probability by hand: after the prompt and the true middle, the chance of <|endoftext|> or <fim_pad>;
+    # in a padded batch beside a longer task it is the same
+    middle = tok.encode(TOY.middle, add_special_tokens=False)
+    with torch.no_grad():
+        last = model(input_ids=torch.tensor([prompt + middle])).logits[0, -1].softmax(-1)
+    assert alone["end_probability"] == pytest.approx(float(last[ends].sum()), rel=1e-4)
+    assert samples[0]["end_probability"] == pytest.approx(alone["end_probability"], rel=1e-4)
+    assert all(0.0 <= s["end_probability"] <= 1.0 for s in samples)
     # and a random model's middles go through the same scoring
     report = score_infilling(samples[1:], single, CFG)
     assert set(report) >= {"pass@1", "exact_match", "edit_similarity", "ended"} and report["samples"] == 3
+    assert report["end_probability"] == pytest.approx(sum(s["end_probability"] for s in samples[1:]) / 3)
+    assert "end_probability" not in score_infilling(
+        [{k: s[k] for k in ("task_id", "completion", "ended")} for s in samples[1:]], single, CFG
+    )
 
 
 # ---- bits per byte ----

@@ -94,7 +94,7 @@ def _lines(em: float, es: float) -> dict:
 
 IDS = [f"t{i}" for i in range(6)]
 CANDIDATE = {
-    "infilling": {"psm": _mode([True] * 3 + [False] * 3, [80.0] * 6, IDS)},
+    "infilling": {"psm": _mode([True] * 3 + [False] * 3, [80.0] * 6, IDS) | {"end_probability": 0.25}},
     "bits_per_byte": _bpb(2.0, [20.0, 60.0], {"c": 2.2, "python": 1.9}),
     "line_completion": _lines(0.5, 60.0),
 }
@@ -112,6 +112,7 @@ def test_figures_are_named_for_mlflow_and_the_gate() -> None:
         "infill/psm/exact_match": 0.0,
         "infill/psm/edit_similarity": 80.0,
         "infill/psm/ended": 1.0,
+        "infill/psm/end_probability": 0.25,
         "bits_per_byte": 2.0,
         "gzip_bits_per_byte": 3.0,
         "xz_bits_per_byte": 2.8,
@@ -183,8 +184,8 @@ def test_short_tables_in_the_report_and_on_the_console() -> None:
         "gate": {"production_quality": quality_summary(PRODUCTION)},
     }
     page = "\n".join(quality_markdown(report))
-    assert "| psm | 0.5000 | 0.0000 | 80.0 | 1.00 |" in page and "| production psm | 0.6667 |" in page
-    assert "| floor: empty |" in page
+    assert "| psm | 0.5000 | 0.0000 | 80.0 | 1.00 | 0.250 |" in page and "| production psm | 0.6667 |" in page
+    assert "| floor: empty |" in page and page.count("| 1.00 | - |") == 2  # no end probability: production's, the floor's
     # bits per byte per language (all first): the model's, production's, gzip's and xz's on the same bytes
     assert (
         "| all | 2 | 40 | 2.000 | 2.500 | 3.000 | 2.800 |" in page
