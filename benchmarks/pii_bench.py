@@ -10,6 +10,8 @@ Run by `make bench` (never by tests: timings on shared 2-core machines are noisy
    - retention: the share of look-alike items left untouched: whole look-alike files that
      must come out byte-identical, and `keep` spans of positive files that no redacted span
      may overlap;
+   - the same two figures, apart, on benchmarks/pii/unseen.py: families written after the rules
+     (``unseen``: secrets, recall, look-alikes, retention per family), how the detector generalises;
 2. throughput: MB/s of `redact` (all kinds, default PIIConfig) over a fixed sample of the
    embedded corpus (stdlib + lathe's pinned packages, read from disk once), best of
    ``--repeat`` alternating runs, and the redactions per kind each finds there (real code:
@@ -36,6 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.common import emit  # noqa: E402
 from benchmarks.pii.cases import CASES, Case  # noqa: E402
+from benchmarks.pii.unseen import UNSEEN  # noqa: E402
 from lathe.data import pii  # noqa: E402
 from lathe.data.config import EmbeddedSourceConfig, PIIConfig  # noqa: E402
 from lathe.data.sources import read_text_file, sample_embedded  # noqa: E402
@@ -135,6 +138,12 @@ def main() -> None:
             _ratio(a["kept"], a["lookalikes"]),
             _ratio(b["kept"], b["lookalikes"]),
         ]
+    # families written after the rules (benchmarks/pii/unseen.py): how the detector generalises, never fitted
+    unseen = score(UNSEEN, pii.find_pii, cfg)
+    report["unseen"] = {
+        family: [u["secrets"], _ratio(u["found"], u["secrets"]), u["lookalikes"], _ratio(u["kept"], u["lookalikes"])]
+        for family, u in sorted(unseen.items(), key=lambda item: (item[0] == "overall", item[0]))
+    }
 
     files = sample_embedded(EmbeddedSourceConfig(max_bytes=int(args.mb * 1e6)))
     docs = [text for f in files if (text := read_text_file(f.abs_path, f.size_bytes, 1_000_000)[0]) is not None]
