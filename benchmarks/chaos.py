@@ -5,7 +5,7 @@ Run by `make chaos` (never by tests: it takes minutes and kills processes on pur
     .venv/bin/python benchmarks/chaos.py [--seconds 600] [--seed 0] [--work runs/chaos]
 
 Each round starts one command of the small profile in its own process (a stage with its
-upstream, training on one process or two under Composer's launcher, the eval gate, or
+upstream, training on one process or two under lathe's launcher, the eval gate, or
 `lathe serve`), waits a random time, and SIGKILLs that one process, as the kernel's OOM
 killer or a preempted node would: its children get no signal from us. Then it checks:
 
@@ -84,7 +84,7 @@ TARGETS = [
     Target("shards", ["run", "shards", "--force"], 40),
     Target("train", ["run", "train", "--force"], 40),
     Target("train-resume", ["run", "train"], 40),  # continues a killed run from its checkpoint (or skips)
-    Target("train-2-ranks", ["run", "train", "--force", "--set", "train.nproc=2"], 50),  # kills Composer's launcher
+    Target("train-2-ranks", ["run", "train", "--force", "--set", "train.nproc=2"], 50),  # kills lathe while two ranks train
     Target("gate", ["gate"], 40),
     Target("serve", ["serve"], 25, serve=True),
 ]

@@ -16,7 +16,7 @@ from rich.console import Console
 from lathe.core.stage import MANIFEST
 from lathe.pipelines.config import LatheConfig, load_config
 from lathe.pipelines.runner import run_pipeline
-from tests.conftest import CANARIES, SMALL_PIPELINE, make_code_tree, only_stream
+from tests.conftest import CANARIES, make_code_tree, only_stream
 from tests.spark_cluster import standalone_cluster
 
 pytestmark = pytest.mark.spark
@@ -40,17 +40,19 @@ DUPLICATES = [
 ]
 
 
+def tree_overrides(code_tree: Path, runs: Path) -> list[str]:
+    """The overrides of :func:`tree_config`: the fixture profile on the `acme` tree."""
+    return [
+        f"run.runs_dir={runs}",
+        "profile=fixture",
+        f"data.sources=[{{kind: tree, paths: [{code_tree}], license: MIT}}]",
+        "data.max_file_bytes=200000",
+        "data.partitions=2",
+    ]
+
+
 def tree_config(code_tree: Path, runs: Path) -> LatheConfig:
-    return load_config(
-        None,
-        [
-            f"run.runs_dir={runs}",
-            "profile=fixture",
-            f"data.sources=[{{kind: tree, paths: [{code_tree}], license: MIT}}]",
-            "data.max_file_bytes=200000",
-            "data.partitions=2",
-        ],
-    )
+    return load_config(None, tree_overrides(code_tree, runs))
 
 
 def read_parquet(path: Path) -> pd.DataFrame:
@@ -175,29 +177,19 @@ def test_a_rerun_cleans_only_what_changed_and_equals_a_full_rebuild(spark, tmp_p
     assert xray["delta"]["files"]["new"] == 2 and xray["input_files"] == counts["input"]
     assert not (out.parent / "data.previous").exists()  # carried over, then removed
 
-    # The same final snapshot from scratch gives the same clean set.
-    full_cfg = tree_config(tree, tmp_path / "full")
-    assert [o.status for o in run_pipeline(full_cfg, ["data"], force=True, console=quiet)] == ["ran"]
-    incremental, rebuilt = _clean_set(out), _clean_set(tmp_path / "full" / "fixture" / "data")
+    # Nothing changed: the snapshot matches and the stage skips.
+    assert [o.status for o in run_pipeline(cfg, ["data"], console=quiet)] == ["skipped"]
+    incremental = _clean_set(out)
+    # A change of cleaning config cannot reuse the pool: every file of the same final snapshot is cleaned again,
+    # from scratch, and gives the clean set the incremental run made. The limit moves where no file sits
+    # (huge.py, 240 kB, stays oversize), so the rebuild is of the same config in effect.
+    changed = load_config(None, [*tree_overrides(tree, tmp_path / "runs"), "data.max_file_bytes=220000"])
+    again = run_pipeline(changed, ["data"], console=quiet)[0]
+    assert again.status == "ran" and again.manifest["counts"]["processed"] == again.manifest["counts"]["input"]
+    rebuilt = _clean_set(out)
     pd.testing.assert_frame_equal(incremental[0], rebuilt[0])
     pd.testing.assert_frame_equal(incremental[1], rebuilt[1])
     assert "acme/pkg/empty.py" not in set(incremental[1]["path"])  # the deleted file left the set
-
-    # Nothing changed: the snapshot matches and the stage skips.
-    assert [o.status for o in run_pipeline(cfg, ["data"], console=quiet)] == ["skipped"]
-    # A change of cleaning config cannot reuse the pool: every file is cleaned again.
-    changed = load_config(
-        None,
-        [
-            f"run.runs_dir={tmp_path / 'runs'}",
-            "profile=fixture",
-            f"data.sources=[{{kind: tree, paths: [{tree}], license: MIT}}]",
-            "data.max_file_bytes=250000",
-            "data.partitions=2",
-        ],
-    )
-    again = run_pipeline(changed, ["data"], console=quiet)[0]
-    assert again.manifest["counts"]["processed"] == again.manifest["counts"]["input"]
 
 
 def test_git_tree_snapshot_follows_commits_and_edits_and_ignores_ignored_files(tmp_path: Path) -> None:
@@ -319,17 +311,16 @@ def test_a_source_that_yields_no_kept_file_fails_the_stage_in_one_line(spark, tm
     assert run_pipeline(warned, ["data"], console=Console(quiet=True))[0].manifest["counts"]["kept"] == 0
 
 
-@pytest.mark.spark
-def test_a_standalone_cluster_cleans_exactly_as_local_mode(shards_pipeline, tmp_path: Path) -> None:
-    """The data stage on a real Spark standalone cluster (a master and two one-core workers on loopback):
-    the same clean set, the same counts, as the session's `local[2]` run of the same config."""
-    profile_dir, _, _ = shards_pipeline
+def test_a_standalone_cluster_cleans_exactly_as_local_mode(first_run, tmp_path: Path) -> None:
+    """The data stage through the CLI on a real Spark standalone cluster (a master and two one-core workers on
+    loopback): the same kept and dropped records, each drop with the same reason, and the same counts as the
+    module's `local[2]` run of the same config on the `acme` tree (a drop of every kind, exact and near copies)."""
+    root, tree, _, _ = first_run
     runs, config = tmp_path / "runs", tmp_path / "empty.yaml"
-    config.write_text("{}\n")  # with the overrides below: the same config as the session's run
+    config.write_text("{}\n")  # with the overrides below: the same config as the module's run
     with standalone_cluster(tmp_path / "cluster", workers=2) as master:
         sets = [
-            f"run.runs_dir={runs}",
-            *SMALL_PIPELINE,
+            *tree_overrides(tree, runs),
             f"spark.master={master}",
             "spark.conf={spark.executor.memory: 768m, spark.cores.max: '2'}",
         ]
@@ -349,11 +340,13 @@ def test_a_standalone_cluster_cleans_exactly_as_local_mode(shards_pipeline, tmp_
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     ran = [w for w in (tmp_path / "cluster").glob("worker-*") if any(w.glob("app-*/*/stderr"))]
     assert len(ran) == 2  # both workers ran an executor of the stage's application
-    columns = ["id", "content", "path"]
-    cluster = pd.read_parquet(runs / "small" / "data" / "kept", columns=columns).sort_values("id", ignore_index=True)
-    local = pd.read_parquet(profile_dir / "data" / "kept", columns=columns).sort_values("id", ignore_index=True)
-    assert len(cluster) > 50 and cluster.equals(local)
-    counts = [json.loads((d / "data" / MANIFEST).read_text())["counts"] for d in (runs / "small", profile_dir)]
+    cluster, local = _clean_set(runs / "fixture" / "data"), _clean_set(root / "runs" / "fixture" / "data")
+    assert len(cluster[0]) >= 5 and set(cluster[1]["reason"]) >= set(EXPECTED_DROPS.values())
+    pd.testing.assert_frame_equal(cluster[0], local[0])
+    pd.testing.assert_frame_equal(cluster[1], local[1])
+    counts = [
+        json.loads((d / MANIFEST).read_text())["counts"] for d in (runs / "fixture" / "data", root / "runs" / "fixture" / "data")
+    ]
     assert counts[0] == counts[1]
 
 

@@ -266,7 +266,7 @@ def test_tuning_without_a_production_model_is_one_clear_line(production) -> None
 
 def test_sft_lora_shards_with_fsdp_on_two_processes_and_exports_the_merged_model(production) -> None:
     """Post-training takes pretraining's parallelism options: FSDP2 FULL_SHARD (ZeRO-3-like) over two ranks under
-    Composer's launcher; rank 0 gathers the adapters, saves them alone and merges them into the exported model."""
+    lathe's launcher; rank 0 gathers the adapters, saves them alone and merges them into the exported model."""
     from transformers import AutoModelForCausalLM
 
     overrides, registry, _ = production

@@ -1,4 +1,4 @@
-"""A training job: everything a rank needs, serialisable to JSON for Composer's launcher, and
+"""A training job: everything a rank needs, serialisable to JSON for the ranks lathe's launcher starts, and
 the files a run writes. Light on purpose (pydantic only): the stage and the launcher import it
 without importing torch or Composer."""
 

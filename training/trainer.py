@@ -1,8 +1,8 @@
 """The Composer training run one rank executes, and the HF export at the end.
 
-`run_training` is what every rank runs: in the lathe process when `train.nproc == 1`,
-or under Composer's launcher (`composer -n N -m lathe.training.worker JOB.json`) otherwise,
-which also spans nodes through NODE_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT.
+`run_training` is what every rank runs (`python -m lathe.training.worker JOB.json`, started by
+`lathe.training.launcher` with the distributed variables set), which also spans nodes through
+NODE_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Entry point of one rank under Composer's launcher: `composer -n N -m lathe.training.worker JOB.json`."""
+"""Entry point of one rank, as lathe's launcher starts it: `python -m lathe.training.worker JOB.json`."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """The post-training run one rank executes: SFT or DPO of a registered model, then the export.
 
-`run_finetune` is what every rank runs, in the lathe process (``nproc == 1``) or under
-Composer's launcher, exactly as pretraining's `run_training`: the same Trainer (DDP or
+`run_finetune` is what every rank runs under lathe's launcher, exactly as pretraining's `run_training`: the same Trainer (DDP or
 FSDP2 with activation checkpointing and CPU offload), checkpoints, autoresume and loggers.
 With LoRA only the adapters train; rank 0 saves the adapter on its own and exports the
 base with the adapter merged in, a plain Llama checkpoint that serving loads like any other.
