@@ -64,6 +64,10 @@ def spark_session(cfg: SparkConfig, app_name: str = "lathe", java_options: str |
     builder = (
         SparkSession.builder.master(cfg.master)
         .config("spark.driver.extraJavaOptions", java_options or driver_java_options())
+        # Executors started on this machine (a standalone cluster's local workers) map the same archive for the
+        # classes they share with the driver; on another machine its path does not exist, and the JVM starts as
+        # it would without (no error, no log line).
+        .config("spark.executor.extraJavaOptions", driver_java_options())
         .appName(app_name)
         .config("spark.driver.memory", cfg.driver_memory)
         .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))

@@ -346,12 +346,19 @@ def _secret_kind(name: str) -> str | None:
 # (`&password=...`), command-line flags (`--password=...`), subscripts (`$cfg['db_pass'] = ...`,
 # `app.config["SECRET_KEY"] = ...`). Matched in the lower-cased
 # text (same offsets): a case-sensitive search is ~3x faster than `re.IGNORECASE`.
+_VALUE = r"(?:[bru@]?(?:\"(?P<dq>[^\"\n]*)\"|'(?P<sq>[^'\n]*)'|`(?P<bq>[^`\n]*)`)|(?P<bare>[^\s\"'`]+))"
 _ASSIGNMENT = re.compile(
     rf"(?P<name>(?:{_KEYWORD})[\w.-]*)(?:\[\d*\])?[\"']?\]?[ \t]*"
-    # the operator; `: str =` is a Python annotation, `::` a path and `://` a URL
-    r"(?:=>|:=|\?=|=(?!=)|:(?![:/])(?:[ \t]*[a-z_][\w.\[\]| ,]*?[ \t]*=(?!=))?)[ \t]*"
-    r"(?:[bru@]?(?:\"(?P<dq>[^\"\n]*)\"|'(?P<sq>[^'\n]*)'|`(?P<bq>[^`\n]*)`)|(?P<bare>[^\s\"'`]+))"
+    # the operator; `: str =` is a Python annotation (`: &str =`, `: &'static [u8] =` Rust's), `::` a path and `://` a URL
+    r"(?:=>|:=|\?=|=(?!=)|:(?![:/])(?:[ \t]*&?(?:'[a-z]+[ \t]+)?[a-z_\[][\w.\[\]| ,<>]*?[ \t]*=(?!=))?)[ \t]*" + _VALUE
 )
+# A name and its value with only blanks between: a quoted value (`storePassword "..."` in a Groovy or Kotlin DSL,
+# `PASSWORD '...'` in SQL, `password '...'` in a Ruby call without parentheses) or, on a line of blank-separated
+# key-value pairs (netrc, redis.conf, sshd_config), a bare one.
+_SPACED_PAIR = re.compile(rf"(?P<name>(?:{_KEYWORD})[\w.-]*)[ \t]+" + _VALUE)
+_PAIR_TOKENS = re.compile(r"[^\s]+")
+# A YAML block scalar's header (`password: |`, `secret: >-`): the value is the more indented line below.
+_BLOCK_HEADER = re.compile(r"[|>][-+]?\d?")
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_.-")
 # What may stand before a name that starts a config line: `export X=`, `- X=` (compose),
 # `ENV X=`/`ARG X=` (Dockerfile), `set X=` (batch), a quote (`"x": 1` in JSON).
@@ -389,14 +396,32 @@ def find_assigned_secrets(text: str, low: str, keywords: list[int]) -> Iterator[
     """
     pos = 0
     for keyword in keywords:
-        if keyword < pos or (m := _ASSIGNMENT.match(low, keyword)) is None:
+        if keyword < pos:
             continue
+        spaced = False
+        if (m := _ASSIGNMENT.match(low, keyword)) is None:
+            if (m := _SPACED_PAIR.match(low, keyword)) is None:
+                continue
+            spaced = True
         group = next(g for g in ("dq", "sq", "bq", "bare") if m.group(g) is not None)
         vstart, vend = m.span(group)
         pos = vstart  # a value may hold the next assignment: `SharedAccessKeyName=x;SharedAccessKey=...`
         start = _name_start(low, m.start())
         kind = _secret_kind(text[start : m.end("name")])
         if kind is None:
+            continue
+        if group == "bare" and _BLOCK_HEADER.fullmatch(low, vstart, vend):
+            if (block := _block_scalar_line(low, start, vend)) is None:
+                continue
+            (vstart, vend), group, spaced = block, "block", False
+        if (
+            spaced
+            and (
+                group == "bq"  # prose quoting code: "pass `reconnect=False`"
+                or low[start : m.end("name")] == "pass"  # the verb, in prose: "pass the token"
+                or (group == "bare" and not _in_pair_record(low, start, vend))
+            )
+        ):
             continue
         if group == "bare":
             line_start = low.rfind("\n", 0, start) + 1
@@ -409,6 +434,40 @@ def find_assigned_secrets(text: str, low: str, keywords: list[int]) -> Iterator[
         if _is_secret(text[vstart:vend], kind, data=group != "bare" or bool(config_line)):
             pos = vend
             yield Span(vstart, vend, kind)
+
+
+def _line_bounds(low: str, pos: int) -> tuple[int, int]:
+    """Where the line holding ``pos`` starts and ends (its newline excluded)."""
+    end = low.find("\n", pos)
+    return low.rfind("\n", 0, pos) + 1, len(low) if end == -1 else end
+
+
+def _in_pair_record(low: str, name_start: int, vend: int) -> bool:
+    """Is the name at ``name_start`` a key of a line of blank-separated key-value pairs, with its value ending
+    at ``vend``: an even number of tokens before it on its line, none of them a comment's start, and only whole
+    pairs (or a comment) after?"""
+    line_start, line_end = _line_bounds(low, name_start)
+    before = _PAIR_TOKENS.findall(low, line_start, name_start)
+    rest = _PAIR_TOKENS.findall(low[vend:line_end].split("#", 1)[0])
+    commented = any(token.startswith(("#", "//", "/*", "*", ";", "--")) for token in before)
+    return len(before) % 2 == 0 and len(rest) % 2 == 0 and not commented
+
+
+def _block_scalar_line(low: str, name_start: int, header_end: int) -> tuple[int, int] | None:
+    """The span of a YAML block scalar's value when it is one line, more indented than its key's line (the value of
+    `password: >-` on the next line); None for a longer block (prose, a certificate) or none."""
+    line_start, line_end = _line_bounds(low, name_start)
+    if low[header_end:line_end].strip() or line_end >= len(low):
+        return None
+    indent = len(low[line_start:name_start]) - len(low[line_start:name_start].lstrip(" "))
+    first = line_end + 1
+    first_end = _line_bounds(low, first)[1]
+    body = low[first:first_end]
+    depth = len(body) - len(body.lstrip(" "))
+    after = low[first_end + 1 : _line_bounds(low, first_end + 1)[1]] if first_end < len(low) else ""
+    if depth <= indent or not body.strip() or (after.strip() and len(after) - len(after.lstrip(" ")) >= depth):
+        return None
+    return first + depth, first_end - (len(body) - len(body.rstrip()))
 
 
 # Secrets passed to calls, matched in the lower-cased text:
@@ -603,6 +662,18 @@ def _base64_text(value: str) -> str | None:
     return decoded if decoded.isprintable() else None
 
 
+# SQL's `CREATE USER ... IDENTIFIED BY '...'` and `ALTER USER ... IDENTIFIED BY "..."` (MySQL, Oracle, MariaDB): the
+# password follows words that are no secret's name. (`WITH PASSWORD '...'` is a name and its value: see above.)
+_SQL_IDENTIFIED_BY = re.compile(r"\bidentified[ \t]+by[ \t]+(?:password[ \t]+)?(?P<q>['\"])(?P<v>[^'\"\n]*)(?P=q)")
+
+
+def find_sql_passwords(text: str, low: str) -> Iterator[Span]:
+    """Passwords SQL sets with `IDENTIFIED BY '...'`."""
+    for m in _SQL_IDENTIFIED_BY.finditer(low):
+        if _is_secret(text[m.start("v") : m.end("v")], "password"):
+            yield Span(m.start("v"), m.end("v"), "password")
+
+
 def find_config_secrets(text: str, low: str) -> Iterator[Span]:
     """Secrets in ``NAME value`` directives, XML elements and attributes, and name/value pairs."""
     found: list[re.Match[str]] = []
@@ -747,6 +818,7 @@ def find_secrets(text: str) -> Iterator[Span]:
     yield from find_command_line_secrets(text, low)
     yield from find_auth_headers(text, low)
     yield from find_config_secrets(text, low)
+    yield from find_sql_passwords(text, low)
 
 
 # When spans overlap, the more specific kind wins: `user:pw@host` is a password in a URL,

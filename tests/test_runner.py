@@ -318,3 +318,5 @@ def test_the_suites_spark_driver_runs_on_the_archive_make_setup_wrote(spark) -> 
     assert cds_archive().is_file(), f"{cds_archive()} is missing: `make setup` writes it"
     bean = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()
     assert f"-XX:SharedArchiveFile={cds_archive()}" in list(bean.getInputArguments())
+    # a standalone cluster's executors on this machine are told to map it too
+    assert f"-XX:SharedArchiveFile={cds_archive()}" in spark.conf.get("spark.executor.extraJavaOptions")

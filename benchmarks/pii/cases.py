@@ -1514,4 +1514,81 @@ client.run("@@DISCORD@@")
         secrets=("@@MAILGUN@@", "@@SHOPIFY@@", "@@DISCORD@@"),
         keep=('"acme.myshopify.com", "2024-01"',),
     ),
+    # Moved from benchmarks/pii/unseen.py on 2026-12-08: the syntaxes data/pii.py learnt then (a name and a value with
+    # only blanks between, Rust type annotations, YAML block scalars) were written looking at these families' misses.
+    case(
+        "netrc",
+        "machine_entries",
+        """\
+machine api.heroku.com
+  login ops@acme.dev
+  password 7fK2qLx9Vm4Rt8Nw1Zc6
+machine git.heroku.com login ops@acme.dev password Hq3Wz8Lm2Xv5Tb9Kp4Rn
+default login anonymous password guest
+""",
+        secrets=("7fK2qLx9Vm4Rt8Nw1Zc6", "Hq3Wz8Lm2Xv5Tb9Kp4Rn"),
+        keep=("api.heroku.com", "anonymous"),
+    ),
+    case(
+        "sql_users",
+        "create_and_alter",
+        """\
+CREATE USER app_rw WITH PASSWORD 'Tq8#vL2xW9mK4zR';
+ALTER USER reporting IDENTIFIED BY "Rz5Lk9Qw2Xm7Vb3N";
+CREATE ROLE readonly WITH LOGIN PASSWORD :'readonly_password';
+GRANT SELECT ON ALL TABLES IN SCHEMA public TO readonly;
+""",
+        secrets=("Tq8#vL2xW9mK4zR", "Rz5Lk9Qw2Xm7Vb3N"),
+        keep=(":'readonly_password'",),
+    ),
+    case(
+        "gradle_signing",
+        "build_gradle",
+        """\
+android {
+    signingConfigs {
+        release {
+            storeFile file("release.keystore")
+            storePassword "Ks7!qLx2Wm9Vt4Rz"
+            keyAlias "release"
+            keyPassword "Kp3Zx8Lq2Wv7Nm5B"
+        }
+    }
+}
+""",
+        secrets=("Ks7!qLx2Wm9Vt4Rz", "Kp3Zx8Lq2Wv7Nm5B"),
+        keep=('keyAlias "release"', 'file("release.keystore")'),
+    ),
+    case(
+        "rust_consts",
+        "const_str",
+        """\
+const API_BASE: &str = "https://api.acme.dev/v2";
+const API_TOKEN: &str = "rT7kQ2xLm9Vz4Wb8Nc1Hd5";
+static SIGNING_SECRET: &[u8] = b"Sg3Nz8Lq2Wx7Km5Rb9Vt";
+
+fn client() -> Client {
+    Client::new(API_BASE, std::env::var("API_TOKEN").unwrap())
+}
+""",
+        secrets=("rT7kQ2xLm9Vz4Wb8Nc1Hd5", "Sg3Nz8Lq2Wx7Km5Rb9Vt"),
+        keep=('"https://api.acme.dev/v2"', 'std::env::var("API_TOKEN")'),
+    ),
+    case(
+        "yaml_block_scalars",
+        "folded_and_literal",
+        """\
+smtp:
+  user: mailer
+  password: >-
+    Yb7!qLx2Wm9Vt4Rz
+webhook:
+  secret: |
+    Wh3Nz8Lq2Wx7Km5Rb9Vt
+description: >
+  A password manager for the team.
+""",
+        secrets=("Yb7!qLx2Wm9Vt4Rz", "Wh3Nz8Lq2Wx7Km5Rb9Vt"),
+        keep=("A password manager for the team.",),
+    ),
 ]

@@ -15,19 +15,6 @@ from benchmarks.pii.cases import Case, case
 
 UNSEEN: list[Case] = [
     case(
-        "netrc",
-        "machine_entries",
-        """\
-machine api.heroku.com
-  login ops@acme.dev
-  password 7fK2qLx9Vm4Rt8Nw1Zc6
-machine git.heroku.com login ops@acme.dev password Hq3Wz8Lm2Xv5Tb9Kp4Rn
-default login anonymous password guest
-""",
-        secrets=("7fK2qLx9Vm4Rt8Nw1Zc6", "Hq3Wz8Lm2Xv5Tb9Kp4Rn"),
-        keep=("api.heroku.com", "anonymous"),
-    ),
-    case(
         "pgpass",
         "pgpass_lines",
         """\
@@ -62,18 +49,6 @@ return [
         keep=("env('MAILER_SECRET')", "env('DB_CONNECTION', 'mysql')"),
     ),
     case(
-        "sql_users",
-        "create_and_alter",
-        """\
-CREATE USER app_rw WITH PASSWORD 'Tq8#vL2xW9mK4zR';
-ALTER USER reporting IDENTIFIED BY "Rz5Lk9Qw2Xm7Vb3N";
-CREATE ROLE readonly WITH LOGIN PASSWORD :'readonly_password';
-GRANT SELECT ON ALL TABLES IN SCHEMA public TO readonly;
-""",
-        secrets=("Tq8#vL2xW9mK4zR", "Rz5Lk9Qw2Xm7Vb3N"),
-        keep=(":'readonly_password'",),
-    ),
-    case(
         "redis_conf",
         "requirepass_and_masterauth",
         """\
@@ -97,24 +72,6 @@ always-auth=true
 """,
         secrets=("a8d2f7c1-4b9e-4e3a-9c71-5f2d8b6e0a43", "WXo3TFd6OGtRMnY5"),
         keep=("https://npm.internal.acme.dev/",),
-    ),
-    case(
-        "gradle_signing",
-        "build_gradle",
-        """\
-android {
-    signingConfigs {
-        release {
-            storeFile file("release.keystore")
-            storePassword "Ks7!qLx2Wm9Vt4Rz"
-            keyAlias "release"
-            keyPassword "Kp3Zx8Lq2Wv7Nm5B"
-        }
-    }
-}
-""",
-        secrets=("Ks7!qLx2Wm9Vt4Rz", "Kp3Zx8Lq2Wv7Nm5B"),
-        keep=('keyAlias "release"', 'file("release.keystore")'),
     ),
     case(
         "powershell",
@@ -162,21 +119,6 @@ config :shop, ShopWeb.Endpoint,
         keep=('System.get_env("SIGNING_SALT")', '"db.internal"'),
     ),
     case(
-        "rust_consts",
-        "const_str",
-        """\
-const API_BASE: &str = "https://api.acme.dev/v2";
-const API_TOKEN: &str = "rT7kQ2xLm9Vz4Wb8Nc1Hd5";
-static SIGNING_SECRET: &[u8] = b"Sg3Nz8Lq2Wx7Km5Rb9Vt";
-
-fn client() -> Client {
-    Client::new(API_BASE, std::env::var("API_TOKEN").unwrap())
-}
-""",
-        secrets=("rT7kQ2xLm9Vz4Wb8Nc1Hd5", "Sg3Nz8Lq2Wx7Km5Rb9Vt"),
-        keep=('"https://api.acme.dev/v2"', 'std::env::var("API_TOKEN")'),
-    ),
-    case(
         "python_auth_tuples",
         "requests_and_bytes",
         """\
@@ -217,23 +159,6 @@ Accept: application/json
         keep=("application/json", "ci.acme.dev"),
     ),
     case(
-        "yaml_block_scalars",
-        "folded_and_literal",
-        """\
-smtp:
-  user: mailer
-  password: >-
-    Yb7!qLx2Wm9Vt4Rz
-webhook:
-  secret: |
-    Wh3Nz8Lq2Wx7Km5Rb9Vt
-description: >
-  A password manager for the team.
-""",
-        secrets=("Yb7!qLx2Wm9Vt4Rz", "Wh3Nz8Lq2Wx7Km5Rb9Vt"),
-        keep=("A password manager for the team.",),
-    ),
-    case(
         "escaped_json",
         "json_inside_strings",
         """\
@@ -259,6 +184,59 @@ mail = smtplib.SMTP_SSL("smtp.acme.dev", 465)
 """,
         secrets=("Sf7!kQ2xLm9Vz4Rt", "Ld3Nz8Lq2Wx7Km5Rb9"),
         keep=('"cn=admin,dc=acme,dc=dev"', '"smtp.acme.dev"'),
+    ),
+    # Written on 2026-12-08 (sixth session), after the spaced-pair, annotation and block-scalar syntaxes were added
+    # to data/pii.py and before anything was changed for these.
+    case(
+        "c_defines",
+        "preprocessor_constants",
+        """\
+#define SERVICE_HOST "api.acme.dev"
+#define SERVICE_PASSWORD "Cd4!pLx8Wm2Vt6Rz"
+#define SIGNING_KEY "Sk9Qw2Lx7Vm4Rt8Nz3Hb"
+#define PASSWORD_MAX_LEN 64
+""",
+        secrets=("Cd4!pLx8Wm2Vt6Rz", "Sk9Qw2Lx7Vm4Rt8Nz3Hb"),
+        keep=('"api.acme.dev"', "PASSWORD_MAX_LEN 64"),
+    ),
+    case(
+        "clojure_edn",
+        "config_map",
+        """\
+{:db {:user "svc" :password "Ed7Kq2Lx9Vm4Rt8N"}
+ :stripe {:api-key "Cj3Nz8Lq2Wx7Km5Rb9Vt4"}
+ :password-field :pw}
+""",
+        secrets=("Ed7Kq2Lx9Vm4Rt8N", "Cj3Nz8Lq2Wx7Km5Rb9Vt4"),
+        keep=(":password-field :pw", ':user "svc"'),
+    ),
+    case(
+        "docker_config_auths",
+        "config_json",
+        """\
+{
+  "auths": {
+    "registry.acme.dev": {
+      "auth": "Y2k6RGs4IXFMeDJXbTlWdDRSeg==",
+      "identitytoken": "Dt5Kq9Lx2Wm7Vz4Rb8Nc3Hf6"
+    }
+  },
+  "credsStore": "desktop"
+}
+""",
+        secrets=("Y2k6RGs4IXFMeDJXbTlWdDRSeg==", "Dt5Kq9Lx2Wm7Vz4Rb8Nc3Hf6"),
+        keep=('"credsStore": "desktop"', '"registry.acme.dev"'),
+    ),
+    case(
+        "windows_net_user",
+        "net_user_commands",
+        """\
+net user svc_backup Wn6!kQ3xLm8Vz2Rt /add
+net user administrator Ad9Lq2Wx7Km5Rb3N
+net user guest /active:no
+""",
+        secrets=("Wn6!kQ3xLm8Vz2Rt", "Ad9Lq2Wx7Km5Rb3N"),
+        keep=("net user guest /active:no",),
     ),
     case(
         "unseen_lookalikes",
