@@ -29,8 +29,8 @@ SOURCE = scratch / "src"
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 # What lands in the repository on each day of the backfill (commits at noon UTC).
 DAYS = [
-    (datetime(2026, 1, 1, tzinfo=UTC), ["importlib", "concurrent", "json"]),  # 330 kB in 34 files
-    (datetime(2026, 1, 2, tzinfo=UTC), ["http"]),  # 210 kB: every stage runs again on the grown repository
+    (datetime(2026, 1, 1, tzinfo=UTC), ["email", "importlib", "concurrent", "json"]),
+    (datetime(2026, 1, 2, tzinfo=UTC), ["http", "xml"]),
     (datetime(2026, 1, 3, tzinfo=UTC), ["urllib", "logging"]),
 ][: int(os.environ.get("LATHE_DAG_TEST_DAYS", "3"))]
 SMALL = [
